@@ -1,0 +1,361 @@
+"""Audio decoding: any common audio file (or a video's audio track) to float32 mono 16 kHz,
+the form the Gemma 4 Unified audio tower takes, plus the padding/windowing helpers the
+request builder uses. Long inputs are decoded and resampled in a stream so a multi-hour
+file never exists at its source rate in memory all at once."""
+
+from __future__ import annotations
+
+import io
+import math
+import struct
+
+import av
+import numpy as np
+import soundfile as sf
+import soxr
+
+from ..errors import ItemError
+from .options import DecodeOptions
+
+__all__ = [
+    "decode_audio",
+    "decode_audio_track",
+    "looks_like_media",
+    "num_audio_tokens",
+    "pad_to_token_multiple",
+    "split_windows",
+]
+
+# libsndfile's MP3 length is an estimate and its decoder is stricter than FFmpeg's:
+# leave MP3 to PyAV like every other compressed format.
+_SOUNDFILE_SKIP = {"MP3", "RAW"}
+# libsndfile reports "unknown length" as a huge count.
+_UNKNOWN_FRAMES = 2**62
+
+
+def looks_like_media(data: bytes) -> bool:
+    """Whether the bytes start like a known audio/video container, so a failure to open
+    them means a damaged file (`corrupt`) rather than the wrong kind of file."""
+    head = data[:16]
+    if head[:4] in (b"RIFF", b"RIFX", b"RF64", b"fLaC", b"OggS", b"FORM", b".snd", b"caff", b"wvpk", b"MAC "):
+        return True
+    if head[:3] in (b"ID3", b"FLV") or head[:5] == b"#!AMR" or head[:4] == b"\x1aE\xdf\xa3":
+        return True
+    if head[4:8] in (b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip", b"pnot"):
+        return True
+    if head[:8] == b"0&\xb2u\x8ef\xcf\x11" or head[:4] in (b"\x00\x00\x01\xba", b"\x00\x00\x01\xb3"):
+        return True
+    if len(data) > 188 and data[0] == 0x47 and data[188] == 0x47:  # MPEG-TS
+        return True
+    return len(head) >= 2 and head[0] == 0xFF and (head[1] & 0xE0) == 0xE0  # MPEG audio / ADTS sync
+
+
+def _too_long(seconds: float, limit: float) -> ItemError:
+    return ItemError("too_long", f"audio is {seconds:.1f} s long, over the max_audio_seconds limit of {limit:g} s")
+
+
+class _MonoSink:
+    """Takes mono float chunks at any source rate, resamples them with soxr (HQ, streamed:
+    identical to one-shot `soxr.resample`) into one growing float32 buffer and enforces the
+    length limit on what was actually decoded, since headers can lie."""
+
+    def __init__(self, out_rate: int, limit_seconds: float, truncate: bool, expected_seconds: float = 0.0) -> None:
+        self.out_rate = out_rate
+        self.limit = limit_seconds
+        self.truncate = truncate
+        self._done_seconds = 0.0  # decoded at earlier sample rates (rate changes mid-stream)
+        self._cur_samples = 0  # decoded at the current rate
+        self.full = False
+        self._rate: int | None = None
+        self._stream: soxr.ResampleStream | None = None
+        # A header's length is only a hint (it can lie): start at most 10 min, then grow.
+        cap_seconds = min(expected_seconds, limit_seconds, 600.0) if expected_seconds > 0 else 10.0
+        self._buf = np.empty(int(cap_seconds * out_rate) + 4096, dtype=np.float32)
+        self._n = 0
+
+    @property
+    def source_seconds(self) -> float:
+        return self._done_seconds + (self._cur_samples / self._rate if self._rate else 0.0)
+
+    def _append(self, y: np.ndarray) -> None:
+        if not len(y):
+            return
+        need = self._n + len(y)
+        if need > len(self._buf):
+            grown = np.empty(max(need, 2 * len(self._buf)), dtype=np.float32)
+            grown[: self._n] = self._buf[: self._n]
+            self._buf = grown
+        self._buf[self._n : need] = y
+        self._n = need
+
+    def _flush(self) -> None:
+        if self._stream is not None:
+            self._append(self._stream.resample_chunk(np.zeros(0, dtype=np.float32), last=True))
+        self._stream = None
+
+    def add(self, mono: np.ndarray, rate: int) -> bool:
+        """Add one chunk; False once the limit is reached in truncate mode (stop decoding)."""
+        if rate <= 0:
+            raise ItemError("corrupt", f"audio could not be decoded: invalid sample rate {rate}")
+        if rate != self._rate:
+            self._flush()
+            self._done_seconds, self._cur_samples = self.source_seconds, 0
+            self._rate = rate
+            if rate != self.out_rate:
+                self._stream = soxr.ResampleStream(rate, self.out_rate, 1, dtype="float32", quality="HQ")
+        room = int(math.floor((self.limit - self.source_seconds) * rate + 1e-6))
+        if len(mono) > room:
+            if not self.truncate:
+                raise ItemError(
+                    "too_long",
+                    f"audio runs past {self.limit:g} s (its header understated the length), "
+                    f"over the max_audio_seconds limit of {self.limit:g} s",
+                )
+            mono = mono[: max(room, 0)]
+            self.full = True
+        self._cur_samples += len(mono)
+        mono = np.nan_to_num(np.asarray(mono, dtype=np.float32), nan=0.0, posinf=1.0, neginf=-1.0)
+        np.clip(mono, -1.0, 1.0, out=mono)
+        if self._stream is None:
+            self._append(mono)
+        elif len(mono):
+            self._append(self._stream.resample_chunk(mono, last=False))
+        return not self.full
+
+    def finish(self) -> np.ndarray:
+        self._flush()
+        out = self._buf[: self._n]
+        if len(self._buf) > self._n + self._n // 4 + 65536:
+            out = out.copy()  # don't keep a mostly empty buffer alive
+        self._buf = np.empty(0, dtype=np.float32)
+        np.clip(out, -1.0, 1.0, out=out)  # soxr can overshoot slightly near full scale
+        return out
+
+
+def _riff_truncation(data: bytes) -> tuple[float, float] | None:
+    """(declared, present) seconds of a RIFF/WAVE `data` chunk whose size field claims more
+    bytes than the file holds. libsndfile silently trusts the file length instead, which
+    would turn a cut-off or lying WAV into a short "valid" one."""
+    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        return None
+    pos, byte_rate, block_align = 12, 0, 1
+    while pos + 8 <= len(data):
+        cid, size = data[pos : pos + 4], struct.unpack("<I", data[pos + 4 : pos + 8])[0]
+        body = pos + 8
+        if cid == b"fmt " and size >= 16 and body + 16 <= len(data):
+            byte_rate, block_align = struct.unpack("<IH", data[body + 8 : body + 14])
+        elif cid == b"data":
+            present = len(data) - body
+            if size in (0, 0xFFFFFFFF) or byte_rate <= 0 or size <= present + max(block_align, 1):
+                return None  # streaming placeholder, or complete
+            return size / byte_rate, present / byte_rate
+        pos = body + size + (size & 1)
+    return None
+
+
+def _mono_from_frame(frame: av.AudioFrame) -> np.ndarray:
+    """One PyAV frame of any sample format to mono float32 (mean of channels)."""
+    arr = frame.to_ndarray()
+    channels = max(frame.layout.nb_channels, 1)
+    if not frame.format.is_planar:
+        arr = arr.reshape(-1, channels).T
+    if arr.dtype.kind == "f":
+        arr = arr.astype(np.float32, copy=False)
+    elif arr.dtype.kind == "u":
+        arr = (arr.astype(np.float32) - 128.0) / 128.0
+    else:
+        arr = arr.astype(np.float32) / float(2 ** (arr.dtype.itemsize * 8 - 1))
+    return arr.mean(axis=0, dtype=np.float32) if arr.shape[0] > 1 else arr[0]
+
+
+def _decode_soundfile(data: bytes, opts: DecodeOptions) -> tuple[np.ndarray, dict] | None:
+    """WAV/FLAC/OGG/AIFF... through libsndfile; None when it can't open the bytes."""
+    limit = opts.max_audio_seconds
+    trunc = _riff_truncation(data)
+    if trunc is not None:
+        declared, present = trunc
+        if declared > limit:
+            raise _too_long(declared, limit)
+        raise ItemError(
+            "corrupt", f"audio could not be decoded: truncated WAV (header declares {declared:.1f} s, file holds {present:.1f} s)"
+        )
+    try:
+        f = sf.SoundFile(io.BytesIO(data))
+    except Exception:  # noqa: BLE001 - libsndfile refusing the bytes just means "try FFmpeg"
+        return None
+    with f:
+        fmt, subtype = f.format, f.subtype
+        if fmt in _SOUNDFILE_SKIP:
+            return None
+        sr, channels, frames = int(f.samplerate), int(f.channels), int(f.frames)
+        if sr <= 0 or channels <= 0:
+            raise ItemError("corrupt", f"audio could not be decoded: invalid header ({sr} Hz, {channels} channels)")
+        if not 0 < frames < _UNKNOWN_FRAMES:
+            # Unknown length (cut-off Ogg, FLAC without a sample count): libsndfile reads
+            # nothing or fails to seek there, FFmpeg decodes what is present.
+            return None
+        if frames / sr > limit:
+            raise _too_long(frames / sr, limit)
+        sink = _MonoSink(opts.sample_rate, limit, truncate=False, expected_seconds=frames / sr)
+        block = max(4096, 2**20 // channels)
+        got = 0
+        while True:
+            try:
+                x = f.read(block, dtype="float32", always_2d=True)
+            except Exception as exc:  # noqa: BLE001 - LibsndfileError/RuntimeError on damaged data
+                raise ItemError("corrupt", f"audio could not be decoded: {exc}") from exc
+            if not len(x):
+                break
+            got += len(x)
+            sink.add(x.mean(axis=1, dtype=np.float32) if channels > 1 else x[:, 0], sr)
+        if got < frames:
+            raise ItemError(
+                "corrupt", f"audio could not be decoded: truncated (header declares {frames} frames, decoded {got})"
+            )
+    out = sink.finish()
+    info = {
+        "format": fmt.lower(),
+        "codec": subtype.lower(),
+        "source_sample_rate": sr,
+        "source_channels": channels,
+        "duration": sink.source_seconds,
+        "num_samples": int(len(out)),
+    }
+    return out, info
+
+
+def _decode_av(data: bytes, opts: DecodeOptions, limit: float, truncate: bool) -> tuple[np.ndarray, dict]:
+    """Compressed audio and audio tracks of video containers through FFmpeg (PyAV).
+
+    With `truncate`, keep the first `limit` seconds instead of refusing longer input."""
+    try:
+        container = av.open(io.BytesIO(data), mode="r", metadata_errors="ignore")
+    except av.FFmpegError as exc:
+        if looks_like_media(data):
+            raise ItemError("corrupt", f"audio could not be decoded: {exc}") from exc
+        raise ItemError("not_audio", "not a recognised audio format") from exc
+    with container:
+        stream = container.streams.best("audio") or (container.streams.audio[0] if container.streams.audio else None)
+        if stream is None:
+            raise ItemError("not_audio", "no audio stream found")
+        declared = 0.0
+        if stream.duration and stream.time_base:
+            declared = float(stream.duration * stream.time_base)
+        elif container.duration:
+            declared = container.duration / av.time_base
+        if declared > limit and not truncate:
+            raise _too_long(declared, limit)
+        ctx = stream.codec_context
+        if ctx is None:
+            raise ItemError("corrupt", "audio could not be decoded: no decoder for this audio codec")
+        sink = _MonoSink(opts.sample_rate, limit, truncate, expected_seconds=declared)
+        first_rate = 0
+        try:
+            for frame in container.decode(stream):
+                if not frame.samples:
+                    continue
+                first_rate = first_rate or int(frame.sample_rate)
+                if not sink.add(_mono_from_frame(frame), int(frame.sample_rate)):
+                    break
+        except av.FFmpegError as exc:
+            raise ItemError("corrupt", f"audio could not be decoded: {exc}") from exc
+        info = {
+            "format": (container.format.name or "").split(",")[0],
+            "codec": ctx.name,
+            "source_sample_rate": first_rate or int(ctx.sample_rate or 0),
+            "source_channels": int(ctx.channels or 0),
+        }
+    out = sink.finish()
+    info.update(duration=sink.source_seconds, num_samples=int(len(out)))
+    if truncate:
+        info["truncated"] = sink.full
+    return out, info
+
+
+def decode_audio(data: bytes, opts: DecodeOptions) -> tuple[np.ndarray, dict]:
+    """Decode bytes to the full float32 mono signal at opts.sample_rate (not padded).
+
+    Raises ItemError: `empty`, `not_audio`, `too_long`, `corrupt`."""
+    if not data:
+        raise ItemError("empty", "file is empty (0 bytes)")
+    result = _decode_soundfile(data, opts)
+    if result is None:
+        result = _decode_av(data, opts, opts.max_audio_seconds, truncate=False)
+    out, info = result
+    if not len(out):
+        raise ItemError("empty", "audio has no samples")
+    return out, info
+
+
+def decode_audio_track(data: bytes, opts: DecodeOptions, max_seconds: float) -> tuple[np.ndarray, dict]:
+    """The first `max_seconds` of a container's audio track (a video's soundtrack), mono at
+    opts.sample_rate. Same errors as decode_audio, except longer input is cut, not refused."""
+    if not data:
+        raise ItemError("empty", "file is empty (0 bytes)")
+    out, info = _decode_av(data, opts, max_seconds, truncate=True)
+    if not len(out):
+        raise ItemError("empty", "audio has no samples")
+    return out, info
+
+
+def num_audio_tokens(num_samples: int, samples_per_token: int = 640) -> int:
+    """Soft tokens the audio tower emits for this many 16 kHz samples."""
+    return -(-int(num_samples) // samples_per_token)
+
+
+def pad_to_token_multiple(x: np.ndarray, samples_per_token: int = 640) -> np.ndarray:
+    """Zero-pad at the end to a whole number of tokens: vLLM 0.32 miscounts the audio
+    placeholder tokens for a ragged last token. An empty array stays empty."""
+    rem = len(x) % samples_per_token
+    if rem == 0:
+        return x
+    return np.concatenate([x, np.zeros(samples_per_token - rem, dtype=x.dtype)])
+
+
+def split_windows(
+    x: np.ndarray, sr: int, max_seconds: float = 30.0, min_seconds: float = 20.0, overlap_seconds: float = 0.0
+) -> list[tuple[int, int]]:
+    """(start, end) sample ranges of at most max_seconds covering the whole signal, for a
+    model that takes at most 30 s per request. Each cut goes at the quietest point between
+    start+min_seconds and start+max_seconds (middle of the quietest stretch, measured as
+    the mean power over ~80 ms around each 20-ms step) so words are not split.
+    With overlap, each window after the first starts overlap_seconds before the last cut."""
+    n = len(x)
+    if sr <= 0:
+        raise ValueError("sr must be positive")
+    max_len = int(max_seconds * sr)
+    min_len = min(int(min_seconds * sr), max_len)
+    overlap = int(overlap_seconds * sr)
+    if max_len <= 0:
+        raise ValueError("max_seconds must be positive")
+    if overlap < 0 or overlap >= max(min_len, 1):
+        raise ValueError("overlap_seconds must be >= 0 and smaller than min_seconds")
+    if n <= max_len:
+        return [(0, n)]
+    hop = max(1, int(round(0.02 * sr)))
+    half = 2 * hop
+    windows: list[tuple[int, int]] = []
+    start = 0
+    while n - start > max_len:
+        lo, hi = start + max(min_len, 1), start + max_len
+        cands = np.arange(lo, hi + 1, hop)
+        seg_lo, seg_hi = max(cands[0] - half, 0), min(cands[-1] + half, n)
+        seg = np.asarray(x[seg_lo:seg_hi], dtype=np.float64)
+        if seg.ndim > 1:
+            seg = seg.mean(axis=1)
+        csum = np.concatenate([[0.0], np.cumsum(seg * seg)])
+        a = np.clip(cands - half - seg_lo, 0, len(seg))
+        b = np.clip(cands + half - seg_lo, 0, len(seg))
+        power = (csum[b] - csum[a]) / np.maximum(b - a, 1)
+        best = int(np.argmin(power))
+        near = power <= power[best] * 1.05 + 1e-12
+        left = right = best
+        while left > 0 and near[left - 1]:
+            left -= 1
+        while right + 1 < len(near) and near[right + 1]:
+            right += 1
+        cut = int(cands[(left + right) // 2])
+        windows.append((start, cut))
+        start = cut - overlap
+    windows.append((start, n))
+    return windows

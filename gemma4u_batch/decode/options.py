@@ -1,0 +1,27 @@
+"""Per-item limits and media settings shared by every decoder (picklable for workers)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    image_tokens: int = 280
+    max_image_pixels: int = 180_000_000
+    max_input_bytes: int = 2 * 1024**3
+    # Gemma 4 Unified geometry: 16 px patches merged 3×3 into 48 px model patches.
+    patch_size: int = 16
+    pooling_kernel_size: int = 3
+    # Audio: 16 kHz, 640 samples per soft token, at most 750 tokens (30 s) per request.
+    sample_rate: int = 16_000
+    samples_per_token: int = 640
+    max_audio_tokens: int = 750
+    max_audio_seconds: float = 4 * 3600.0
+    # Video
+    video_frames: int = 8
+    video_fps: float | None = None
+    video_tokens_per_frame: int = 70
+    max_video_frames: int = 32
+    max_video_seconds: float = 4 * 3600.0
+    with_audio: bool = False

@@ -1,0 +1,243 @@
+"""Video decoding: sample frames exactly where the Gemma 4 Unified video processor would,
+upright and already at the per-frame target size, so the engine never sees full-size
+video; optionally the first 30 s of the soundtrack for audio+video prompts."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+
+import av
+import numpy as np
+from PIL import Image
+
+from ..errors import ItemError
+from ..records import VideoFrames
+from .audio import decode_audio_track, looks_like_media
+from .image import target_size
+from .options import DecodeOptions
+
+__all__ = ["apply_rotation", "decode_video", "sample_indices"]
+
+_NO_FRAMES = "video yielded no decodable frames"
+# Undecodable packets tolerated (FFmpeg's CLI skips them too) before the file counts as corrupt.
+_MAX_BAD_PACKETS = 50
+
+
+def sample_indices(total: int, duration: float, opts: DecodeOptions) -> list[int]:
+    """Frame indices to keep, with transformers' uniform formula `arange(n) * total // n`
+    (n fixed, or duration * video_fps when a rate is asked for), capped at max_video_frames."""
+    if total <= 0:
+        return []
+    if opts.video_fps:
+        n = min(opts.max_video_frames, max(1, round(duration * opts.video_fps)))
+    else:
+        n = min(opts.video_frames, opts.max_video_frames)
+    n = max(1, min(n, total))
+    return [int(i) for i in (np.arange(n, dtype=np.int64) * total // n)]
+
+
+def display_rotation(frame: av.VideoFrame, stream: av.video.stream.VideoStream) -> int:
+    """Clockwise degrees (0/90/180/270) to turn the stored frame to display it upright.
+
+    PyAV's frame.rotation is the display matrix's counter-clockwise angle (a phone's
+    portrait clip reads -90, i.e. turn 90° clockwise); old files only carry the legacy
+    `rotate` tag, which is already clockwise."""
+    ccw = frame.rotation
+    if ccw:
+        cw = -float(ccw)
+    else:
+        try:
+            cw = float(stream.metadata.get("rotate", 0) or 0)
+        except (TypeError, ValueError):
+            cw = 0.0
+    return int(round(cw / 90.0)) * 90 % 360
+
+
+def apply_rotation(img: Image.Image, clockwise_degrees: int) -> Image.Image:
+    """Turn an image clockwise by a multiple of 90° (PIL's transposes are counter-clockwise)."""
+    op = {90: Image.Transpose.ROTATE_270, 180: Image.Transpose.ROTATE_180, 270: Image.Transpose.ROTATE_90}
+    t = op.get(clockwise_degrees % 360)
+    return img.transpose(t) if t is not None else img
+
+
+def _open(data: bytes) -> av.container.InputContainer:
+    try:
+        return av.open(io.BytesIO(data), mode="r", metadata_errors="ignore")
+    except av.FFmpegError as exc:
+        if looks_like_media(data):
+            raise ItemError("corrupt", f"video could not be decoded: {exc}") from exc
+        raise ItemError("not_video", "not a recognised video container") from exc
+
+
+def _video_stream(container: av.container.InputContainer):
+    """The first real video stream; cover art (attached pictures) doesn't count."""
+    for s in container.streams.video:
+        if not (s.disposition & av.stream.Disposition.attached_pic):
+            return s
+    return None
+
+
+def _count_packets(data: bytes, stream_index: int) -> int:
+    """Exact frame count for containers without one in the header (WebM/MKV): demux
+    without decoding, which is cheap."""
+    n = 0
+    with _open(data) as container:
+        try:
+            for packet in container.demux(container.streams[stream_index]):
+                if packet.size and not packet.is_discard:
+                    n += 1
+        except av.FFmpegError:
+            pass  # damaged tail: count what is there
+    return n
+
+
+@dataclasses.dataclass
+class _Pass:
+    frames: dict[int, tuple[Image.Image, float, int]]
+    decoded: int
+    eof: bool
+    error: str | None
+
+
+def _decode_pass(data: bytes, stream_index: int, wanted: list[int], opts: DecodeOptions, fps: float) -> _Pass:
+    """Decode sequentially, keeping only the wanted frame indices (presentation order) and
+    stopping after the last one. Sequential decoding is exact where seeking is not."""
+    want = set(wanted)
+    last = wanted[-1]
+    vopts = dataclasses.replace(opts, image_tokens=opts.video_tokens_per_frame)
+    out: dict[int, tuple[Image.Image, float, int]] = {}
+    decoded, bad, error = 0, 0, None
+    with _open(data) as container:
+        stream = container.streams[stream_index]
+        stream.thread_type = "AUTO"
+        start = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
+        packets = container.demux(stream)
+        while True:
+            try:
+                packet = next(packets)
+            except StopIteration:
+                return _Pass(out, decoded, True, error)
+            except av.FFmpegError as exc:  # damaged container: the stream ends here
+                return _Pass(out, decoded, True, error or str(exc))
+            try:
+                frames = packet.decode()
+            except av.FFmpegError as exc:
+                bad += 1
+                error = error or str(exc)
+                if bad > _MAX_BAD_PACKETS:
+                    if not decoded:
+                        return _Pass(out, decoded, True, error)
+                    raise ItemError("corrupt", f"video could not be decoded: {bad} damaged packets ({error})") from exc
+                continue
+            for frame in frames:
+                i = decoded
+                decoded += 1
+                tb = frame.time_base or stream.time_base
+                ts = max(float(frame.pts * tb) - start, 0.0) if frame.pts is not None and tb else None
+                if ts is None:
+                    ts = i / fps if fps > 0 else 0.0
+                if ts > opts.max_video_seconds:
+                    raise ItemError(
+                        "too_long",
+                        f"video runs past {opts.max_video_seconds:g} s (its header understated the length), "
+                        f"over the max_video_seconds limit of {opts.max_video_seconds:g} s",
+                    )
+                if i in want:
+                    rot = display_rotation(frame, stream)
+                    img = apply_rotation(frame.to_image(), rot)
+                    tw, th = target_size(img.width, img.height, vopts)
+                    if img.size != (tw, th):
+                        img = img.resize((tw, th), Image.Resampling.BICUBIC, reducing_gap=3.0)
+                    out[i] = (img, ts, rot)
+                if i >= last:
+                    return _Pass(out, decoded, False, error)
+
+
+def decode_video(data: bytes, opts: DecodeOptions) -> tuple[VideoFrames, np.ndarray | None, dict]:
+    """Decode bytes to sampled, upright, resized RGB frames (+ soundtrack if asked).
+
+    Raises ItemError: `empty`, `not_video`, `no_frames`, `too_long`, `too_large`, `corrupt`."""
+    if not data:
+        raise ItemError("empty", "file is empty (0 bytes)")
+    with _open(data) as container:
+        stream = _video_stream(container)
+        if stream is None:
+            raise ItemError("no_frames", f"{_NO_FRAMES}: no video stream")
+        ctx = stream.codec_context
+        if ctx is None:
+            raise ItemError("no_frames", f"{_NO_FRAMES}: no decoder for this video codec")
+        index, codec = stream.index, ctx.name
+        fmt = (container.format.name or "").split(",")[0]
+        has_audio = bool(container.streams.audio)
+        rate = stream.average_rate or stream.guessed_rate
+        fps = float(rate) if rate else 0.0
+        duration = 0.0
+        if stream.duration and stream.time_base:
+            duration = float(stream.duration * stream.time_base)
+        elif container.duration:
+            duration = container.duration / av.time_base
+        header_total = int(stream.frames or 0)
+        src_w, src_h = int(ctx.width or 0), int(ctx.height or 0)
+    if duration > opts.max_video_seconds:
+        raise ItemError(
+            "too_long", f"video is {duration:.1f} s long, over the max_video_seconds limit of {opts.max_video_seconds:g} s"
+        )
+    if src_w * src_h > opts.max_image_pixels:
+        raise ItemError("too_large", f"video frames are {src_w}x{src_h}, over the max_image_pixels limit")
+    total = header_total if header_total > 0 else _count_packets(data, index)
+    if total <= 0:
+        raise ItemError("no_frames", f"{_NO_FRAMES}: the video stream holds no frames")
+    if fps <= 0 and duration > 0:
+        fps = total / duration
+    if duration <= 0 and fps > 0:
+        duration = total / fps
+
+    wanted = sample_indices(total, duration, opts)
+    run = _decode_pass(data, index, wanted, opts, fps)
+    if run.eof and run.decoded <= wanted[-1]:
+        # Fewer decodable frames than the header/packet count said.
+        if run.decoded == 0:
+            detail = run.error or (f"no decoder output for codec {codec}" if codec else "empty stream")
+            raise ItemError("no_frames", f"{_NO_FRAMES}: {detail}")
+        if header_total > 0 and run.decoded < 0.9 * header_total - 2:
+            raise ItemError(
+                "corrupt",
+                f"video could not be decoded: truncated (header declares {header_total} frames, "
+                f"only {run.decoded} decodable{': ' + run.error if run.error else ''})",
+            )
+        total = run.decoded
+        if duration <= 0 and fps > 0:
+            duration = total / fps
+        wanted = sample_indices(total, duration, opts)
+        if any(i not in run.frames for i in wanted):
+            run = _decode_pass(data, index, wanted, opts, fps)
+        if any(i not in run.frames for i in wanted):
+            raise ItemError("corrupt", "video could not be decoded: frames vanished between two decodes")
+
+    kept = [run.frames[i] for i in wanted]
+    frames = [k[0] for k in kept]
+    timestamps = [k[1] for k in kept]
+    rotation = kept[0][2]
+    info: dict = {
+        "format": fmt,
+        "codec": codec,
+        "fps": fps,
+        "total_frames": total,
+        "duration": duration,
+        "indices": list(wanted),
+        "timestamps": timestamps,
+        "size": list(frames[0].size),
+        "source_size": [src_w, src_h],
+        "rotation": rotation,
+    }
+    audio = None
+    if opts.with_audio and has_audio:
+        max_seconds = opts.max_audio_tokens * opts.samples_per_token / opts.sample_rate
+        try:
+            audio, info["audio"] = decode_audio_track(data, opts, max_seconds)
+        except ItemError as exc:
+            # The frames are still usable; record why the soundtrack is missing.
+            info["audio_error"] = f"{exc.kind}: {exc.message}"
+    video = VideoFrames(frames, timestamps, list(wanted), fps, total, duration)
+    return video, audio, info

@@ -1,0 +1,235 @@
+"""Engine stage: keep a bounded number of requests inside vLLM, top up, harvest.
+
+There is no barrier between batches: as soon as a request finishes, another decoded
+item takes its place, so the engine never waits for a whole chunk to finish.
+`FakeEngine` implements the same interface for fast unit tests of the pipeline.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from .config import EngineConfig, SamplingConfig
+from .errors import UsageError
+from .records import Generation
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EngineRequest:
+    request_id: str
+    prompt: str
+    multi_modal_data: dict[str, Any] | None
+    sampling: SamplingConfig
+    payload: Any = None  # the runner's context for this request, returned untouched
+
+
+@dataclass
+class EngineResult:
+    request: EngineRequest
+    generation: Generation | None = None
+    error: str | None = None
+    error_kind: str | None = None
+
+
+class Engine(Protocol):
+    model_name: str
+
+    def render_prompt(self, messages: list[dict[str, Any]]) -> str: ...
+    def capacity(self) -> int: ...
+    def add(self, request: EngineRequest) -> EngineResult | None: ...
+    def step(self) -> list[EngineResult]: ...
+    def has_unfinished(self) -> bool: ...
+    def shutdown(self) -> None: ...
+
+
+def _quiet_vllm() -> None:
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+
+def check_model_path(model: str) -> None:
+    """A local model folder must exist and hold a config; ids are left to vLLM."""
+    looks_local = model.startswith((".", "/", "~")) or os.path.sep in model and os.path.exists(model.split(os.path.sep)[0])
+    if looks_local or os.path.exists(model):
+        path = os.path.expanduser(model)
+        if not os.path.isdir(path):
+            raise UsageError(f"model folder not found: {model}")
+        if not os.access(path, os.R_OK) or not os.path.isfile(os.path.join(path, "config.json")):
+            raise UsageError(f"model folder is unreadable or has no config.json: {model}")
+
+
+@dataclass
+class VllmEngine:
+    """vLLM's LLMEngine driven request by request (add_request / step)."""
+
+    model: str
+    engine: EngineConfig
+    image_tokens: int = 280
+    limit_mm: dict[str, int] = field(default_factory=lambda: {"image": 1, "audio": 1, "video": 1})
+    seed: int = 0
+    _llm: Any = None
+    _tokenizer: Any = None
+    _inflight: dict[str, EngineRequest] = field(default_factory=dict)
+
+    @property
+    def model_name(self) -> str:
+        return self.model
+
+    def start(self) -> VllmEngine:
+        _quiet_vllm()
+        check_model_path(self.model)
+        from vllm import EngineArgs
+        from vllm.platforms import current_platform
+        from vllm.v1.engine.llm_engine import LLMEngine
+
+        on_cpu = current_platform.is_cpu()
+        mem = self.engine.gpu_memory_utilization or (0.15 if on_cpu else 0.9)
+        args = EngineArgs(
+            model=self.model,
+            dtype=self.engine.dtype,
+            max_model_len=self.engine.max_model_len,
+            max_num_seqs=self.engine.max_num_seqs,
+            gpu_memory_utilization=mem,
+            tensor_parallel_size=self.engine.tensor_parallel_size,
+            pipeline_parallel_size=self.engine.pipeline_parallel_size,
+            enforce_eager=self.engine.enforce_eager,
+            limit_mm_per_prompt=self.limit_mm,
+            mm_processor_kwargs={"max_soft_tokens": self.image_tokens},
+            mm_processor_cache_gb=self.engine.mm_cache_gb,
+            disable_chunked_mm_input=True,
+            seed=self.seed,
+            disable_log_stats=True,
+        )
+        try:
+            self._llm = LLMEngine.from_engine_args(args)
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"cannot load model {self.model}: {str(exc).splitlines()[0]}") from exc
+        self._tokenizer = self._llm.get_tokenizer()
+        return self
+
+    def render_prompt(self, messages: list[dict[str, Any]]) -> str:
+        return self._tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def capacity(self) -> int:
+        limit = self.engine.max_in_flight or 2 * self.engine.max_num_seqs
+        return max(0, limit - len(self._inflight))
+
+    def add(self, request: EngineRequest) -> EngineResult | None:
+        """Submit; a request the engine rejects comes back at once as an error result."""
+        from vllm import SamplingParams
+
+        s = request.sampling
+        params = SamplingParams(
+            max_tokens=s.max_tokens,
+            temperature=s.temperature,
+            top_p=s.top_p,
+            seed=s.seed,
+        )
+        prompt: dict[str, Any] = {"prompt": request.prompt}
+        if request.multi_modal_data:
+            prompt["multi_modal_data"] = request.multi_modal_data
+        try:
+            self._llm.add_request(request.request_id, prompt, params)
+        except (ValueError, TypeError, RuntimeError) as exc:
+            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            return EngineResult(request, error=f"engine rejected the request: {msg}", error_kind="rejected")
+        self._inflight[request.request_id] = request
+        return None
+
+    def step(self) -> list[EngineResult]:
+        results: list[EngineResult] = []
+        for out in self._llm.step():
+            if not out.finished:
+                continue
+            req = self._inflight.pop(out.request_id, None)
+            if req is None:
+                continue
+            comp = out.outputs[0]
+            results.append(
+                EngineResult(
+                    req,
+                    Generation(
+                        text=comp.text,
+                        finish_reason=comp.finish_reason,
+                        num_prompt_tokens=len(out.prompt_token_ids or []),
+                        num_output_tokens=len(comp.token_ids),
+                    ),
+                )
+            )
+        return results
+
+    def has_unfinished(self) -> bool:
+        return bool(self._inflight)
+
+    def shutdown(self) -> None:
+        if self._llm is not None:
+            try:
+                self._llm.engine_core.shutdown()
+            except (RuntimeError, OSError) as exc:  # best effort at exit
+                log.debug("engine shutdown: %s", exc)
+            self._llm = None
+
+
+@dataclass
+class FakeEngine:
+    """Deterministic stand-in for unit tests of batching, resume and writing.
+
+    It echoes a digest of the prompt; `fail_if` lets a test make it reject a request.
+    """
+
+    model_name: str = "fake-model"
+    max_in_flight: int = 4
+    steps_to_finish: int = 2
+    fail_if: Callable[[EngineRequest], str | None] | None = None
+    _inflight: dict[str, tuple[EngineRequest, int]] = field(default_factory=dict)
+    added: int = 0
+
+    def render_prompt(self, messages: list[dict[str, Any]]) -> str:
+        parts = []
+        for m in messages:
+            content = m["content"]
+            if isinstance(content, str):
+                parts.append(f"<{m['role']}>{content}")
+            else:
+                parts.append(f"<{m['role']}>" + "".join(c.get("text", f"[{c['type']}]") for c in content))
+        return "".join(parts) + "<model>"
+
+    def capacity(self) -> int:
+        return self.max_in_flight - len(self._inflight)
+
+    def add(self, request: EngineRequest) -> EngineResult | None:
+        if self.fail_if is not None and (msg := self.fail_if(request)):
+            return EngineResult(request, error=f"engine rejected the request: {msg}", error_kind="rejected")
+        self._inflight[request.request_id] = (request, 0)
+        self.added += 1
+        return None
+
+    def step(self) -> list[EngineResult]:
+        import hashlib
+
+        done: list[EngineResult] = []
+        for rid, (req, n) in list(self._inflight.items()):
+            if n + 1 >= self.steps_to_finish:
+                del self._inflight[rid]
+                digest = hashlib.sha256(req.prompt.encode()).hexdigest()[:12]
+                mm = sorted((req.multi_modal_data or {}).keys())
+                text = f"fake {digest} {' '.join(mm)}".strip()
+                done.append(EngineResult(req, Generation(text, "stop", len(req.prompt), 3)))
+            else:
+                self._inflight[rid] = (req, n + 1)
+        return done
+
+    def has_unfinished(self) -> bool:
+        return bool(self._inflight)
+
+    def shutdown(self) -> None:
+        self._inflight.clear()

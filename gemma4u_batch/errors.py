@@ -1,0 +1,26 @@
+"""Errors the CLI turns into one line and an exit code, never a traceback."""
+
+from __future__ import annotations
+
+
+class UsageError(Exception):
+    """Bad usage: missing path, bad flag value, unreadable model dir, invalid recipe."""
+
+
+class ItemError(Exception):
+    """A single input cannot be processed; it becomes an error record, the job goes on."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+
+class ExitCode:
+    """Documented exit codes a scheduler can act on."""
+
+    OK = 0
+    FAILED = 1
+    USAGE = 2
+    ITEM_ERRORS = 3  # job finished, some items have error records (only with --strict)
+    INTERRUPTED = 130  # SIGINT/SIGTERM: committed what finished, resumable

@@ -1,0 +1,84 @@
+"""Progress reporting: a rich live bar for people, JSON lines for schedulers, or nothing."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Counters:
+    started: float = field(default_factory=time.monotonic)
+    done: int = 0
+    errors: int = 0
+    skipped: int = 0
+    output_tokens: int = 0
+    errors_by_kind: dict[str, int] = field(default_factory=dict)
+
+    def add(self, error_kind: str | None, output_tokens: int | None) -> None:
+        self.done += 1
+        self.output_tokens += output_tokens or 0
+        if error_kind is not None:
+            self.errors += 1
+            self.errors_by_kind[error_kind] = self.errors_by_kind.get(error_kind, 0) + 1
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def snapshot(self) -> dict[str, Any]:
+        el = max(self.elapsed, 1e-9)
+        return {
+            "done": self.done,
+            "errors": self.errors,
+            "skipped": self.skipped,
+            "elapsed_s": round(self.elapsed, 3),
+            "items_per_s": round(self.done / el, 3),
+            "output_tokens_per_s": round(self.output_tokens / el, 3),
+            "errors_by_kind": dict(self.errors_by_kind),
+        }
+
+
+class Reporter:
+    """mode: 'rich' (live bar on stderr), 'json' (a JSON line every few seconds), 'quiet'."""
+
+    def __init__(self, mode: str = "rich", every: float = 2.0) -> None:
+        self.mode = mode if (mode != "rich" or sys.stderr.isatty()) else "plain"
+        self.every = every
+        self._last = 0.0
+        self._progress: Any = None
+        self._task: Any = None
+
+    def start(self, total: int | None) -> None:
+        if self.mode == "rich":
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self._progress = Progress(
+                TextColumn("[bold]gemma4u"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]}"),
+                TimeRemainingColumn(),
+                transient=False,
+            )
+            self._progress.start()
+            self._task = self._progress.add_task("run", total=total, rate="")
+
+    def update(self, c: Counters, force: bool = False) -> None:
+        now = time.monotonic()
+        if self.mode == "rich" and self._progress is not None:
+            s = c.snapshot()
+            rate = f"{s['items_per_s']:.2f} it/s · {s['output_tokens_per_s']:.1f} tok/s · {c.errors} errors"
+            self._progress.update(self._task, completed=c.done + c.skipped, rate=rate)
+            return
+        if self.mode == "json" and (force or now - self._last >= self.every):
+            self._last = now
+            print(json.dumps({"event": "progress", **c.snapshot()}), file=sys.stderr, flush=True)
+
+    def stop(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None

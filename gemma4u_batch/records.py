@@ -1,0 +1,101 @@
+"""Typed records that flow between stages: source → decode → engine → writer.
+
+Dicts appear only at the edges (manifest rows in, JSON/Parquet out).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+class Modality(StrEnum):
+    IMAGE = "image"
+    AUDIO = "audio"
+    VIDEO = "video"
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """One input as a source found it, before any bytes are read.
+
+    `error` is set when the source itself could not make a usable item (a malformed
+    manifest row); such an item still flows through so it gets its own record.
+    """
+
+    id: str
+    source: str
+    modality: Modality | None
+    path: Path | None = None
+    data: bytes | None = None
+    prompt: str | None = None
+    task: str | None = None
+    fields: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class VideoFrames:
+    frames: list[Any]  # PIL images, RGB
+    timestamps: list[float]
+    indices: list[int]
+    fps: float
+    total_frames: int
+    duration: float
+
+
+@dataclass
+class DecodedItem:
+    """A work item with its media decoded to what the engine takes, or an error."""
+
+    item: WorkItem
+    content_sha256: str | None = None
+    image: Any | None = None  # PIL.Image.Image, RGB, already at the processor's size
+    audio: np.ndarray | None = None  # float32 mono 16 kHz, padded to 640-sample multiples
+    video: VideoFrames | None = None
+    error: str | None = None
+    error_kind: str | None = None
+    decode_seconds: float = 0.0
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Generation:
+    """What the engine returned for one request."""
+
+    text: str
+    finish_reason: str | None
+    num_prompt_tokens: int
+    num_output_tokens: int
+
+
+@dataclass
+class OutputRecord:
+    """One line of output. Exactly one per input item (per task)."""
+
+    id: str
+    key: str
+    source: str
+    modality: str | None
+    task: str
+    prompt: str | None
+    text: str | None
+    finish_reason: str | None
+    num_prompt_tokens: int | None
+    num_output_tokens: int | None
+    error: str | None
+    error_kind: str | None
+    model: str
+    content_sha256: str | None
+    decode_seconds: float | None
+    fields: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+OUTPUT_COLUMNS: tuple[str, ...] = tuple(OutputRecord.__dataclass_fields__)

@@ -1,0 +1,394 @@
+"""Manifest source: a JSONL, CSV/TSV or Parquet list of media paths, streamed row by row.
+
+A bad row never stops the job: it becomes a WorkItem with `error` set, naming its line,
+so it gets its own error record. Only a manifest that cannot be read at all (missing,
+not the format its extension says, no path column) is a UsageError.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import decimal
+import json
+import math
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from ..errors import UsageError
+from ..records import Modality, WorkItem
+from .folder import modality_for
+
+PATH_COLUMNS: tuple[str, ...] = ("path", "file", "file_name", "filename", "audio", "image", "video")
+"""Column names tried, in order, when no path column is given."""
+
+RESERVED_COLUMNS = frozenset({"id", "prompt", "task", "modality"})
+
+_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet"}
+_PARQUET_BATCH_ROWS = 1024
+_DROP = object()  # marks a value that cannot go into JSON fields
+
+
+class _RowError(Exception):
+    """A malformed row; carries the best id recovered so far (or None)."""
+
+    def __init__(self, message: str, row_id: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.row_id = row_id
+
+
+def json_safe(value: Any) -> Any:
+    """`value` as plain JSON data, or _DROP for binary data (kept out of output fields)."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return _DROP
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            v = json_safe(v)
+            if v is not _DROP:
+                out[str(k)] = v
+        return out
+    if isinstance(value, (list, tuple)):
+        return [v for v in (json_safe(x) for x in value) if v is not _DROP]
+    if isinstance(value, (_dt.datetime, _dt.date, _dt.time)):
+        return value.isoformat()
+    if isinstance(value, _dt.timedelta):
+        return value.total_seconds()
+    if isinstance(value, decimal.Decimal):
+        return json_safe(float(value))
+    item = getattr(value, "item", None)  # numpy scalars
+    if callable(item):
+        try:
+            return json_safe(item())
+        except (TypeError, ValueError):
+            pass
+    return str(value)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text[:300] or type(exc).__name__
+
+
+class ManifestSource:
+    """Rows of a manifest file as WorkItems, in file order, never loading the whole file.
+
+    Paths resolve against the manifest's folder and must stay inside `allow_roots`
+    (default: that folder) so a manifest cannot make the job read arbitrary files.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        modalities: frozenset[Modality] | None = None,
+        allow_roots: list[Path] | None = None,
+        path_column: str | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.root = self.path.parent
+        self.modalities = modalities
+        self.path_column = path_column
+        roots = allow_roots if allow_roots else [self.root]
+        self._allow_roots = [os.path.realpath(r) for r in roots]
+        self._real_root = os.path.realpath(self.root)
+        self._format = _FORMATS.get(self.path.suffix.lower())
+        if self._format is None:
+            raise UsageError(
+                f"manifest {self.path}: unsupported format '{self.path.suffix}' "
+                "(use .jsonl, .ndjson, .csv, .tsv or .parquet)"
+            )
+        if not self.path.is_file():
+            what = "not found" if not self.path.exists() else "not a regular file"
+            raise UsageError(f"manifest {self.path}: {what}")
+        # Validate the header/schema now so a bad manifest fails before any work starts.
+        if self._format in ("csv", "tsv"):
+            self._header = self._read_csv_header()
+        elif self._format == "parquet":
+            self._parquet_columns = self._read_parquet_schema()
+        else:
+            try:
+                with open(self.path, "rb") as fh:
+                    fh.read(1)
+            except OSError as exc:
+                raise UsageError(f"manifest {self.path}: cannot read: {exc.strerror or exc}") from exc
+
+    # ----------------------------------------------------------------- formats
+
+    def _pick_column(self, names: list[str]) -> str:
+        if self.path_column is not None:
+            if self.path_column not in names:
+                raise UsageError(
+                    f"manifest {self.path}: path column '{self.path_column}' not found (columns: {', '.join(names)})"
+                )
+            return self.path_column
+        for name in PATH_COLUMNS:
+            if name in names:
+                return name
+        raise UsageError(
+            f"manifest {self.path}: no path column (expected one of {', '.join(PATH_COLUMNS)}; "
+            f"found {', '.join(names) or 'none'}); pass --path-column"
+        )
+
+    def _open_csv(self):
+        return open(self.path, encoding="utf-8-sig", newline="")
+
+    def _csv_reader(self, fh):
+        return csv.reader(fh, delimiter="\t" if self._format == "tsv" else ",")
+
+    def _read_csv_header(self) -> list[str] | None:
+        try:
+            with self._open_csv() as fh:
+                reader = self._csv_reader(fh)
+                for row in reader:
+                    if row:
+                        header = [c.strip() for c in row]
+                        self._pick_column(header)
+                        return header
+        except UnicodeDecodeError as exc:
+            raise UsageError(f"manifest {self.path}: header is not valid UTF-8") from exc
+        except csv.Error as exc:
+            raise UsageError(f"manifest {self.path}: cannot parse CSV header: {_one_line(exc)}") from exc
+        except OSError as exc:
+            raise UsageError(f"manifest {self.path}: cannot read: {exc.strerror or exc}") from exc
+        return None  # empty file: zero rows
+
+    def _read_parquet_schema(self) -> list[str]:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        try:
+            names = list(pq.ParquetFile(self.path).schema_arrow.names)
+        except (pa.ArrowException, OSError, ValueError) as exc:
+            raise UsageError(f"manifest {self.path}: not a readable Parquet file: {_one_line(exc)}") from exc
+        self._pick_column(names)
+        return names
+
+    def _rows_jsonl(self) -> Iterator[tuple[int, dict[str, Any] | _RowError]]:
+        with open(self.path, "rb") as fh:
+            for n, raw in enumerate(fh, start=1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    yield n, _RowError("not valid UTF-8")
+                    continue
+                if n == 1:
+                    line = line.lstrip("\ufeff")
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    yield n, _RowError(f"invalid JSON: {exc.msg} at column {exc.colno}")
+                    continue
+                except RecursionError:
+                    yield n, _RowError("invalid JSON: nested too deeply")
+                    continue
+                if not isinstance(obj, dict):
+                    yield n, _RowError(f"expected a JSON object, got {type(obj).__name__}")
+                    continue
+                yield n, obj
+
+    def _rows_csv(self) -> Iterator[tuple[int, dict[str, Any] | _RowError]]:
+        if self._header is None:
+            return
+        header: list[str] | None = None
+        with self._open_csv() as fh:
+            reader = self._csv_reader(fh)
+            last_line = 0
+            while True:
+                start = last_line + 1
+                try:
+                    row = next(reader)
+                except StopIteration:
+                    return
+                except csv.Error as exc:
+                    last_line = reader.line_num
+                    yield start, _RowError(f"cannot parse row: {_one_line(exc)}")
+                    continue
+                except UnicodeDecodeError as exc:
+                    raise UsageError(f"manifest {self.path}: not valid UTF-8 after line {last_line}") from exc
+                last_line = reader.line_num
+                if not row or all(not c.strip() for c in row):
+                    continue
+                if header is None:
+                    header = [c.strip() for c in row]
+                    continue
+                if len(row) > len(header):
+                    yield start, _RowError(f"row has {len(row)} fields but the header has {len(header)}")
+                    continue
+                yield start, {k: v for k, v in zip(header, row, strict=False) if k}
+
+    def _rows_parquet(self) -> Iterator[tuple[int, dict[str, Any] | _RowError]]:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        n = 0
+        try:
+            pf = pq.ParquetFile(self.path)
+            for batch in pf.iter_batches(batch_size=_PARQUET_BATCH_ROWS):
+                for row in batch.to_pylist():
+                    n += 1
+                    yield n, row
+        except (pa.ArrowException, OSError) as exc:
+            raise UsageError(f"manifest {self.path}: cannot read Parquet after row {n}: {_one_line(exc)}") from exc
+
+    # -------------------------------------------------------------------- rows
+
+    def _inside_allowed(self, real: str) -> bool:
+        for root in self._allow_roots:
+            try:
+                if os.path.commonpath([real, root]) == root:
+                    return True
+            except ValueError:
+                continue
+        return False
+
+    def _row_item(self, obj: dict[str, Any], where: str, source: str) -> tuple[str, WorkItem | None]:
+        """(id, WorkItem) for one parsed row, item None when the modality filter drops it; raises _RowError."""
+        row_id: str | None = None
+        raw_id = obj.get("id")
+        if raw_id is not None and raw_id != "":
+            if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)):
+                raise _RowError(f"id must be a string or an integer, got {type(raw_id).__name__}")
+            row_id = str(raw_id)
+
+        column = self.path_column
+        if column is None:
+            column = next((c for c in PATH_COLUMNS if c in obj), None)
+        if column is None or column not in obj:
+            expected = self.path_column or " / ".join(PATH_COLUMNS)
+            raise _RowError(f"missing path (expected a '{expected}' field)", row_id)
+        raw_path = obj[column]
+        data: bytes | None = None
+        if isinstance(raw_path, dict) and isinstance(raw_path.get("bytes"), (bytes, bytearray)):
+            # A Hugging Face media struct in Parquet: {"bytes": ..., "path": ...}; use the bytes.
+            data = bytes(raw_path["bytes"])
+            raw_path = raw_path.get("path") or ""
+            if not isinstance(raw_path, str):
+                raise _RowError(f"'{column}' struct has a non-string path", row_id)
+        elif raw_path is None or raw_path == "":
+            raise _RowError(f"empty path in '{column}'", row_id)
+        elif not isinstance(raw_path, str):
+            raise _RowError(f"path in '{column}' must be a string, got {type(raw_path).__name__}", row_id)
+        if data is None and not raw_path.strip():
+            raise _RowError(f"empty path in '{column}'", row_id)
+        if row_id is None:
+            row_id = raw_path if raw_path else None
+        if row_id is None:
+            raise _RowError("inline media needs an 'id' field")
+
+        texts: dict[str, str | None] = {}
+        for key in ("prompt", "task"):
+            value = obj.get(key)
+            if value is not None and not isinstance(value, str):
+                raise _RowError(f"'{key}' must be a string, got {type(value).__name__}", row_id)
+            texts[key] = value if isinstance(value, str) and value.strip() else None
+
+        modality: Modality | None = None
+        raw_modality = obj.get("modality")
+        if raw_modality is not None and raw_modality != "":
+            try:
+                modality = Modality(str(raw_modality).strip().lower())
+            except ValueError:
+                raise _RowError(f"unknown modality {raw_modality!r} (expected image, audio or video)", row_id) from None
+        else:
+            modality = modality_for(raw_path)
+            if modality is None:
+                ext = os.path.splitext(raw_path)[1]
+                raise _RowError(
+                    f"unknown media type for extension '{ext}'" if ext else "unknown media type (no file extension)",
+                    row_id,
+                )
+        if self.modalities is not None and modality not in self.modalities:
+            return row_id, None
+
+        fields: dict[str, Any] = {}
+        for key, value in obj.items():
+            if key == column or key in RESERVED_COLUMNS:
+                continue
+            value = json_safe(value)
+            if value is not _DROP:
+                fields[str(key)] = value
+
+        path: Path | None = None
+        if data is None:
+            try:
+                joined = raw_path if os.path.isabs(raw_path) else os.path.join(self._real_root, raw_path)
+                real = os.path.realpath(joined)
+            except (ValueError, OSError) as exc:
+                raise _RowError(f"invalid path {raw_path!r}: {_one_line(exc)}", row_id) from exc
+            if not self._inside_allowed(real):
+                return row_id, WorkItem(
+                    id=row_id,
+                    source=source,
+                    modality=modality,
+                    prompt=texts["prompt"],
+                    task=texts["task"],
+                    fields=fields,
+                    error=(
+                        f"{where}: path {raw_path!r} is outside the allowed roots "
+                        f"({', '.join(self._allow_roots)}); pass --allow-root to allow it"
+                    ),
+                )
+            path = Path(real)
+        return row_id, WorkItem(
+            id=row_id,
+            source=source,
+            modality=modality,
+            path=path,
+            data=data,
+            prompt=texts["prompt"],
+            task=texts["task"],
+            fields=fields,
+        )
+
+    def __iter__(self) -> Iterator[WorkItem]:
+        if self._format == "jsonl":
+            rows = self._rows_jsonl()
+            unit = "line"
+        elif self._format == "parquet":
+            rows = self._rows_parquet()
+            unit = "row"
+        else:
+            rows = self._rows_csv()
+            unit = "line"
+        first_seen: dict[str, int] = {}
+        for n, row in rows:
+            where = f"manifest {unit} {n}"
+            source = f"{self.path}:{n}"
+            fallback_id = f"{self.path.name}:{unit}{n}"
+            if isinstance(row, _RowError):
+                item = WorkItem(id=fallback_id, source=source, modality=None, error=f"{where}: {row.message}")
+            else:
+                try:
+                    row_id, maybe = self._row_item(row, where, source)
+                except _RowError as exc:
+                    maybe = WorkItem(
+                        id=exc.row_id or fallback_id, source=source, modality=None, error=f"{where}: {exc.message}"
+                    )
+                if maybe is None:  # filtered out by modality; its id still counts for duplicates
+                    first_seen.setdefault(row_id, n)
+                    continue
+                item = maybe
+            if item.id in first_seen:
+                dup_id = f"{item.id}#dup{n}"
+                while dup_id in first_seen:
+                    dup_id += "_"
+                item = WorkItem(
+                    id=dup_id,
+                    source=source,
+                    modality=item.modality,
+                    prompt=item.prompt,
+                    task=item.task,
+                    fields=item.fields,
+                    error=f"{where}: duplicate id {item.id!r} (first on {unit} {first_seen[item.id]})",
+                )
+            first_seen[item.id] = n
+            yield item

@@ -1,0 +1,210 @@
+"""Build a tiny random-weight Gemma 4 Unified checkpoint with transformers' own classes.
+
+Tests and the README's local run need a checkpoint that loads in vLLM and transformers
+without a model hub. Its weights are random, so everything it generates is meaningless
+text; it exercises the real code paths, not caption quality.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+# Special tokens with the spelling the released Gemma 4 tokenizer uses.
+BOS, EOS, PAD, UNK = "<bos>", "<eos>", "<pad>", "<unk>"
+START_OF_TURN, END_OF_TURN = "<|turn>", "<turn|>"
+BOI, EOI, IMAGE = "<|image>", "<image|>", "<|image|>"
+BOA, EOA, AUDIO = "<|audio>", "<audio|>", "<|audio|>"
+VIDEO = "<|video|>"
+SPECIAL_TOKENS = [PAD, EOS, BOS, UNK, START_OF_TURN, END_OF_TURN, BOI, EOI, IMAGE, BOA, EOA, AUDIO, VIDEO]
+
+# A small word list gives the random model whole words to emit, so its text looks like text.
+_WORDS = (
+    "a the of and in on with is are photo image picture video audio sound speech person people dog cat "
+    "tree sky water city street car house room table light dark red green blue white black small large "
+    "two three man woman child bird flower mountain road sign text music voice says talking there this "
+    "shows scene near under over front back left right sitting standing walking grass snow sun cloud"
+).split()
+
+CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{%- for message in messages -%}"
+    "{%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}"
+    "{{ '<|turn>' + role + '\\n' }}"
+    "{%- if message['content'] is string -%}{{ message['content'] | trim }}"
+    "{%- else -%}{%- for item in message['content'] -%}"
+    "{%- if item['type'] == 'image' -%}{{ '\\n\\n<|image|>\\n\\n' }}"
+    "{%- elif item['type'] == 'audio' -%}{{ '<|audio|>' }}"
+    "{%- elif item['type'] == 'video' -%}{{ '\\n\\n<|video|>\\n\\n' }}"
+    "{%- elif item['type'] == 'text' -%}{{ item['text'] | trim }}"
+    "{%- endif -%}{%- endfor -%}{%- endif -%}"
+    "{{ '<turn|>\\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|turn>model\\n' }}{%- endif -%}"
+)
+
+
+@dataclass(frozen=True)
+class TinySpec:
+    """Shape of the tiny model: the real layout (sliding + full layers, bidirectional
+    vision attention, a window smaller than an image span) at toy width."""
+
+    hidden_size: int = 64
+    intermediate_size: int = 128
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 2
+    num_key_value_heads: int = 1
+    head_dim: int = 32
+    global_head_dim: int = 64
+    sliding_window: int = 16
+    image_soft_tokens: int = 280
+    max_position_embeddings: int = 8192
+
+
+def _build_tokenizer():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab: dict[str, int] = {}
+    for tok in SPECIAL_TOKENS:
+        vocab[tok] = len(vocab)
+    for ch in alphabet:
+        vocab.setdefault(ch, len(vocab))
+    merges: list[tuple[str, str]] = []
+    # Whole-word tokens (with and without the leading-space marker) built from byte merges.
+    for word in _WORDS:
+        for form in (word, "Ġ" + word):
+            cur = form[0]
+            for ch in form[1:]:
+                nxt = cur + ch
+                if nxt not in vocab:
+                    merges.append((cur, ch))
+                    vocab[nxt] = len(vocab)
+                cur = nxt
+    model = models.BPE(vocab=vocab, merges=merges, unk_token=UNK)
+    tok = Tokenizer(model)
+    tok.pre_tokenizer = byte_level
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(SPECIAL_TOKENS)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=PAD,
+        unk_token=UNK,
+        add_bos_token=False,
+        extra_special_tokens={
+            "image_token": IMAGE,
+            "boi_token": BOI,
+            "eoi_token": EOI,
+            "audio_token": AUDIO,
+            "boa_token": BOA,
+            "eoa_token": EOA,
+            "sot_token": START_OF_TURN,
+            "eot_token": END_OF_TURN,
+        },
+    )
+
+
+def build_tiny_checkpoint(out_dir: Path, seed: int = 0, spec: TinySpec | None = None) -> Path:
+    """Write config, safetensors weights, tokenizer, processor configs and chat template."""
+    import torch
+    from transformers import (
+        Gemma4UnifiedAudioConfig,
+        Gemma4UnifiedConfig,
+        Gemma4UnifiedForConditionalGeneration,
+        Gemma4UnifiedProcessor,
+        Gemma4UnifiedTextConfig,
+        Gemma4UnifiedVisionConfig,
+        GenerationConfig,
+    )
+    from transformers.models.gemma4_unified import (
+        Gemma4UnifiedAudioFeatureExtractor,
+        Gemma4UnifiedImageProcessor,
+        Gemma4UnifiedVideoProcessor,
+    )
+
+    spec = spec or TinySpec()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer = _build_tokenizer()
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    vocab_size = len(tokenizer)
+    n = spec.num_hidden_layers
+    layer_types = ["sliding_attention"] * (n - 1) + ["full_attention"]
+    layer_types[1] = "full_attention"  # a full layer in the middle too, as in the 5:1 pattern
+    text_config = Gemma4UnifiedTextConfig(
+        vocab_size=vocab_size,
+        hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size,
+        num_hidden_layers=n,
+        num_attention_heads=spec.num_attention_heads,
+        num_key_value_heads=spec.num_key_value_heads,
+        head_dim=spec.head_dim,
+        global_head_dim=spec.global_head_dim,
+        max_position_embeddings=spec.max_position_embeddings,
+        sliding_window=spec.sliding_window,
+        layer_types=layer_types,
+        use_bidirectional_attention="vision",
+        pad_token_id=ids[PAD],
+        eos_token_id=[ids[EOS], ids[END_OF_TURN]],
+        bos_token_id=ids[BOS],
+        final_logit_softcapping=30.0,
+    )
+    vision_config = Gemma4UnifiedVisionConfig(
+        mm_embed_dim=spec.hidden_size,
+        output_proj_dims=spec.hidden_size,
+        mm_posemb_size=1120,
+    )
+    config = Gemma4UnifiedConfig(
+        text_config=text_config,
+        vision_config=vision_config,
+        audio_config=Gemma4UnifiedAudioConfig(),
+        boi_token_id=ids[BOI],
+        eoi_token_id=ids[EOI],
+        image_token_id=ids[IMAGE],
+        video_token_id=ids[VIDEO],
+        boa_token_id=ids[BOA],
+        eoa_token_index=ids[EOA],
+        audio_token_id=ids[AUDIO],
+    )
+    config.architectures = ["Gemma4UnifiedForConditionalGeneration"]
+    torch.manual_seed(seed)
+    model = Gemma4UnifiedForConditionalGeneration(config).to(torch.float32).eval()
+    # Random init leaves some tensors at zero or one; jitter everything so each seed differs
+    # everywhere and no layer is an identity.
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, param in sorted(model.named_parameters()):
+            param.add_(torch.randn(param.shape, generator=gen) * 0.02)
+    model.generation_config = GenerationConfig(
+        bos_token_id=ids[BOS], eos_token_id=[ids[EOS], ids[END_OF_TURN]], pad_token_id=ids[PAD]
+    )
+    model.save_pretrained(out_dir, safe_serialization=True)
+
+    processor = Gemma4UnifiedProcessor(
+        feature_extractor=Gemma4UnifiedAudioFeatureExtractor(),
+        image_processor=Gemma4UnifiedImageProcessor(max_soft_tokens=spec.image_soft_tokens),
+        tokenizer=tokenizer,
+        video_processor=Gemma4UnifiedVideoProcessor(),
+        chat_template=CHAT_TEMPLATE,
+        image_seq_length=spec.image_soft_tokens,
+    )
+    processor.save_pretrained(out_dir)
+    if len(processor.tokenizer) != vocab_size:
+        raise RuntimeError("processor added tokens; vocab size no longer matches the model")
+
+    # vLLM reads vision_config.num_soft_tokens, which transformers' config does not carry.
+    cfg_path = out_dir / "config.json"
+    raw = json.loads(cfg_path.read_text())
+    raw["vision_config"]["num_soft_tokens"] = spec.image_soft_tokens
+    cfg_path.write_text(json.dumps(raw, indent=2, sort_keys=True) + "\n")
+    (out_dir / "README.md").write_text(
+        "# gemma4u tiny Gemma 4 Unified checkpoint\n\n"
+        f"Random weights (seed {seed}), built by `gemma4u model tiny`. Everything it generates is\n"
+        "meaningless text: it exists to test the real vLLM and transformers code paths offline.\n"
+    )
+    return out_dir

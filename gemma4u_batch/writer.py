@@ -1,0 +1,249 @@
+"""Writer stage: buffer records, commit them in durable chunks (part files) under OUT.
+
+Commit protocol (shared by every writer into one OUT: --shard runs, Ray replicas):
+1. write each data file to `.gemma4u/tmp/<name>.incomplete`, fsync, rename into OUT;
+2. write the commit marker `.gemma4u/commits/<part>.json` the same way.
+A part counts only once its marker exists. Data files without a marker are the
+leftovers of a crash between steps 1 and 2; `cleanup_orphans` removes them before a
+run starts, for writers that no longer hold their lock.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import io
+import json
+import os
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .atomic import write_atomic, write_json_atomic
+from .records import OUTPUT_COLUMNS, OutputRecord
+
+META_DIR = ".gemma4u"
+
+
+@dataclass(frozen=True)
+class OutLayout:
+    """Where things live under OUT. Data files sit directly under OUT."""
+
+    root: Path
+
+    @property
+    def meta(self) -> Path:
+        return self.root / META_DIR
+
+    @property
+    def tmp(self) -> Path:
+        return self.meta / "tmp"
+
+    @property
+    def commits(self) -> Path:
+        return self.meta / "commits"
+
+    @property
+    def writers(self) -> Path:
+        return self.meta / "writers"
+
+    @property
+    def run_manifest(self) -> Path:
+        return self.meta / "run.json"
+
+    @property
+    def complete_marker(self) -> Path:
+        return self.meta / "complete.json"
+
+    def ensure(self) -> None:
+        for d in (self.root, self.meta, self.tmp, self.commits, self.writers):
+            d.mkdir(parents=True, exist_ok=True)
+
+
+def new_writer_id() -> str:
+    host = socket.gethostname().split(".")[0][:24] or "host"
+    return f"{host}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def _jsonl_bytes(records: list[dict[str, Any]]) -> bytes:
+    buf = io.StringIO()
+    for rec in records:
+        buf.write(json.dumps(rec, ensure_ascii=False, default=str))
+        buf.write("\n")
+    return buf.getvalue().encode("utf-8")
+
+
+def _parquet_write(records: list[dict[str, Any]], fh: Any, metadata: dict[str, str]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from .schema import arrow_schema
+
+    schema = arrow_schema().with_metadata(metadata)
+    rows = []
+    for rec in records:
+        row = dict(rec)
+        row["fields"] = json.dumps(row.get("fields") or {}, ensure_ascii=False, default=str)
+        rows.append(row)
+    table = pa.Table.from_pylist(rows, schema=schema)
+    pq.write_table(table, fh, compression="zstd")
+
+
+@dataclass
+class PartWriter:
+    """Buffers records and commits them as part files; one per process (or replica)."""
+
+    layout: OutLayout
+    formats: tuple[str, ...] = ("jsonl",)
+    commit_every: int = 64
+    commit_seconds: float = 30.0
+    writer_id: str = field(default_factory=new_writer_id)
+    parquet_metadata: dict[str, str] = field(default_factory=dict)
+    _buffer: list[OutputRecord] = field(default_factory=list)
+    _seq: int = 0
+    _last_commit: float = field(default_factory=time.monotonic)
+    _lock_fh: Any = None
+    committed_records: int = 0
+
+    def __post_init__(self) -> None:
+        self.layout.ensure()
+        # Held for the writer's life: tells cleanup_orphans this writer is alive.
+        self._lock_fh = open(self.layout.writers / f"{self.writer_id}.lock", "w")
+        fcntl.flock(self._lock_fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+    def add(self, record: OutputRecord) -> None:
+        self._buffer.append(record)
+        if len(self._buffer) >= self.commit_every or time.monotonic() - self._last_commit >= self.commit_seconds:
+            self.commit()
+
+    def due(self) -> bool:
+        return bool(self._buffer) and time.monotonic() - self._last_commit >= self.commit_seconds
+
+    @property
+    def pending(self) -> int:
+        return len(self._buffer)
+
+    def commit(self) -> None:
+        """Make the buffered records durable (no-op when empty)."""
+        self._last_commit = time.monotonic()
+        if not self._buffer:
+            return
+        records = [r.to_dict() for r in self._buffer]
+        part = f"part-{self.writer_id}-{self._seq:05d}"
+        files: list[str] = []
+        for fmt in self.formats:
+            name = f"{part}.{fmt}"
+            if fmt == "jsonl":
+                payload = _jsonl_bytes(records)
+                write_atomic(self.layout.root / name, lambda fh, p=payload: fh.write(p), self.layout.tmp)
+            else:
+                write_atomic(
+                    self.layout.root / name,
+                    lambda fh: _parquet_write(records, fh, self.parquet_metadata),
+                    self.layout.tmp,
+                )
+            files.append(name)
+        marker = {
+            "part": part,
+            "files": files,
+            "records": len(records),
+            "errors": sum(1 for r in records if r["error"] is not None),
+            "writer": self.writer_id,
+            "committed_at": time.time(),
+        }
+        write_json_atomic(self.layout.commits / f"{part}.json", marker, self.layout.tmp)
+        self._seq += 1
+        self.committed_records += len(records)
+        self._buffer.clear()
+
+    def close(self) -> None:
+        self.commit()
+        if self._lock_fh is not None:
+            fcntl.flock(self._lock_fh, fcntl.LOCK_UN)
+            self._lock_fh.close()
+            (self.layout.writers / f"{self.writer_id}.lock").unlink(missing_ok=True)
+            self._lock_fh = None
+
+
+def _writer_alive(layout: OutLayout, writer_id: str) -> bool:
+    lock = layout.writers / f"{writer_id}.lock"
+    if not lock.exists():
+        return False
+    with open(lock, "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(fh, fcntl.LOCK_UN)
+    return False
+
+
+def _part_of(name: str) -> tuple[str, str] | None:
+    """('part-<writer>-<seq>', '<writer>') for a data file name, else None."""
+    if not name.startswith("part-"):
+        return None
+    stem = name.split(".", 1)[0]
+    writer = stem[len("part-") :].rsplit("-", 1)[0]
+    return stem, writer
+
+
+def cleanup_orphans(layout: OutLayout) -> list[str]:
+    """Remove uncommitted data files and temp files of writers that are gone."""
+    removed: list[str] = []
+    if not layout.root.exists():
+        return removed
+    committed = {p.stem for p in layout.commits.glob("*.json")} if layout.commits.exists() else set()
+    for path in sorted(layout.root.iterdir()):
+        parsed = _part_of(path.name)
+        if parsed is None or not path.is_file():
+            continue
+        part, writer = parsed
+        if part not in committed and not _writer_alive(layout, writer):
+            path.unlink()
+            removed.append(path.name)
+    if layout.tmp.exists():
+        for path in layout.tmp.iterdir():
+            parsed = _part_of(path.name)
+            if parsed is None or not _writer_alive(layout, parsed[1]):
+                path.unlink(missing_ok=True)
+    if layout.writers.exists():
+        for lock in layout.writers.glob("*.lock"):
+            if not _writer_alive(layout, lock.stem):
+                lock.unlink(missing_ok=True)
+    return removed
+
+
+def committed_parts(layout: OutLayout) -> list[dict[str, Any]]:
+    if not layout.commits.exists():
+        return []
+    parts = []
+    for marker in sorted(layout.commits.glob("*.json")):
+        parts.append(json.loads(marker.read_text()))
+    return parts
+
+
+def iter_committed_records(layout: OutLayout, columns: tuple[str, ...] | None = None) -> Iterator[dict[str, Any]]:
+    """Every committed record, read back from the data files (jsonl preferred)."""
+    for part in committed_parts(layout):
+        files = part["files"]
+        jsonl = next((f for f in files if f.endswith(".jsonl")), None)
+        if jsonl is not None:
+            with open(layout.root / jsonl, encoding="utf-8") as fh:
+                for line in fh:
+                    rec = json.loads(line)
+                    yield {c: rec.get(c) for c in columns} if columns else rec
+        else:
+            import pyarrow.parquet as pq
+
+            pf = pq.ParquetFile(layout.root / files[0])
+            for batch in pf.iter_batches(columns=list(columns) if columns else None):
+                for rec in batch.to_pylist():
+                    if "fields" in rec and isinstance(rec["fields"], str):
+                        rec["fields"] = json.loads(rec["fields"])
+                    yield rec
+
+
+assert "key" in OUTPUT_COLUMNS
