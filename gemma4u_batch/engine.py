@@ -58,7 +58,7 @@ def _quiet_vllm() -> None:
 
 def check_model_path(model: str) -> None:
     """A local model folder must exist and hold a config; ids are left to vLLM."""
-    looks_local = model.startswith((".", "/", "~")) or os.path.sep in model and os.path.exists(model.split(os.path.sep)[0])
+    looks_local = model.startswith((".", "/", "~")) or (os.path.sep in model and os.path.exists(model.split(os.path.sep)[0]))
     if looks_local or os.path.exists(model):
         path = os.path.expanduser(model)
         if not os.path.isdir(path):
@@ -85,8 +85,21 @@ class VllmEngine:
         return self.model
 
     def start(self) -> VllmEngine:
+        """Load the tokenizer (for prompts and keys) now; the engine itself on first use,
+        so a rerun of a finished job never pays the engine's start-up."""
         _quiet_vllm()
         check_model_path(self.model)
+        from transformers import AutoTokenizer
+
+        try:
+            self._tokenizer = AutoTokenizer.from_pretrained(self.model)
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"cannot load the tokenizer of {self.model}: {str(exc).splitlines()[0]}") from exc
+        if not getattr(self._tokenizer, "chat_template", None):
+            raise UsageError(f"model {self.model} has no chat template")
+        return self
+
+    def _start_engine(self) -> None:
         from vllm import EngineArgs
         from vllm.platforms import current_platform
         from vllm.v1.engine.llm_engine import LLMEngine
@@ -113,8 +126,6 @@ class VllmEngine:
             self._llm = LLMEngine.from_engine_args(args)
         except (OSError, ValueError) as exc:
             raise UsageError(f"cannot load model {self.model}: {str(exc).splitlines()[0]}") from exc
-        self._tokenizer = self._llm.get_tokenizer()
-        return self
 
     def render_prompt(self, messages: list[dict[str, Any]]) -> str:
         return self._tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -134,6 +145,8 @@ class VllmEngine:
             top_p=s.top_p,
             seed=s.seed,
         )
+        if self._llm is None:
+            self._start_engine()
         prompt: dict[str, Any] = {"prompt": request.prompt}
         if request.multi_modal_data:
             prompt["multi_modal_data"] = request.multi_modal_data

@@ -23,7 +23,7 @@ from . import __version__
 from .atomic import write_json_atomic
 from .config import JobConfig
 from .decode import DecodeOptions
-from .engine import Engine, EngineRequest, EngineResult, VllmEngine
+from .engine import Engine, EngineRequest, EngineResult, VllmEngine, check_model_path
 from .errors import UsageError
 from .keys import content_key, model_fingerprint
 from .progress import Counters, Reporter
@@ -234,6 +234,8 @@ def run_job(
     if first is None:
         raise UsageError(f"no media files found in {config.input}")
     items = itertools.chain([first], items)
+    if engine_factory is None:
+        check_model_path(config.model)
     if config.output.exists() and not config.output.is_dir():
         raise UsageError(f"output exists and is not a folder: {config.output}")
     layout = OutLayout(config.output)
@@ -248,6 +250,7 @@ def run_job(
         fingerprint = model_fingerprint(config.model)
         if config.overwrite:
             _wipe(layout)
+            layout.ensure()
         cleanup_orphans(layout)
         _check_guard(layout, config, fingerprint)
         done_pairs: set[tuple[str, str]] = set()

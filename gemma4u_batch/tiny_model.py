@@ -20,12 +20,7 @@ VIDEO = "<|video|>"
 SPECIAL_TOKENS = [PAD, EOS, BOS, UNK, START_OF_TURN, END_OF_TURN, BOI, EOI, IMAGE, BOA, EOA, AUDIO, VIDEO]
 
 # A small word list gives the random model whole words to emit, so its text looks like text.
-_WORDS = (
-    "a the of and in on with is are photo image picture video audio sound speech person people dog cat "
-    "tree sky water city street car house room table light dark red green blue white black small large "
-    "two three man woman child bird flower mountain road sign text music voice says talking there this "
-    "shows scene near under over front back left right sitting standing walking grass snow sun cloud"
-).split()
+_WORDS = ["a", "the", "of", "and", "in", "on", "with", "is", "are", "photo", "image", "picture", "video", "audio", "sound", "speech", "person", "people", "dog", "cat", "tree", "sky", "water", "city", "street", "car", "house", "room", "table", "light", "dark", "red", "green", "blue", "white", "black", "small", "large", "two", "three", "man", "woman", "child", "bird", "flower", "mountain", "road", "sign", "text", "music", "voice", "says", "talking", "there", "this", "shows", "scene", "near", "under", "over", "front", "back", "left", "right", "sitting", "standing", "walking", "grass", "snow", "sun", "cloud"]
 
 CHAT_TEMPLATE = (
     "{{ bos_token }}"

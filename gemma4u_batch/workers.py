@@ -135,10 +135,11 @@ class DecodePool:
     def poll(self, timeout: float = 0.0) -> list[DecodedItem]:
         """Decoded items that are ready now (waiting at most `timeout` seconds for one)."""
         if self._n == 0:
-            if not self._ready and len(self._ready) < self._prefetch:
+            while len(self._ready) < self._prefetch:
                 item = self._next_item()
-                if item is not None:
-                    self._ready.append(decode_item(item, self._opts))
+                if item is None:
+                    break
+                self._ready.append(decode_item(item, self._opts))
             out = list(self._ready)
             self._ready.clear()
             return out

@@ -4,6 +4,7 @@ padding/windowing helpers."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import struct
 import tracemalloc
 
@@ -212,8 +213,14 @@ def test_truncated_files_are_corrupt(tmp_path):
 def _wav_header(data_size: int, sr: int = 44100, channels: int = 2, bits: int = 16) -> bytes:
     block = channels * bits // 8
     fmt = struct.pack("<HHIIHH", 1, channels, sr, sr * block, block, bits)
-    return b"RIFF" + struct.pack("<I", 36 + data_size) + b"WAVE" + b"fmt " + struct.pack("<I", 16) + fmt + (
-        b"data" + struct.pack("<I", data_size)
+    return (
+        b"RIFF"
+        + struct.pack("<I", 36 + data_size)
+        + b"WAVE"
+        + b"fmt "
+        + struct.pack("<I", 16)
+        + fmt
+        + (b"data" + struct.pack("<I", data_size))
     )
 
 
@@ -301,9 +308,9 @@ def test_split_windows_cuts_in_silent_gaps():
     w = split_windows(x, sr)
     assert len(w) >= 4
     assert w[0][0] == 0 and w[-1][1] == len(x)
-    assert all(b == c for (_, b), (c, _) in zip(w, w[1:]))
+    assert all(b == c for (_, b), (c, _) in itertools.pairwise(w))
     assert all(0 < e - s <= 30 * sr for s, e in w)
-    for (_, cut), (a, b) in zip(w[:-1], gaps):
+    for (_, cut), (a, b) in zip(w[:-1], gaps, strict=True):
         assert a * sr < cut < b * sr
     assert split_windows(x, sr) == w
 
@@ -313,7 +320,7 @@ def test_split_windows_without_gaps_and_short_signals():
     x = _speech_with_gaps(sr, 95.0, [])
     w = split_windows(x, sr)
     assert w[0][0] == 0 and w[-1][1] == len(x)
-    assert all(b == c for (_, b), (c, _) in zip(w, w[1:]))
+    assert all(b == c for (_, b), (c, _) in itertools.pairwise(w))
     assert all(20 * sr <= e - s <= 30 * sr for s, e in w[:-1]) and w[-1][1] - w[-1][0] <= 30 * sr
     assert split_windows(x[: 30 * sr], sr) == [(0, 30 * sr)]
     assert split_windows(x[:100], sr) == [(0, 100)]
@@ -324,7 +331,7 @@ def test_split_windows_with_overlap():
     x = _speech_with_gaps(sr, 95.0, [])
     w = split_windows(x, sr, overlap_seconds=2.0)
     assert w[0][0] == 0 and w[-1][1] == len(x)
-    assert all(c == b - 2 * sr for (_, b), (c, _) in zip(w, w[1:]))
+    assert all(c == b - 2 * sr for (_, b), (c, _) in itertools.pairwise(w))
     assert all(e - s <= 30 * sr for s, e in w)
     with pytest.raises(ValueError):
         split_windows(x, sr, overlap_seconds=25.0)

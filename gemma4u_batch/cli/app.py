@@ -150,7 +150,8 @@ def model_tiny(
 def main() -> None:
     """Console entry point: usage errors are one line, never a traceback."""
     try:
-        app(standalone_mode=False)
+        rc = app(standalone_mode=False)
+        sys.exit(rc if isinstance(rc, int) else 0)
     except UsageError as exc:
         err.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
         sys.exit(ExitCode.USAGE)
@@ -159,14 +160,9 @@ def main() -> None:
     except typer.Abort:
         err.print("aborted")
         sys.exit(ExitCode.INTERRUPTED)
-    except Exception as exc:  # click usage errors arrive here in non-standalone mode
-        import click
-
-        if isinstance(exc, click.exceptions.UsageError):
-            msg = exc.format_message()
-            err.print(f"[bold red]error:[/] {msg}", soft_wrap=True)
-            sys.exit(ExitCode.USAGE)
-        if isinstance(exc, click.exceptions.ClickException):
-            err.print(f"[bold red]error:[/] {exc.format_message()}", soft_wrap=True)
-            sys.exit(exc.exit_code)
+    except Exception as exc:
+        # Click's usage errors (typer vendors click, so match by shape, not by class).
+        if callable(getattr(exc, "format_message", None)) and isinstance(getattr(exc, "exit_code", None), int):
+            err.print(f"[bold red]error:[/] {exc.format_message()}", soft_wrap=True)  # type: ignore[attr-defined]
+            sys.exit(exc.exit_code)  # type: ignore[attr-defined]
         raise

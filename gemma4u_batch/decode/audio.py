@@ -177,11 +177,12 @@ def _decode_soundfile(data: bytes, opts: DecodeOptions) -> tuple[np.ndarray, dic
         if declared > limit:
             raise _too_long(declared, limit)
         raise ItemError(
-            "corrupt", f"audio could not be decoded: truncated WAV (header declares {declared:.1f} s, file holds {present:.1f} s)"
+            "corrupt",
+            f"audio could not be decoded: truncated WAV (header declares {declared:.1f} s, file holds {present:.1f} s)",
         )
     try:
         f = sf.SoundFile(io.BytesIO(data))
-    except Exception:  # noqa: BLE001 - libsndfile refusing the bytes just means "try FFmpeg"
+    except Exception:
         return None
     with f:
         fmt, subtype = f.format, f.subtype
@@ -202,7 +203,7 @@ def _decode_soundfile(data: bytes, opts: DecodeOptions) -> tuple[np.ndarray, dic
         while True:
             try:
                 x = f.read(block, dtype="float32", always_2d=True)
-            except Exception as exc:  # noqa: BLE001 - LibsndfileError/RuntimeError on damaged data
+            except Exception as exc:
                 raise ItemError("corrupt", f"audio could not be decoded: {exc}") from exc
             if not len(x):
                 break
@@ -219,7 +220,7 @@ def _decode_soundfile(data: bytes, opts: DecodeOptions) -> tuple[np.ndarray, dic
         "source_sample_rate": sr,
         "source_channels": channels,
         "duration": sink.source_seconds,
-        "num_samples": int(len(out)),
+        "num_samples": len(out),
     }
     return out, info
 
@@ -235,9 +236,11 @@ def _decode_av(data: bytes, opts: DecodeOptions, limit: float, truncate: bool) -
             raise ItemError("corrupt", f"audio could not be decoded: {exc}") from exc
         raise ItemError("not_audio", "not a recognised audio format") from exc
     with container:
-        stream = container.streams.best("audio") or (container.streams.audio[0] if container.streams.audio else None)
-        if stream is None:
+        if not container.streams.audio:
             raise ItemError("not_audio", "no audio stream found")
+        best = container.streams.best("audio")
+        stream = next((s for s in container.streams.audio if best is not None and s.index == best.index), None)
+        stream = stream or container.streams.audio[0]
         declared = 0.0
         if stream.duration and stream.time_base:
             declared = float(stream.duration * stream.time_base)
@@ -252,7 +255,7 @@ def _decode_av(data: bytes, opts: DecodeOptions, limit: float, truncate: bool) -
         first_rate = 0
         try:
             for frame in container.decode(stream):
-                if not frame.samples:
+                if not isinstance(frame, av.AudioFrame) or not frame.samples:
                     continue
                 first_rate = first_rate or int(frame.sample_rate)
                 if not sink.add(_mono_from_frame(frame), int(frame.sample_rate)):
@@ -266,7 +269,7 @@ def _decode_av(data: bytes, opts: DecodeOptions, limit: float, truncate: bool) -
             "source_channels": int(ctx.channels or 0),
         }
     out = sink.finish()
-    info.update(duration=sink.source_seconds, num_samples=int(len(out)))
+    info.update(duration=sink.source_seconds, num_samples=len(out))
     if truncate:
         info["truncated"] = sink.full
     return out, info

@@ -109,9 +109,10 @@ def _decode_pass(data: bytes, stream_index: int, wanted: list[int], opts: Decode
     out: dict[int, tuple[Image.Image, float, int]] = {}
     decoded, bad, error = 0, 0, None
     with _open(data) as container:
-        stream = container.streams[stream_index]
+        stream = next(s for s in container.streams.video if s.index == stream_index)
         stream.thread_type = "AUTO"
-        start = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
+        tb = stream.time_base
+        start = float(stream.start_time * tb) if stream.start_time is not None and tb else 0.0
         packets = container.demux(stream)
         while True:
             try:
@@ -131,10 +132,12 @@ def _decode_pass(data: bytes, stream_index: int, wanted: list[int], opts: Decode
                     raise ItemError("corrupt", f"video could not be decoded: {bad} damaged packets ({error})") from exc
                 continue
             for frame in frames:
+                if not isinstance(frame, av.VideoFrame):
+                    continue
                 i = decoded
                 decoded += 1
-                tb = frame.time_base or stream.time_base
-                ts = max(float(frame.pts * tb) - start, 0.0) if frame.pts is not None and tb else None
+                ftb = frame.time_base or tb
+                ts = max(float(frame.pts * ftb) - start, 0.0) if frame.pts is not None and ftb else None
                 if ts is None:
                     ts = i / fps if fps > 0 else 0.0
                 if ts > opts.max_video_seconds:
@@ -181,7 +184,8 @@ def decode_video(data: bytes, opts: DecodeOptions) -> tuple[VideoFrames, np.ndar
         src_w, src_h = int(ctx.width or 0), int(ctx.height or 0)
     if duration > opts.max_video_seconds:
         raise ItemError(
-            "too_long", f"video is {duration:.1f} s long, over the max_video_seconds limit of {opts.max_video_seconds:g} s"
+            "too_long",
+            f"video is {duration:.1f} s long, over the max_video_seconds limit of {opts.max_video_seconds:g} s",
         )
     if src_w * src_h > opts.max_image_pixels:
         raise ItemError("too_large", f"video frames are {src_w}x{src_h}, over the max_image_pixels limit")

@@ -13,8 +13,12 @@ from typing import Protocol
 from ..errors import UsageError
 from ..records import Modality, WorkItem
 from .folder import FolderSource
+from .hf_dataset import DatasetSource, looks_like_saved_dataset, looks_like_shard_folder
+from .manifest import ManifestSource
 
-__all__ = ["Source", "FolderSource", "open_source"]
+__all__ = ["DatasetSource", "FolderSource", "ManifestSource", "Source", "open_source"]
+
+MANIFEST_SUFFIXES = (".jsonl", ".ndjson", ".csv", ".tsv", ".parquet")
 
 
 class Source(Protocol):
@@ -23,10 +27,28 @@ class Source(Protocol):
     def __iter__(self) -> Iterator[WorkItem]: ...
 
 
-def open_source(path: Path, modalities: frozenset[Modality] | None = None) -> Source:
-    """Pick the source kind from what INPUT is; a usage error if it cannot be read."""
+def open_source(
+    path: Path | str,
+    modalities: frozenset[Modality] | None = None,
+    *,
+    dataset: str | None = None,
+    split: str | None = None,
+    column: str | None = None,
+    allow_roots: list[Path] | None = None,
+) -> Source:
+    """Pick the source kind from INPUT: a manifest file, a saved dataset or shard folder,
+    a plain folder, or (with `dataset`) a `datasets` loader/hub id. Usage error otherwise."""
+    if dataset is not None:
+        return DatasetSource(dataset, split=split, column=column, modalities=modalities)
+    path = Path(path)
     if not path.exists():
         raise UsageError(f"input not found: {path}")
-    if path.is_dir():
-        return FolderSource(path, modalities=modalities)
-    raise UsageError(f"input is not a folder: {path}")
+    if path.is_file():
+        if path.suffix.lower() in MANIFEST_SUFFIXES:
+            return ManifestSource(path, modalities=modalities, allow_roots=allow_roots)
+        if path.suffix.lower() == ".arrow":
+            return DatasetSource(path, split=split, column=column, modalities=modalities)
+        raise UsageError(f"input file is not a manifest (.jsonl, .csv, .tsv, .parquet): {path}")
+    if looks_like_saved_dataset(path) or looks_like_shard_folder(path):
+        return DatasetSource(path, split=split, column=column, modalities=modalities)
+    return FolderSource(path, modalities=modalities)

@@ -1,0 +1,55 @@
+"""Shared fixtures. Engine tests share one real vLLM engine on the tiny checkpoint
+(start-up takes ~30-60 s on CPU); CLI subprocess runs are kept few."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+REPO = Path(__file__).resolve().parent.parent
+GEMMA4U = str(Path(sys.executable).with_name("gemma4u"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny random checkpoint (meaningless text), built once per session."""
+    from gemma4u_batch.tiny_model import build_tiny_checkpoint
+
+    return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "tiny-gemma4u", seed=0)
+
+
+@dataclass
+class SharedEngine:
+    """A started VllmEngine that run_job may use but not shut down."""
+
+    inner: Any
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def shutdown(self) -> None:  # owned by the fixture
+        return None
+
+
+@pytest.fixture(scope="session")
+def shared_engine(tiny_model: Path) -> Iterator[SharedEngine]:
+    from gemma4u_batch.config import EngineConfig
+    from gemma4u_batch.engine import VllmEngine
+
+    eng = VllmEngine(
+        model=str(tiny_model),
+        engine=EngineConfig(dtype="float32", max_model_len=4096, max_num_seqs=8),
+        image_tokens=280,
+    ).start()
+    yield SharedEngine(eng)
+    eng.shutdown()

@@ -1,0 +1,121 @@
+"""End to end on the real vLLM engine with the tiny checkpoint (its text is meaningless)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from gemma4u_batch.config import JobConfig, SamplingConfig
+from gemma4u_batch.progress import Reporter
+from gemma4u_batch.runner import run_job
+from gemma4u_batch.writer import OutLayout, iter_committed_records
+
+from .conftest import GEMMA4U
+from .media import write_image_folder
+
+pytestmark = pytest.mark.engine
+
+REQUIRED = {
+    "id", "source", "modality", "task", "prompt", "text", "finish_reason",
+    "num_prompt_tokens", "num_output_tokens", "error", "model", "key",
+}  # fmt: skip
+
+
+def gemma4u(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([GEMMA4U, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_cli_caption_folder_with_bad_files(tmp_path: Path, tiny_model: Path) -> None:
+    root = tmp_path / "images"
+    expected = write_image_folder(root)
+    out = tmp_path / "out"
+    args = ["caption", str(root), "-o", str(out), "--model", str(tiny_model), "--dtype", "float32",
+            "--max-tokens", "12", "--max-model-len", "4096", "--workers", "2", "--progress", "json"]  # fmt: skip
+    proc = gemma4u(*args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    files = sorted(p for p in out.iterdir() if p.is_file())
+    assert files and all(p.name.startswith("part-") and p.suffix == ".jsonl" for p in files)
+    recs = [json.loads(line) for p in files for line in p.read_text().splitlines()]
+    assert sorted(r["id"] for r in recs) == sorted(expected)  # one record per input, ids = relative paths
+    for r in recs:
+        assert REQUIRED <= r.keys()
+        assert r["model"] == str(tiny_model) and r["task"] == "caption" and r["modality"] == "image"
+        if expected[r["id"]] == "ok":
+            assert r["error"] is None and r["text"], r
+            assert r["finish_reason"] in ("stop", "length")
+            assert r["num_output_tokens"] >= 1 and r["num_prompt_tokens"] > 20
+        else:
+            assert r["text"] is None and r["error_kind"] == expected[r["id"]] and r["error"]
+    progress = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith('{"event"')]
+    assert progress and progress[-1]["done"] == len(expected)
+
+    # The same command again: nothing to do, no engine start, nothing new written.
+    again = gemma4u(*args)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "Nothing to do" in again.stderr
+    assert sorted(p for p in out.iterdir() if p.is_file()) == files
+
+
+def _texts(out: Path) -> dict[str, str]:
+    return {r["id"]: r["text"] for r in iter_committed_records(OutLayout(out))}
+
+
+def test_same_seed_same_text(tmp_path: Path, tiny_model: Path, shared_engine) -> None:
+    root = tmp_path / "images"
+    write_image_folder(root, with_bad=False)
+
+    def run(out: str, seed: int) -> dict[str, str]:
+        config = JobConfig(
+            input=root,
+            output=tmp_path / out,
+            model=str(tiny_model),
+            workers=1,
+            sampling=SamplingConfig(max_tokens=16, temperature=1.0, top_p=0.95, seed=seed),
+        )
+        run_job(config, engine_factory=lambda c: shared_engine, reporter=Reporter("quiet"))
+        return _texts(tmp_path / out)
+
+    a, b, c = run("a", 7), run("b", 7), run("c", 8)
+    assert a == b and all(a.values())
+    assert a != c
+
+
+def test_greedy_is_default_and_deterministic(tmp_path: Path, tiny_model: Path, shared_engine) -> None:
+    root = tmp_path / "images"
+    write_image_folder(root, with_bad=False)
+    outs = []
+    for name in ("g1", "g2"):
+        config = JobConfig(input=root, output=tmp_path / name, model=str(tiny_model), workers=0,
+                           sampling=SamplingConfig(max_tokens=10, seed=None))  # fmt: skip
+        run_job(config, engine_factory=lambda c: shared_engine, reporter=Reporter("quiet"))
+        outs.append(_texts(tmp_path / name))
+    assert outs[0] == outs[1] and len(outs[0]) == 9
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["caption", "/nonexistent/in", "-o", "OUT"], "input not found"),
+        (["caption", "EMPTY", "-o", "OUT", "--model", "TINY"], "no media files"),
+        (["caption", "IMAGES", "-o", "OUT", "--bogus-flag"], "No such option"),
+        (["caption", "IMAGES", "-o", "OUT", "--model", "/nonexistent/model"], "model folder not found"),
+        (["caption", "IMAGES", "-o", "OUT", "--model", "BADMODEL"], "no config.json"),
+        (["caption", "IMAGES", "-o", "OUT", "--image-tokens", "100"], "image_tokens"),
+        (["caption", "IMAGES", "-o", "OUT", "--temperature", "-1"], "temperature"),
+    ],
+)
+def test_bad_usage_is_one_line(tmp_path: Path, tiny_model: Path, args: list[str], needle: str) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "badmodel").mkdir()
+    images = tmp_path / "images"
+    write_image_folder(images, with_bad=False)
+    subst = {"EMPTY": tmp_path / "empty", "OUT": tmp_path / "out", "TINY": tiny_model,
+             "IMAGES": images, "BADMODEL": tmp_path / "badmodel"}  # fmt: skip
+    proc = gemma4u(*[str(subst.get(a, a)) for a in args], timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert needle in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert len([line for line in proc.stderr.splitlines() if line.strip()]) == 1, proc.stderr

@@ -1,0 +1,154 @@
+"""The pipeline on the FakeEngine: batching, one record per input, resume and guards.
+
+Fast unit tests; the real engine is exercised in test_e2e_*.py."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from gemma4u_batch.config import JobConfig, SamplingConfig
+from gemma4u_batch.engine import EngineRequest, FakeEngine
+from gemma4u_batch.errors import UsageError
+from gemma4u_batch.progress import Reporter
+from gemma4u_batch.runner import run_job
+from gemma4u_batch.writer import OutLayout, committed_parts, iter_committed_records
+
+from .media import write_image_folder
+
+
+def _records(out: Path) -> list[dict]:
+    return list(iter_committed_records(OutLayout(out)))
+
+
+def _run(config: JobConfig, engine: FakeEngine | None = None):
+    eng = engine or FakeEngine()
+    return run_job(config, engine_factory=lambda c: eng, reporter=Reporter("quiet")), eng
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+    root = tmp_path_factory.mktemp("imgs") / "in"
+    return root, write_image_folder(root)
+
+
+def cfg(inp: Path, out: Path, **kw) -> JobConfig:
+    return JobConfig(input=inp, output=out, model="fake-model", workers=kw.pop("workers", 0), commit_every=3, **kw)
+
+
+def test_one_record_per_input_with_errors(folder, tmp_path: Path) -> None:
+    root, expected = folder
+    summary, eng = _run(cfg(root, tmp_path / "out", workers=2))
+    recs = _records(tmp_path / "out")
+    assert sorted(r["id"] for r in recs) == sorted(expected)
+    assert summary.done == len(expected)
+    by_id = {r["id"]: r for r in recs}
+    for rid, kind in expected.items():
+        if kind == "ok":
+            assert by_id[rid]["error"] is None and by_id[rid]["text"].startswith("fake ")
+            assert "image" in by_id[rid]["text"]
+        else:
+            assert by_id[rid]["error_kind"] == kind and by_id[rid]["text"] is None
+    assert summary.errors == sum(1 for k in expected.values() if k != "ok")
+    # Data files sit directly under OUT, bookkeeping in .gemma4u/, and everything committed.
+    out = tmp_path / "out"
+    assert all(p.name.startswith("part-") for p in out.iterdir() if p.is_file())
+    assert (out / ".gemma4u" / "complete.json").exists()
+    assert sum(p["records"] for p in committed_parts(OutLayout(out))) == len(expected)
+
+
+def test_rerun_does_nothing_and_engine_not_used(folder, tmp_path: Path) -> None:
+    root, expected = folder
+    out = tmp_path / "out"
+    _run(cfg(root, out))
+    before = sorted(p.name for p in out.iterdir())
+    summary, eng = _run(cfg(root, out))
+    assert summary.already_complete and summary.skipped == len(expected) and summary.done == 0
+    assert eng.added == 0
+    assert sorted(p.name for p in out.iterdir()) == before
+
+
+def test_guard_refuses_other_settings_unless_overwrite(folder, tmp_path: Path) -> None:
+    root, _ = folder
+    out = tmp_path / "out"
+    _run(cfg(root, out))
+    with pytest.raises(UsageError, match="different prompt"):
+        _run(cfg(root, out, prompt="Other instruction"))
+    with pytest.raises(UsageError, match="different sampling"):
+        _run(cfg(root, out, sampling=SamplingConfig(temperature=0.7)))
+    summary, _ = _run(cfg(root, out, prompt="Other instruction", overwrite=True))
+    recs = _records(out)
+    assert len(recs) == summary.done and {r["prompt"] for r in recs if r["error"] is None} == {"Other instruction"}
+
+
+def test_retry_errors_redoes_only_errors(folder, tmp_path: Path) -> None:
+    root, expected = folder
+    out = tmp_path / "out"
+    _run(cfg(root, out))
+    summary, eng = _run(cfg(root, out, retry_errors=True))
+    n_err = sum(1 for k in expected.values() if k != "ok")
+    assert summary.done == n_err and summary.skipped == len(expected) - n_err
+    assert eng.added == 0  # the bad files are still bad: error records again, no engine work
+
+
+def test_engine_rejection_is_a_record(folder, tmp_path: Path) -> None:
+    root, expected = folder
+    eng = FakeEngine(fail_if=lambda r: "prompt too long" if "astronaut.jpg" in r.payload[0].item.id else None)
+    _run(cfg(root, tmp_path / "out"), eng)
+    by_id = {r["id"]: r for r in _records(tmp_path / "out")}
+    assert by_id["astronaut.jpg"]["error_kind"] == "rejected"
+    assert "prompt too long" in by_id["astronaut.jpg"]["error"]
+    assert by_id["astro.webp"]["error"] is None
+
+
+def test_keys_change_with_content_and_settings(folder, tmp_path: Path) -> None:
+    root, _ = folder
+    _run(cfg(root, tmp_path / "a"))
+    _run(cfg(root, tmp_path / "b", sampling=SamplingConfig(max_tokens=7)))
+    a = {r["id"]: r["key"] for r in _records(tmp_path / "a")}
+    b = {r["id"]: r["key"] for r in _records(tmp_path / "b")}
+    assert a.keys() == b.keys() and all(a[k] != b[k] for k in a)
+    assert len(set(a.values())) == len(a)
+
+
+def test_parquet_and_both_formats(folder, tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    root, expected = folder
+    out = tmp_path / "out"
+    _run(cfg(root, out, format="both"))
+    pqs = sorted(out.glob("*.parquet"))
+    jsonls = sorted(out.glob("*.jsonl"))
+    assert len(pqs) == len(jsonls) >= 2
+    table = pq.read_table(pqs)
+    assert table.num_rows == len(expected)
+    assert sorted(table.column("id").to_pylist()) == sorted(expected)
+    meta = pq.read_schema(pqs[0]).metadata
+    assert meta[b"gemma4u.model"] == b"fake-model"
+    lines = [json.loads(line) for p in jsonls for line in p.read_text().splitlines()]
+    assert sorted(r["id"] for r in lines) == sorted(table.column("id").to_pylist())
+
+
+def test_usage_errors(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="not found"):
+        _run(cfg(tmp_path / "missing", tmp_path / "out"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UsageError, match="no media files"):
+        _run(cfg(tmp_path / "empty", tmp_path / "out"))
+
+
+def test_fake_engine_keeps_bounded_in_flight(folder, tmp_path: Path) -> None:
+    root, _ = folder
+    peak = 0
+
+    class Probe(FakeEngine):
+        def add(self, request: EngineRequest):
+            nonlocal peak
+            res = super().add(request)
+            peak = max(peak, len(self._inflight))
+            return res
+
+    _run(cfg(root, tmp_path / "out"), Probe(max_in_flight=3))
+    assert peak == 3
