@@ -7,6 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from .records import Modality
+
 DEFAULT_MODEL = "google/gemma-4-12B-it"
 IMAGE_TOKEN_BUDGETS = (70, 140, 280, 560, 1120)
 
@@ -39,12 +41,26 @@ class EngineConfig(BaseModel):
 class JobConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    input: Path
+    input: Path | None = None
     output: Path
     model: str = DEFAULT_MODEL
+    # Source selection
+    dataset: str | None = None  # a `datasets` loader or hub id instead of a path
+    split: str | None = None
+    column: str | None = None
+    allow_roots: list[Path] = Field(default_factory=list)
+    modalities: list[Modality] | None = None
+    # Task and prompt
     task: str = "caption"
     prompt: str | None = None
     system_prompt: str | None = None
+    language: str | None = None
+    translate_to: str | None = None
+    # Media
+    video_frames: int = Field(8, ge=1, le=32)
+    video_fps: float | None = Field(None, gt=0)
+    with_audio: bool = False
+    subtitles: list[Literal["txt", "srt", "vtt"]] = Field(default_factory=list)
     sampling: SamplingConfig = SamplingConfig()
     engine: EngineConfig = EngineConfig()
     image_tokens: int = 280
@@ -53,8 +69,11 @@ class JobConfig(BaseModel):
     format: Literal["jsonl", "parquet", "both"] = "jsonl"
     commit_every: int = Field(64, ge=1)
     commit_seconds: float = Field(30.0, gt=0)
-    max_image_pixels: int = 180_000_000
-    max_input_bytes: int = 2 * 1024**3
+    # Per-item limits (also in the run manifest)
+    max_image_pixels: int = Field(180_000_000, ge=1)
+    max_input_bytes: int = Field(2 * 1024**3, ge=1)
+    max_audio_seconds: float = Field(4 * 3600.0, gt=0)
+    max_video_seconds: float = Field(4 * 3600.0, gt=0)
     decode_timeout: float = Field(60.0, gt=0)
     overwrite: bool = False
     retry_errors: bool = False

@@ -41,6 +41,7 @@ class Engine(Protocol):
     model_name: str
 
     def render_prompt(self, messages: list[dict[str, Any]]) -> str: ...
+    def count_tokens(self, text: str) -> int: ...
     def capacity(self) -> int: ...
     def add(self, request: EngineRequest) -> EngineResult | None: ...
     def step(self) -> list[EngineResult]: ...
@@ -130,6 +131,13 @@ class VllmEngine:
     def render_prompt(self, messages: list[dict[str, Any]]) -> str:
         return self._tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
+    def count_tokens(self, text: str) -> int:
+        return len(self._tokenizer.encode(text, add_special_tokens=False))
+
+    @property
+    def max_model_len(self) -> int | None:
+        return self.engine.max_model_len
+
     def capacity(self) -> int:
         limit = self.engine.max_in_flight or 2 * self.engine.max_num_seqs
         return max(0, limit - len(self._inflight))
@@ -215,6 +223,11 @@ class FakeEngine:
             else:
                 parts.append(f"<{m['role']}>" + "".join(c.get("text", f"[{c['type']}]") for c in content))
         return "".join(parts) + "<model>"
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())
+
+    max_model_len: int | None = None
 
     def capacity(self) -> int:
         return self.max_in_flight - len(self._inflight)

@@ -20,6 +20,7 @@ COLUMN_DOCS: dict[str, str] = {
     "model": "model path or id",
     "content_sha256": "sha256 of the input bytes",
     "decode_seconds": "time spent decoding the media",
+    "segments": "transcription windows: list of {start, end, text} (seconds); null otherwise",
     "fields": "extra manifest/dataset columns (JSON object; a JSON string in Parquet)",
 }
 
@@ -44,6 +45,10 @@ def arrow_schema() -> Any:
             ("model", pa.string()),
             ("content_sha256", pa.string()),
             ("decode_seconds", pa.float64()),
+            (
+                "segments",
+                pa.list_(pa.struct([("start", pa.float64()), ("end", pa.float64()), ("text", pa.string())])),
+            ),
             ("fields", pa.string()),
         ]
     )

@@ -36,6 +36,13 @@ TASKS: dict[str, Task] = {
             },
         ),
         Task(
+            "translate",
+            {
+                Modality.AUDIO: "Translate the speech in this audio into {target}. Output only the translation.",
+                Modality.VIDEO: "Translate the speech in this video into {target}. Output only the translation.",
+            },
+        ),
+        Task(
             "transcribe",
             {
                 Modality.AUDIO: "Transcribe the speech in this audio verbatim. Output only the transcript.",
@@ -44,3 +51,13 @@ TASKS: dict[str, Task] = {
         ),
     )
 }
+
+
+def instruction_for(task: str, modality: Modality, *, language: str | None = None, target: str | None = None) -> str:
+    """The built-in instruction for a task, with the language options folded in."""
+    text = TASKS[task].instruction(modality)
+    if task == "translate":
+        text = text.format(target=target or "English")
+    elif language and task == "transcribe":
+        text = text.replace("verbatim.", f"verbatim. The speech is in {language}.")
+    return text

@@ -95,7 +95,7 @@ def test_retry_errors_redoes_only_errors(folder, tmp_path: Path) -> None:
 
 def test_engine_rejection_is_a_record(folder, tmp_path: Path) -> None:
     root, expected = folder
-    eng = FakeEngine(fail_if=lambda r: "prompt too long" if "astronaut.jpg" in r.payload[0].item.id else None)
+    eng = FakeEngine(fail_if=lambda r: "prompt too long" if "astronaut.jpg" in r.payload[0].decoded.item.id else None)
     _run(cfg(root, tmp_path / "out"), eng)
     by_id = {r["id"]: r for r in _records(tmp_path / "out")}
     assert by_id["astronaut.jpg"]["error_kind"] == "rejected"

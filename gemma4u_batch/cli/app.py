@@ -10,8 +10,9 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 
-from ..config import DEFAULT_MODEL, EngineConfig, JobConfig, SamplingConfig
+from ..config import EngineConfig, JobConfig, SamplingConfig
 from ..errors import ExitCode, UsageError
+from .options import make_job_command
 
 app = typer.Typer(
     name="gemma4u",
@@ -20,10 +21,13 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-model_app = typer.Typer(help="Model utilities (tiny test checkpoint).", no_args_is_help=True)
+model_app = typer.Typer(help="Model utilities: tiny test checkpoint, parity check.", no_args_is_help=True)
 app.add_typer(model_app, name="model")
 
 err = Console(stderr=True, highlight=False)
+
+DATA_FORMATS = ("jsonl", "parquet", "both")
+SUBTITLE_FORMATS = ("txt", "srt", "vtt")
 
 
 def fail(message: str, code: int = ExitCode.USAGE) -> None:
@@ -31,22 +35,41 @@ def fail(message: str, code: int = ExitCode.USAGE) -> None:
     raise typer.Exit(code)
 
 
-def _validation_message(exc: ValidationError) -> str:
+def validation_message(exc: ValidationError) -> str:
     first = exc.errors()[0]
     loc = ".".join(str(p) for p in first["loc"])
     return f"invalid value for {loc}: {first['msg']}"
 
 
-def build_config(**kw: Any) -> JobConfig:
-    """Flags → JobConfig; a bad value is a usage error naming the option."""
-    sampling_keys = set(SamplingConfig.model_fields)
-    engine_keys = set(EngineConfig.model_fields)
-    sampling = {k: v for k in list(kw) if k in sampling_keys and (v := kw.pop(k)) is not None}
-    engine = {k: v for k in list(kw) if k in engine_keys and (v := kw.pop(k)) is not None}
+def _split_format(value: str) -> tuple[str, list[str]]:
+    """'jsonl,srt,vtt' → ('jsonl', ['srt', 'vtt'])."""
+    parts = [p.strip() for p in value.split(",") if p.strip()]
+    data = [p for p in parts if p in DATA_FORMATS]
+    subs = [p for p in parts if p in SUBTITLE_FORMATS]
+    unknown = [p for p in parts if p not in DATA_FORMATS + SUBTITLE_FORMATS]
+    if unknown or len(data) > 1:
+        raise UsageError(f"invalid --format {value!r}: use one of jsonl, parquet, both, plus any of txt, srt, vtt")
+    return (data[0] if data else "jsonl"), subs
+
+
+def config_from_flags(kw: dict[str, Any]) -> JobConfig:
+    """CLI flags → JobConfig; a bad value is a usage error naming the option."""
+    kw = dict(kw)
+    kw.pop("progress", None)
+    fmt, subtitles = _split_format(kw.pop("format"))
+    sampling = {k: kw.pop(k) for k in list(kw) if k in SamplingConfig.model_fields}
+    engine = {k: v for k in list(kw) if k in EngineConfig.model_fields and (v := kw.pop(k)) is not None}
+    kw["allow_roots"] = kw.pop("allow_root") or []
+    kw["modalities"] = kw.pop("modality") or None
+    kw["video_fps"] = kw.pop("fps")
+    if kw.get("translate_to") and kw.get("task") == "transcribe":
+        kw["task"] = "translate"
     try:
-        return JobConfig(sampling=SamplingConfig(**sampling), engine=EngineConfig(**engine), **kw)
+        return JobConfig(
+            sampling=SamplingConfig(**sampling), engine=EngineConfig(**engine), format=fmt, subtitles=subtitles, **kw
+        )
     except ValidationError as exc:
-        raise UsageError(_validation_message(exc)) from None
+        raise UsageError(validation_message(exc)) from None
 
 
 def run_and_report(config: JobConfig, progress: str) -> None:
@@ -54,11 +77,7 @@ def run_and_report(config: JobConfig, progress: str) -> None:
     from ..runner import run_job
 
     mode = "quiet" if config.quiet else progress
-    try:
-        summary = run_job(config, reporter=Reporter(mode))
-    except UsageError as exc:
-        fail(str(exc))
-        return
+    summary = run_job(config, reporter=Reporter(mode))
     if summary.already_complete:
         err.print(f"Nothing to do: all {summary.skipped} items in {config.output} are already done.")
         return
@@ -70,61 +89,80 @@ def run_and_report(config: JobConfig, progress: str) -> None:
         raise typer.Exit(ExitCode.INTERRUPTED)
 
 
-InputArg = Annotated[Path, typer.Argument(help="Folder of media files.", show_default=False)]
-OutOpt = Annotated[Path, typer.Option("--output", "-o", help="Output folder (JSONL/Parquet part files).")]
-ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Model path or Hugging Face id.")]
+def _job(kwargs: dict[str, Any]) -> None:
+    progress = kwargs.get("progress", "rich")
+    if kwargs.get("input") is None and kwargs.get("dataset") is None:
+        raise UsageError("give an INPUT (folder, manifest or saved dataset) or --dataset")
+    run_and_report(config_from_flags(kwargs), progress)
 
 
-@app.command()
-def caption(
-    input: InputArg,
-    output: OutOpt,
-    model: ModelOpt = DEFAULT_MODEL,
-    task: Annotated[str, typer.Option(help="Built-in task: caption, detailed-caption, ...")] = "caption",
-    prompt: Annotated[str | None, typer.Option(help="Replace the task's instruction (chat template still wraps it).")] = None,
-    system_prompt: Annotated[str | None, typer.Option(help="System prompt.")] = None,
-    max_tokens: Annotated[int, typer.Option(help="Max tokens to generate per item.")] = 256,
-    temperature: Annotated[float, typer.Option(help="0 = greedy (default).")] = 0.0,
-    top_p: Annotated[float, typer.Option(help="Nucleus sampling.")] = 1.0,
-    seed: Annotated[int, typer.Option(help="Sampling seed (same seed → same text).")] = 0,
-    dtype: Annotated[str, typer.Option(help="auto, bfloat16, float16, float32.")] = "auto",
-    image_tokens: Annotated[int, typer.Option(help="Soft tokens per image: 70/140/280/560/1120.")] = 280,
-    workers: Annotated[int, typer.Option(help="Decode worker processes (0 = inline).")] = 2,
-    format: Annotated[str, typer.Option("--format", help="jsonl, parquet or both.")] = "jsonl",
-    max_model_len: Annotated[int, typer.Option(help="Engine max model length.")] = 8192,
-    max_num_seqs: Annotated[int, typer.Option(help="Engine max concurrent sequences.")] = 32,
-    gpu_memory_utilization: Annotated[
-        float | None, typer.Option(help="Engine memory share (CPU: of RAM; default 0.15 CPU, 0.9 GPU).")
-    ] = None,
-    overwrite: Annotated[bool, typer.Option(help="Start fresh, deleting earlier results in OUT.")] = False,
-    retry_errors: Annotated[bool, typer.Option(help="Redo only items whose record has an error.")] = False,
-    progress: Annotated[str, typer.Option(help="rich, json or quiet.")] = "rich",
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or summary.")] = False,
-) -> None:
-    """Caption every image (and video/audio) in INPUT; one record per item."""
-    config = build_config(
-        input=input,
-        output=output,
-        model=model,
-        task=task,
-        prompt=prompt,
-        system_prompt=system_prompt,
-        max_tokens=max_tokens,
-        temperature=temperature,
-        top_p=top_p,
-        seed=seed,
-        dtype=dtype,
-        image_tokens=image_tokens,
-        workers=workers,
-        format=format,
-        max_model_len=max_model_len,
-        max_num_seqs=max_num_seqs,
-        gpu_memory_utilization=gpu_memory_utilization,
-        overwrite=overwrite,
-        retry_errors=retry_errors,
-        quiet=quiet,
+app.command("caption")(
+    make_job_command(
+        _job,
+        "Caption every image, video and audio item in INPUT; one record per item.",
+        task="caption",
     )
-    run_and_report(config, progress)
+)
+app.command("transcribe")(
+    make_job_command(
+        _job,
+        "Transcribe speech (audio files, or the soundtrack of videos) in INPUT; long files are cut into "
+        "≤30 s windows and stitched into one record with `segments`.",
+        task="transcribe",
+        modality=["audio", "video"],
+        max_tokens=448,
+    )
+)
+
+
+@app.command("inspect")
+def inspect(
+    input: Annotated[Path | None, typer.Argument(help="Folder, manifest or saved dataset.")] = None,
+    dataset: Annotated[str | None, typer.Option(help="HF `datasets` loader or hub id.")] = None,
+    split: Annotated[str | None, typer.Option(help="Dataset split.")] = None,
+    column: Annotated[str | None, typer.Option(help="Media column.")] = None,
+    allow_root: Annotated[list[Path] | None, typer.Option(help="Extra folder manifest rows may read from.")] = None,
+    task: Annotated[str, typer.Option(help="caption or transcribe (transcribe cuts audio into windows).")] = "caption",
+    image_tokens: Annotated[int, typer.Option(help="Soft tokens per image.")] = 280,
+    video_frames: Annotated[int, typer.Option(help="Frames per video.")] = 8,
+    fps: Annotated[float | None, typer.Option(help="Sample video at this rate instead.")] = None,
+    with_audio: Annotated[bool, typer.Option(help="Include a video's soundtrack.")] = False,
+    dump: Annotated[Path | None, typer.Option(help="Write media exactly as sent into DIR/<id>/.")] = None,
+    json_lines: Annotated[bool, typer.Option("--json", help="JSON lines on stdout.")] = False,
+    workers: Annotated[int, typer.Option(help="Decode worker processes.")] = 2,
+) -> None:
+    """Show what the engine will receive for each item (sizes, tokens, frames, audio windows)."""
+    import json
+
+    from ..inspection import inspect_items, summarize
+    from ..runner import dataset_spec, decode_options, source_for
+
+    if input is None and dataset is None:
+        raise UsageError("give an INPUT (folder, manifest or saved dataset) or --dataset")
+    config = config_from_flags(
+        {"input": input, "output": Path("."), "dataset": dataset, "split": split, "column": column,
+         "allow_root": allow_root, "modality": None, "task": task, "image_tokens": image_tokens,
+         "video_frames": video_frames, "fps": fps, "with_audio": with_audio, "format": "jsonl", "workers": workers}
+    )  # fmt: skip
+    source = source_for(config, dataset_spec(config))
+    out = Console(highlight=False)
+    views = []
+    for v in inspect_items(
+        source, decode_options(config), windowed_audio=task in ("transcribe", "translate"), workers=workers,
+        dump_dir=dump,
+    ):  # fmt: skip
+        views.append(v)
+        if json_lines:
+            print(json.dumps(v.to_dict(), default=str), flush=True)
+        elif v.error:
+            out.print(f"[red]{v.id}[/]  {v.modality}  error ({v.error_kind}): {v.error}")
+        else:
+            reqs = ", ".join(
+                " ".join(f"{k}={val}" for k, val in r.items() if k not in ("timestamps", "frame_indices"))
+                for r in v.requests
+            )
+            out.print(f"[bold]{v.id}[/]  {v.modality}  {reqs}")
+    err.print(json.dumps(summarize(views)))
 
 
 @model_app.command("tiny")

@@ -17,33 +17,68 @@ from .options import DecodeOptions
 
 __all__ = ["DecodeOptions", "decode_item", "read_input_bytes"]
 
+_OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
+_GROWTH_CHUNK = 1 << 20
+
+
+def _file_kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISCHR(mode):
+        return "a character device"
+    if stat.S_ISBLK(mode):
+        return "a block device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    return "not a regular file"
+
+
+def _check_regular(st: os.stat_result, limit: int) -> None:
+    if not stat.S_ISREG(st.st_mode):
+        raise ItemError("special_file", f"refused: {_file_kind(st.st_mode)}, not a regular file")
+    if st.st_size > limit:
+        raise ItemError("too_large", f"file is {st.st_size} bytes, over the max_input_bytes limit of {limit}")
+
 
 def read_input_bytes(item: WorkItem, opts: DecodeOptions) -> bytes:
-    """The item's bytes, refusing special files and anything over the byte limit."""
+    """The item's bytes, refusing special files and anything over the byte limit.
+
+    Stat first so a FIFO or device is never opened; then open non-blocking and check the
+    opened fd again, since the path can be swapped for a FIFO in between."""
+    limit = opts.max_input_bytes
     if item.data is not None:
-        if len(item.data) > opts.max_input_bytes:
-            raise ItemError("too_large", f"input is {len(item.data)} bytes, over max_input_bytes {opts.max_input_bytes}")
+        if len(item.data) > limit:
+            raise ItemError("too_large", f"input is {len(item.data)} bytes, over the max_input_bytes limit of {limit}")
         return item.data
     if item.path is None:
         raise ItemError("no_data", "item has neither a path nor inline bytes")
     try:
-        st = os.stat(item.path)
+        _check_regular(os.stat(item.path), limit)
+        fd = os.open(item.path, _OPEN_FLAGS)
     except FileNotFoundError as exc:
         raise ItemError("not_found", f"file not found: {item.path}") from exc
     except OSError as exc:
-        raise ItemError("unreadable", f"cannot stat {item.path}: {exc.strerror}") from exc
-    if not stat.S_ISREG(st.st_mode):
-        raise ItemError("special_file", "not a regular file (FIFO, device, socket or directory)")
-    if st.st_size > opts.max_input_bytes:
-        raise ItemError("too_large", f"file is {st.st_size} bytes, over max_input_bytes {opts.max_input_bytes}")
+        raise ItemError("unreadable", f"cannot open {item.path}: {exc.strerror or exc}") from exc
+    except ValueError as exc:  # embedded NUL byte
+        raise ItemError("unreadable", f"invalid path {str(item.path)!r}: {exc}") from exc
     try:
-        with open(item.path, "rb") as fh:
-            data = fh.read(opts.max_input_bytes + 1)
+        with os.fdopen(fd, "rb", buffering=0) as fh:
+            st = os.fstat(fh.fileno())
+            _check_regular(st, limit)
+            # One read of the expected size (+1 to see EOF); only a file that grows while we
+            # read takes more reads, and those stop one byte past the limit.
+            parts = [fh.read(st.st_size + 1)]
+            total = len(parts[0])
+            while parts[-1] and total <= limit:
+                parts.append(fh.read(min(_GROWTH_CHUNK, limit + 1 - total)))
+                total += len(parts[-1])
     except OSError as exc:
-        raise ItemError("unreadable", f"cannot read {item.path}: {exc.strerror}") from exc
-    if len(data) > opts.max_input_bytes:
-        raise ItemError("too_large", f"file grew past max_input_bytes {opts.max_input_bytes} while reading")
-    return data
+        raise ItemError("unreadable", f"cannot read {item.path}: {exc.strerror or exc}") from exc
+    if total > limit:
+        raise ItemError("too_large", f"file grew past the max_input_bytes limit of {limit} while being read")
+    return parts[0] if len(parts) <= 2 else b"".join(parts)
 
 
 def decode_item(item: WorkItem, opts: DecodeOptions) -> DecodedItem:
@@ -74,6 +109,11 @@ def decode_item(item: WorkItem, opts: DecodeOptions) -> DecodedItem:
         out.image = out.audio = out.video = None
     except MemoryError:
         out.error, out.error_kind = "ran out of memory while decoding", "too_large"
+        out.image = out.audio = out.video = None
+    except Exception as exc:  # a decoder bug must cost this item, not the run
+        text = " ".join(str(exc).split())[:300]
+        out.error = f"unexpected {type(exc).__name__} while decoding{': ' + text if text else ''}"
+        out.error_kind = "decode_error"
         out.image = out.audio = out.video = None
     out.decode_seconds = time.perf_counter() - started
     return out

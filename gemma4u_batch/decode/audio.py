@@ -21,6 +21,7 @@ __all__ = [
     "decode_audio",
     "decode_audio_track",
     "looks_like_media",
+    "open_container",
     "num_audio_tokens",
     "pad_to_token_multiple",
     "split_windows",
@@ -31,6 +32,17 @@ __all__ = [
 _SOUNDFILE_SKIP = {"MP3", "RAW"}
 # libsndfile reports "unknown length" as a huge count.
 _UNKNOWN_FRAMES = 2**62
+
+
+# Demuxers such as concat and sdp open further inputs named inside the file (local paths,
+# network sockets): an input could then read files outside the allowed roots or stall on
+# a socket. The bytes we were given are the only input, so no protocol is allowed.
+_AV_OPEN_OPTIONS = {"protocol_whitelist": "none"}
+
+
+def open_container(data: bytes) -> av.container.InputContainer:
+    """PyAV container over in-memory bytes that cannot reach any other file or URL."""
+    return av.open(io.BytesIO(data), mode="r", metadata_errors="ignore", options=dict(_AV_OPEN_OPTIONS))
 
 
 def looks_like_media(data: bytes) -> bool:
@@ -230,7 +242,7 @@ def _decode_av(data: bytes, opts: DecodeOptions, limit: float, truncate: bool) -
 
     With `truncate`, keep the first `limit` seconds instead of refusing longer input."""
     try:
-        container = av.open(io.BytesIO(data), mode="r", metadata_errors="ignore")
+        container = open_container(data)
     except av.FFmpegError as exc:
         if looks_like_media(data):
             raise ItemError("corrupt", f"audio could not be decoded: {exc}") from exc

@@ -8,7 +8,7 @@ import math
 import warnings
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from ..errors import ItemError
 from .options import DecodeOptions
@@ -47,7 +47,8 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         return Image.fromarray(arr8, mode="L").convert("RGB")
     if img.mode == "F":
         arr = np.asarray(img, dtype=np.float64)
-        lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
+        arr = np.where(np.isfinite(arr), arr, 0.0)
+        lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
         scale = 255.0 / (hi - lo) if hi > lo else 0.0
         return Image.fromarray(((arr - lo) * scale).astype(np.uint8), mode="L").convert("RGB")
     if img.mode == "P":
@@ -66,31 +67,56 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img
 
 
+# EXIF orientation → the transpose that shows the image upright (as ImageOps.exif_transpose).
+_ORIENTATION_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def _orientation(img: Image.Image) -> int:
+    """EXIF orientation 1-8; damaged EXIF means upright (it must not cost the image)."""
+    try:
+        value = img.getexif().get(0x0112, 1)
+    except Exception:
+        return 1
+    return value if isinstance(value, int) and value in _ORIENTATION_TRANSPOSE else 1
+
+
+def _too_many_pixels(w: int, h: int, limit: int) -> ItemError:
+    return ItemError("too_large", f"image is {w}x{h} = {w * h} pixels, over the max_image_pixels limit of {limit}")
+
+
 def decode_image(data: bytes, opts: DecodeOptions) -> tuple[Image.Image, dict]:
     """Decode bytes to an RGB image already at the processor's target size.
 
-    Raises ItemError with a kind the record carries: `not_an_image`, `too_large`,
-    `corrupt`.
+    The pixel limit is checked on the header, before any pixel is decoded. Raises
+    ItemError with a kind the record carries: `empty`, `not_an_image`, `too_large`, `corrupt`.
     """
     if not data:
         raise ItemError("empty", "file is empty (0 bytes)")
-    Image.MAX_IMAGE_PIXELS = opts.max_image_pixels
+    limit = opts.max_image_pixels
+    # Pillow's own bomb check also guards sizes read after open (ICO, GIF frames).
+    Image.MAX_IMAGE_PIXELS = limit
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
             src_w, src_h = img.size
             fmt = img.format
-            if src_w * src_h > opts.max_image_pixels:
-                raise ItemError(
-                    "too_large",
-                    f"image is {src_w}x{src_h} = {src_w * src_h} pixels, over the "
-                    f"max_image_pixels limit of {opts.max_image_pixels}",
-                )
+            if src_w <= 0 or src_h <= 0:
+                raise ItemError("corrupt", f"image could not be decoded: invalid size {src_w}x{src_h}")
+            if src_w * src_h > limit:
+                raise _too_many_pixels(src_w, src_h, limit)
             if getattr(img, "is_animated", False):
                 img.seek(0)
             # EXIF orientation changes which side is long, so size the draft after it.
-            orientation = img.getexif().get(0x0112, 1) if hasattr(img, "getexif") else 1
+            orientation = _orientation(img)
             w, h = (src_h, src_w) if orientation in (5, 6, 7, 8) else (src_w, src_h)
             tw, th = target_size(w, h, opts)
             if fmt == "JPEG" and img.mode in ("RGB", "L", "CMYK"):
@@ -98,18 +124,23 @@ def decode_image(data: bytes, opts: DecodeOptions) -> tuple[Image.Image, dict]:
                 dw, dh = (th, tw) if orientation in (5, 6, 7, 8) else (tw, th)
                 img.draft(img.mode, (dw, dh))
             img.load()
-            img = ImageOps.exif_transpose(img) or img
+            if orientation != 1:
+                img = img.transpose(_ORIENTATION_TRANSPOSE[orientation])
             img = _to_rgb(img)
+            if img.size != (tw, th):
+                img = img.resize((tw, th), Image.Resampling.BICUBIC, reducing_gap=3.0)
     except ItemError:
         raise
+    except MemoryError:
+        raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ItemError("too_large", f"decompression bomb refused: {exc}") from exc
+        raise ItemError("too_large", f"image is over the max_image_pixels limit of {limit} ({exc})") from exc
     except UnidentifiedImageError as exc:
         raise ItemError("not_an_image", "not a recognised image format") from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ItemError("corrupt", f"image could not be decoded: {exc}") from exc
-    if img.size != (tw, th):
-        img = img.resize((tw, th), Image.Resampling.BICUBIC, reducing_gap=3.0)
+    except Exception as exc:  # Pillow plugins raise struct.error, IndexError, ... on damaged files
+        raise ItemError("corrupt", f"image could not be decoded: {type(exc).__name__}: {exc}") from exc
     info = {
         "format": fmt,
         "source_size": [src_w, src_h],

@@ -7,6 +7,10 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class DecodeOptions:
+    """Limits are checked on headers before anything big is allocated, and again on what
+    is actually decoded (headers can lie); an item over one is an error naming the limit.
+    Wall-clock decode time is the pool's `decode_timeout`."""
+
     image_tokens: int = 280
     max_image_pixels: int = 180_000_000
     max_input_bytes: int = 2 * 1024**3
@@ -22,6 +26,7 @@ class DecodeOptions:
     video_frames: int = 8
     video_fps: float | None = None
     video_tokens_per_frame: int = 70
-    max_video_frames: int = 32
+    max_video_frames: int = 32  # frames sampled and sent to the model
+    max_decoded_frames: int = 500_000  # frames a video may make the decoder decode
     max_video_seconds: float = 4 * 3600.0
     with_audio: bool = False

@@ -13,7 +13,7 @@ from PIL import Image
 
 from ..errors import ItemError
 from ..records import VideoFrames
-from .audio import decode_audio_track, looks_like_media
+from .audio import decode_audio_track, looks_like_media, open_container
 from .image import target_size
 from .options import DecodeOptions
 
@@ -63,7 +63,7 @@ def apply_rotation(img: Image.Image, clockwise_degrees: int) -> Image.Image:
 
 def _open(data: bytes) -> av.container.InputContainer:
     try:
-        return av.open(io.BytesIO(data), mode="r", metadata_errors="ignore")
+        return open_container(data)
     except av.FFmpegError as exc:
         if looks_like_media(data):
             raise ItemError("corrupt", f"video could not be decoded: {exc}") from exc
@@ -78,18 +78,26 @@ def _video_stream(container: av.container.InputContainer):
     return None
 
 
-def _count_packets(data: bytes, stream_index: int) -> int:
+def _count_packets(data: bytes, stream_index: int, cap: int) -> int:
     """Exact frame count for containers without one in the header (WebM/MKV): demux
-    without decoding, which is cheap."""
+    without decoding, which is cheap. Stops counting past `cap`."""
     n = 0
     with _open(data) as container:
         try:
             for packet in container.demux(container.streams[stream_index]):
                 if packet.size and not packet.is_discard:
                     n += 1
+                    if n > cap:
+                        break
         except av.FFmpegError:
             pass  # damaged tail: count what is there
     return n
+
+
+def _too_many_frames(n: int, opts: DecodeOptions, what: str) -> ItemError:
+    return ItemError(
+        "too_large", f"video {what} {n} frames, over the max_decoded_frames limit of {opts.max_decoded_frames}"
+    )
 
 
 @dataclasses.dataclass
@@ -136,6 +144,14 @@ def _decode_pass(data: bytes, stream_index: int, wanted: list[int], opts: Decode
                     continue
                 i = decoded
                 decoded += 1
+                if decoded > opts.max_decoded_frames:
+                    raise _too_many_frames(decoded, opts, "needs more than")
+                if frame.width * frame.height > opts.max_image_pixels:
+                    raise ItemError(
+                        "too_large",
+                        f"video frame is {frame.width}x{frame.height}, over the max_image_pixels limit "
+                        f"of {opts.max_image_pixels}",
+                    )
                 ftb = frame.time_base or tb
                 ts = max(float(frame.pts * ftb) - start, 0.0) if frame.pts is not None and ftb else None
                 if ts is None:
@@ -188,16 +204,26 @@ def decode_video(data: bytes, opts: DecodeOptions) -> tuple[VideoFrames, np.ndar
             f"video is {duration:.1f} s long, over the max_video_seconds limit of {opts.max_video_seconds:g} s",
         )
     if src_w * src_h > opts.max_image_pixels:
-        raise ItemError("too_large", f"video frames are {src_w}x{src_h}, over the max_image_pixels limit")
-    total = header_total if header_total > 0 else _count_packets(data, index)
+        raise ItemError(
+            "too_large", f"video frames are {src_w}x{src_h}, over the max_image_pixels limit of {opts.max_image_pixels}"
+        )
+    total = header_total if header_total > 0 else _count_packets(data, index, opts.max_decoded_frames)
     if total <= 0:
         raise ItemError("no_frames", f"{_NO_FRAMES}: the video stream holds no frames")
     if fps <= 0 and duration > 0:
         fps = total / duration
     if duration <= 0 and fps > 0:
         duration = total / fps
+    if duration > opts.max_video_seconds:
+        raise ItemError(
+            "too_long",
+            f"video is {duration:.1f} s long, over the max_video_seconds limit of {opts.max_video_seconds:g} s",
+        )
 
     wanted = sample_indices(total, duration, opts)
+    if wanted[-1] + 1 > opts.max_decoded_frames:
+        # Sampling decodes sequentially up to the last kept frame: refuse before decoding.
+        raise _too_many_frames(wanted[-1] + 1, opts, "would need decoding")
     run = _decode_pass(data, index, wanted, opts, fps)
     if run.eof and run.decoded <= wanted[-1]:
         # Fewer decodable frames than the header/packet count said.

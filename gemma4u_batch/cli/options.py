@@ -1,0 +1,107 @@
+"""The job options shared by `caption` and `transcribe`, declared once.
+
+Typer reads a command's options from its signature, so both commands are built from
+`job_options` with their own defaults (see `make_job_command`).
+"""
+
+
+import inspect
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ..config import DEFAULT_MODEL
+
+H_IN = "Input"
+H_TASK = "Task and prompt"
+H_MEDIA = "Media"
+H_GEN = "Sampling"
+H_ENG = "Engine"
+H_OUT = "Output and resume"
+
+
+def job_options(
+    input: Annotated[
+        Path | None, typer.Argument(help="A folder, a manifest (.jsonl/.csv/.parquet) or a saved HF dataset.")
+    ] = None,
+    *,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder.", rich_help_panel=H_OUT)],
+    model: Annotated[str, typer.Option("--model", "-m", help="Model path or HF id.")] = DEFAULT_MODEL,
+    dataset: Annotated[
+        str | None,
+        typer.Option(help="HF `datasets` loader (imagefolder, audiofolder, parquet…) or hub id.", rich_help_panel=H_IN),
+    ] = None,
+    split: Annotated[str | None, typer.Option(help="Dataset split.", rich_help_panel=H_IN)] = None,
+    column: Annotated[str | None, typer.Option(help="Dataset/manifest media column.", rich_help_panel=H_IN)] = None,
+    allow_root: Annotated[
+        list[Path] | None,
+        typer.Option(help="Folder manifest rows may read from (repeatable; default: the manifest's folder).",
+                     rich_help_panel=H_IN),
+    ] = None,
+    modality: Annotated[
+        list[str] | None, typer.Option(help="Only these modalities: image, audio, video (repeatable).",
+                                       rich_help_panel=H_IN)
+    ] = None,
+    task: Annotated[str, typer.Option(help="Built-in task (see README).", rich_help_panel=H_TASK)] = "caption",
+    prompt: Annotated[
+        str | None, typer.Option(help="Replace the task's instruction (the chat template still wraps it).",
+                                 rich_help_panel=H_TASK)
+    ] = None,
+    system_prompt: Annotated[str | None, typer.Option(help="System prompt.", rich_help_panel=H_TASK)] = None,
+    language: Annotated[str | None, typer.Option(help="Spoken language hint.", rich_help_panel=H_TASK)] = None,
+    translate_to: Annotated[
+        str | None, typer.Option(help="Translate speech into this language.", rich_help_panel=H_TASK)
+    ] = None,
+    image_tokens: Annotated[
+        int, typer.Option(help="Soft tokens per image: 70/140/280/560/1120.", rich_help_panel=H_MEDIA)
+    ] = 280,
+    video_frames: Annotated[int, typer.Option(help="Frames sampled per video (≤32).", rich_help_panel=H_MEDIA)] = 8,
+    fps: Annotated[float | None, typer.Option(help="Sample video at this rate instead.", rich_help_panel=H_MEDIA)] = None,
+    with_audio: Annotated[
+        bool, typer.Option(help="Send a video's soundtrack (first 30 s) too.", rich_help_panel=H_MEDIA)
+    ] = False,
+    max_tokens: Annotated[int, typer.Option(help="Max tokens generated per request.", rich_help_panel=H_GEN)] = 256,
+    temperature: Annotated[float, typer.Option(help="0 = greedy (default).", rich_help_panel=H_GEN)] = 0.0,
+    top_p: Annotated[float, typer.Option(help="Nucleus sampling.", rich_help_panel=H_GEN)] = 1.0,
+    seed: Annotated[int, typer.Option(help="Sampling seed (same seed → same text).", rich_help_panel=H_GEN)] = 0,
+    dtype: Annotated[str, typer.Option(help="auto, bfloat16, float16, float32.", rich_help_panel=H_ENG)] = "auto",
+    max_model_len: Annotated[int, typer.Option(help="Max model length.", rich_help_panel=H_ENG)] = 8192,
+    max_num_seqs: Annotated[int, typer.Option(help="Max concurrent sequences.", rich_help_panel=H_ENG)] = 32,
+    gpu_memory_utilization: Annotated[
+        float | None,
+        typer.Option(help="Engine memory share (on CPU: of RAM). Default 0.15 CPU, 0.9 GPU.", rich_help_panel=H_ENG),
+    ] = None,
+    tensor_parallel_size: Annotated[int, typer.Option(help="Tensor parallel size.", rich_help_panel=H_ENG)] = 1,
+    enforce_eager: Annotated[
+        bool, typer.Option(help="Eager mode (no graph capture; faster start).", rich_help_panel=H_ENG)
+    ] = True,
+    workers: Annotated[int, typer.Option(help="Decode worker processes (0 = inline).", rich_help_panel=H_ENG)] = 2,
+    format: Annotated[
+        str, typer.Option("--format", help="jsonl, parquet or both; for transcripts add txt,srt,vtt (comma list).",
+                          rich_help_panel=H_OUT)
+    ] = "jsonl",
+    overwrite: Annotated[bool, typer.Option(help="Start fresh, deleting results in OUT.", rich_help_panel=H_OUT)] = False,
+    retry_errors: Annotated[
+        bool, typer.Option(help="Redo only items whose record has an error.", rich_help_panel=H_OUT)
+    ] = False,
+    progress: Annotated[str, typer.Option(help="rich, json or quiet.", rich_help_panel=H_OUT)] = "rich",
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or summary.", rich_help_panel=H_OUT)] = False,
+) -> None:
+    """Template whose signature the job commands share (never called)."""
+
+
+def make_job_command(
+    run: Callable[[dict[str, Any]], None], doc: str, **defaults: Any
+) -> Callable[..., None]:
+    """A command function with job_options' signature and the given defaults."""
+    sig = inspect.signature(job_options)
+    params = [p.replace(default=defaults[p.name]) if p.name in defaults else p for p in sig.parameters.values()]
+
+    def command(**kwargs: Any) -> None:
+        run(kwargs)
+
+    command.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+    command.__doc__ = doc
+    return command

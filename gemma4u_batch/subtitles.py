@@ -1,0 +1,45 @@
+"""Per-file transcript outputs (.txt, .srt, .vtt) next to the JSONL/Parquet records."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .atomic import write_atomic
+
+SUBTITLE_FORMATS = ("txt", "srt", "vtt")
+
+
+def _stamp(seconds: float, sep: str) -> str:
+    ms = round(seconds * 1000)
+    h, rem = divmod(ms, 3_600_000)
+    m, rem = divmod(rem, 60_000)
+    s, ms = divmod(rem, 1000)
+    return f"{h:02d}:{m:02d}:{s:02d}{sep}{ms:03d}"
+
+
+def to_srt(segments: list[dict[str, Any]]) -> str:
+    blocks = []
+    for i, seg in enumerate((s for s in segments if s["text"]), start=1):
+        blocks.append(f"{i}\n{_stamp(seg['start'], ',')} --> {_stamp(seg['end'], ',')}\n{seg['text']}\n")
+    return "\n".join(blocks)
+
+
+def to_vtt(segments: list[dict[str, Any]]) -> str:
+    cues = [f"{_stamp(s['start'], '.')} --> {_stamp(s['end'], '.')}\n{s['text']}\n" for s in segments if s["text"]]
+    return "WEBVTT\n\n" + "\n".join(cues)
+
+
+def to_txt(segments: list[dict[str, Any]]) -> str:
+    return " ".join(s["text"] for s in segments if s["text"]) + "\n"
+
+
+def write_transcripts(out_root: Path, item_id: str, segments: list[dict[str, Any]], formats: tuple[str, ...]) -> None:
+    """Write OUT/transcripts/<id>.<fmt> atomically (ids may contain folders)."""
+    render = {"txt": to_txt, "srt": to_srt, "vtt": to_vtt}
+    base = out_root / "transcripts" / item_id
+    base.parent.mkdir(parents=True, exist_ok=True)
+    for fmt in formats:
+        dest = base.with_name(base.name + f".{fmt}")
+        payload = render[fmt](segments).encode("utf-8")
+        write_atomic(dest, lambda fh, p=payload: fh.write(p))

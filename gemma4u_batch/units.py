@@ -1,0 +1,136 @@
+"""Request building: one decoded item becomes one *unit* of one or more engine requests.
+
+An image or a video is one request. Audio for transcription is cut into ≤30 s windows
+(the model's limit), each its own request; the unit completes — and its single record
+is written — when every window is back, with the windows as `segments`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .decode.audio import num_audio_tokens, pad_to_token_multiple, split_windows
+from .records import DecodedItem, Generation, Modality
+
+SAMPLE_RATE = 16_000
+WINDOW_SECONDS = 30.0  # 750 tokens × 40 ms
+
+
+@dataclass
+class Part:
+    """One request's worth of media and where it sits in the item's timeline."""
+
+    mm: dict[str, Any]
+    mm_tokens: int
+    start: float | None = None
+    end: float | None = None
+
+
+@dataclass
+class Unit:
+    """A decoded item in flight: its parts' results arrive in any order."""
+
+    decoded: DecodedItem
+    key: str
+    instruction: str
+    rendered: str
+    parts: list[Part]
+    results: list[Generation | None] = field(default_factory=list)
+    error: str | None = None
+    error_kind: str | None = None
+    outstanding: int = 0
+
+    def __post_init__(self) -> None:
+        self.results = [None] * len(self.parts)
+        self.outstanding = len(self.parts)
+
+    def finish_part(self, index: int, gen: Generation | None, error: str | None, kind: str | None) -> bool:
+        """Record one part's outcome; True when the unit is complete."""
+        self.results[index] = gen
+        if error is not None and self.error is None:
+            self.error, self.error_kind = error, kind
+        self.outstanding -= 1
+        return self.outstanding == 0
+
+
+def _video_metadata(d: DecodedItem) -> dict[str, Any]:
+    v = d.video
+    assert v is not None
+    fps = float(v.fps) if v.fps else 24.0
+    indices = list(v.indices)
+    # vLLM (like transformers) stamps frame i at indices[i] / fps. For variable frame
+    # rate files that is not the real time, so express the real stamps in milliseconds.
+    if any(abs(i / fps - t) >= 0.5 for i, t in zip(indices, v.timestamps, strict=True)):
+        fps, indices = 1000.0, [round(t * 1000) for t in v.timestamps]
+    return {
+        "fps": fps,
+        "frames_indices": indices,
+        "total_num_frames": int(v.total_frames),
+        "duration": float(v.duration),
+        "do_sample_frames": False,
+    }
+
+
+def video_tokens(d: DecodedItem, tokens_per_frame_of: Any) -> int:
+    v = d.video
+    assert v is not None
+    # each frame: "mm:ss " (~4 tokens) + <boi> + soft tokens + <eoi>
+    return sum(tokens_per_frame_of(f) + 6 for f in v.frames)
+
+
+def build_parts(d: DecodedItem, *, windowed_audio: bool, tokens_per_frame_of: Any) -> list[Part]:
+    """Split a decoded item into the media of each request it needs."""
+    if d.image is not None:
+        return [Part({"image": d.image}, int(d.info.get("num_tokens", 0)) + 2)]
+    if d.video is not None:
+        mm: dict[str, Any] = {"video": (list(d.video.frames), _video_metadata(d))}
+        tokens = video_tokens(d, tokens_per_frame_of)
+        if d.audio is not None and d.audio.size:
+            clip = pad_to_token_multiple(d.audio[: int(WINDOW_SECONDS * SAMPLE_RATE)])
+            mm["audio"] = (clip, SAMPLE_RATE)
+            tokens += num_audio_tokens(clip.size) + 2
+        return [Part(mm, tokens, 0.0, float(d.video.duration))]
+    if d.audio is not None:
+        x = d.audio
+        if windowed_audio:
+            spans = split_windows(x, SAMPLE_RATE, max_seconds=WINDOW_SECONDS)
+        else:
+            spans = [(0, min(x.size, int(WINDOW_SECONDS * SAMPLE_RATE)))]
+        parts = []
+        for s, e in spans:
+            clip = pad_to_token_multiple(np.ascontiguousarray(x[s:e], dtype=np.float32))
+            parts.append(Part({"audio": (clip, SAMPLE_RATE)}, num_audio_tokens(clip.size) + 2, s / SAMPLE_RATE, e / SAMPLE_RATE))
+        return parts
+    return []
+
+
+def stitch(unit: Unit) -> tuple[str, list[dict[str, Any]] | None, Generation | None]:
+    """(text, segments, a representative generation) for a finished unit.
+
+    Windows do not overlap (cuts fall in the quietest stretch between 20 and 30 s), so
+    stitching is concatenation in time order; nothing needs de-duplicating.
+    """
+    gens = [g for g in unit.results if g is not None]
+    if not gens:
+        return "", None, None
+    if len(unit.parts) == 1 and unit.parts[0].start is None:
+        return gens[0].text, None, gens[0]
+    segments = []
+    texts = []
+    for part, gen in zip(unit.parts, unit.results, strict=True):
+        text = gen.text.strip() if gen is not None else ""
+        segments.append({"start": round(part.start or 0.0, 3), "end": round(part.end or 0.0, 3), "text": text})
+        if text:
+            texts.append(text)
+    total = Generation(
+        text=" ".join(texts),
+        finish_reason="length" if any(g.finish_reason == "length" for g in gens) else gens[-1].finish_reason,
+        num_prompt_tokens=sum(g.num_prompt_tokens for g in gens),
+        num_output_tokens=sum(g.num_output_tokens for g in gens),
+    )
+    if unit.decoded.item.modality is Modality.VIDEO:
+        return total.text, None, total
+    return total.text, segments, total
