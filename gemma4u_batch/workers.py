@@ -11,7 +11,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any
@@ -19,19 +19,47 @@ from typing import Any
 from .decode import DecodeOptions, decode_item
 from .records import DecodedItem, WorkItem
 
+DecodeFn = Callable[[WorkItem, DecodeOptions], DecodedItem]
 
-def _worker_main(conn: Connection, opts: DecodeOptions) -> None:
+
+def _prefer_oom_kill() -> None:
+    """Make the kernel's OOM killer pick this worker (one item) before the engine (the run)."""
+    try:
+        with open("/proc/self/oom_score_adj", "w") as fh:
+            fh.write("1000")
+    except OSError:
+        pass
+
+
+def _failed(item: WorkItem, exc: BaseException) -> DecodedItem:
+    text = " ".join(str(exc).split())[:300]
+    return DecodedItem(
+        item=item, error=f"decode failed: {type(exc).__name__}{': ' + text if text else ''}", error_kind="decode_error"
+    )
+
+
+def _worker_main(conn: Connection, opts: DecodeOptions, decode_fn: DecodeFn) -> None:
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
+    _prefer_oom_kill()
     while True:
         try:
             item = conn.recv()
-        except EOFError:
+        except (EOFError, OSError):
             return
         if item is None:
             return
-        conn.send(decode_item(item, opts))
+        try:
+            result = decode_fn(item, opts)
+        except Exception as exc:
+            result = _failed(item, exc)
+        try:
+            conn.send(result)
+        except (EOFError, OSError):
+            return
+        except Exception as exc:  # result could not be pickled
+            conn.send(_failed(item, exc))
 
 
 @dataclass
@@ -47,6 +75,8 @@ class DecodePool:
 
     `poll(timeout)` never blocks longer than `timeout`, so the caller can keep the
     engine stepping while decoding goes on. With `workers=0` decoding runs inline.
+    `decode_fn` (a picklable top-level function, default decode_item) lets tests make a
+    decode hang or crash; nothing in an item can select it.
     """
 
     def __init__(
@@ -56,12 +86,14 @@ class DecodePool:
         workers: int = 2,
         prefetch: int = 8,
         timeout: float = 60.0,
+        decode_fn: DecodeFn | None = None,
     ) -> None:
         self._items = items
         self._opts = opts
         self._n = workers
         self._prefetch = max(1, prefetch)
         self._timeout = timeout
+        self._decode = decode_fn or decode_item
         self._exhausted = False
         self._ready: deque[DecodedItem] = deque()
         self._ctx = mp.get_context("spawn")
@@ -79,7 +111,7 @@ class DecodePool:
 
     def _spawn(self) -> _Worker:
         parent, child = self._ctx.Pipe(duplex=True)
-        proc = self._ctx.Process(target=_worker_main, args=(child, self._opts), daemon=True)
+        proc = self._ctx.Process(target=_worker_main, args=(child, self._opts, self._decode), daemon=True)
         proc.start()
         child.close()
         return _Worker(proc, parent)
@@ -100,6 +132,11 @@ class DecodePool:
         return sum(1 for w in self._workers if w.item is not None)
 
     @property
+    def held(self) -> int:
+        """Items taken from the source and not yet handed back (decoding or ready)."""
+        return self.in_progress + len(self._ready)
+
+    @property
     def done(self) -> bool:
         return self._exhausted and not self._ready and self.in_progress == 0
 
@@ -107,30 +144,54 @@ class DecodePool:
         """Take no new items (SIGINT/SIGTERM); items already decoding still finish."""
         self._exhausted = True
 
-    def _replace(self, idx: int, kind: str, message: str) -> None:
+    def _replace(self, idx: int, kind: str | None = None, message: str = "") -> None:
+        """Kill worker `idx` and start a fresh one; its item (if any) becomes an error."""
         w = self._workers[idx]
         item = w.item
         if w.process.is_alive():
             w.process.kill()
-        w.process.join(timeout=5)
+        w.process.join(timeout=2)  # a kill in uninterruptible sleep may take longer: don't wait
         w.conn.close()
         self._workers[idx] = self._spawn()
         self.respawns += 1
-        if item is not None:
+        if item is not None and kind is not None:
             self._ready.append(
                 DecodedItem(item=item, error=message, error_kind=kind, decode_seconds=time.monotonic() - w.started)
             )
 
+    def _send(self, idx: int, item: WorkItem) -> None:
+        """Hand `item` to worker `idx`; a worker that died while idle is replaced first."""
+        for attempt in range(2):
+            w = self._workers[idx]
+            w.item, w.started = item, time.monotonic()
+            try:
+                w.conn.send(item)
+                return
+            except (OSError, EOFError):
+                w.item = None
+                if attempt:
+                    code = w.process.exitcode
+                    w.item = item
+                    self._replace(idx, "decoder_crashed", f"decoder process could not start (exit code {code})")
+                    return
+                self._replace(idx)
+
     def _dispatch(self) -> None:
-        for w in self._workers:
-            if len(self._ready) + self.in_progress >= self._prefetch + self._n:
+        for idx, w in enumerate(self._workers):
+            if self.held >= self._prefetch + self._n:
                 return
             if w.item is None:
                 item = self._next_item()
                 if item is None:
                     return
-                w.item, w.started = item, time.monotonic()
-                w.conn.send(item)
+                self._send(idx, item)
+
+    def _crashed(self, idx: int) -> None:
+        w = self._workers[idx]
+        w.process.join(timeout=1)
+        code = w.process.exitcode
+        how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+        self._replace(idx, "decoder_crashed", f"decoder process died on this item ({how})")
 
     def poll(self, timeout: float = 0.0) -> list[DecodedItem]:
         """Decoded items that are ready now (waiting at most `timeout` seconds for one)."""
@@ -139,7 +200,7 @@ class DecodePool:
                 item = self._next_item()
                 if item is None:
                     break
-                self._ready.append(decode_item(item, self._opts))
+                self._ready.append(self._decode(item, self._opts))
             out = list(self._ready)
             self._ready.clear()
             return out
@@ -155,17 +216,22 @@ class DecodePool:
                 try:
                     result = self._workers[idx].conn.recv()
                 except (EOFError, OSError):
-                    code = self._workers[idx].process.exitcode
-                    self._replace(idx, "decoder_crashed", f"decoder process died (exit code {code}) on this item")
+                    self._crashed(idx)
                     continue
                 self._workers[idx].item = None
                 self._ready.append(result)
         now = time.monotonic()
         for idx, w in enumerate(self._workers):
-            if w.item is not None and not w.process.is_alive():
-                self._replace(idx, "decoder_crashed", f"decoder process died (exit code {w.process.exitcode})")
-            elif w.item is not None and now - w.started > self._timeout:
-                self._replace(idx, "timeout", f"decode did not finish within {self._timeout:g} s (decode_timeout)")
+            if w.item is None:
+                continue
+            if not w.process.is_alive() and not w.conn.poll():
+                self._crashed(idx)
+            elif now - w.started > self._timeout:
+                self._replace(
+                    idx,
+                    "timeout",
+                    f"decode did not finish within the decode_timeout of {self._timeout:g} s; worker killed",
+                )
         self._dispatch()
         out = list(self._ready)
         self._ready.clear()
@@ -179,9 +245,11 @@ class DecodePool:
             except OSError:
                 pass
         for w in self._workers:
+            if w.item is not None:
+                w.process.kill()  # busy (maybe stuck): don't wait for it
             w.process.join(timeout=2)
             if w.process.is_alive():
                 w.process.kill()
-                w.process.join(timeout=5)
+                w.process.join(timeout=2)
             w.conn.close()
         self._workers.clear()

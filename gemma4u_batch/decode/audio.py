@@ -21,8 +21,8 @@ __all__ = [
     "decode_audio",
     "decode_audio_track",
     "looks_like_media",
-    "open_container",
     "num_audio_tokens",
+    "open_container",
     "pad_to_token_multiple",
     "split_windows",
 ]

@@ -5,7 +5,6 @@ video; optionally the first 30 s of the soundtrack for audio+video prompts."""
 from __future__ import annotations
 
 import dataclasses
-import io
 
 import av
 import numpy as np
@@ -94,10 +93,8 @@ def _count_packets(data: bytes, stream_index: int, cap: int) -> int:
     return n
 
 
-def _too_many_frames(n: int, opts: DecodeOptions, what: str) -> ItemError:
-    return ItemError(
-        "too_large", f"video {what} {n} frames, over the max_decoded_frames limit of {opts.max_decoded_frames}"
-    )
+def _too_many_frames(detail: str, opts: DecodeOptions) -> ItemError:
+    return ItemError("too_large", f"{detail}, over the max_decoded_frames limit of {opts.max_decoded_frames}")
 
 
 @dataclasses.dataclass
@@ -145,7 +142,7 @@ def _decode_pass(data: bytes, stream_index: int, wanted: list[int], opts: Decode
                 i = decoded
                 decoded += 1
                 if decoded > opts.max_decoded_frames:
-                    raise _too_many_frames(decoded, opts, "needs more than")
+                    raise _too_many_frames(f"video holds more than {decoded - 1} frames", opts)
                 if frame.width * frame.height > opts.max_image_pixels:
                     raise ItemError(
                         "too_large",
@@ -223,7 +220,7 @@ def decode_video(data: bytes, opts: DecodeOptions) -> tuple[VideoFrames, np.ndar
     wanted = sample_indices(total, duration, opts)
     if wanted[-1] + 1 > opts.max_decoded_frames:
         # Sampling decodes sequentially up to the last kept frame: refuse before decoding.
-        raise _too_many_frames(wanted[-1] + 1, opts, "would need decoding")
+        raise _too_many_frames(f"sampling this video means decoding {wanted[-1] + 1} frames", opts)
     run = _decode_pass(data, index, wanted, opts, fps)
     if run.eof and run.decoded <= wanted[-1]:
         # Fewer decodable frames than the header/packet count said.

@@ -155,6 +155,10 @@ class DatasetSource:
     .parquet/.arrow file, "LOADER:DIR" (imagefolder, audiofolder, videofolder, parquet,
     arrow, csv, json, webdataset) or a hub id (needs a reachable hub). Ids are the "id"
     column when present, else "SPLIT/00000042", so they are stable across runs.
+
+    Rows that name a file instead of carrying bytes may only reach files under
+    `allow_roots` (default: the dataset's folder; for a hub id, the Hugging Face caches),
+    so a dataset from elsewhere cannot make the job read arbitrary files.
     """
 
     def __init__(
@@ -165,6 +169,7 @@ class DatasetSource:
         modalities: frozenset[Modality] | None = None,
         streaming: bool | None = None,
         name: str | None = None,
+        allow_roots: list[Path] | None = None,
     ) -> None:
         self.spec = str(spec)
         self.modalities = modalities
@@ -178,6 +183,27 @@ class DatasetSource:
         except Exception as exc:  # datasets raises many kinds; the CLI needs one line
             raise UsageError(f"cannot load dataset {self.spec}: {_one_line(exc)}") from exc
         self._ds, self.column, self._modality = self._prepare(ds, column)
+        # Relative paths in rows resolve against the dataset's folder (a single file's folder).
+        self._base = self.root if not self.root.is_file() else self.root.parent
+        roots = list(allow_roots) if allow_roots else self._default_roots()
+        self._allow_roots = [os.path.realpath(r) for r in roots]
+
+    def _default_roots(self) -> list[Path]:
+        if self._local:
+            return [self._base]
+        import datasets
+        from huggingface_hub import constants
+
+        return [Path(datasets.config.HF_DATASETS_CACHE), Path(constants.HF_HUB_CACHE)]
+
+    def _inside_allowed(self, real: str) -> bool:
+        for root in self._allow_roots:
+            try:
+                if os.path.commonpath([real, root]) == root:
+                    return True
+            except ValueError:
+                continue
+        return False
 
     # ------------------------------------------------------------------ opening
 
@@ -341,10 +367,17 @@ class DatasetSource:
         assert path is not None
         if "://" in path:
             return error(f"media is a remote reference without bytes ({path})")
-        file_path = Path(path)
-        if self._local and not file_path.is_absolute():
-            file_path = self.root / file_path
-        return WorkItem(id=item_id, source=source, modality=modality, path=file_path, fields=fields)
+        try:
+            joined = path if os.path.isabs(path) or not self._local else os.path.join(self._base, path)
+            real = os.path.realpath(joined)
+        except (ValueError, OSError) as exc:
+            return error(f"invalid path {path!r}: {_one_line(exc)}")
+        if not self._inside_allowed(real):
+            return error(
+                f"path {path!r} is outside the allowed roots ({', '.join(self._allow_roots)}); "
+                "pass --allow-root to allow it"
+            )
+        return WorkItem(id=item_id, source=source, modality=modality, path=Path(real), fields=fields)
 
     def __iter__(self) -> Iterator[WorkItem]:
         first_seen: dict[str, int] = {}

@@ -29,6 +29,46 @@ RESERVED_COLUMNS = frozenset({"id", "prompt", "task", "modality"})
 _FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet"}
 _PARQUET_BATCH_ROWS = 1024
 _DROP = object()  # marks a value that cannot go into JSON fields
+MAX_LINE_BYTES = 16 * 1024**2
+"""A longer manifest line is one bad row, so a file with no newlines cannot fill memory."""
+MAX_FIELD_DEPTH = 64
+"""Deeper nested field values are a bad row (the output writers recurse on them)."""
+
+
+class _LineTooLong(Exception):
+    pass
+
+
+class _BoundedLines:
+    """Lines of a text file, each at most MAX_LINE_BYTES characters; a longer line is
+    skipped and raises _LineTooLong once, and iteration can go on after it."""
+
+    def __init__(self, fh: Any) -> None:
+        self._fh = fh
+        self.count = 0
+
+    def __iter__(self) -> _BoundedLines:
+        return self
+
+    def __next__(self) -> str:
+        line = self._fh.readline(MAX_LINE_BYTES + 1)
+        if not line:
+            raise StopIteration
+        self.count += 1
+        if len(line) > MAX_LINE_BYTES:
+            while line and not line.endswith(("\n", "\r")):
+                line = self._fh.readline(MAX_LINE_BYTES)
+            raise _LineTooLong
+        return line
+
+
+def _valid_utf8(text: str) -> bool:
+    """False for text holding bytes that were not UTF-8 (kept as surrogate escapes)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class _RowError(Exception):
@@ -40,8 +80,12 @@ class _RowError(Exception):
         self.row_id = row_id
 
 
-def json_safe(value: Any) -> Any:
-    """`value` as plain JSON data, or _DROP for binary data (kept out of output fields)."""
+def json_safe(value: Any, _depth: int = 0) -> Any:
+    """`value` as plain JSON data, or _DROP for binary data (kept out of output fields).
+
+    Raises ValueError for values nested deeper than MAX_FIELD_DEPTH."""
+    if _depth > MAX_FIELD_DEPTH:
+        raise ValueError(f"nested deeper than {MAX_FIELD_DEPTH} levels")
     if value is None or isinstance(value, (bool, int, str)):
         return value
     if isinstance(value, float):
@@ -51,22 +95,22 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, dict):
         out = {}
         for k, v in value.items():
-            v = json_safe(v)
+            v = json_safe(v, _depth + 1)
             if v is not _DROP:
                 out[str(k)] = v
         return out
     if isinstance(value, (list, tuple)):
-        return [v for v in (json_safe(x) for x in value) if v is not _DROP]
+        return [v for v in (json_safe(x, _depth + 1) for x in value) if v is not _DROP]
     if isinstance(value, (_dt.datetime, _dt.date, _dt.time)):
         return value.isoformat()
     if isinstance(value, _dt.timedelta):
         return value.total_seconds()
     if isinstance(value, decimal.Decimal):
-        return json_safe(float(value))
+        return json_safe(float(value), _depth + 1)
     item = getattr(value, "item", None)  # numpy scalars
     if callable(item):
         try:
-            return json_safe(item())
+            return json_safe(item(), _depth + 1)
         except (TypeError, ValueError):
             pass
     return str(value)
@@ -137,7 +181,8 @@ class ManifestSource:
         )
 
     def _open_csv(self):
-        return open(self.path, encoding="utf-8-sig", newline="")
+        # Bad UTF-8 after the header is one bad row, not a failed manifest.
+        return open(self.path, encoding="utf-8-sig", errors="surrogateescape", newline="")
 
     def _csv_reader(self, fh):
         return csv.reader(fh, delimiter="\t" if self._format == "tsv" else ",")
@@ -145,9 +190,11 @@ class ManifestSource:
     def _read_csv_header(self) -> list[str] | None:
         try:
             with self._open_csv() as fh:
-                reader = self._csv_reader(fh)
+                reader = self._csv_reader(_BoundedLines(fh))
                 for row in reader:
                     if row:
+                        if not all(_valid_utf8(c) for c in row):
+                            raise UsageError(f"manifest {self.path}: header is not valid UTF-8")
                         header = [c.strip() for c in row]
                         self._pick_column(header)
                         return header
@@ -155,6 +202,8 @@ class ManifestSource:
             raise UsageError(f"manifest {self.path}: header is not valid UTF-8") from exc
         except csv.Error as exc:
             raise UsageError(f"manifest {self.path}: cannot parse CSV header: {_one_line(exc)}") from exc
+        except _LineTooLong as exc:
+            raise UsageError(f"manifest {self.path}: header line is longer than {MAX_LINE_BYTES} bytes") from exc
         except OSError as exc:
             raise UsageError(f"manifest {self.path}: cannot read: {exc.strerror or exc}") from exc
         return None  # empty file: zero rows
@@ -172,7 +221,17 @@ class ManifestSource:
 
     def _rows_jsonl(self) -> Iterator[tuple[int, dict[str, Any] | _RowError]]:
         with open(self.path, "rb") as fh:
-            for n, raw in enumerate(fh, start=1):
+            n = 0
+            while True:
+                raw = fh.readline(MAX_LINE_BYTES + 1)
+                if not raw:
+                    return
+                n += 1
+                if len(raw) > MAX_LINE_BYTES:
+                    while raw and not raw.endswith(b"\n"):
+                        raw = fh.readline(MAX_LINE_BYTES)
+                    yield n, _RowError(f"line is longer than {MAX_LINE_BYTES} bytes")
+                    continue
                 try:
                     line = raw.decode("utf-8")
                 except UnicodeDecodeError:
@@ -190,6 +249,9 @@ class ManifestSource:
                 except RecursionError:
                     yield n, _RowError("invalid JSON: nested too deeply")
                     continue
+                except ValueError as exc:  # e.g. an integer over Python's digit limit
+                    yield n, _RowError(f"invalid JSON: {_one_line(exc)}")
+                    continue
                 if not isinstance(obj, dict):
                     yield n, _RowError(f"expected a JSON object, got {type(obj).__name__}")
                     continue
@@ -200,25 +262,27 @@ class ManifestSource:
             return
         header: list[str] | None = None
         with self._open_csv() as fh:
-            reader = self._csv_reader(fh)
-            last_line = 0
+            lines = _BoundedLines(fh)
+            reader = self._csv_reader(lines)
             while True:
-                start = last_line + 1
+                start = lines.count + 1
                 try:
                     row = next(reader)
                 except StopIteration:
                     return
                 except csv.Error as exc:
-                    last_line = reader.line_num
                     yield start, _RowError(f"cannot parse row: {_one_line(exc)}")
                     continue
-                except UnicodeDecodeError as exc:
-                    raise UsageError(f"manifest {self.path}: not valid UTF-8 after line {last_line}") from exc
-                last_line = reader.line_num
+                except _LineTooLong:
+                    yield start, _RowError(f"line is longer than {MAX_LINE_BYTES} bytes")
+                    continue
                 if not row or all(not c.strip() for c in row):
                     continue
                 if header is None:
                     header = [c.strip() for c in row]
+                    continue
+                if not all(_valid_utf8(c) for c in row):
+                    yield start, _RowError("not valid UTF-8")
                     continue
                 if len(row) > len(header):
                     yield start, _RowError(f"row has {len(row)} fields but the header has {len(header)}")
@@ -313,7 +377,10 @@ class ManifestSource:
         for key, value in obj.items():
             if key == column or key in RESERVED_COLUMNS:
                 continue
-            value = json_safe(value)
+            try:
+                value = json_safe(value)
+            except (ValueError, RecursionError) as exc:
+                raise _RowError(f"field {str(key)[:80]!r}: {_one_line(exc)}", row_id) from None
             if value is not _DROP:
                 fields[str(key)] = value
 
