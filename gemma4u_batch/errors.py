@@ -16,6 +16,10 @@ class ItemError(Exception):
         self.message = message
 
 
+class OutputError(Exception):
+    """OUT cannot be written (full, read-only): stop cleanly, committed work stays valid."""
+
+
 class ExitCode:
     """Documented exit codes a scheduler can act on."""
 
@@ -23,4 +27,5 @@ class ExitCode:
     FAILED = 1
     USAGE = 2
     ITEM_ERRORS = 3  # job finished, some items have error records (only with --strict)
+    OUTPUT_ERROR = 74  # OUT full or read-only: stopped cleanly, resumable
     INTERRUPTED = 130  # SIGINT/SIGTERM: committed what finished, resumable

@@ -93,6 +93,7 @@ class OutputRecord:
     content_sha256: str | None
     decode_seconds: float | None
     segments: list[dict[str, Any]] | None = None
+    supersedes: str | None = None
     fields: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from .config import JobConfig
 from .decode import DecodeOptions
 from .decode.image import num_image_tokens
 from .engine import Engine, EngineRequest, EngineResult, VllmEngine, check_model_path
-from .errors import UsageError
+from .errors import OutputError, UsageError
 from .keys import content_key, model_fingerprint
 from .progress import Counters, Reporter
 from .records import DecodedItem, Modality, OutputRecord, WorkItem
@@ -36,7 +36,8 @@ from .sources import open_source
 from .subtitles import write_transcripts
 from .tasks import TASKS, instruction_for
 from .units import Unit, build_parts, stitch
-from .writer import OutLayout, PartWriter, cleanup_orphans, iter_committed_records
+from .ledger import current_records
+from .writer import OutLayout, PartWriter, cleanup_orphans
 
 log = logging.getLogger(__name__)
 
@@ -272,6 +273,65 @@ class Pipeline:
         )
 
 
+def feed(
+    pool: Any,
+    engine: Engine,
+    pipeline: Pipeline,
+    current: dict[str, tuple[str, bool]],
+    config: JobConfig,
+    emit: Callable[[Unit], None],
+    writer: PartWriter,
+    stop: _Stop,
+    reporter: Reporter,
+    counters: Counters,
+) -> None:
+    """The continuous-feeding loop: keep the engine topped up from decoded items (no
+    barrier between batches), harvest finished requests, commit on schedule."""
+    pending: deque[DecodedItem] = deque()
+    queued: deque[EngineRequest] = deque()
+    while True:
+        if stop.requested:
+            pool.stop_feeding()
+            return
+        if len(pending) < config.prefetch:
+            idle = not engine.has_unfinished() and not pending and not queued
+            pending.extend(pool.poll(timeout=0.05 if idle else 0.0))
+        # Top up the engine: queued windows first, then new items.
+        while engine.capacity() > 0 and (queued or pending):
+            if not queued:
+                d = pending.popleft()
+                unit = pipeline.unit(d)
+                prev = current.get(d.item.id)
+                if prev is not None and prev[0] == unit.key and not (config.retry_errors and prev[1]):
+                    counters.skipped += 1
+                    continue
+                if d.error is None and (why := pipeline.check_fits(unit)):
+                    unit.error, unit.error_kind = why, "too_long_for_model"
+                if d.error is None and unit.error is None and not unit.parts:
+                    unit.error, unit.error_kind = "nothing to send for this item", "empty"
+                if d.error is not None or unit.error is not None:
+                    emit(unit)
+                    continue
+                queued.extend(pipeline.requests(unit))
+                continue
+            req = queued.popleft()
+            rejected = engine.add(req)
+            if rejected is not None:
+                unit, idx = req.payload
+                if unit.finish_part(idx, None, rejected.error, rejected.error_kind):
+                    emit(unit)
+        if engine.has_unfinished():
+            for res in engine.step():
+                unit, idx = res.request.payload
+                if unit.finish_part(idx, res.generation, res.error, res.error_kind):
+                    emit(unit)
+        elif pool.done and not pending and not queued:
+            return
+        if writer.due():
+            writer.commit()
+        reporter.update(counters)
+
+
 def dataset_spec(config: JobConfig) -> str | None:
     """`--dataset imagefolder INPUT` → "imagefolder:INPUT"; a hub id stays as it is."""
     from .sources.hf_dataset import FILE_LOADERS, FOLDER_LOADERS
@@ -323,8 +383,8 @@ def run_job(
     layout = OutLayout(config.output)
     try:
         lock = _acquire_run_lock(layout)
-    except PermissionError as exc:
-        raise UsageError(f"cannot write to output folder {config.output}: {exc.strerror}") from exc
+    except OSError as exc:
+        raise OutputError(f"cannot write to output folder {config.output}: {exc.strerror or exc}") from exc
     reporter = reporter or Reporter("quiet" if config.quiet else "rich")
     summary = JobSummary(output=str(config.output))
     engine: Engine | None = None
@@ -335,11 +395,10 @@ def run_job(
             layout.ensure()
         cleanup_orphans(layout)
         _check_guard(layout, config, fingerprint)
-        done_pairs: set[tuple[str, str]] = set()
-        for rec in iter_committed_records(layout, ("id", "key", "error")):
-            if config.retry_errors and rec["error"] is not None:
-                continue
-            done_pairs.add((rec["id"], rec["key"]))
+        # id → (key, failed) of its current record: decides skip vs. redo vs. supersede.
+        current: dict[str, tuple[str, bool]] = {
+            rec["id"]: (rec["key"], rec["error"] is not None) for rec in current_records(layout, ("key", "error"))
+        }
         engine = (engine_factory or default_engine_factory)(config)
         manifest = {
             "tool": "gemma4u",
@@ -376,6 +435,9 @@ def run_job(
 
         def emit(unit: Unit) -> None:
             rec = pipeline.record(unit)
+            prev = current.get(rec.id)
+            if prev is not None:
+                rec.supersedes = prev[0]
             writer.add(rec)
             counters.add(rec.error_kind, rec.num_output_tokens)
             if rec.segments and config.subtitles:
@@ -383,54 +445,19 @@ def run_job(
 
         from .workers import DecodePool
 
-        pending: deque[DecodedItem] = deque()
-        queued: deque[EngineRequest] = deque()
         reporter.start(None)
-        with stop, DecodePool(
-            items, decode_options(config), workers=config.workers, prefetch=config.prefetch,
-            timeout=config.decode_timeout,
-        ) as pool:  # fmt: skip
-            while True:
-                if stop.requested:
-                    pool.stop_feeding()
-                    break
-                if len(pending) < config.prefetch:
-                    idle = not engine.has_unfinished() and not pending and not queued
-                    pending.extend(pool.poll(timeout=0.05 if idle else 0.0))
-                # Top up the engine: queued windows first, then new items.
-                while engine.capacity() > 0 and (queued or pending):
-                    if not queued:
-                        d = pending.popleft()
-                        unit = pipeline.unit(d)
-                        if (d.item.id, unit.key) in done_pairs:
-                            counters.skipped += 1
-                            continue
-                        if d.error is None and (why := pipeline.check_fits(unit)):
-                            unit.error, unit.error_kind = why, "too_long_for_model"
-                        if d.error is not None or unit.error is not None or not unit.parts:
-                            if not unit.parts and d.error is None and unit.error is None:
-                                unit.error, unit.error_kind = "nothing to send for this item", "empty"
-                            emit(unit)
-                            continue
-                        queued.extend(pipeline.requests(unit))
-                        continue
-                    req = queued.popleft()
-                    rejected = engine.add(req)
-                    if rejected is not None:
-                        unit, idx = req.payload
-                        if unit.finish_part(idx, None, rejected.error, rejected.error_kind):
-                            emit(unit)
-                if engine.has_unfinished():
-                    for res in engine.step():
-                        unit, idx = res.request.payload
-                        if unit.finish_part(idx, res.generation, res.error, res.error_kind):
-                            emit(unit)
-                elif pool.done and not pending and not queued:
-                    break
-                if writer.due():
-                    writer.commit()
-                reporter.update(counters)
-        writer.close()
+        try:
+            with stop, DecodePool(
+                items, decode_options(config), workers=config.workers, prefetch=config.prefetch,
+                timeout=config.decode_timeout,
+            ) as pool:  # fmt: skip
+                feed(pool, engine, pipeline, current, config, emit, writer, stop, reporter, counters)
+            writer.close()
+        except OSError as exc:
+            raise OutputError(
+                f"cannot write to {config.output}: {exc.strerror or exc}; work committed before this point is safe, "
+                "free space or fix permissions and rerun the same command to resume"
+            ) from exc
         reporter.update(counters, force=True)
         reporter.stop()
         summary.done, summary.errors, summary.skipped = counters.done, counters.errors, counters.skipped

@@ -21,6 +21,7 @@ COLUMN_DOCS: dict[str, str] = {
     "content_sha256": "sha256 of the input bytes",
     "decode_seconds": "time spent decoding the media",
     "segments": "transcription windows: list of {start, end, text} (seconds); null otherwise",
+    "supersedes": "key of the earlier record of this id that this one replaces (changed input, --retry-errors)",
     "fields": "extra manifest/dataset columns (JSON object; a JSON string in Parquet)",
 }
 
@@ -49,6 +50,7 @@ def arrow_schema() -> Any:
                 "segments",
                 pa.list_(pa.struct([("start", pa.float64()), ("end", pa.float64()), ("text", pa.string())])),
             ),
+            ("supersedes", pa.string()),
             ("fields", pa.string()),
         ]
     )

@@ -225,25 +225,33 @@ def committed_parts(layout: OutLayout) -> list[dict[str, Any]]:
     return parts
 
 
+def iter_part_records(
+    layout: OutLayout, part: dict[str, Any], columns: tuple[str, ...] | None = None
+) -> Iterator[dict[str, Any]]:
+    """The records of one committed part, read from its data file (jsonl preferred)."""
+    files = part["files"]
+    jsonl = next((f for f in files if f.endswith(".jsonl")), None)
+    if jsonl is not None:
+        with open(layout.root / jsonl, encoding="utf-8") as fh:
+            for line in fh:
+                rec = json.loads(line)
+                yield {c: rec.get(c) for c in columns} if columns else rec
+        return
+    import pyarrow.parquet as pq
+
+    pf = pq.ParquetFile(layout.root / files[0])
+    names = set(pf.schema_arrow.names)
+    cols = [c for c in columns if c in names] if columns else None
+    for batch in pf.iter_batches(columns=cols):
+        for rec in batch.to_pylist():
+            if "fields" in rec and isinstance(rec["fields"], str):
+                rec["fields"] = json.loads(rec["fields"])
+            if columns:
+                rec = {c: rec.get(c) for c in columns}
+            yield rec
+
+
 def iter_committed_records(layout: OutLayout, columns: tuple[str, ...] | None = None) -> Iterator[dict[str, Any]]:
-    """Every committed record, read back from the data files (jsonl preferred)."""
+    """Every committed record (superseded ones included), part by part."""
     for part in committed_parts(layout):
-        files = part["files"]
-        jsonl = next((f for f in files if f.endswith(".jsonl")), None)
-        if jsonl is not None:
-            with open(layout.root / jsonl, encoding="utf-8") as fh:
-                for line in fh:
-                    rec = json.loads(line)
-                    yield {c: rec.get(c) for c in columns} if columns else rec
-        else:
-            import pyarrow.parquet as pq
-
-            pf = pq.ParquetFile(layout.root / files[0])
-            for batch in pf.iter_batches(columns=list(columns) if columns else None):
-                for rec in batch.to_pylist():
-                    if "fields" in rec and isinstance(rec["fields"], str):
-                        rec["fields"] = json.loads(rec["fields"])
-                    yield rec
-
-
-assert "key" in OUTPUT_COLUMNS
+        yield from iter_part_records(layout, part, columns)

@@ -391,3 +391,17 @@ def test_split_windows_cover_everything_within_max(sig: tuple[np.ndarray, int, f
 def _riff(fmt_body: bytes, data: bytes) -> bytes:
     chunks = b"fmt " + struct.pack("<I", len(fmt_body)) + fmt_body + b"data" + struct.pack("<I", len(data)) + data
     return b"RIFF" + struct.pack("<I", 4 + len(chunks)) + b"WAVE" + chunks
+
+
+def test_regression_csv_header_with_quoted_newline_gives_one_line_usage_error(tmp_path: Path) -> None:
+    """Found by test_csv_manifest_structured: a quoted header cell holding a newline made
+    the 'no path column' UsageError span two lines (the CLI prints exactly one)."""
+    path = tmp_path / "m.csv"
+    path.write_text('"open\na.png"\n')
+    with pytest.raises(UsageError) as e:
+        ManifestSource(path)
+    assert "\n" not in str(e.value) and "'open\\na.png'" in str(e.value)
+    path.write_text(",".join(f"c{i}" for i in range(500)) + "\n")
+    with pytest.raises(UsageError) as e:
+        ManifestSource(path)
+    assert "(500 columns)" in str(e.value) and len(str(e.value)) < 600

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from rich.console import Console
 
 from ..config import EngineConfig, JobConfig, SamplingConfig
-from ..errors import ExitCode, UsageError
+from ..errors import ExitCode, OutputError, UsageError
 from .options import make_job_command
 
 app = typer.Typer(
@@ -165,6 +165,78 @@ def inspect(
     err.print(json.dumps(summarize(views)))
 
 
+@app.command("status")
+def status(
+    out: Annotated[Path, typer.Argument(help="Output folder of a gemma4u job.")],
+    json_out: Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")] = False,
+    count_pending: Annotated[bool, typer.Option(help="Enumerate the input to count pending items.")] = True,
+) -> None:
+    """Done, errors, pending, throughput, last update, and whether a run is active."""
+    import json
+
+    from ..ledger import age, read_status
+    from ..writer import OutLayout
+
+    layout = OutLayout(out)
+    if not layout.meta.exists():
+        raise UsageError(f"{out} is not a gemma4u output folder")
+    st = read_status(layout)
+    if count_pending and st.input and layout.run_manifest.exists():
+        st.pending = _count_pending(layout, st.records)
+    if json_out:
+        print(json.dumps(st.to_dict(), default=str))
+        return
+    from rich.table import Table
+
+    t = Table(title=f"gemma4u status: {out}", show_header=False)
+    state = "running" if st.active else ("complete" if st.complete else "incomplete (rerun to resume)")
+    t.add_row("state", state)
+    t.add_row("model", str(st.model))
+    t.add_row("input", str(st.input))
+    t.add_row("records (current)", str(st.records))
+    t.add_row("done", str(st.done))
+    t.add_row("errors", str(st.errors))
+    for kind, n in sorted(st.errors_by_kind.items()):
+        t.add_row(f"  {kind}", str(n))
+    t.add_row("pending", "?" if st.pending is None else str(st.pending))
+    t.add_row("superseded records", str(st.superseded))
+    t.add_row("parts / writers", f"{st.parts} / {len(st.writers)} ({st.active_writers} active)")
+    t.add_row("throughput", "-" if st.throughput is None else f"{st.throughput:.2f} records/s")
+    t.add_row("last update", age(st.last_update))
+    Console(highlight=False).print(t)
+
+
+def _count_pending(layout: Any, records: int) -> int | None:
+    """Items in the input without a current record (None if the input is gone)."""
+    import json
+
+    from ..ledger import current_records
+    from ..runner import dataset_spec, source_for, speech_item
+
+    man = json.loads(layout.run_manifest.read_text())
+    try:
+        config = JobConfig(**{**man["config"], "output": str(layout.root)})
+        source = source_for(config, dataset_spec(config))
+    except (UsageError, ValidationError, KeyError):
+        return None
+    done_ids = {r["id"] for r in current_records(layout, ("id",))}
+    items = (speech_item(i) for i in source) if config.task in ("transcribe", "translate") else iter(source)
+    return sum(1 for i in items if i.id not in done_ids)
+
+
+@app.command("export")
+def export_cmd(
+    out: Annotated[Path, typer.Argument(help="Output folder of a gemma4u job.")],
+    to: Annotated[Path, typer.Option("--to", help="Folder for the dataset (datasets.load_from_disk).")],
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing --to folder.")] = False,
+) -> None:
+    """Export current records as a Hugging Face dataset, joined back onto manifest/dataset columns."""
+    from ..export import export
+
+    n = export(out, to, overwrite=overwrite)
+    err.print(f"Exported {n} records to {to} (load with datasets.load_from_disk).")
+
+
 @model_app.command("tiny")
 def model_tiny(
     out_dir: Annotated[Path, typer.Argument(help="Folder to write the checkpoint into.")],
@@ -193,6 +265,9 @@ def main() -> None:
     except UsageError as exc:
         err.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
         sys.exit(ExitCode.USAGE)
+    except OutputError as exc:
+        err.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+        sys.exit(ExitCode.OUTPUT_ERROR)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.Abort:

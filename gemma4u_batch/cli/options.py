@@ -82,6 +82,9 @@ def job_options(
         str, typer.Option("--format", help="jsonl, parquet or both; for transcripts add txt,srt,vtt (comma list).",
                           rich_help_panel=H_OUT)
     ] = "jsonl",
+    commit_every: Annotated[
+        int, typer.Option(help="Commit a part file every N records (also every 30 s).", rich_help_panel=H_OUT)
+    ] = 64,
     overwrite: Annotated[bool, typer.Option(help="Start fresh, deleting results in OUT.", rich_help_panel=H_OUT)] = False,
     retry_errors: Annotated[
         bool, typer.Option(help="Redo only items whose record has an error.", rich_help_panel=H_OUT)

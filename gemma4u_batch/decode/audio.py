@@ -144,6 +144,17 @@ class _MonoSink:
         return out
 
 
+class _SeekSafeBytesIO(io.BytesIO):
+    """libsndfile seeks before the start of some damaged files; BytesIO raises there, which
+    soundfile's C callback can only print. Stay put instead: the read then fails cleanly."""
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        try:
+            return super().seek(offset, whence)
+        except ValueError:
+            return self.tell()
+
+
 def _riff_truncation(data: bytes) -> tuple[float, float] | None:
     """(declared, present) seconds of a RIFF/WAVE `data` chunk whose size field claims more
     bytes than the file holds. libsndfile silently trusts the file length instead, which
@@ -193,7 +204,7 @@ def _decode_soundfile(data: bytes, opts: DecodeOptions) -> tuple[np.ndarray, dic
             f"audio could not be decoded: truncated WAV (header declares {declared:.1f} s, file holds {present:.1f} s)",
         )
     try:
-        f = sf.SoundFile(io.BytesIO(data))
+        f = sf.SoundFile(_SeekSafeBytesIO(data))
     except Exception:
         return None
     with f:

@@ -116,6 +116,12 @@ def json_safe(value: Any, _depth: int = 0) -> Any:
     return str(value)
 
 
+def _names(names: list[str], limit: int = 20) -> str:
+    """Column names for a one-line message: a quoted header cell can hold newlines."""
+    shown = [repr(n) if not n.isprintable() else n for n in names[:limit]]
+    return ", ".join(shown) + (f", … ({len(names)} columns)" if len(names) > limit else "")
+
+
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return text[:300] or type(exc).__name__
@@ -169,7 +175,7 @@ class ManifestSource:
         if self.path_column is not None:
             if self.path_column not in names:
                 raise UsageError(
-                    f"manifest {self.path}: path column '{self.path_column}' not found (columns: {', '.join(names)})"
+                    f"manifest {self.path}: path column '{self.path_column}' not found (columns: {_names(names)})"
                 )
             return self.path_column
         for name in PATH_COLUMNS:
@@ -177,7 +183,7 @@ class ManifestSource:
                 return name
         raise UsageError(
             f"manifest {self.path}: no path column (expected one of {', '.join(PATH_COLUMNS)}; "
-            f"found {', '.join(names) or 'none'}); pass --path-column"
+            f"found {_names(names) or 'none'}); pass --path-column"
         )
 
     def _open_csv(self):

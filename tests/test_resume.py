@@ -1,0 +1,237 @@
+"""Exactly-once output under hard kills, signals, torn files, full/read-only disks,
+incremental growth, and export — the commit protocol, on the FakeEngine."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from gemma4u_batch.config import JobConfig
+from gemma4u_batch.engine import FakeEngine
+from gemma4u_batch.errors import OutputError, UsageError
+from gemma4u_batch.export import export
+from gemma4u_batch.ledger import current_records, read_status
+from gemma4u_batch.progress import Reporter
+from gemma4u_batch.runner import run_job
+from gemma4u_batch.writer import OutLayout, committed_parts
+
+from .conftest import REPO
+
+
+def make_images(root: Path, n: int, start: int = 0) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(start, start + n):
+        Image.new("RGB", (32 + i % 7, 24), ((i * 37) % 255, (i * 91) % 255, 40)).save(root / f"img_{i:04d}.png")
+
+
+def data_records(out: Path) -> list[dict]:
+    """Every record in every data file under OUT (what a naive reader would load)."""
+    recs = []
+    for p in sorted(out.glob("part-*.jsonl")):
+        recs += [json.loads(line) for line in p.read_text().splitlines()]
+    return recs
+
+
+def fake_job(inp: Path, out: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.fake_job", str(inp), str(out), *extra],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+
+
+def run_fake(inp: Path, out: Path, **kw) -> object:
+    config = JobConfig(input=inp, output=out, model="fake-model", workers=0, commit_every=4, **kw)
+    return run_job(config, engine_factory=lambda c: FakeEngine(), reporter=Reporter("quiet"))
+
+
+@pytest.mark.timeout(600)
+def test_sigkill_at_random_points_then_resume_is_exactly_once(tmp_path: Path) -> None:
+    inp, out, ref = tmp_path / "in", tmp_path / "out", tmp_path / "ref"
+    make_images(inp, 60)
+    run_fake(inp, ref)
+    reference = {r["id"]: (r["key"], r["text"]) for r in data_records(ref)}
+    assert len(reference) == 60
+
+    rng = random.Random(1234)
+    kills = 0
+    for _ in range(5):
+        proc = fake_job(inp, out, "--step-delay", "0.03")
+        time.sleep(rng.uniform(1.5, 4.0))  # includes interpreter start-up
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)  # the whole process group, decoders included
+            kills += 1
+        proc.wait()
+        # After any kill, what is readable as committed data is valid and duplicate-free.
+        ids = [r["id"] for part in committed_parts(OutLayout(out)) for r in _part(out, part)]
+        assert len(ids) == len(set(ids))
+    assert kills >= 3
+    final = fake_job(inp, out)
+    assert final.wait(timeout=300) == 0, final.stderr.read() if final.stderr else ""
+    recs = data_records(out)
+    assert sorted(r["id"] for r in recs) == sorted(reference)  # every id exactly once, nothing lost
+    assert {r["id"]: (r["key"], r["text"]) for r in recs} == reference  # identical to an uninterrupted run
+    assert not list((out / ".gemma4u" / "tmp").iterdir())
+    again = fake_job(inp, out)
+    assert again.wait(timeout=120) == 0 and "Nothing to do" in again.stderr.read()
+
+
+def _part(out: Path, part: dict) -> list[dict]:
+    return [json.loads(line) for f in part["files"] for line in (out / f).read_text().splitlines()]
+
+
+@pytest.mark.timeout(300)
+def test_sigint_commits_and_exits_130_then_resumes(tmp_path: Path) -> None:
+    inp, out = tmp_path / "in", tmp_path / "out"
+    make_images(inp, 40)
+    proc = fake_job(inp, out, "--step-delay", "0.1")
+    deadline = time.time() + 60
+    while time.time() < deadline and not committed_parts(OutLayout(out)):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 130
+    n_first = len(data_records(out))
+    assert 0 < n_first < 40
+    assert not (out / ".gemma4u" / "complete.json").exists()
+    st = read_status(OutLayout(out))
+    assert not st.active and not st.complete and st.records == n_first
+    final = fake_job(inp, out)
+    assert final.wait(timeout=120) == 0
+    recs = data_records(out)
+    assert sorted(r["id"] for r in recs) == sorted(f"img_{i:04d}.png" for i in range(40))
+
+
+def test_torn_files_are_never_read_as_data(tmp_path: Path) -> None:
+    inp, out = tmp_path / "in", tmp_path / "out"
+    make_images(inp, 10)
+    run_fake(inp, out)
+    good = sorted(r["id"] for r in data_records(out))
+    # A crash between data rename and marker: a part file without a commit marker,
+    # plus a half-written temp file.
+    torn = out / "part-deadhost-1-00000000-00000.jsonl"
+    torn.write_text('{"id": "img_0000.png", "key": "x", "text": "torn"}\n{"id": "img_00')
+    (out / ".gemma4u" / "tmp" / "part-deadhost-1-00000000-00001.jsonl.incomplete").write_text("{")
+    assert [r["id"] for r in current_records(OutLayout(out))] == good  # readers ignore it already
+    summary = run_fake(inp, out)
+    assert summary.already_complete
+    assert not torn.exists() and not list((out / ".gemma4u" / "tmp").iterdir())
+    assert sorted(r["id"] for r in data_records(out)) == good
+
+
+def test_second_run_into_same_out_is_refused(tmp_path: Path) -> None:
+    import fcntl
+
+    inp, out = tmp_path / "in", tmp_path / "out"
+    make_images(inp, 3)
+    run_fake(inp, out)
+    with open(out / ".gemma4u" / "run.lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        with pytest.raises(UsageError, match="another gemma4u run"):
+            run_fake(inp, out)
+        assert read_status(OutLayout(out)).active
+
+
+def test_incremental_growth_and_changed_files_supersede(tmp_path: Path) -> None:
+    inp, out = tmp_path / "in", tmp_path / "out"
+    make_images(inp, 6)
+    run_fake(inp, out)
+    first = {r["id"]: r for r in data_records(out)}
+    make_images(inp, 2, start=6)  # two new files
+    Image.new("RGB", (50, 50), (1, 2, 3)).save(inp / "img_0002.png")  # one changed file
+    summary = run_fake(inp, out)
+    assert summary.done == 3 and summary.skipped == 5
+    cur = {r["id"]: r for r in current_records(OutLayout(out))}
+    assert sorted(cur) == sorted(f"img_{i:04d}.png" for i in range(8))
+    assert cur["img_0002.png"]["supersedes"] == first["img_0002.png"]["key"]
+    assert cur["img_0002.png"]["key"] != first["img_0002.png"]["key"]
+    assert cur["img_0001.png"]["key"] == first["img_0001.png"]["key"]
+    st = read_status(OutLayout(out))
+    assert st.records == 8 and st.superseded == 1 and st.complete
+
+
+def test_retry_errors_supersedes_the_error_record(tmp_path: Path) -> None:
+    inp, out = tmp_path / "in", tmp_path / "out"
+    make_images(inp, 3)
+    (inp / "broken.png").write_bytes(b"not a png")
+    run_fake(inp, out)
+    (inp / "broken.png").unlink()
+    make_images(inp, 1, start=99)
+    (inp / "img_0099.png").rename(inp / "broken.png")  # now a valid image under the same id
+    summary = run_fake(inp, out, retry_errors=True)
+    cur = {r["id"]: r for r in current_records(OutLayout(out))}
+    assert summary.done == 1 and cur["broken.png"]["error"] is None and cur["broken.png"]["supersedes"]
+
+
+def test_export_round_trip_joins_manifest_columns(tmp_path: Path) -> None:
+    import datasets
+
+    inp = tmp_path / "in"
+    make_images(inp, 4)
+    man = inp / "manifest.jsonl"
+    man.write_text("".join(json.dumps({"path": f"img_{i:04d}.png", "title": f"t{i}", "score": i}) + "\n" for i in range(4)))
+    out = tmp_path / "out"
+    run_fake(man, out)
+    n = export(out, tmp_path / "ds")
+    ds = datasets.load_from_disk(str(tmp_path / "ds"))
+    assert n == 4 and ds.num_rows == 4
+    rows = {r["id"]: r for r in ds}
+    assert rows["img_0003.png"]["title"] == "t3" and rows["img_0003.png"]["score"] == 3
+    assert rows["img_0003.png"]["text"].startswith("fake ")
+    with pytest.raises(UsageError, match="not empty"):
+        export(out, tmp_path / "ds")
+
+
+def _mount_tmpfs(path: Path, size: str) -> bool:
+    path.mkdir(parents=True, exist_ok=True)
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                          capture_output=True).returncode == 0  # fmt: skip
+
+
+@pytest.mark.timeout(300)
+def test_full_disk_stops_cleanly_and_resumes(tmp_path: Path) -> None:
+    mnt = tmp_path / "small"
+    if not _mount_tmpfs(mnt, "96k"):
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        inp = tmp_path / "in"
+        make_images(inp, 400)
+        config = JobConfig(input=inp, output=mnt / "out", model="fake-model", workers=0, commit_every=2)
+        with pytest.raises(OutputError, match="No space left"):
+            run_job(config, engine_factory=lambda c: FakeEngine(), reporter=Reporter("quiet"))
+        committed = list(current_records(OutLayout(mnt / "out")))
+        assert committed and len({r["id"] for r in committed}) == len(committed)  # readable, no dupes
+        # Move the output somewhere with room: the same job resumes from there.
+        subprocess.run(["cp", "-a", str(mnt / "out"), str(tmp_path / "moved")], check=True)
+        config2 = config.model_copy(update={"output": tmp_path / "moved"})
+        summary = run_job(config2, engine_factory=lambda c: FakeEngine(), reporter=Reporter("quiet"))
+        assert summary.skipped == len(committed)
+        assert len(list(current_records(OutLayout(tmp_path / "moved")))) == 400
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_read_only_output_is_a_clear_error(tmp_path: Path) -> None:
+    mnt = tmp_path / "ro"
+    if not _mount_tmpfs(mnt, "1m"):
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        inp = tmp_path / "in"
+        make_images(inp, 3)
+        run_fake(inp, mnt / "out")
+        before = sorted(p.name for p in (mnt / "out").iterdir())
+        make_images(inp, 2, start=3)
+        subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
+        with pytest.raises((UsageError, OutputError), match="Read-only file system|cannot write"):
+            run_fake(inp, mnt / "out")
+        assert sorted(p.name for p in (mnt / "out").iterdir()) == before
+        assert len(list(current_records(OutLayout(mnt / "out")))) == 3
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
