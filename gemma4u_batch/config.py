@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .records import Modality
 
@@ -52,10 +52,16 @@ class JobConfig(BaseModel):
     modalities: list[Modality] | None = None
     # Task and prompt
     task: str = "caption"
-    prompt: str | None = None
+    tasks: list[str] | None = None  # several tasks per item, sharing one decode
+    prompt: str | None = None  # a Jinja template over row fields when it contains {{ }}
     system_prompt: str | None = None
     language: str | None = None
     translate_to: str | None = None
+    # Structured output: a JSON schema (inline or a file) or a label list
+    json_schema: dict[str, Any] | Path | None = None
+    choices: list[str] | None = None
+    # Quality: retry items flagged (token cap hit, empty, repetitive) once with these settings
+    retry_flagged: SamplingConfig | None = None
     # Media
     video_frames: int = Field(8, ge=1, le=32)
     video_fps: float | None = Field(None, gt=0)
@@ -74,9 +80,14 @@ class JobConfig(BaseModel):
     max_input_bytes: int = Field(2 * 1024**3, ge=1)
     max_audio_seconds: float = Field(4 * 3600.0, gt=0)
     max_video_seconds: float = Field(4 * 3600.0, gt=0)
+    max_decoded_frames: int = Field(500_000, ge=1)
     decode_timeout: float = Field(60.0, gt=0)
+    engine_restarts: int = Field(2, ge=0)  # restarts allowed after the engine dies mid-run
     overwrite: bool = False
     retry_errors: bool = False
+    shard: str | None = None  # "I/N": this process does the items whose content hash ≡ I (mod N)
+    ray: str | None = None  # "auto" or a cluster address: run on Ray replicas
+    replicas: int = Field(1, ge=1)
     quiet: bool = False
 
     @field_validator("image_tokens")
@@ -85,3 +96,35 @@ class JobConfig(BaseModel):
         if v not in IMAGE_TOKEN_BUDGETS:
             raise ValueError(f"must be one of {', '.join(map(str, IMAGE_TOKEN_BUDGETS))}")
         return v
+
+    @model_validator(mode="after")
+    def _combinations(self) -> JobConfig:
+        if self.json_schema is not None and self.choices is not None:
+            raise ValueError("json_schema and choices cannot be used together")
+        if self.choices is not None and len(self.choices) < 2:
+            raise ValueError("choices needs at least two labels")
+        if self.input is None and self.dataset is None:
+            raise ValueError("input (a folder, manifest or saved dataset) or dataset is required")
+        return self
+
+    @field_validator("shard")
+    @classmethod
+    def _shard(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        try:
+            i, n = (int(x) for x in v.split("/"))
+        except ValueError:
+            raise ValueError("expected I/N, e.g. 0/4 (I counts from 0)") from None
+        if n < 1 or not 0 <= i < n:
+            raise ValueError(f"expected 0 <= I < N, got {v}")
+        return v
+
+    def shard_index(self) -> tuple[int, int] | None:
+        if self.shard is None:
+            return None
+        i, n = (int(x) for x in self.shard.split("/"))
+        return i, n
+
+    def task_list(self) -> list[str]:
+        return list(self.tasks) if self.tasks else [self.task]

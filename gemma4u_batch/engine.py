@@ -7,6 +7,7 @@ item takes its place, so the engine never waits for a whole chunk to finish.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Callable
@@ -14,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .config import EngineConfig, SamplingConfig
-from .errors import UsageError
+from .errors import EngineDied, UsageError
 from .records import Generation
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,7 @@ class EngineRequest:
     multi_modal_data: dict[str, Any] | None
     sampling: SamplingConfig
     payload: Any = None  # the runner's context for this request, returned untouched
+    structured: dict[str, Any] | None = None  # {"json": schema} or {"choice": [...]}
 
 
 @dataclass
@@ -46,6 +48,7 @@ class Engine(Protocol):
     def add(self, request: EngineRequest) -> EngineResult | None: ...
     def step(self) -> list[EngineResult]: ...
     def has_unfinished(self) -> bool: ...
+    def take_inflight(self) -> list[EngineRequest]: ...
     def shutdown(self) -> None: ...
 
 
@@ -55,6 +58,14 @@ def _quiet_vllm() -> None:
     os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+
+def _engine_dead(exc: BaseException) -> bool:
+    """vLLM's EngineDeadError, or the broken pipes of a core process that vanished."""
+    name = type(exc).__name__
+    return name in ("EngineDeadError", "ZMQError", "BrokenPipeError", "ConnectionResetError") or (
+        exc.__cause__ is not None and type(exc.__cause__).__name__ == "EngineDeadError"
+    )
 
 
 def check_model_path(model: str) -> None:
@@ -80,6 +91,7 @@ class VllmEngine:
     _llm: Any = None
     _tokenizer: Any = None
     _inflight: dict[str, EngineRequest] = field(default_factory=dict)
+    restarts: int = 0
 
     @property
     def model_name(self) -> str:
@@ -145,6 +157,7 @@ class VllmEngine:
     def add(self, request: EngineRequest) -> EngineResult | None:
         """Submit; a request the engine rejects comes back at once as an error result."""
         from vllm import SamplingParams
+        from vllm.sampling_params import StructuredOutputsParams
 
         s = request.sampling
         params = SamplingParams(
@@ -152,6 +165,7 @@ class VllmEngine:
             temperature=s.temperature,
             top_p=s.top_p,
             seed=s.seed,
+            structured_outputs=StructuredOutputsParams(**request.structured) if request.structured else None,
         )
         if self._llm is None:
             self._start_engine()
@@ -160,7 +174,11 @@ class VllmEngine:
             prompt["multi_modal_data"] = request.multi_modal_data
         try:
             self._llm.add_request(request.request_id, prompt, params)
-        except (ValueError, TypeError, RuntimeError) as exc:
+        except Exception as exc:
+            if _engine_dead(exc):
+                raise EngineDied(str(exc)) from exc
+            if not isinstance(exc, ValueError | TypeError | RuntimeError):
+                raise
             msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             return EngineResult(request, error=f"engine rejected the request: {msg}", error_kind="rejected")
         self._inflight[request.request_id] = request
@@ -168,7 +186,13 @@ class VllmEngine:
 
     def step(self) -> list[EngineResult]:
         results: list[EngineResult] = []
-        for out in self._llm.step():
+        try:
+            outputs = self._llm.step()
+        except Exception as exc:
+            if _engine_dead(exc):
+                raise EngineDied(str(exc) or type(exc).__name__) from exc
+            raise
+        for out in outputs:
             if not out.finished:
                 continue
             req = self._inflight.pop(out.request_id, None)
@@ -191,6 +215,14 @@ class VllmEngine:
     def has_unfinished(self) -> bool:
         return bool(self._inflight)
 
+    def take_inflight(self) -> list[EngineRequest]:
+        """After a death: the requests that never finished; the next add restarts the engine."""
+        reqs = list(self._inflight.values())
+        self._inflight.clear()
+        self.shutdown()
+        self.restarts += 1
+        return reqs
+
     def shutdown(self) -> None:
         if self._llm is not None:
             try:
@@ -211,6 +243,9 @@ class FakeEngine:
     max_in_flight: int = 4
     steps_to_finish: int = 2
     fail_if: Callable[[EngineRequest], str | None] | None = None
+    text_for: Callable[[EngineRequest, str], str] | None = None
+    die_at_steps: tuple[int, ...] = ()  # simulate engine deaths at these step numbers
+    steps: int = 0
     _inflight: dict[str, tuple[EngineRequest, int]] = field(default_factory=dict)
     added: int = 0
 
@@ -242,6 +277,9 @@ class FakeEngine:
     def step(self) -> list[EngineResult]:
         import hashlib
 
+        self.steps += 1
+        if self.steps in self.die_at_steps:
+            raise EngineDied(f"fake engine died at step {self.steps}")
         done: list[EngineResult] = []
         for rid, (req, n) in list(self._inflight.items()):
             if n + 1 >= self.steps_to_finish:
@@ -249,6 +287,12 @@ class FakeEngine:
                 digest = hashlib.sha256(req.prompt.encode()).hexdigest()[:12]
                 mm = sorted((req.multi_modal_data or {}).keys())
                 text = f"fake {digest} {' '.join(mm)}".strip()
+                if req.structured and "choice" in req.structured:
+                    text = req.structured["choice"][int(digest, 16) % len(req.structured["choice"])]
+                elif req.structured and "json" in req.structured:
+                    text = json.dumps({"tags": [digest[:4], *mm]})
+                if self.text_for is not None:
+                    text = self.text_for(req, text)
                 done.append(EngineResult(req, Generation(text, "stop", len(req.prompt), 3)))
             else:
                 self._inflight[rid] = (req, n + 1)
@@ -256,6 +300,11 @@ class FakeEngine:
 
     def has_unfinished(self) -> bool:
         return bool(self._inflight)
+
+    def take_inflight(self) -> list[EngineRequest]:
+        reqs = [r for r, _ in self._inflight.values()]
+        self._inflight.clear()
+        return reqs
 
     def shutdown(self) -> None:
         self._inflight.clear()

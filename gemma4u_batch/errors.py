@@ -20,6 +20,14 @@ class OutputError(Exception):
     """OUT cannot be written (full, read-only): stop cleanly, committed work stays valid."""
 
 
+class EngineDied(Exception):
+    """The inference engine process died; in-flight requests must be requeued."""
+
+
+class EngineFailure(Exception):
+    """The engine kept dying after the allowed restarts: stop, resumable."""
+
+
 class ExitCode:
     """Documented exit codes a scheduler can act on."""
 
@@ -27,5 +35,6 @@ class ExitCode:
     FAILED = 1
     USAGE = 2
     ITEM_ERRORS = 3  # job finished, some items have error records (only with --strict)
+    ENGINE_FAILED = 75  # engine died repeatedly: finished work committed, resumable
     OUTPUT_ERROR = 74  # OUT full or read-only: stopped cleanly, resumable
     INTERRUPTED = 130  # SIGINT/SIGTERM: committed what finished, resumable

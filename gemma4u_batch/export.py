@@ -18,7 +18,7 @@ from .writer import OutLayout
 
 RESULT_COLUMNS = (
     "id", "key", "source", "modality", "task", "prompt", "text", "finish_reason", "num_prompt_tokens",
-    "num_output_tokens", "error", "error_kind", "model", "content_sha256", "segments",
+    "num_output_tokens", "error", "error_kind", "model", "content_sha256", "segments", "data", "flags",
 )  # fmt: skip
 
 
@@ -26,6 +26,8 @@ def _rows(layout: OutLayout, join_fields: bool) -> Iterator[dict[str, Any]]:
     for rec in current_records(layout):
         row = {c: rec.get(c) for c in RESULT_COLUMNS}
         row["segments"] = json.dumps(row["segments"]) if row["segments"] is not None else None
+        row["data"] = json.dumps(row["data"]) if row["data"] is not None else None
+        row["flags"] = list(row["flags"] or [])
         fields = rec.get("fields") or {}
         if join_fields:
             for k, v in fields.items():

@@ -30,20 +30,20 @@ def iter_records_in_order(
             yield (pi, li), rec
 
 
-def winners(layout: OutLayout) -> dict[str, tuple[int, int]]:
-    """id → position of its current (latest committed) record."""
-    win: dict[str, tuple[int, int]] = {}
-    for pos, rec in iter_records_in_order(layout, ("id",)):
-        win[rec["id"]] = pos
+def winners(layout: OutLayout) -> dict[tuple[str, str], tuple[int, int]]:
+    """(id, task) → position of its current (latest committed) record."""
+    win: dict[tuple[str, str], tuple[int, int]] = {}
+    for pos, rec in iter_records_in_order(layout, ("id", "task")):
+        win[(rec["id"], rec["task"])] = pos
     return win
 
 
 def current_records(layout: OutLayout, columns: tuple[str, ...] | None = None) -> Iterator[dict[str, Any]]:
-    """The latest committed record of every id (superseded ones left out)."""
+    """The latest committed record of every (id, task) (superseded ones left out)."""
     win = winners(layout)
-    cols = None if columns is None else tuple(dict.fromkeys(("id", *columns)))
+    cols = None if columns is None else tuple(dict.fromkeys(("id", "task", *columns)))
     for pos, rec in iter_records_in_order(layout, cols):
-        if win.get(rec["id"]) == pos:
+        if win.get((rec["id"], rec["task"])) == pos:
             yield rec
 
 

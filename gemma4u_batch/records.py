@@ -61,6 +61,7 @@ class DecodedItem:
     error_kind: str | None = None
     decode_seconds: float = 0.0
     info: dict[str, Any] = field(default_factory=dict)
+    skipped: bool = False  # belongs to another --shard
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,9 @@ class OutputRecord:
     content_sha256: str | None
     decode_seconds: float | None
     segments: list[dict[str, Any]] | None = None
+    data: Any = None
+    flags: list[str] = field(default_factory=list)
+    retried: bool = False
     supersedes: str | None = None
     fields: dict[str, Any] = field(default_factory=dict)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
+import hashlib
 import itertools
 import json
 import logging
@@ -25,16 +26,18 @@ from typing import Any
 from . import __version__
 from .atomic import write_json_atomic
 from .config import JobConfig
-from .decode import DecodeOptions
+from .decode import DecodeOptions, in_shard
 from .decode.image import num_image_tokens
-from .engine import Engine, EngineRequest, EngineResult, VllmEngine, check_model_path
-from .errors import OutputError, UsageError
+from .engine import Engine, EngineRequest, VllmEngine, check_model_path
+from .errors import EngineDied, EngineFailure, ItemError, OutputError, UsageError
 from .keys import content_key, model_fingerprint
 from .progress import Counters, Reporter
 from .records import DecodedItem, Modality, OutputRecord, WorkItem
 from .sources import open_source
 from .subtitles import write_transcripts
-from .tasks import TASKS, instruction_for
+from .prompts import check_template, render_prompt_template
+from .quality import parse_structured, quality_flags
+from .tasks import TASKS, instruction_for, resolve_task
 from .units import Unit, build_parts, stitch
 from .ledger import current_records
 from .writer import OutLayout, PartWriter, cleanup_orphans
@@ -93,21 +96,34 @@ def guarded_settings(config: JobConfig) -> dict[str, Any]:
         "video_frames": config.video_frames,
         "video_fps": config.video_fps,
         "with_audio": config.with_audio,
+        "tasks": config.tasks,
+        "json_schema": str(config.json_schema) if isinstance(config.json_schema, Path) else config.json_schema,
+        "choices": config.choices,
+        "retry_flagged": config.retry_flagged.model_dump() if config.retry_flagged else None,
     }
 
 
-def _acquire_run_lock(layout: OutLayout) -> Any:
+def _acquire_run_lock(layout: OutLayout, shard: tuple[int, int] | None) -> list[Any]:
+    """A whole-job run holds run.lock exclusively. A shard holds it shared (so shards run
+    side by side but never next to a whole-job run) plus its own shard lock."""
     layout.ensure()
-    fh = open(layout.meta / "run.lock", "a+")
-    try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError as exc:
-        fh.close()
-        raise UsageError(f"another gemma4u run is writing into {layout.root} (lock held)") from exc
-    fh.truncate(0)
-    fh.write(json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "started_at": time.time()}) + "\n")
-    fh.flush()
-    return fh
+    held: list[Any] = []
+    paths = [(layout.meta / "run.lock", fcntl.LOCK_SH if shard else fcntl.LOCK_EX)]
+    if shard:
+        (layout.meta / "shards").mkdir(exist_ok=True)
+        paths.append((layout.meta / "shards" / f"{shard[0]}-of-{shard[1]}.lock", fcntl.LOCK_EX))
+    for path, mode in paths:
+        fh = open(path, "a+")
+        try:
+            fcntl.flock(fh, mode | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            fh.close()
+            for h in held:
+                h.close()
+            what = f"shard {shard[0]}/{shard[1]}" if shard and path.name != "run.lock" else "gemma4u run"
+            raise UsageError(f"another {what} is writing into {layout.root} (lock held)") from exc
+        held.append(fh)
+    return held
 
 
 def _check_guard(layout: OutLayout, config: JobConfig, fingerprint: str) -> None:
@@ -155,14 +171,16 @@ def decode_options(config: JobConfig) -> DecodeOptions:
         max_input_bytes=config.max_input_bytes,
         max_audio_seconds=config.max_audio_seconds,
         max_video_seconds=config.max_video_seconds,
+        max_decoded_frames=config.max_decoded_frames,
         video_frames=config.video_frames,
         video_fps=config.video_fps,
         with_audio=config.with_audio,
+        shard=config.shard_index(),
     )
 
 
 class Pipeline:
-    """Decoded items → units of engine requests; finished units → records."""
+    """Decoded items → units of engine requests (one per task); finished units → records."""
 
     def __init__(self, config: JobConfig, engine: Engine, fingerprint: str) -> None:
         self.config = config
@@ -171,23 +189,48 @@ class Pipeline:
         self.settings = guarded_settings(config)
         self._seq = 0
         self._frame_opts = DecodeOptions(image_tokens=70)
-        if config.task not in TASKS and config.prompt is None:
-            raise UsageError(f"unknown task '{config.task}'; choose one of {', '.join(sorted(TASKS))}")
+        for task in config.task_list():
+            if resolve_task(task) is None and config.prompt is None:
+                raise UsageError(f"unknown task '{task}'; choose one of {', '.join(sorted(TASKS))}")
+        if config.prompt:
+            check_template(config.prompt)
+        self._schema = load_schema(config.json_schema)
 
-    def task_of(self, d: DecodedItem) -> str:
-        return d.item.task or self.config.task
+    def in_shard(self, d: DecodedItem) -> bool:
+        """Deterministic partition by content: the input's hash (its id's if unreadable)."""
+        shard = self.config.shard_index()
+        if shard is None:
+            return True
+        if d.skipped:
+            return False
+        basis = d.content_sha256 or hashlib.sha256(d.item.id.encode()).hexdigest()
+        return in_shard(basis, shard)
 
-    def instruction(self, d: DecodedItem) -> str:
-        if d.item.prompt:
-            return d.item.prompt
-        if self.config.prompt:
-            return self.config.prompt
-        task = self.task_of(d)
-        if task not in TASKS:
+    def tasks_of(self, d: DecodedItem) -> list[str]:
+        return [d.item.task] if d.item.task else self.config.task_list()
+
+    def instruction(self, d: DecodedItem, task: str) -> str:
+        custom = d.item.prompt or self.config.prompt
+        if custom:
+            context = {**d.item.fields, "id": d.item.id, "source": d.item.source,
+                       "modality": d.item.modality.value if d.item.modality else None, "task": task}  # fmt: skip
+            return render_prompt_template(custom, context)
+        if resolve_task(task) is None:
             task = self.config.task
         return instruction_for(
             task, d.item.modality or Modality.IMAGE, language=self.config.language, target=self.config.translate_to
         )
+
+    def structured(self, task: str) -> dict[str, Any] | None:
+        if self.config.choices:
+            return {"choice": list(self.config.choices)}
+        # No free whitespace: a weak or sampled model cannot loop on spaces inside the JSON.
+        if self._schema is not None:
+            return {"json": self._schema, "disable_any_whitespace": True}
+        t = resolve_task(task)
+        if t is not None and t.json_schema is not None and not self.config.prompt:
+            return {"json": t.json_schema, "disable_any_whitespace": True}
+        return None
 
     def messages(self, d: DecodedItem, instruction: str) -> list[dict[str, Any]]:
         msgs: list[dict[str, Any]] = []
@@ -202,19 +245,34 @@ class Pipeline:
         msgs.append({"role": "user", "content": content})
         return msgs
 
-    def key_for(self, d: DecodedItem, rendered: str) -> str:
+    def key_for(self, d: DecodedItem, rendered: str, task: str) -> str:
         content = d.content_sha256 or f"unread:{d.item.source}"
-        return content_key(content=content, prompt=rendered, model_fingerprint=self.fingerprint, settings=self.settings)
+        return content_key(
+            content=content, prompt=rendered, model_fingerprint=self.fingerprint, settings={**self.settings, "task": task}
+        )
 
-    def unit(self, d: DecodedItem) -> Unit:
-        instruction = self.instruction(d)
+    def units(self, d: DecodedItem) -> list[Unit]:
+        """One unit per task; the media was decoded once and is shared."""
+        return [self._unit(d, task) for task in self.tasks_of(d)]
+
+    def _unit(self, d: DecodedItem, task: str) -> Unit:
+        error: tuple[str, str] | None = None
+        try:
+            instruction = self.instruction(d, task)
+        except ItemError as exc:
+            instruction, error = (d.item.prompt or self.config.prompt or ""), (exc.message, exc.kind)
         rendered = self.engine.render_prompt(self.messages(d, instruction))
-        key = self.key_for(d, rendered)
+        key = self.key_for(d, rendered, task)
         parts = []
-        if d.error is None:
-            windowed = self.task_of(d) in ("transcribe", "translate")
+        if d.error is None and error is None:
+            t = resolve_task(task)
+            windowed = bool(t and t.windowed_audio)
             parts = build_parts(d, windowed_audio=windowed, tokens_per_frame_of=self._frame_tokens)
-        return Unit(decoded=d, key=key, instruction=instruction, rendered=rendered, parts=parts)
+        unit = Unit(decoded=d, key=key, instruction=instruction, rendered=rendered, parts=parts, task=task,
+                    structured=self.structured(task))  # fmt: skip
+        if error is not None:
+            unit.error, unit.error_kind = error
+        return unit
 
     def _frame_tokens(self, frame: Any) -> int:
         w, h = frame.size
@@ -229,10 +287,14 @@ class Pipeline:
         for part in unit.parts:
             need = text_tokens + part.mm_tokens
             if need >= limit:
-                return f"prompt needs about {need} tokens, over max_model_len {limit}; lower --image-tokens/--video-frames or raise --max-model-len"
+                return (
+                    f"prompt needs about {need} tokens, over max_model_len {limit}; "
+                    "lower --image-tokens/--video-frames or raise --max-model-len"
+                )
         return None
 
     def requests(self, unit: Unit) -> list[EngineRequest]:
+        sampling = self.config.retry_flagged if unit.retried and self.config.retry_flagged else self.config.sampling
         reqs = []
         for i, part in enumerate(unit.parts):
             self._seq += 1
@@ -241,23 +303,44 @@ class Pipeline:
                     request_id=f"r{self._seq}",
                     prompt=unit.rendered,
                     multi_modal_data=part.mm,
-                    sampling=self.config.sampling,
+                    sampling=sampling,
                     payload=(unit, i),
+                    structured=unit.structured,
                 )
             )
         return reqs
+
+    def retry(self, unit: Unit) -> list[EngineRequest]:
+        """Requests to regenerate a flagged unit once with `retry_flagged` sampling, or []."""
+        if self.config.retry_flagged is None or unit.retried or unit.error or unit.decoded.error:
+            return []
+        text, _, gen = stitch(unit)
+        if not quality_flags(text, gen.finish_reason if gen else None):
+            return []
+        unit.retried = True
+        unit.reset()
+        return self.requests(unit)
 
     def record(self, unit: Unit) -> OutputRecord:
         d = unit.decoded
         error = d.error or unit.error
         kind = d.error_kind or unit.error_kind
         text, segments, gen = (None, None, None) if error else stitch(unit)
+        data: Any = None
+        flags: list[str] = []
+        if text is not None:
+            flags = quality_flags(text, gen.finish_reason if gen else None)
+            if unit.structured is not None:
+                try:
+                    data = parse_structured(text, unit.structured)
+                except ItemError as exc:
+                    error, kind = exc.message, exc.kind
         return OutputRecord(
             id=d.item.id,
             key=unit.key,
             source=d.item.source,
             modality=d.item.modality.value if d.item.modality else None,
-            task=self.task_of(d),
+            task=unit.task,
             prompt=unit.instruction,
             text=text,
             finish_reason=gen.finish_reason if gen else None,
@@ -269,15 +352,40 @@ class Pipeline:
             content_sha256=d.content_sha256,
             decode_seconds=round(d.decode_seconds, 6),
             segments=segments,
+            data=data,
+            flags=flags,
+            retried=unit.retried,
             fields=dict(d.item.fields),
         )
+
+
+def load_schema(spec: dict[str, Any] | Path | None) -> dict[str, Any] | None:
+    """The JSON schema (inline, or read from a file); a usage error if it is not one."""
+    if spec is None or isinstance(spec, dict):
+        schema = spec
+    else:
+        try:
+            schema = json.loads(Path(spec).read_text())
+        except OSError as exc:
+            raise UsageError(f"cannot read JSON schema {spec}: {exc.strerror}") from exc
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"JSON schema {spec} is not valid JSON: {exc.msg} (line {exc.lineno})") from exc
+    if schema is None:
+        return None
+    import jsonschema
+
+    try:
+        jsonschema.Draft202012Validator.check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        raise UsageError(f"invalid JSON schema: {exc.message}") from exc
+    return schema
 
 
 def feed(
     pool: Any,
     engine: Engine,
     pipeline: Pipeline,
-    current: dict[str, tuple[str, bool]],
+    current: dict[tuple[str, str], tuple[str, bool]],
     config: JobConfig,
     emit: Callable[[Unit], None],
     writer: PartWriter,
@@ -289,6 +397,22 @@ def feed(
     barrier between batches), harvest finished requests, commit on schedule."""
     pending: deque[DecodedItem] = deque()
     queued: deque[EngineRequest] = deque()
+    deaths = 0
+
+    def engine_died(exc: EngineDied) -> None:
+        """Commit what finished, requeue what was in flight, allow a bounded number of restarts."""
+        nonlocal deaths
+        deaths += 1
+        writer.commit()
+        lost = engine.take_inflight()
+        if deaths > config.engine_restarts:
+            raise EngineFailure(
+                f"the engine died {deaths} times (last: {str(exc).splitlines()[0] if str(exc) else 'no message'}); "
+                "finished work is committed, rerun the same command to resume"
+            ) from exc
+        log.warning("engine died (%s); restarting and requeueing %d requests", exc, len(lost))
+        queued.extendleft(reversed(lost))
+
     while True:
         if stop.requested:
             pool.stop_feeding()
@@ -300,31 +424,47 @@ def feed(
         while engine.capacity() > 0 and (queued or pending):
             if not queued:
                 d = pending.popleft()
-                unit = pipeline.unit(d)
-                prev = current.get(d.item.id)
-                if prev is not None and prev[0] == unit.key and not (config.retry_errors and prev[1]):
-                    counters.skipped += 1
+                if not pipeline.in_shard(d):
                     continue
-                if d.error is None and (why := pipeline.check_fits(unit)):
-                    unit.error, unit.error_kind = why, "too_long_for_model"
-                if d.error is None and unit.error is None and not unit.parts:
-                    unit.error, unit.error_kind = "nothing to send for this item", "empty"
-                if d.error is not None or unit.error is not None:
-                    emit(unit)
-                    continue
-                queued.extend(pipeline.requests(unit))
+                for unit in pipeline.units(d):
+                    prev = current.get((d.item.id, unit.task))
+                    if prev is not None and prev[0] == unit.key and not (config.retry_errors and prev[1]):
+                        counters.skipped += 1
+                        continue
+                    if d.error is None and unit.error is None and (why := pipeline.check_fits(unit)):
+                        unit.error, unit.error_kind = why, "too_long_for_model"
+                    if d.error is None and unit.error is None and not unit.parts:
+                        unit.error, unit.error_kind = "nothing to send for this item", "empty"
+                    if d.error is not None or unit.error is not None:
+                        emit(unit)
+                        continue
+                    queued.extend(pipeline.requests(unit))
                 continue
             req = queued.popleft()
-            rejected = engine.add(req)
+            try:
+                rejected = engine.add(req)
+            except EngineDied as exc:
+                queued.appendleft(req)
+                engine_died(exc)
+                continue
             if rejected is not None:
                 unit, idx = req.payload
                 if unit.finish_part(idx, None, rejected.error, rejected.error_kind):
                     emit(unit)
         if engine.has_unfinished():
-            for res in engine.step():
+            try:
+                results = engine.step()
+            except EngineDied as exc:
+                engine_died(exc)
+                continue
+            for res in results:
                 unit, idx = res.request.payload
                 if unit.finish_part(idx, res.generation, res.error, res.error_kind):
-                    emit(unit)
+                    again = pipeline.retry(unit)
+                    if again:
+                        queued.extendleft(reversed(again))
+                    else:
+                        emit(unit)
         elif pool.done and not pending and not queued:
             return
         if writer.due():
@@ -365,8 +505,9 @@ def run_job(
     config: JobConfig,
     engine_factory: Callable[[JobConfig], Engine] | None = None,
     reporter: Reporter | None = None,
+    manifest_extra: dict[str, Any] | None = None,
 ) -> JobSummary:
-    """Run (or resume) one job to completion; returns what happened."""
+    """Run (or resume) one job (or one --shard of it) to completion; returns what happened."""
     started = time.monotonic()
     source = source_for(config, dataset_spec(config))
     items = iter(source)
@@ -381,8 +522,9 @@ def run_job(
     if config.output.exists() and not config.output.is_dir():
         raise UsageError(f"output exists and is not a folder: {config.output}")
     layout = OutLayout(config.output)
+    shard = config.shard_index()
     try:
-        lock = _acquire_run_lock(layout)
+        locks = _acquire_run_lock(layout, shard)
     except OSError as exc:
         raise OutputError(f"cannot write to output folder {config.output}: {exc.strerror or exc}") from exc
     reporter = reporter or Reporter("quiet" if config.quiet else "rich")
@@ -390,14 +532,17 @@ def run_job(
     engine: Engine | None = None
     try:
         fingerprint = model_fingerprint(config.model)
+        if config.overwrite and shard:
+            raise UsageError("--overwrite cannot be combined with --shard (other shards share OUT)")
         if config.overwrite:
             _wipe(layout)
             layout.ensure()
         cleanup_orphans(layout)
         _check_guard(layout, config, fingerprint)
-        # id → (key, failed) of its current record: decides skip vs. redo vs. supersede.
-        current: dict[str, tuple[str, bool]] = {
-            rec["id"]: (rec["key"], rec["error"] is not None) for rec in current_records(layout, ("key", "error"))
+        # (id, task) → (key, failed) of its current record: decides skip vs. redo vs. supersede.
+        current: dict[tuple[str, str], tuple[str, bool]] = {
+            (rec["id"], rec["task"]): (rec["key"], rec["error"] is not None)
+            for rec in current_records(layout, ("task", "key", "error"))
         }
         engine = (engine_factory or default_engine_factory)(config)
         manifest = {
@@ -409,14 +554,21 @@ def run_job(
             "limits": {
                 k: getattr(config, k)
                 for k in ("max_input_bytes", "max_image_pixels", "max_audio_seconds", "max_video_seconds",
-                          "decode_timeout", "video_frames")
+                          "max_decoded_frames", "decode_timeout", "video_frames")
             },  # fmt: skip
             "versions": package_versions(),
             "engine_notes": getattr(engine, "notes", lambda: {})(),
             "started_at": time.time(),
             "host": socket.gethostname(),
         }
-        write_json_atomic(layout.run_manifest, manifest, layout.tmp)
+        manifest.update(manifest_extra or {})
+        if shard:
+            manifest["shard"] = config.shard
+            write_json_atomic(layout.meta / "shards" / f"{shard[0]}-of-{shard[1]}.run.json", manifest, layout.tmp)
+            if not layout.run_manifest.exists():
+                write_json_atomic(layout.run_manifest, manifest, layout.tmp)
+        else:
+            write_json_atomic(layout.run_manifest, manifest, layout.tmp)
         layout.complete_marker.unlink(missing_ok=True)
         pipeline = Pipeline(config, engine, fingerprint)
         writer = PartWriter(
@@ -435,7 +587,7 @@ def run_job(
 
         def emit(unit: Unit) -> None:
             rec = pipeline.record(unit)
-            prev = current.get(rec.id)
+            prev = current.get((rec.id, rec.task))
             if prev is not None:
                 rec.supersedes = prev[0]
             writer.add(rec)
@@ -466,18 +618,21 @@ def run_job(
         summary.already_complete = counters.done == 0 and counters.skipped > 0 and not stop.requested
         summary.elapsed_s = time.monotonic() - started
         if not stop.requested:
-            write_json_atomic(
-                layout.complete_marker,
-                {"finished_at": time.time(), "records_this_run": counters.done, **counters.snapshot()},
-                layout.tmp,
-            )
+            done = {"finished_at": time.time(), "records_this_run": counters.done, **counters.snapshot()}
+            if shard:
+                write_json_atomic(layout.meta / "shards" / f"{shard[0]}-of-{shard[1]}.done.json", done, layout.tmp)
+                if all((layout.meta / "shards" / f"{i}-of-{shard[1]}.done.json").exists() for i in range(shard[1])):
+                    write_json_atomic(layout.complete_marker, {**done, "shards": shard[1]}, layout.tmp)
+            else:
+                write_json_atomic(layout.complete_marker, done, layout.tmp)
         return summary
     finally:
         reporter.stop()
         if engine is not None:
             engine.shutdown()
-        fcntl.flock(lock, fcntl.LOCK_UN)
-        lock.close()
+        for fh in locks:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+            fh.close()
 
 
 def default_engine_factory(config: JobConfig) -> Engine:

@@ -21,6 +21,9 @@ COLUMN_DOCS: dict[str, str] = {
     "content_sha256": "sha256 of the input bytes",
     "decode_seconds": "time spent decoding the media",
     "segments": "transcription windows: list of {start, end, text} (seconds); null otherwise",
+    "data": "structured output: the parsed JSON object (--json-schema) or the chosen label (--choices); a JSON string in Parquet",
+    "flags": "quality flags: token_cap (hit --max-tokens), empty, repetition",
+    "retried": "true when a flagged output was regenerated with retry_flagged sampling",
     "supersedes": "key of the earlier record of this id that this one replaces (changed input, --retry-errors)",
     "fields": "extra manifest/dataset columns (JSON object; a JSON string in Parquet)",
 }
@@ -50,6 +53,9 @@ def arrow_schema() -> Any:
                 "segments",
                 pa.list_(pa.struct([("start", pa.float64()), ("end", pa.float64()), ("text", pa.string())])),
             ),
+            ("data", pa.string()),
+            ("flags", pa.list_(pa.string())),
+            ("retried", pa.bool_()),
             ("supersedes", pa.string()),
             ("fields", pa.string()),
         ]

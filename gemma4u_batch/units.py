@@ -38,14 +38,22 @@ class Unit:
     instruction: str
     rendered: str
     parts: list[Part]
+    task: str = "caption"
+    structured: dict[str, Any] | None = None  # {"json": schema} or {"choice": [...]}
     results: list[Generation | None] = field(default_factory=list)
     error: str | None = None
     error_kind: str | None = None
     outstanding: int = 0
+    retried: bool = False
 
     def __post_init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget results (before a retry with other sampling settings)."""
         self.results = [None] * len(self.parts)
         self.outstanding = len(self.parts)
+        self.error = self.error_kind = None
 
     def finish_part(self, index: int, gen: Generation | None, error: str | None, kind: str | None) -> bool:
         """Record one part's outcome; True when the unit is complete."""

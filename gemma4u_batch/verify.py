@@ -125,8 +125,12 @@ def text_case() -> Case:
 
 
 def image_case(name: str = "image", size: tuple[int, int] = (400, 300), seed: int = 1) -> Case:
-    return Case(name, "image", [{"type": "image"}, {"type": "text", "text": "Describe this image."}],
-                images=[synthetic_image(*size, seed=seed)])
+    return Case(
+        name,
+        "image",
+        [{"type": "image"}, {"type": "text", "text": "Describe this image."}],
+        images=[synthetic_image(*size, seed=seed)],
+    )
 
 
 def two_image_case() -> Case:
@@ -140,13 +144,18 @@ def two_image_case() -> Case:
 
 def audio_case(num_samples: int = 16000) -> Case:
     wave = pad_audio(synthetic_audio(num_samples, seed=num_samples))
-    return Case(f"audio-{num_samples}", "audio", [{"type": "audio"}, {"type": "text", "text": "Transcribe."}],
-                audio=wave)
+    return Case(
+        f"audio-{num_samples}", "audio", [{"type": "audio"}, {"type": "text", "text": "Transcribe."}], audio=wave
+    )
 
 
 def video_case(num_frames: int = 4) -> Case:
-    return Case("video", "video", [{"type": "video"}, {"type": "text", "text": "What happens in this video?"}],
-                video=synthetic_video(num_frames, 192, 256, seed=7))
+    return Case(
+        "video",
+        "video",
+        [{"type": "video"}, {"type": "text", "text": "What happens in this video?"}],
+        video=synthetic_video(num_frames, 192, 256, seed=7),
+    )
 
 
 def default_cases(audio_lengths: tuple[int, ...] = (16000,)) -> list[Case]:
@@ -266,8 +275,27 @@ def render_prompt(tokenizer: Any, case: Case) -> str:
     return tokenizer.apply_chat_template(case.messages(), tokenize=False, add_generation_prompt=True)
 
 
+def placeholder_token_ids(tokenizer: Any, config: Any = None) -> list[int]:
+    """The image, video and audio placeholder ids.
+
+    Neither side may generate them: transformers embeds every placeholder id as padding,
+    vLLM embeds a generated one as the token itself, so a continuation through one would
+    differ for reasons that have nothing to do with attention. A real model practically
+    never emits them; the random tiny model does.
+    """
+    ids = set()
+    for name in ("image_token_id", "video_token_id", "audio_token_id"):
+        if config is not None and isinstance(getattr(config, name, None), int):
+            ids.add(int(getattr(config, name)))
+    for tok in ("<|image|>", "<|video|>", "<|audio|>"):
+        tid = tokenizer.convert_tokens_to_ids(tok)
+        if isinstance(tid, int) and tid != tokenizer.unk_token_id:
+            ids.add(tid)
+    return sorted(ids)
+
+
 def run_engine(llm: Any, cases: list[Case], max_tokens: int = DEFAULT_MAX_TOKENS) -> list[Run]:
-    """All cases as one batch: greedy, top-20 logprobs per step, EOS ignored."""
+    """All cases as one batch: greedy, top-20 raw logprobs per step, EOS ignored."""
     from vllm import SamplingParams
 
     tokenizer = llm.get_tokenizer()
@@ -277,7 +305,16 @@ def run_engine(llm: Any, cases: list[Case], max_tokens: int = DEFAULT_MAX_TOKENS
         if (mm := case.vllm_multi_modal_data()) is not None:
             p["multi_modal_data"] = mm
         prompts.append(p)
-    params = SamplingParams(max_tokens=max_tokens, temperature=0.0, logprobs=TOP_LOGPROBS, ignore_eos=True, seed=0)
+    hf_config = llm.llm_engine.vllm_config.model_config.hf_config
+    banned = {t: -100.0 for t in placeholder_token_ids(tokenizer, hf_config)}  # logits are capped at ±30
+    params = SamplingParams(
+        max_tokens=max_tokens,
+        temperature=0.0,
+        logprobs=TOP_LOGPROBS,
+        ignore_eos=True,
+        seed=0,
+        logit_bias=banned or None,
+    )
     outs = llm.generate(prompts, params, use_tqdm=False)
     runs = []
     for out in outs:
@@ -293,7 +330,7 @@ def run_engine(llm: Any, cases: list[Case], max_tokens: int = DEFAULT_MAX_TOKENS
 class Reference:
     """transformers' Gemma 4 Unified in float32 with the official vision attention masks."""
 
-    def __init__(self, model: str, dtype: str = "float32", device: str = "cpu", image_tokens: int = 280):
+    def __init__(self, model: str, device: str = "cpu", image_tokens: int = 280, dtype: str = "float32"):
         import torch
         from transformers import AutoProcessor, Gemma4UnifiedForConditionalGeneration
 
@@ -301,10 +338,15 @@ class Reference:
         self.device = device
         self.image_tokens = image_tokens
         self.processor = AutoProcessor.from_pretrained(model)
-        self.model = Gemma4UnifiedForConditionalGeneration.from_pretrained(
-            model, dtype=getattr(torch, dtype), attn_implementation="eager"
-        ).to(device).eval()
+        self.model = (
+            Gemma4UnifiedForConditionalGeneration.from_pretrained(
+                model, dtype=getattr(torch, dtype), attn_implementation="eager"
+            )
+            .to(device)
+            .eval()
+        )
         self.text_config = self.model.config.get_text_config()
+        self.banned = placeholder_token_ids(self.processor.tokenizer, self.model.config)
 
     def masks(self, input_ids, mm_token_type_ids) -> dict[str, Any]:
         from transformers.models.gemma4_unified import modeling_gemma4_unified as m
@@ -316,9 +358,17 @@ class Reference:
         if getattr(self.text_config, "use_bidirectional_attention", None) != "vision":
             from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
-            kw = {"config": self.text_config, "inputs_embeds": embeds, "attention_mask": None,
-                  "past_key_values": None, "position_ids": position_ids}
-            return {"full_attention": create_causal_mask(**kw), "sliding_attention": create_sliding_window_causal_mask(**kw)}
+            kw = {
+                "config": self.text_config,
+                "inputs_embeds": embeds,
+                "attention_mask": None,
+                "past_key_values": None,
+                "position_ids": position_ids,
+            }
+            return {
+                "full_attention": create_causal_mask(**kw),
+                "sliding_attention": create_sliding_window_causal_mask(**kw),
+            }
         blocks = m.get_block_sequence_ids_for_mask(mm_token_type_ids, device=self.device)
         return m.create_masks_for_vision_model(
             config=self.text_config,
@@ -339,21 +389,41 @@ class Reference:
         types = inputs.pop("mm_token_type_ids").to(self.device)
         inputs.pop("attention_mask", None)
         media = {k: (v.to(self.device) if hasattr(v, "to") else v) for k, v in inputs.items()}
-        if "pixel_values" in media:
-            media["pixel_values"] = media["pixel_values"].to(self.model.dtype)
-        if "pixel_values_videos" in media:
-            media["pixel_values_videos"] = media["pixel_values_videos"].to(self.model.dtype)
-        if "input_features" in media:
-            media["input_features"] = media["input_features"].to(self.model.dtype)
+        for key in ("pixel_values", "pixel_values_videos", "input_features"):
+            if key in media:
+                media[key] = media[key].to(self.model.dtype)
         prompt_ids = ids[0].tolist()
         tokens: list[int] = []
         steps: list[dict[int, float]] = []
         with torch.no_grad():
+            if "pixel_values_videos" in media:
+                # transformers 5.19's Gemma4UnifiedModel.forward drops num_frames_per_video on the
+                # way to get_video_features, so encode the frames here and pass the result in.
+                video = self.model.model.get_video_features(
+                    media.pop("pixel_values_videos"),
+                    media.pop("video_position_ids", None),
+                    num_frames_per_video=media.pop("num_frames_per_video"),
+                    return_dict=True,
+                )
+                encoded = {"video": video}
+                if "pixel_values" in media:  # the model takes either raw media or encodings, not both
+                    encoded["image"] = self.model.model.get_image_features(
+                        media.pop("pixel_values"), media.pop("image_position_ids", None), return_dict=True
+                    )
+                media["mm_encoder_outputs"] = encoded
             for _ in range(max_tokens):
-                out = self.model(input_ids=ids, attention_mask=self.masks(ids, types), mm_token_type_ids=types,
-                                 use_cache=False, logits_to_keep=1, **media)
+                out = self.model(
+                    input_ids=ids,
+                    attention_mask=self.masks(ids, types),
+                    mm_token_type_ids=types,
+                    use_cache=False,
+                    logits_to_keep=1,
+                    **media,
+                )
                 logprobs = torch.log_softmax(out.logits[0, -1].double(), dim=-1)
-                tok = int(torch.argmax(logprobs))
+                pick = logprobs.clone()
+                pick[self.banned] = -math.inf
+                tok = int(torch.argmax(pick))
                 tokens.append(tok)
                 steps.append(_LazyLogprobs(logprobs))
                 ids = torch.cat([ids, torch.tensor([[tok]], device=self.device)], dim=1)
@@ -384,11 +454,12 @@ def verify_with_llm(
     max_tokens: int = DEFAULT_MAX_TOKENS,
     reference: Reference | None = None,
     image_tokens: int = 280,
+    reference_device: str = "cpu",
 ) -> list[ModalityReport]:
-    """Compare an already started engine against the transformers reference."""
+    """Compare an already started engine against the transformers reference (float32)."""
     cases = default_cases() if cases is None else cases
     engine_runs = run_engine(llm, cases, max_tokens=max_tokens)
-    reference = reference or Reference(model, image_tokens=image_tokens)
+    reference = reference or Reference(model, device=reference_device, image_tokens=image_tokens)
     tokenizer = llm.get_tokenizer()
     reports = []
     for case, eng in zip(cases, engine_runs, strict=True):
@@ -396,8 +467,9 @@ def verify_with_llm(
             ref = reference.run(case, render_prompt(tokenizer, case), max_tokens=max_tokens)
             reports.append(compare(case, eng, ref, tolerance))
         except Exception as exc:  # one broken case must not hide the others
-            reports.append(ModalityReport(case.name, case.modality, error=f"reference failed: {exc!r}",
-                                          tolerance=tolerance))
+            reports.append(
+                ModalityReport(case.name, case.modality, error=f"reference failed: {exc!r}", tolerance=tolerance)
+            )
     return reports
 
 
@@ -410,18 +482,27 @@ def verify_model(
     image_tokens: int = 280,
     dtype: str = "float32",
     gpu_memory_utilization: float | None = None,
+    reference_device: str = "cpu",
 ) -> tuple[list[ModalityReport], dict[str, Any]]:
-    """Start an engine on `model`, compare every case, shut down.
+    """Start an engine on `model`, compare every case with transformers in float32, shut down.
 
-    Returns the per-case reports and the bidirectional-attention plugin status (see
+    `dtype` is the engine's; the reference always runs in float32. Returns the per-case
+    reports and the bidirectional-attention plugin status (see
     `gemma4u_batch.vllm_plugin.plugin_status`), read after the engine ran.
     """
     from .vllm_plugin import plugin_status
 
     llm = make_llm(model, dtype=dtype, image_tokens=image_tokens, gpu_memory_utilization=gpu_memory_utilization)
     try:
-        reports = verify_with_llm(llm, model, cases, tolerance=tolerance, max_tokens=max_tokens,
-                                  image_tokens=image_tokens)
+        reports = verify_with_llm(
+            llm,
+            model,
+            cases,
+            tolerance=tolerance,
+            max_tokens=max_tokens,
+            image_tokens=image_tokens,
+            reference_device=reference_device,
+        )
         status = plugin_status(llm)
     finally:
         shutdown_llm(llm)
@@ -436,7 +517,10 @@ def shutdown_llm(llm: Any) -> None:
 
 
 def _main(argv: list[str] | None = None) -> int:
-    """`python -m gemma4u_batch.verify MODEL [--cases image,text] [--json]` (used by the tests)."""
+    """`python -m gemma4u_batch.verify MODEL [--cases image,text] [--json PATH]` (used by the tests).
+
+    vLLM logs to stdout, so the JSON result goes to a file.
+    """
     import argparse
     import json
 
@@ -445,7 +529,7 @@ def _main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cases", default="", help="comma-separated case names (default: all)")
     ap.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS)
     ap.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE)
-    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--json", default=None, help="write reports and plugin status to this file")
     args = ap.parse_args(argv)
     cases = default_cases()
     if args.cases:
@@ -453,11 +537,13 @@ def _main(argv: list[str] | None = None) -> int:
         cases = [c for c in cases if c.name in wanted]
     reports, status = verify_model(args.model, cases=cases, tolerance=args.tolerance, max_tokens=args.max_tokens)
     if args.json:
-        print(json.dumps({"reports": [r.to_dict() for r in reports], "plugin": status}))
-    else:
-        for r in reports:
-            print(f"{r.name:14s} max|Δ|={r.max_abs_diff:.3g} greedy={'same' if r.greedy_match else 'DIFF'}"
-                  f" {'ok' if r.ok else 'FAIL'}")
+        with open(args.json, "w") as fh:
+            json.dump({"reports": [r.to_dict() for r in reports], "plugin": status}, fh)
+    for r in reports:
+        print(
+            f"{r.name:14s} max|Δ logprob|={r.max_abs_diff:.3g} greedy={'same' if r.greedy_match else 'DIFFERENT'} "
+            f"{'ok' if r.ok else 'FAIL'}"
+        )
     return 0 if all(r.ok for r in reports) else 1
 
 

@@ -38,11 +38,28 @@ def _failed(item: WorkItem, exc: BaseException) -> DecodedItem:
     )
 
 
+_READY = "ready"
+_MAX_START_FAILURES = 3
+
+
+def _warm_up() -> None:
+    """Import the decoders before saying ready, so decode_timeout measures decoding only."""
+    try:
+        from .decode import audio, image, video  # noqa: F401
+    except ImportError:
+        pass
+
+
 def _worker_main(conn: Connection, opts: DecodeOptions, decode_fn: DecodeFn) -> None:
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
     _prefer_oom_kill()
+    _warm_up()
+    try:
+        conn.send(_READY)
+    except OSError:
+        return
     while True:
         try:
             item = conn.recv()
@@ -66,6 +83,8 @@ def _worker_main(conn: Connection, opts: DecodeOptions, decode_fn: DecodeFn) -> 
 class _Worker:
     process: Any
     conn: Connection
+    spawned: float
+    ready: bool = False
     item: WorkItem | None = None
     started: float = 0.0
 
@@ -75,6 +94,8 @@ class DecodePool:
 
     `poll(timeout)` never blocks longer than `timeout`, so the caller can keep the
     engine stepping while decoding goes on. With `workers=0` decoding runs inline.
+    A worker gets items only once it has started and says so; an item's `timeout`
+    clock starts when the item is handed over.
     `decode_fn` (a picklable top-level function, default decode_item) lets tests make a
     decode hang or crash; nothing in an item can select it.
     """
@@ -87,17 +108,21 @@ class DecodePool:
         prefetch: int = 8,
         timeout: float = 60.0,
         decode_fn: DecodeFn | None = None,
+        start_timeout: float = 120.0,
     ) -> None:
         self._items = items
         self._opts = opts
         self._n = workers
         self._prefetch = max(1, prefetch)
         self._timeout = timeout
+        self._start_timeout = start_timeout
         self._decode = decode_fn or decode_item
         self._exhausted = False
+        self._taken: deque[WorkItem] = deque()  # taken from the source, not yet handed to a worker
         self._ready: deque[DecodedItem] = deque()
         self._ctx = mp.get_context("spawn")
         self._workers: list[_Worker] = []
+        self._start_failures = 0
         self.respawns = 0
         self.dispatched = 0
 
@@ -114,9 +139,11 @@ class DecodePool:
         proc = self._ctx.Process(target=_worker_main, args=(child, self._opts, self._decode), daemon=True)
         proc.start()
         child.close()
-        return _Worker(proc, parent)
+        return _Worker(proc, parent, spawned=time.monotonic())
 
     def _next_item(self) -> WorkItem | None:
+        if self._taken:
+            return self._taken.popleft()
         if self._exhausted:
             return None
         try:
@@ -133,16 +160,17 @@ class DecodePool:
 
     @property
     def held(self) -> int:
-        """Items taken from the source and not yet handed back (decoding or ready)."""
-        return self.in_progress + len(self._ready)
+        """Items taken from the source and not yet handed back (queued, decoding or ready)."""
+        return len(self._taken) + self.in_progress + len(self._ready)
 
     @property
     def done(self) -> bool:
-        return self._exhausted and not self._ready and self.in_progress == 0
+        return self._exhausted and not self._taken and not self._ready and self.in_progress == 0
 
     def stop_feeding(self) -> None:
         """Take no new items (SIGINT/SIGTERM); items already decoding still finish."""
         self._exhausted = True
+        self._taken.clear()
 
     def _replace(self, idx: int, kind: str | None = None, message: str = "") -> None:
         """Kill worker `idx` and start a fresh one; its item (if any) becomes an error."""
@@ -159,39 +187,56 @@ class DecodePool:
                 DecodedItem(item=item, error=message, error_kind=kind, decode_seconds=time.monotonic() - w.started)
             )
 
-    def _send(self, idx: int, item: WorkItem) -> None:
-        """Hand `item` to worker `idx`; a worker that died while idle is replaced first."""
-        for attempt in range(2):
-            w = self._workers[idx]
-            w.item, w.started = item, time.monotonic()
-            try:
-                w.conn.send(item)
-                return
-            except (OSError, EOFError):
-                w.item = None
-                if attempt:
-                    code = w.process.exitcode
-                    w.item = item
-                    self._replace(idx, "decoder_crashed", f"decoder process could not start (exit code {code})")
-                    return
-                self._replace(idx)
+    def _start_failed(self, idx: int, why: str) -> None:
+        """A worker died or hung before it was ready: retry a few times, then give up loudly
+        (no item can be decoded on this machine, so going on would only hide it)."""
+        self._start_failures += 1
+        if self._start_failures > _MAX_START_FAILURES:
+            raise RuntimeError(f"decode workers fail to start ({why}); check the installation")
+        self._replace(idx)
 
     def _dispatch(self) -> None:
         for idx, w in enumerate(self._workers):
+            if not w.ready or w.item is not None:
+                continue
             if self.held >= self._prefetch + self._n:
                 return
-            if w.item is None:
-                item = self._next_item()
-                if item is None:
-                    return
-                self._send(idx, item)
+            item = self._next_item()
+            if item is None:
+                return
+            try:
+                w.conn.send(item)
+            except (OSError, EOFError):  # died while idle: the item waits for the next worker
+                self._taken.appendleft(item)
+                self._crashed(idx)
+                continue
+            w.item, w.started = item, time.monotonic()
 
     def _crashed(self, idx: int) -> None:
         w = self._workers[idx]
         w.process.join(timeout=1)
         code = w.process.exitcode
         how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
-        self._replace(idx, "decoder_crashed", f"decoder process died on this item ({how})")
+        if not w.ready:
+            self._start_failed(idx, how)
+        elif w.item is None:
+            self._replace(idx)
+        else:
+            self._replace(idx, "decoder_crashed", f"decoder process died on this item ({how})")
+
+    def _receive(self, idx: int) -> None:
+        w = self._workers[idx]
+        try:
+            msg = w.conn.recv()
+        except (EOFError, OSError):
+            self._crashed(idx)
+            return
+        if msg == _READY:
+            w.ready = True
+            self._start_failures = 0
+        elif isinstance(msg, DecodedItem) and w.item is not None:
+            w.item = None
+            self._ready.append(msg)
 
     def poll(self, timeout: float = 0.0) -> list[DecodedItem]:
         """Decoded items that are ready now (waiting at most `timeout` seconds for one)."""
@@ -206,27 +251,19 @@ class DecodePool:
             return out
         self._dispatch()
         if not self._ready:
-            busy = {w.conn: i for i, w in enumerate(self._workers) if w.item is not None}
-            deadline = min((w.started + self._timeout for w in self._workers if w.item is not None), default=None)
+            watch = {w.conn: i for i, w in enumerate(self._workers) if w.item is not None or not w.ready}
+            deadlines = [w.started + self._timeout for w in self._workers if w.item is not None]
+            deadlines += [w.spawned + self._start_timeout for w in self._workers if not w.ready]
             wait_for = timeout
-            if deadline is not None:
-                wait_for = max(0.0, min(timeout, deadline - time.monotonic()))
-            for conn in wait(list(busy), timeout=wait_for) if busy else []:
-                idx = busy[conn]  # type: ignore[index]
-                try:
-                    result = self._workers[idx].conn.recv()
-                except (EOFError, OSError):
-                    self._crashed(idx)
-                    continue
-                self._workers[idx].item = None
-                self._ready.append(result)
+            if deadlines:
+                wait_for = max(0.0, min(timeout, min(deadlines) - time.monotonic()))
+            for conn in wait(list(watch), timeout=wait_for) if watch else []:
+                self._receive(watch[conn])  # type: ignore[index]
         now = time.monotonic()
         for idx, w in enumerate(self._workers):
-            if w.item is None:
-                continue
-            if not w.process.is_alive() and not w.conn.poll():
-                self._crashed(idx)
-            elif now - w.started > self._timeout:
+            if not w.ready and now - w.spawned > self._start_timeout:
+                self._start_failed(idx, f"not ready after {self._start_timeout:g} s")
+            elif w.item is not None and now - w.started > self._timeout:
                 self._replace(
                     idx,
                     "timeout",

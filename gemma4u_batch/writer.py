@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import write_atomic, write_json_atomic
-from .records import OUTPUT_COLUMNS, OutputRecord
+from .records import OutputRecord
 
 META_DIR = ".gemma4u"
 
@@ -87,6 +87,7 @@ def _parquet_write(records: list[dict[str, Any]], fh: Any, metadata: dict[str, s
     for rec in records:
         row = dict(rec)
         row["fields"] = json.dumps(row.get("fields") or {}, ensure_ascii=False, default=str)
+        row["data"] = None if row.get("data") is None else json.dumps(row["data"], ensure_ascii=False)
         rows.append(row)
     table = pa.Table.from_pylist(rows, schema=schema)
     pq.write_table(table, fh, compression="zstd")
@@ -246,6 +247,8 @@ def iter_part_records(
         for rec in batch.to_pylist():
             if "fields" in rec and isinstance(rec["fields"], str):
                 rec["fields"] = json.loads(rec["fields"])
+            if isinstance(rec.get("data"), str):
+                rec["data"] = json.loads(rec["data"])
             if columns:
                 rec = {c: rec.get(c) for c in columns}
             yield rec

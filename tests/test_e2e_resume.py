@@ -42,6 +42,8 @@ def test_cli_sigkill_then_resume(tmp_path: Path, tiny_model: Path, shared_engine
     done = subprocess.run(args, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     recs = data_records(out)
+    dupes = [(r["id"], r["key"][:10], r["supersedes"]) for r in recs if sum(x["id"] == r["id"] for x in recs) > 1]
+    assert not dupes, (dupes, [p.name for p in out.iterdir()], done.stderr[-2000:])
     assert sorted(r["id"] for r in recs) == sorted(f"img_{i:04d}.png" for i in range(40))
 
     # Same texts as one uninterrupted (greedy) run.
@@ -53,3 +55,41 @@ def test_cli_sigkill_then_resume(tmp_path: Path, tiny_model: Path, shared_engine
     status = subprocess.run([GEMMA4U, "status", str(out), "--json"], capture_output=True, text=True, timeout=120)
     st = json.loads(status.stdout)
     assert st["records"] == 40 and st["pending"] == 0 and st["complete"] and not st["active"]
+
+
+def _engine_core_pids() -> list[int]:
+    import psutil
+
+    me = psutil.Process()
+    return [p.pid for p in me.children(recursive=True) if "EngineCor" in " ".join(p.cmdline() or [p.name()])]
+
+
+@pytest.mark.timeout(1200)
+def test_engine_core_killed_mid_run_is_restarted_exactly_once(tmp_path: Path, tiny_model: Path, shared_engine) -> None:
+    import threading
+
+    inp, out = tmp_path / "in", tmp_path / "out"
+    make_images(inp, 16)
+    config = JobConfig(input=inp, output=out, model=str(tiny_model), commit_every=2,
+                       sampling=SamplingConfig(max_tokens=24))  # fmt: skip
+    killed: list[int] = []
+
+    def killer() -> None:
+        deadline = time.time() + 600
+        while time.time() < deadline and len(committed_parts(OutLayout(out))) < 1:
+            time.sleep(0.05)
+        pids = _engine_core_pids()
+        if pids:
+            os.kill(pids[0], signal.SIGKILL)
+            killed.append(pids[0])
+
+    t = threading.Thread(target=killer, daemon=True)
+    t.start()
+    before = shared_engine.inner.restarts
+    summary = run_job(config, engine_factory=lambda c: shared_engine, reporter=Reporter("quiet"))
+    t.join(timeout=5)
+    assert killed, "no engine core process was found to kill"
+    assert shared_engine.inner.restarts == before + 1
+    recs = data_records(out)
+    assert sorted(r["id"] for r in recs) == sorted(f"img_{i:04d}.png" for i in range(16))
+    assert summary.done == 16 and all(r["text"] for r in recs)

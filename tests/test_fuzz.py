@@ -8,11 +8,12 @@ regression test at the bottom of this file.
 
 from __future__ import annotations
 
+import atexit
 import io
 import itertools
 import json
 import os
-import struct
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -286,6 +287,7 @@ _csv_line = st.lists(_csv_cell, min_size=0, max_size=5).map(",".join)
 _header = st.lists(st.sampled_from(_KEYS), min_size=1, max_size=5, unique=True).map(",".join)
 
 _DIR = Path(tempfile.mkdtemp(prefix="gemma4u-fuzz-"))
+atexit.register(shutil.rmtree, _DIR, True)
 (_DIR / "a.png").write_bytes(b"x")
 (_DIR / "sub").mkdir()
 (_DIR / "sub" / "b.wav").write_bytes(b"x")
@@ -388,9 +390,56 @@ def test_split_windows_cover_everything_within_max(sig: tuple[np.ndarray, int, f
 # Crashes the properties above found, pinned so they stay fixed.
 
 
-def _riff(fmt_body: bytes, data: bytes) -> bytes:
-    chunks = b"fmt " + struct.pack("<I", len(fmt_body)) + fmt_body + b"data" + struct.pack("<I", len(data)) + data
-    return b"RIFF" + struct.pack("<I", 4 + len(chunks)) + b"WAVE" + chunks
+def _items(tmp_path: Path, name: str, raw: bytes) -> list[WorkItem]:
+    path = tmp_path / name
+    path.write_bytes(raw)
+    (tmp_path / "a.png").write_bytes(b"x")
+    return list(ManifestSource(path))
+
+
+def test_regression_jsonl_huge_integer_is_a_bad_row(tmp_path: Path) -> None:
+    """json.loads raises ValueError (not JSONDecodeError) past Python's 4300-digit limit:
+    it escaped the reader and would have ended the run."""
+    rows = _items(tmp_path, "m.jsonl", b'{"path": "a.png", "id": ' + b"9" * 5000 + b'}\n{"path": "a.png"}\n')
+    assert [i.error is None for i in rows] == [False, True]
+    assert rows[0].error.startswith("manifest line 1: invalid JSON: Exceeds the limit")
+
+
+def test_regression_deeply_nested_field_is_a_bad_row(tmp_path: Path) -> None:
+    """A field nested a few hundred levels deep overflowed the stack in json_safe
+    (RecursionError out of the reader); the output writers recurse on fields too."""
+    deep = b"[" * 900 + b"]" * 900
+    rows = _items(tmp_path, "m.jsonl", b'{"path": "a.png", "id": "d", "x": ' + deep + b'}\n{"path": "a.png"}\n')
+    assert rows[0].id == "d" and "nested deeper than 64 levels" in rows[0].error
+    assert rows[1].error is None
+
+
+def test_regression_csv_bad_utf8_after_header_is_one_bad_row(tmp_path: Path) -> None:
+    """Found by test_csv_manifest_random_bytes: a non-UTF-8 byte after the header raised
+    UsageError mid-iteration, ending a run that had already done work."""
+    rows = _items(tmp_path, "m.csv", b"path,id\na.png,1\n\xc2,2\na.png,3\n")
+    assert [(i.id, i.error) for i in rows] == [
+        ("1", None),
+        ("m.csv:line3", "manifest line 3: not valid UTF-8"),
+        ("3", None),
+    ]
+
+
+def test_regression_line_without_newline_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A manifest line is read whole: one without a newline could fill memory."""
+    import gemma4u_batch.sources.manifest as manifest_mod
+
+    monkeypatch.setattr(manifest_mod, "MAX_LINE_BYTES", 100)
+    long = b"z" * 1000
+    rows = _items(tmp_path, "m.jsonl", b'{"path": "a.png"}\n{"path": "' + long + b'"}\n{"path": "a.png", "id": 3}\n')
+    assert [i.error for i in rows][1] == "manifest line 2: line is longer than 100 bytes"
+    assert rows[2].id == "3" and rows[2].error is None
+    rows = _items(tmp_path, "m.csv", b"path,id\na.png,1\n" + long + b",2\na.png,3\n")
+    assert [(i.id, i.error) for i in rows] == [
+        ("1", None),
+        ("m.csv:line3", "manifest line 3: line is longer than 100 bytes"),
+        ("3", None),
+    ]
 
 
 def test_regression_csv_header_with_quoted_newline_gives_one_line_usage_error(tmp_path: Path) -> None:

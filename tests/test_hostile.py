@@ -14,6 +14,7 @@ import json
 import os
 import socket
 import struct
+import threading
 import time
 import zlib
 from pathlib import Path
@@ -196,7 +197,7 @@ def test_hostile_folder_one_record_each_quickly(hostile, tmp_path: Path) -> None
     _check(recs, expected)
     assert summary.done == len(expected)
     assert summary.errors == sum(1 for k, _ in expected.values() if k)
-    assert elapsed < 60, elapsed
+    assert elapsed < 150, elapsed  # ~3 s on an idle 2-core machine
     limits = json.loads(OutLayout(tmp_path / "out").run_manifest.read_text())["config"]
     assert limits["max_image_pixels"] == 180_000_000 and limits["decode_timeout"] == 20.0
 
@@ -229,7 +230,7 @@ def test_hostile_manifest_stays_inside_allowed_roots(hostile, tmp_path: Path) ->
     )
     started = time.monotonic()
     _run(config)
-    assert time.monotonic() - started < 60
+    assert time.monotonic() - started < 150
     _check(_records(tmp_path / "out"), {r["id"]: exp for r, exp in rows})
 
 
@@ -269,10 +270,21 @@ def test_path_swapped_for_fifo_after_stat_does_not_block(tmp_path: Path, monkeyp
     def fake_stat(path, *a, **kw):
         return real_stat(regular if str(path) == str(fifo) else path, *a, **kw)
 
+    def unblock() -> None:  # if the read ever blocks again, fail instead of hanging the suite
+        try:
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:
+            pass
+
     monkeypatch.setattr(decode_mod.os, "stat", fake_stat)
     started = time.monotonic()
-    with pytest.raises(ItemError) as e:
-        read_input_bytes(WorkItem(id="r", source="r", modality=Modality.AUDIO, path=fifo), DecodeOptions())
+    timer = threading.Timer(5.0, unblock)
+    timer.start()
+    try:
+        with pytest.raises(ItemError) as e:
+            read_input_bytes(WorkItem(id="r", source="r", modality=Modality.AUDIO, path=fifo), DecodeOptions())
+    finally:
+        timer.cancel()
     assert e.value.kind == "special_file" and "FIFO" in e.value.message
     assert time.monotonic() - started < 2
 
@@ -330,7 +342,7 @@ def test_video_limits_name_option_and_value() -> None:
     with pytest.raises(ItemError) as e:
         decode_video(data, DecodeOptions(max_image_pixels=160 * 120 - 1))
     assert e.value.kind == "too_large" and f"max_image_pixels limit of {160 * 120 - 1}" in e.value.message
-    video, _, info = decode_video(data, DecodeOptions(max_decoded_frames=50))
+    video, _, _ = decode_video(data, DecodeOptions(max_decoded_frames=50))
     assert len(video.frames) == 8
 
 

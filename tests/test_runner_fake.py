@@ -152,3 +152,21 @@ def test_fake_engine_keeps_bounded_in_flight(folder, tmp_path: Path) -> None:
 
     _run(cfg(root, tmp_path / "out"), Probe(max_in_flight=3))
     assert peak == 3
+
+
+def test_engine_death_requeues_in_flight_and_is_bounded(folder, tmp_path: Path) -> None:
+    from gemma4u_batch.errors import EngineFailure
+
+    root, expected = folder
+    eng = FakeEngine(die_at_steps=(2, 5))
+    summary, _ = _run(cfg(root, tmp_path / "out", engine_restarts=2), eng)
+    recs = _records(tmp_path / "out")
+    assert sorted(r["id"] for r in recs) == sorted(expected)  # nothing lost, nothing doubled
+    assert summary.done == len(expected)
+    # Dying more often than allowed: stops with a resumable state.
+    with pytest.raises(EngineFailure, match="died 2 times"):
+        _run(cfg(root, tmp_path / "out2", engine_restarts=1), FakeEngine(die_at_steps=(2, 3)))
+    partial = _records(tmp_path / "out2")
+    assert len({r["id"] for r in partial}) == len(partial)
+    summary, _ = _run(cfg(root, tmp_path / "out2"))
+    assert sorted(r["id"] for r in _records(tmp_path / "out2")) == sorted(expected)

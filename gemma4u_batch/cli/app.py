@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from rich.console import Console
 
 from ..config import EngineConfig, JobConfig, SamplingConfig
-from ..errors import ExitCode, OutputError, UsageError
+from ..errors import EngineFailure, ExitCode, OutputError, UsageError
 from .options import make_job_command
 
 app = typer.Typer(
@@ -77,7 +77,14 @@ def run_and_report(config: JobConfig, progress: str) -> None:
     from ..runner import run_job
 
     mode = "quiet" if config.quiet else progress
-    summary = run_job(config, reporter=Reporter(mode))
+    if config.ray is not None:
+        from ..ray_runner import run_on_ray
+
+        summary = run_on_ray(config, reporter=Reporter(mode))
+    else:
+        if config.replicas > 1:
+            raise UsageError("--replicas needs --ray (one engine per process otherwise)")
+        summary = run_job(config, reporter=Reporter(mode))
     if summary.already_complete:
         err.print(f"Nothing to do: all {summary.skipped} items in {config.output} are already done.")
         return
@@ -268,6 +275,9 @@ def main() -> None:
     except OutputError as exc:
         err.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
         sys.exit(ExitCode.OUTPUT_ERROR)
+    except EngineFailure as exc:
+        err.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+        sys.exit(ExitCode.ENGINE_FAILED)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.Abort:

@@ -89,6 +89,15 @@ def job_options(
     retry_errors: Annotated[
         bool, typer.Option(help="Redo only items whose record has an error.", rich_help_panel=H_OUT)
     ] = False,
+    shard: Annotated[
+        str | None, typer.Option(help="Do only shard I of N (I from 0), e.g. 0/4; N runs into one OUT add up to the job.",
+                                 rich_help_panel="Scale out")
+    ] = None,
+    ray: Annotated[
+        str | None, typer.Option(help="Run on Ray: 'auto' (existing cluster, else local) or a cluster address.",
+                                 rich_help_panel="Scale out")
+    ] = None,
+    replicas: Annotated[int, typer.Option(help="Engine replicas (Ray actors).", rich_help_panel="Scale out")] = 1,
     progress: Annotated[str, typer.Option(help="rich, json or quiet.", rich_help_panel=H_OUT)] = "rich",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or summary.", rich_help_panel=H_OUT)] = False,
 ) -> None:

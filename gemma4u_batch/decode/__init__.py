@@ -81,6 +81,11 @@ def read_input_bytes(item: WorkItem, opts: DecodeOptions) -> bytes:
     return parts[0] if len(parts) <= 2 else b"".join(parts)
 
 
+def in_shard(basis_sha256: str, shard: tuple[int, int]) -> bool:
+    """Deterministic partition by content hash."""
+    return int(basis_sha256[:16], 16) % shard[1] == shard[0]
+
+
 def decode_item(item: WorkItem, opts: DecodeOptions) -> DecodedItem:
     """Read, hash and decode one item. Never raises for a bad input."""
     started = time.perf_counter()
@@ -90,6 +95,9 @@ def decode_item(item: WorkItem, opts: DecodeOptions) -> DecodedItem:
             raise ItemError("bad_input_row", item.error)
         data = read_input_bytes(item, opts)
         out.content_sha256 = hashlib.sha256(data).hexdigest()
+        if opts.shard is not None and not in_shard(out.content_sha256, opts.shard):
+            out.skipped = True  # another shard's item: hashing was enough to know
+            return out
         if item.modality is Modality.IMAGE:
             from .image import decode_image
 

@@ -30,3 +30,5 @@ class DecodeOptions:
     max_decoded_frames: int = 500_000  # frames a video may make the decoder decode
     max_video_seconds: float = 4 * 3600.0
     with_audio: bool = False
+    # --shard I/N: items whose content hash is not ≡ I (mod N) are hashed but not decoded
+    shard: tuple[int, int] | None = None

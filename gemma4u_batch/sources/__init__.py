@@ -39,16 +39,18 @@ def open_source(
     """Pick the source kind from INPUT: a manifest file, a saved dataset or shard folder,
     a plain folder, or (with `dataset`) a `datasets` loader/hub id. Usage error otherwise."""
     if dataset is not None:
-        return DatasetSource(dataset, split=split, column=column, modalities=modalities)
+        return DatasetSource(dataset, split=split, column=column, modalities=modalities, allow_roots=allow_roots)
     path = Path(path)
     if not path.exists():
         raise UsageError(f"input not found: {path}")
     if path.is_file():
         if path.suffix.lower() in MANIFEST_SUFFIXES:
-            return ManifestSource(path, modalities=modalities, allow_roots=allow_roots)
+            # --allow-root adds to the default (the manifest's own folder).
+            roots = [path.resolve().parent, *allow_roots] if allow_roots else None
+            return ManifestSource(path, modalities=modalities, allow_roots=roots)
         if path.suffix.lower() == ".arrow":
-            return DatasetSource(path, split=split, column=column, modalities=modalities)
+            return DatasetSource(path, split=split, column=column, modalities=modalities, allow_roots=allow_roots)
         raise UsageError(f"input file is not a manifest (.jsonl, .csv, .tsv, .parquet): {path}")
     if looks_like_saved_dataset(path) or looks_like_shard_folder(path):
-        return DatasetSource(path, split=split, column=column, modalities=modalities)
+        return DatasetSource(path, split=split, column=column, modalities=modalities, allow_roots=allow_roots)
     return FolderSource(path, modalities=modalities)

@@ -162,34 +162,32 @@ def _block_rows_mask(rows: torch.Tensor, keys: torch.Tensor, start: int, end: in
     return base | same_block
 
 
-def apply_bidirectional(impl: Any, layer: Any, query: torch.Tensor, kv_cache: torch.Tensor, md: Any, output: torch.Tensor):
-    """Recompute the image rows of `output` that have later tokens in their own block."""
-    ranges: dict[int, list[tuple[int, int]]] = md.mm_prefix_range
-    if impl.is_fp8_kv_cache or impl.sinks is not None or impl.alibi_slopes is not None:
-        _warn_once("image rows left causal: quantized KV cache, sinks or ALiBi in use")
-        return
-    num_blocks, _, block_size, two_hs = kv_cache.shape
-    head_size = two_hs // 2
-    try:
-        layout: KVLayout = probe_layout(layer.isa, kv_cache.dtype, head_size, block_size)
-    except (LayoutError, RuntimeError) as exc:
-        _warn_once(f"image rows left causal: unknown KV cache layout ({exc})")
-        return
-    window = int(impl.sliding_window)
-    clamp = bool(getattr(layer, "mm_prefix_clamp_sliding_window", False))
-    qsl = md.query_start_loc.tolist()
-    seq_lens = md.seq_lens.tolist()
+@dataclass(frozen=True)
+class Span:
+    """Rows first..last (absolute positions) of request req_idx lie in the block [start, end]."""
+
+    req_idx: int
+    start: int
+    end: int
+    first: int
+    last: int
+    ctx: int  # absolute position of the request's first query token in this step
+    q0: int  # index of that token in the batch
+    last_key: int  # last key position present in the KV cache (= end unless the image was split)
+
+
+def plan_spans(ranges: dict[int, list[tuple[int, int]]], query_start_loc: list[int], seq_lens: list[int]) -> list[Span]:
+    """The image rows of this step that have later tokens of their own block (once per step)."""
+    spans: list[Span] = []
     num_reqs = len(seq_lens)
-    corrected = 0
     for req_idx, req_ranges in ranges.items():
         if req_idx >= num_reqs or not req_ranges:
             continue
-        q0, q1 = qsl[req_idx], qsl[req_idx + 1]
-        q_len = q1 - q0
-        if q_len <= 0:
+        q0, q1 = query_start_loc[req_idx], query_start_loc[req_idx + 1]
+        if q1 <= q0:
             continue
         seq_len = seq_lens[req_idx]
-        ctx = seq_len - q_len  # absolute position of this step's first query token
+        ctx = seq_len - (q1 - q0)
         for start, end in req_ranges:
             start, end = int(start), int(end)
             if start >= end:  # one-token blocks change nothing (Triton skips them too)
@@ -201,25 +199,43 @@ def apply_bidirectional(impl: Any, layer: Any, query: torch.Tensor, kv_cache: to
             if end > seq_len - 1:
                 _warn_once(
                     f"an image span [{start}, {end}] was split across engine steps (only {seq_len} tokens "
-                    "scheduled); its early tokens cannot see the rest of the image - set "
+                    "scheduled): its early tokens cannot see the rest of the image. Use "
                     "disable_chunked_mm_input=True and a token budget larger than one image"
                 )
-            hi = min(end, seq_len - 1)
-            for r0 in range(first, last + 1, ROW_CHUNK):
-                r1 = min(last, r0 + ROW_CHUNK - 1)
-                if window > 0:
-                    lo = r0 - window + 1 if clamp else min(r0 - window + 1, start)
-                else:
-                    lo = 0
-                lo = max(0, lo)
-                keys_k, keys_v = gather_kv(kv_cache, md.block_table[req_idx], lo, hi, layout)
-                rows = torch.arange(r0, r1 + 1)
-                keys = torch.arange(lo, hi + 1)
-                mask = _block_rows_mask(rows, keys, start, end, window, clamp)
-                t0, t1 = q0 + (r0 - ctx), q0 + (r1 - ctx) + 1
-                out = _attend(query[t0:t1], keys_k, keys_v, mask, impl.scale, float(impl.logits_soft_cap or 0))
-                output[t0:t1] = out.to(output.dtype)
-                corrected += r1 - r0 + 1
+            spans.append(Span(req_idx, start, end, first, last, ctx, q0, min(end, seq_len - 1)))
+    return spans
+
+
+def apply_bidirectional(
+    impl: Any, layer: Any, query: torch.Tensor, kv_cache: torch.Tensor, md: Any, output: torch.Tensor
+) -> None:
+    """Recompute the planned image rows of `output` with the bidirectional mask."""
+    spans: list[Span] = md.gemma4u_spans
+    if impl.is_fp8_kv_cache or impl.sinks is not None or impl.alibi_slopes is not None:
+        _warn_once("image rows left causal: quantized KV cache, sinks or ALiBi in use")
+        return
+    _, _, block_size, two_hs = kv_cache.shape
+    try:
+        layout: KVLayout = probe_layout(layer.isa, kv_cache.dtype, two_hs // 2, block_size)
+    except (LayoutError, RuntimeError) as exc:
+        _warn_once(f"image rows left causal: unknown KV cache layout ({exc})")
+        return
+    window = int(impl.sliding_window)
+    clamp = bool(getattr(layer, "mm_prefix_clamp_sliding_window", False))
+    softcap = float(impl.logits_soft_cap or 0)
+    corrected = 0
+    for sp in spans:
+        hi = sp.last_key
+        for r0 in range(sp.first, sp.last + 1, ROW_CHUNK):
+            r1 = min(sp.last, r0 + ROW_CHUNK - 1)
+            # Oldest key any of these rows may see: the window's start, or the block's start
+            # when the block is not clamped to the window.
+            lo = max(0, r0 - window + 1 if clamp else min(r0 - window + 1, sp.start)) if window > 0 else 0
+            keys_k, keys_v = gather_kv(kv_cache, md.block_table[sp.req_idx], lo, hi, layout)
+            mask = _block_rows_mask(torch.arange(r0, r1 + 1), torch.arange(lo, hi + 1), sp.start, sp.end, window, clamp)
+            t0, t1 = sp.q0 + (r0 - sp.ctx), sp.q0 + (r1 - sp.ctx) + 1
+            output[t0:t1] = _attend(query[t0:t1], keys_k, keys_v, mask, impl.scale, softcap).to(output.dtype)
+            corrected += r1 - r0 + 1
     if corrected:
         reports.note_correction(corrected)
 
@@ -252,22 +268,33 @@ def apply_patch(vllm_version: str) -> bool:
     def build(self, common_prefix_len, common_attn_metadata, fast_build=False):
         md = orig_build(self, common_prefix_len, common_attn_metadata, fast_build)
         md.mm_prefix_range = None  # the attribute Gemma 4 clears on its full-attention layers
+        md.gemma4u_spans = []
         plan = getattr(self, "_gemma4u_plan", None)
         ranges = common_attn_metadata.mm_req_doc_ranges
-        if plan is not None and ranges and any(ranges.values()):
-            if plan.honour:
-                md.mm_prefix_range = ranges
-            else:
-                for msg in plan.problems:
-                    _warn_once(f"image tokens attend causally: {msg}")
+        if plan is None or not ranges or not any(ranges.values()):
+            return md
+        if not plan.honour:
+            for msg in plan.problems:
+                _warn_once(f"image tokens attend causally: {msg}")
+            return md
+        spans = plan_spans(ranges, common_attn_metadata.query_start_loc_cpu.tolist(), md.seq_lens.cpu().tolist())
+        if spans:  # nothing to do on steps without image rows (e.g. decode)
+            md.mm_prefix_range = ranges
+            md.gemma4u_spans = spans
         return md
 
     @functools.wraps(orig_forward)
-    def forward(self, layer, query, key, value, kv_cache, attn_metadata, output, output_scale=None,
-                output_block_scale=None):
-        result = orig_forward(self, layer, query, key, value, kv_cache, attn_metadata, output, output_scale,
-                              output_block_scale)
-        if attn_metadata is not None and getattr(attn_metadata, "mm_prefix_range", None):
+    def forward(
+        self, layer, query, key, value, kv_cache, attn_metadata, output, output_scale=None, output_block_scale=None
+    ):
+        result = orig_forward(
+            self, layer, query, key, value, kv_cache, attn_metadata, output, output_scale, output_block_scale
+        )
+        if (
+            attn_metadata is not None
+            and getattr(attn_metadata, "mm_prefix_range", None)
+            and getattr(attn_metadata, "gemma4u_spans", None)
+        ):
             apply_bidirectional(self, layer, query, kv_cache, attn_metadata, output)
         return result
 

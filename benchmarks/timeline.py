@@ -1,0 +1,89 @@
+"""Engine timeline: when requests went in and came out, and what share of the time the
+engine sat idle while work remained. Pure Python (tested in tests/test_bench_smoke.py)."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class Timeline:
+    """Samples of (time, requests in flight) taken right after every change."""
+
+    engine_start_begin: float | None = None
+    engine_start_end: float | None = None
+    events: list[tuple[float, int]] = field(default_factory=list)
+    add_seconds: float = 0.0  # main-process time inside engine.add (vLLM's front end: HF processor, hashing)
+    step_seconds: float = 0.0  # main-process time inside engine.step (waiting for the engine core)
+    adds: int = 0
+    results: int = 0
+    max_num_seqs: int | None = None
+
+    def record(self, inflight: int, now: float | None = None) -> None:
+        self.events.append((time.monotonic() if now is None else now, inflight))
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(asdict(self)))
+
+    @classmethod
+    def load(cls, path: Path) -> Timeline:
+        raw = json.loads(path.read_text())
+        raw["events"] = [tuple(e) for e in raw["events"]]
+        return cls(**raw)
+
+
+def idle_share(events: list[tuple[float, int]], start: float, end: float, below: int = 1) -> float:
+    """Share of [start, end] during which fewer than `below` requests were in flight
+    (below=1: the engine had nothing to do). `events` are (time, in-flight count after a
+    change), sorted by time; the count holds until the next event. Before the first event
+    the engine is taken as empty."""
+    if end <= start:
+        return 0.0
+    idle = 0.0
+    count = 0
+    t_prev = start
+    for t, n in events:
+        if t <= start:
+            count = n
+            continue
+        if t >= end:
+            break
+        if count < below:
+            idle += t - t_prev
+        t_prev, count = t, n
+    if count < below:
+        idle += end - t_prev
+    return idle / (end - start)
+
+
+def work_window(events: list[tuple[float, int]]) -> tuple[float, float] | None:
+    """(first add, last result): from the engine's first request to its last answer."""
+    if not events:
+        return None
+    first = next((t for t, n in events if n > 0), None)
+    if first is None:
+        return None
+    return first, events[-1][0]
+
+
+def summarize(tl: Timeline) -> dict[str, Any]:
+    win = work_window(tl.events)
+    out: dict[str, Any] = {
+        "engine_start_s": (tl.engine_start_end - tl.engine_start_begin)
+        if tl.engine_start_begin is not None and tl.engine_start_end is not None else None,
+        "adds": tl.adds,
+        "results": tl.results,
+        "add_seconds": round(tl.add_seconds, 3),
+        "step_seconds": round(tl.step_seconds, 3),
+    }
+    if win is not None:
+        start, end = win
+        out["work_window_s"] = end - start
+        out["idle_share"] = idle_share(tl.events, start, end)
+        if tl.max_num_seqs:
+            out["underfilled_share"] = idle_share(tl.events, start, end, below=tl.max_num_seqs)
+    return out

@@ -1,0 +1,91 @@
+"""`gemma4u run RECIPE.yaml`: run (or plan, or time) a job described by a recipe file.
+
+Registered in app.py with `app.command("run")(run)`. The recipe resolves into the same
+JobConfig as `caption`/`transcribe` flags, and the same `run_and_report` runs it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from ..errors import ExitCode, UsageError
+
+PROGRESS_MODES = ("rich", "json", "quiet")
+
+
+def run(
+    recipe: Annotated[Path, typer.Argument(help="Recipe file (YAML) describing the job; see docs/recipes.md.")],
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", metavar="KEY=VALUE",
+                     help="Override a recipe key (dotted for nested keys, value parsed as YAML), e.g. "
+                     "--set sampling.temperature=0.7 --set modalities=[image]. Repeatable."),
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="Model path or HF id (overrides the recipe's model).")
+    ] = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", help="Print the resolved plan (items per modality, estimated prompt tokens, "
+                     "outputs) and exit without loading the model."),
+    ] = False,
+    estimate: Annotated[
+        int | None,
+        typer.Option("--estimate", metavar="N", help="Run N sampled items for real (into a temporary folder) "
+                     "and project the full job's time."),
+    ] = None,
+    sample: Annotated[
+        int, typer.Option(help="Items per modality decoded by --dry-run to estimate tokens.", min=0)
+    ] = 16,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="With --dry-run or --estimate: machine-readable JSON on stdout.")
+    ] = False,
+    progress: Annotated[str, typer.Option(help="rich, json or quiet.")] = "rich",
+) -> None:
+    """Run the job a recipe file describes (incremental: a rerun only does new or changed items)."""
+    from ..planning import estimate as run_estimate
+    from ..planning import plan, print_estimate, print_plan, print_resolved_config
+    from ..recipes import load_recipe
+
+    if progress not in PROGRESS_MODES:
+        raise UsageError(f"invalid --progress {progress!r}: use rich, json or quiet")
+    if dry_run and estimate is not None:
+        raise UsageError("--dry-run and --estimate cannot be used together (--estimate runs the model)")
+    if estimate is not None and estimate < 1:
+        raise UsageError("--estimate needs a number of items ≥ 1")
+    if json_out and not dry_run and estimate is None:
+        raise UsageError("--json applies to --dry-run and --estimate (use --progress json for a run)")
+
+    config = load_recipe(recipe, set_ or [], model)
+    out = Console(highlight=False)
+    if not out.is_terminal:  # logs and pipes: wide enough that the plan's tables do not wrap
+        out.width = max(out.width, 120)
+    if dry_run:
+        p = plan(config, sample=sample, recipe=str(recipe))
+        if json_out:
+            print(json.dumps(p.to_dict(), default=str))
+        else:
+            print_plan(p, out)
+            print_resolved_config(config, out)
+        if p.refused:
+            raise UsageError(p.refused)
+        return
+    if estimate is not None:
+        err = Console(stderr=True, highlight=False)
+        est = run_estimate(config, estimate, console=None if json_out else err)
+        if json_out:
+            print(json.dumps(est.to_dict(), default=str))
+        else:
+            print_estimate(est, out)
+        if est.interrupted:
+            raise typer.Exit(ExitCode.INTERRUPTED)
+        return
+
+    from .app import run_and_report
+
+    run_and_report(config, progress)

@@ -1,0 +1,102 @@
+"""`gemma4u model verify`: does this vLLM setup compute what the reference model computes?
+
+Registered on the `model` sub-app by cli/app.py. Runs a text, image, two-image, audio and
+video prompt through vLLM and through transformers (float32) and prints, per prompt, the
+largest |Δ logprob| and whether the greedy continuations agree. Exit 0 when every prompt
+agrees within the tolerance, 1 otherwise, 2 on a usage error.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ..config import DEFAULT_MODEL
+from ..errors import ExitCode, UsageError
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None or not math.isfinite(x) else f"{x:.2e}"
+
+
+def verify(
+    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Model path or Hugging Face id."),
+    tolerance: float = typer.Option(1e-4, help="Largest |Δ logprob| accepted (float32; bf16 needs ~1e-1)."),
+    max_tokens: int = typer.Option(16, min=1, help="Greedy continuation length compared."),
+    dtype: str = typer.Option("float32", help="Engine dtype (the reference always runs in float32)."),
+    image_tokens: int = typer.Option(280, help="Soft tokens per image: 70/140/280/560/1120."),
+    reference_device: str = typer.Option("cpu", help="Device for the transformers reference (cpu, cuda)."),
+    gpu_memory_utilization: float | None = typer.Option(
+        None, help="Engine memory share (default 0.15 on CPU, 0.45 on GPU to leave room for the reference)."
+    ),
+    json_out: bool = typer.Option(False, "--json", help="Print the reports as JSON on stdout."),
+) -> None:
+    """Check vLLM against transformers on text, image, two-image, audio and video prompts.
+
+    Both run in float32 on synthetic media; the reference uses Gemma 4's official vision
+    attention (image blocks bidirectional on sliding layers). Needs memory for the model twice.
+    """
+    from ..config import IMAGE_TOKEN_BUDGETS
+    from ..engine import check_model_path
+
+    out = Console(highlight=False)
+    err = Console(stderr=True, highlight=False)
+    if image_tokens not in IMAGE_TOKEN_BUDGETS:
+        raise UsageError(f"invalid value for image_tokens: must be one of {', '.join(map(str, IMAGE_TOKEN_BUDGETS))}")
+    check_model_path(model)
+    from ..verify import verify_model
+    from ..vllm_plugin import describe
+
+    err.print(f"Verifying {model} against transformers (float32 reference; this starts a vLLM engine)...")
+    reports, status = verify_model(
+        model,
+        tolerance=tolerance,
+        max_tokens=max_tokens,
+        dtype=dtype,
+        image_tokens=image_tokens,
+        reference_device=reference_device,
+        gpu_memory_utilization=gpu_memory_utilization,
+    )
+    all_ok = all(r.ok for r in reports)
+    if json_out:
+        print(json.dumps({"ok": all_ok, "reports": [r.to_dict() for r in reports], "plugin": status}, indent=2))
+    else:
+        table = Table(title=f"vLLM vs transformers: {model}", title_justify="left")
+        for col, just in (
+            ("prompt", "left"),
+            ("modality", "left"),
+            ("tokens", "right"),
+            ("max |Δ logprob| 1st", "right"),
+            (f"max |Δ| {max_tokens} steps", "right"),
+            (f"greedy {max_tokens}", "left"),
+            ("result", "left"),
+        ):
+            table.add_column(col, justify=just)  # type: ignore[arg-type]
+        for r in reports:
+            if r.greedy_match:
+                greedy = "same"
+            elif r.first_divergence is not None:
+                greedy = f"differs at {r.first_divergence}"
+            else:
+                greedy = "-"
+            result = "[green]ok[/]" if r.ok else f"[bold red]FAIL[/] {r.error or ''}".rstrip()
+            table.add_row(
+                r.name,
+                r.modality,
+                str(r.num_prompt_tokens),
+                _fmt(r.first_token_max_abs_diff),
+                _fmt(r.max_abs_diff),
+                greedy,
+                result,
+            )
+        out.print(table)
+        out.print(f"tolerance {tolerance:g}; bidirectional attention: {describe(status)}", soft_wrap=True)
+    for problem in status.get("problems", []):
+        err.print(f"[bold yellow]warning:[/] {problem}", soft_wrap=True)
+    if not all_ok:
+        err.print("[bold red]Parity check failed[/]: see the table above.")
+        raise typer.Exit(ExitCode.FAILED)

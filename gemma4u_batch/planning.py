@@ -1,0 +1,656 @@
+"""`gemma4u run --dry-run` and `--estimate N`: what a job will do, before it does it.
+
+`plan(config)` never loads the model or starts the engine: it streams the source once
+(counting items per modality, keeping a small deterministic sample of each), decodes
+the sample with the real decode stage to measure media tokens per item, adds an
+approximate instruction length, and extrapolates the job's prompt tokens. It also
+reads OUT (if it exists) to say how much is already done and whether a run would be
+refused because OUT was made with other settings.
+
+`estimate(config, n)` is the one place here that starts the engine: it runs n sampled
+items for real into a temporary OUT and projects the full job's time.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from .config import JobConfig
+from .errors import UsageError
+from .records import Modality, WorkItem
+from .tasks import instruction_for, resolve_task
+
+TEMPLATE_TOKENS = 20
+"""Approximate tokens the chat template adds around one request's instruction."""
+
+SAMPLE_SEED = 0
+
+
+# ----------------------------------------------------------------------------- data
+
+
+@dataclass
+class ModalityPlan:
+    """Counts and token estimates for the items sent as one modality."""
+
+    modality: str
+    items: int = 0
+    sampled: int = 0
+    decoded: int = 0  # sampled items that decoded (errors become error records)
+    sample_errors: int = 0
+    requests: int = 0  # engine requests of the decoded sample (audio windows × tasks)
+    media_tokens: int = 0
+    text_tokens: int = 0
+    over_limit: int = 0  # decoded sample items whose request would not fit max_model_len
+
+    @property
+    def tokens_per_item(self) -> float | None:
+        return (self.media_tokens + self.text_tokens) / self.decoded if self.decoded else None
+
+    @property
+    def estimated_prompt_tokens(self) -> int:
+        per = self.tokens_per_item
+        return round(per * self.items) if per is not None else 0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        per = self.tokens_per_item
+        d["tokens_per_item"] = None if per is None else round(per, 1)
+        d["requests_per_item"] = round(self.requests / self.decoded, 3) if self.decoded else None
+        d["media_tokens_per_item"] = round(self.media_tokens / self.decoded, 1) if self.decoded else None
+        d["estimated_prompt_tokens"] = self.estimated_prompt_tokens
+        return d
+
+
+@dataclass
+class Plan:
+    config: JobConfig
+    source: str
+    tasks: list[str]
+    items: int = 0
+    bad_rows: int = 0  # items the source could not use (malformed manifest rows): error records
+    found: dict[str, int] = field(default_factory=dict)  # by the modality of the file
+    modalities: dict[str, ModalityPlan] = field(default_factory=dict)  # by the modality sent
+    sample: int = 16
+    existing: dict[str, Any] | None = None  # OUT's status when it already holds results
+    new_items: int | None = None  # items with no record in OUT yet (by id)
+    refused: str | None = None  # why a real run would be refused (a usage error)
+    notes: list[str] = field(default_factory=list)
+    recipe: str | None = None
+
+    @property
+    def prompt_tokens(self) -> int:
+        return sum(m.estimated_prompt_tokens for m in self.modalities.values())
+
+    @property
+    def formats(self) -> list[str]:
+        return ["jsonl", "parquet"] if self.config.format == "both" else [self.config.format]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "recipe": self.recipe,
+            "model": self.config.model,
+            "tasks": self.tasks,
+            "source": self.source,
+            "items": self.items,
+            "bad_rows": self.bad_rows,
+            "found": self.found,
+            "modalities": {k: v.to_dict() for k, v in self.modalities.items()},
+            "estimated_prompt_tokens": self.prompt_tokens,
+            "sample_per_modality": self.sample,
+            "output": str(self.config.output),
+            "formats": self.formats,
+            "subtitles": list(self.config.subtitles),
+            "existing": self.existing,
+            "new_items": self.new_items,
+            "refused": self.refused,
+            "notes": self.notes,
+            "config": self.config.model_dump(mode="json"),
+        }
+
+
+# -------------------------------------------------------------------------- helpers
+
+
+def speech_job(config: JobConfig) -> bool:
+    """True when every task is a speech task: videos are then sent as their soundtrack
+    (the runner's rule for `transcribe`/`translate`)."""
+    names = config.task_list()
+    return bool(names) and all((t := resolve_task(n)) is not None and t.windowed_audio for n in names)
+
+
+def _approx_tokens(text: str | None) -> int:
+    return math.ceil(len(text) / 4) if text else 0
+
+
+def _render_template(template: str, item: WorkItem, task: str) -> str:
+    if "{{" not in template and "{%" not in template:
+        return template
+    context = {**item.fields, "id": item.id, "source": item.source,
+               "modality": item.modality.value if item.modality else None, "task": task}  # fmt: skip
+    try:
+        from .prompts import render_prompt_template
+
+        return render_prompt_template(template, context)
+    except Exception:  # an estimate only: the run reports template errors per item
+        return template
+
+
+def instruction_text(config: JobConfig, item: WorkItem, task: str, modality: Modality) -> str:
+    """The instruction the runner would send for this item and task (approximately)."""
+    custom = item.prompt or config.prompt
+    if custom:
+        return _render_template(custom, item, task)
+    name = task if resolve_task(task) is not None else config.task
+    if resolve_task(name) is None:
+        return ""
+    return instruction_for(name, modality, language=config.language, target=config.translate_to)
+
+
+def request_text_tokens(config: JobConfig, instruction: str) -> int:
+    system = _approx_tokens(config.system_prompt) + (5 if config.system_prompt else 0)
+    return _approx_tokens(instruction) + system + TEMPLATE_TOKENS
+
+
+def _source_label(config: JobConfig, source: Any) -> str:
+    kind = type(source).__name__.removesuffix("Source").lower() or "source"
+    where = config.dataset if config.dataset and config.input is None else str(config.input)
+    if config.dataset and config.input is not None:
+        where = f"{config.dataset}:{config.input}"
+    extra = "".join(f", {k}={v}" for k, v in (("split", config.split), ("column", config.column)) if v)
+    mods = f", modalities={','.join(m.value for m in config.modalities)}" if config.modalities else ""
+    return f"{kind} {where}{extra}{mods}"
+
+
+class _Reservoir:
+    """A deterministic uniform sample of up to k items from a stream (algorithm R)."""
+
+    def __init__(self, k: int, seed: str) -> None:
+        self.k = k
+        self.seen = 0
+        self.items: list[tuple[int, WorkItem]] = []
+        self._rng = random.Random(f"{SAMPLE_SEED}:{seed}")
+
+    def offer(self, index: int, item: WorkItem) -> None:
+        self.seen += 1
+        if self.k <= 0:
+            return
+        if len(self.items) < self.k:
+            self.items.append((index, item))
+            return
+        j = self._rng.randrange(self.seen)
+        if j < self.k:
+            self.items[j] = (index, item)
+
+    def ordered(self) -> list[WorkItem]:
+        return [it for _, it in sorted(self.items, key=lambda p: p[0])]
+
+
+@dataclass
+class _Scan:
+    source: str
+    items: int = 0
+    bad_rows: int = 0
+    found: dict[str, int] = field(default_factory=dict)
+    sent: dict[str, int] = field(default_factory=dict)
+    per_modality: dict[str, _Reservoir] = field(default_factory=dict)
+    overall: _Reservoir | None = None
+    new_items: int | None = None
+
+
+def _done_ids(config: JobConfig) -> set[str] | None:
+    from .ledger import current_records
+    from .writer import OutLayout
+
+    layout = OutLayout(config.output)
+    if config.overwrite or not layout.meta.is_dir():
+        return None
+    return {rec["id"] for rec in current_records(layout, ("id",))}
+
+
+def _scan(config: JobConfig, per_modality: int, overall: int = 0) -> _Scan:
+    """Stream the source once: counts, samples, and items not yet in OUT."""
+    from .runner import dataset_spec, source_for, speech_item
+
+    source = source_for(config, dataset_spec(config))
+    scan = _Scan(_source_label(config, source))
+    speech = speech_job(config)
+    done = _done_ids(config)
+    if done is not None:
+        scan.new_items = 0
+    if overall:
+        scan.overall = _Reservoir(overall, "all")
+    for index, item in enumerate(source):
+        scan.items += 1
+        if done is not None and item.id not in done:
+            scan.new_items = (scan.new_items or 0) + 1
+        if item.error is not None or item.modality is None:
+            scan.bad_rows += 1
+            continue
+        scan.found[item.modality.value] = scan.found.get(item.modality.value, 0) + 1
+        sent = speech_item(item) if speech else item
+        assert sent.modality is not None
+        mod = sent.modality.value
+        scan.sent[mod] = scan.sent.get(mod, 0) + 1
+        scan.per_modality.setdefault(mod, _Reservoir(per_modality, mod)).offer(index, sent)
+        if scan.overall is not None:
+            scan.overall.offer(index, item)  # as found: run_job maps speech items itself
+    if scan.items == 0:
+        raise UsageError(f"no media files found in {config.dataset or config.input}")
+    return scan
+
+
+def _existing(config: JobConfig) -> tuple[dict[str, Any] | None, str | None]:
+    """(OUT's status, why a run would be refused) when OUT already is a gemma4u folder."""
+    from .keys import model_fingerprint
+    from .ledger import read_status
+    from .runner import guarded_settings
+    from .writer import OutLayout
+
+    out = config.output
+    if out.exists() and not out.is_dir():
+        return None, f"output exists and is not a folder: {out}"
+    layout = OutLayout(out)
+    if not layout.meta.is_dir():
+        return None, None
+    st = read_status(layout)
+    existing = {
+        "records": st.records,
+        "done": st.done,
+        "errors": st.errors,
+        "complete": st.complete,
+        "active": st.active,
+        "last_update": st.last_update,
+    }
+    refused = None
+    if layout.run_manifest.exists() and not config.overwrite:
+        try:
+            old = json.loads(layout.run_manifest.read_text()).get("guard", {})
+        except (OSError, ValueError):
+            old = {}
+        new = {"model_fingerprint": model_fingerprint(config.model), **guarded_settings(config)}
+        diffs = [k for k in new if old.get(k) != new[k]]  # the runner's rule (_check_guard)
+        if diffs:
+            names = ", ".join("model" if d == "model_fingerprint" else d for d in diffs)
+            refused = (
+                f"{out} was made with a different {names}; use another output folder or overwrite: true "
+                "(--set overwrite=true) to start fresh"
+            )
+    return existing, refused
+
+
+# ----------------------------------------------------------------------------- plan
+
+
+def plan(config: JobConfig, sample: int = 16, recipe: str | None = None) -> Plan:
+    """What the job will do, without loading the model: counts, token estimates, outputs."""
+    from .engine import check_model_path
+    from .inspection import view
+    from .runner import decode_options
+    from .workers import DecodePool
+
+    check_model_path(config.model)
+    scan = _scan(config, max(0, sample))
+    p = Plan(config=config, source=scan.source, tasks=config.task_list(), sample=max(0, sample), recipe=recipe)
+    p.items, p.bad_rows, p.found, p.new_items = scan.items, scan.bad_rows, scan.found, scan.new_items
+    p.existing, p.refused = _existing(config)
+    for mod, n in sorted(scan.sent.items()):
+        p.modalities[mod] = ModalityPlan(mod, items=n, sampled=len(scan.per_modality[mod].items))
+
+    samples = [it for mod in sorted(scan.per_modality) for it in scan.per_modality[mod].ordered()]
+    limit = config.engine.max_model_len
+    if samples:
+        workers = min(config.workers, len(samples))
+        with DecodePool(
+            iter(samples), decode_options(config), workers=workers, prefetch=config.prefetch,
+            timeout=config.decode_timeout,
+        ) as pool:  # fmt: skip
+            while not pool.done:
+                for d in pool.poll(timeout=0.1):
+                    assert d.item.modality is not None
+                    row = p.modalities[d.item.modality.value]
+                    if d.error is not None:
+                        row.sample_errors += 1
+                        continue
+                    row.decoded += 1
+                    too_long = False
+                    parts_by_window: dict[bool, list[Any]] = {}
+                    for task in [d.item.task] if d.item.task else config.task_list():
+                        t = resolve_task(task)
+                        windowed = bool(t and t.windowed_audio)
+                        if windowed not in parts_by_window:
+                            parts_by_window[windowed] = view(d, windowed)[1]
+                        parts = parts_by_window[windowed]
+                        text = request_text_tokens(config, instruction_text(config, d.item, task, d.item.modality))
+                        row.requests += len(parts)
+                        row.text_tokens += text * len(parts)
+                        for part in parts:
+                            row.media_tokens += part.mm_tokens
+                            too_long = too_long or bool(limit and text + part.mm_tokens >= limit)
+                    row.over_limit += too_long
+    _add_notes(p, scan)
+    return p
+
+
+def _add_notes(p: Plan, scan: _Scan) -> None:
+    c = p.config
+    if speech_job(c) and scan.found.get("video"):
+        p.notes.append(f"{scan.found['video']} video(s) are sent as their soundtrack (audio) for speech tasks")
+    shard = c.shard_index() if hasattr(c, "shard_index") else None
+    if shard is not None:
+        p.notes.append(f"shard {shard[0]}/{shard[1]}: this run does about 1/{shard[1]} of the items counted here")
+    if p.bad_rows:
+        p.notes.append(f"{p.bad_rows} input row(s) are unusable (bad manifest rows): each becomes an error record")
+    for row in p.modalities.values():
+        if row.sample_errors:
+            p.notes.append(
+                f"{row.sample_errors} of {row.sampled} sampled {row.modality} item(s) failed to decode: "
+                "such items become error records (see `gemma4u inspect`)"
+            )
+        if row.over_limit:
+            p.notes.append(
+                f"{row.over_limit} of {row.decoded} sampled {row.modality} item(s) need more than "
+                f"max_model_len={c.engine.max_model_len} tokens: they would become error records"
+            )
+    if any(r.sampled < r.items for r in p.modalities.values()):
+        p.notes.append(f"token estimates extrapolate a deterministic sample of up to {p.sample} items per modality")
+    p.notes.append(
+        f"text tokens are approximate (instruction chars/4 + {TEMPLATE_TOKENS} for the chat template); "
+        "media tokens are exact for the decoded sample"
+    )
+    if c.json_schema is not None or c.choices is not None:
+        p.notes.append("structured output (json_schema/choices) constrains generation; it is not counted in prompts")
+    if p.existing is not None:
+        if c.overwrite:
+            p.notes.append(f"overwrite: true — the {p.existing['records']} record(s) already in OUT will be deleted")
+        elif p.new_items is not None:
+            p.notes.append(
+                f"OUT already holds {p.existing['records']} record(s); {p.new_items} item(s) have none yet "
+                "(items whose content or prompt changed are redone too)"
+            )
+        if p.existing.get("active"):
+            p.notes.append("another run is writing into OUT right now: a run now would be refused (lock held)")
+    if p.refused:
+        p.notes.append(f"a run would be refused: {p.refused}")
+
+
+def _fmt_int(n: int | None) -> str:
+    return "-" if n is None else f"{n:,}"
+
+
+def print_plan(p: Plan, console: Console) -> None:
+    c = p.config
+    t = Table(title="gemma4u plan (dry run: nothing was generated)", show_header=False, title_justify="left")
+    if p.recipe:
+        t.add_row("recipe", p.recipe)
+    t.add_row("model", c.model)
+    t.add_row("task" if len(p.tasks) == 1 else "tasks", ", ".join(p.tasks) + (" (custom prompt)" if c.prompt else ""))
+    if c.json_schema is not None:
+        t.add_row("structured output", "JSON schema")
+    elif c.choices is not None:
+        t.add_row("structured output", "one of: " + ", ".join(c.choices))
+    t.add_row("source", p.source)
+    found = ", ".join(f"{k} {v:,}" for k, v in sorted(p.found.items())) or "-"
+    t.add_row("items", f"{p.items:,} ({found}" + (f", unusable rows {p.bad_rows:,}" if p.bad_rows else "") + ")")
+    t.add_row("estimated prompt tokens", f"≈ {p.prompt_tokens:,}")
+    outs = ", ".join(p.formats) + (f"; subtitles {', '.join(c.subtitles)}" if c.subtitles else "")
+    t.add_row("output", f"{c.output} ({outs})")
+    if p.existing is None:
+        t.add_row("OUT now", "no results yet" if not c.output.exists() else "exists, no gemma4u results")
+    else:
+        e = p.existing
+        state = "running" if e["active"] else ("complete" if e["complete"] else "incomplete")
+        t.add_row("OUT now", f"{e['records']:,} records ({e['done']:,} done, {e['errors']:,} errors), {state}")
+        t.add_row("to process", f"{_fmt_int(p.items if c.overwrite else p.new_items)} new item(s) by id")
+    s = c.sampling
+    t.add_row("sampling", f"max_tokens={s.max_tokens} temperature={s.temperature} top_p={s.top_p} seed={s.seed}")
+    e = c.engine
+    t.add_row("engine", f"dtype={e.dtype} max_model_len={e.max_model_len} max_num_seqs={e.max_num_seqs}")
+    t.add_row("media", f"image_tokens={c.image_tokens} video_frames={c.video_frames}"
+              + (f" video_fps={c.video_fps}" if c.video_fps else "") + (" with_audio" if c.with_audio else ""))
+    t.add_row("resume", "overwrite (start fresh)" if c.overwrite else
+              "incremental (skip items already done)" + (", retry errors" if c.retry_errors else ""))
+    commits = f"commit every {c.commit_every} records or {c.commit_seconds:g} s"
+    t.add_row("workers", f"{c.workers} decode worker(s); {commits}")
+    console.print(t)
+
+    m = Table(title="per modality (as sent to the model)", title_justify="left")
+    for col in ("modality", "items", "sampled", "errors", "req/item", "media/item", "tokens/item", "est. tokens"):
+        m.add_column(col, justify="left" if col == "modality" else "right")
+    for row in p.modalities.values():
+        d = row.to_dict()
+        m.add_row(
+            row.modality, f"{row.items:,}", str(row.sampled), str(row.sample_errors),
+            "-" if d["requests_per_item"] is None else f"{d['requests_per_item']:g}",
+            "-" if d["media_tokens_per_item"] is None else f"{d['media_tokens_per_item']:,.0f}",
+            "-" if d["tokens_per_item"] is None else f"{d['tokens_per_item']:,.0f}",
+            f"{row.estimated_prompt_tokens:,}",
+        )  # fmt: skip
+    console.print(m)
+    console.print("errors: sampled items that failed to decode; req/item: engine requests per item (audio windows × "
+                  "tasks); tokens/item: media + instruction tokens", style="dim", soft_wrap=True)
+    for note in p.notes:
+        console.print(f"• {note}", soft_wrap=True)
+
+
+def print_resolved_config(config: JobConfig, console: Console) -> None:
+    import yaml
+
+    console.print("[bold]resolved config[/]")
+    console.print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False).rstrip(), markup=False)
+
+
+# ------------------------------------------------------------------------- estimate
+
+
+@dataclass
+class Estimate:
+    sampled: int
+    total_items: int
+    pending_items: int | None
+    records: int = 0
+    errors: int = 0
+    startup_s: float = 0.0  # tokenizer + engine start (paid once per run)
+    elapsed_s: float = 0.0  # the whole sample run, start-up included
+    per_item_s: float = 0.0
+    projected_s: float = 0.0  # start-up + per item × all items
+    projected_pending_s: float | None = None  # start-up + per item × items not yet in OUT
+    sample_modalities: dict[str, int] = field(default_factory=dict)
+    interrupted: bool = False
+    assumptions: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class _TimedEngine:
+    """Wraps the real engine to time its start-up: vLLM loads on the first `add`."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.first_add_s: float | None = None
+
+    def add(self, request: Any) -> Any:
+        if self.first_add_s is None:
+            t0 = time.monotonic()
+            try:
+                return self.inner.add(request)
+            finally:
+                self.first_add_s = time.monotonic() - t0
+        return self.inner.add(request)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+_MANIFEST_RESERVED = frozenset({"id", "path", "prompt", "task", "modality"})
+
+
+def _row(item: WorkItem) -> dict[str, Any]:
+    assert item.modality is not None
+    row: dict[str, Any] = {k: v for k, v in item.fields.items() if k not in _MANIFEST_RESERVED}
+    row.update(id=item.id, modality=item.modality.value)
+    if item.prompt:
+        row["prompt"] = item.prompt
+    if item.task:
+        row["task"] = item.task
+    return row
+
+
+def write_sample_manifest(items: list[WorkItem], folder: Path, max_bytes: int) -> tuple[Path, list[Path]]:
+    """A manifest of the sampled items (ids, prompts, tasks and fields kept) and its allow_roots.
+
+    Files are listed by absolute path (JSONL, allow_roots = their folders); items that
+    only exist as bytes (dataset rows) go into a Parquet manifest as {bytes, path} cells."""
+    if all(it.path is not None for it in items):
+        path = folder / "sample.jsonl"
+        roots = sorted({Path(os.path.realpath(it.path)).parent for it in items if it.path is not None})
+        with open(path, "w", encoding="utf-8") as fh:
+            for it in items:
+                fh.write(json.dumps({**_row(it), "path": os.path.realpath(str(it.path))}, default=str) + "\n")
+        return path, roots
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = []
+    for it in items:
+        data = it.data
+        if data is None and it.path is not None:
+            try:
+                if os.path.getsize(it.path) > max_bytes:
+                    continue
+                data = Path(it.path).read_bytes()
+            except OSError:
+                continue
+        rows.append({**_row(it), "path": {"bytes": data, "path": ""}})
+    path = folder / "sample.parquet"
+    try:
+        table = pa.Table.from_pylist(rows)
+    except (pa.ArrowException, TypeError, ValueError):  # fields of mixed types: keep the essentials
+        keep = ("id", "modality", "prompt", "task", "path")
+        table = pa.Table.from_pylist([{k: r.get(k) for k in keep} for r in rows])
+    pq.write_table(table, path)
+    return path, []
+
+
+def estimate(
+    config: JobConfig,
+    n: int,
+    engine_factory: Callable[[JobConfig], Any] | None = None,
+    console: Console | None = None,
+) -> Estimate:
+    """Run n deterministically sampled items for real (into a temporary OUT) and project
+    the full job's time. Starts the engine (unless `engine_factory` supplies one)."""
+    from .engine import check_model_path
+    from .progress import Reporter
+    from .runner import default_engine_factory, run_job
+
+    if n < 1:
+        raise UsageError("--estimate needs a number of items ≥ 1")
+    check_model_path(config.model)
+    scan = _scan(config, per_modality=0, overall=n)
+    assert scan.overall is not None
+    items = scan.overall.ordered()
+    if not items:
+        raise UsageError(f"no usable items in {config.dataset or config.input} to estimate with")
+    est = Estimate(sampled=len(items), total_items=scan.items, pending_items=scan.new_items)
+    speech = speech_job(config)
+    for it in items:
+        mod = "audio" if speech and it.modality is Modality.VIDEO else it.modality.value  # type: ignore[union-attr]
+        est.sample_modalities[mod] = est.sample_modalities.get(mod, 0) + 1
+
+    load_s = 0.0
+    timed: list[_TimedEngine] = []
+
+    def factory(cfg: JobConfig) -> Any:
+        nonlocal load_s
+        t0 = time.monotonic()
+        inner = (engine_factory or default_engine_factory)(cfg)
+        load_s = time.monotonic() - t0
+        timed.append(_TimedEngine(inner))
+        return timed[-1]
+
+    with tempfile.TemporaryDirectory(prefix="gemma4u-estimate-") as tmp:
+        manifest, roots = write_sample_manifest(items, Path(tmp), config.max_input_bytes)
+        sample_cfg = config.model_copy(
+            update={
+                "input": manifest, "dataset": None, "split": None, "column": None, "allow_roots": roots,
+                "modalities": None, "output": Path(tmp) / "out", "overwrite": True, "retry_errors": False,
+                "quiet": True, "subtitles": [],
+                **{k: v for k, v in (("shard", None), ("ray", None), ("replicas", 1)) if k in JobConfig.model_fields},
+            }
+        )  # fmt: skip
+        if console is not None:
+            console.print(f"Running {len(items)} sampled item(s) for real (engine start-up included)…")
+        summary = run_job(sample_cfg, engine_factory=factory, reporter=Reporter("quiet"))
+    est.records, est.errors, est.interrupted = summary.done, summary.errors, summary.interrupted
+    est.elapsed_s = summary.elapsed_s
+    est.startup_s = load_s + ((timed[0].first_add_s or 0.0) if timed else 0.0)
+    work_s = max(est.elapsed_s - est.startup_s, 0.0)
+    est.per_item_s = work_s / max(est.records, 1)
+    est.projected_s = est.startup_s + est.per_item_s * est.total_items
+    if est.pending_items is not None and not config.overwrite:
+        est.projected_pending_s = est.startup_s + est.per_item_s * est.pending_items
+    _estimate_assumptions(est, config, scan)
+    return est
+
+
+def _estimate_assumptions(est: Estimate, config: JobConfig, scan: _Scan) -> None:
+    a = est.assumptions
+    a.append(
+        f"the {est.sampled} item(s) were drawn uniformly from the {est.total_items} (fixed seed, same sample every "
+        "time); the job's mix of modalities and file sizes is assumed to match the sample's"
+    )
+    sent = {("audio" if speech_job(config) and k == "video" else k) for k in scan.found}
+    missing = sorted(sent - set(est.sample_modalities))
+    if missing:
+        a.append(f"no {', '.join(missing)} item was sampled: their cost is not in the projection (raise N)")
+    a.append(f"engine start-up ({est.startup_s:.1f} s) is paid once per run and is not in the per-item time")
+    if est.sampled < config.engine.max_num_seqs:
+        a.append(
+            f"the sample kept at most {est.sampled} request(s) in flight; a full job keeps up to max_num_seqs="
+            f"{config.engine.max_num_seqs} busy, so real throughput is usually higher: read this as an upper bound"
+        )
+    if est.errors:
+        a.append(f"{est.errors} sampled item(s) ended as error records (counted like the others)")
+    if est.pending_items is not None and not config.overwrite:
+        a.append(f"a rerun into the same OUT skips items already done: {est.pending_items} have no record yet")
+
+
+def _duration(s: float) -> str:
+    if s < 120:
+        return f"{s:.1f} s"
+    if s < 7200:
+        return f"{s / 60:.1f} min"
+    return f"{s / 3600:.1f} h"
+
+
+def print_estimate(est: Estimate, console: Console) -> None:
+    t = Table(title="gemma4u estimate", show_header=False, title_justify="left")
+    mix = ", ".join(f"{k} {v}" for k, v in sorted(est.sample_modalities.items()))
+    t.add_row("sample run for real", f"{est.sampled} item(s): {mix}")
+    t.add_row("records (errors)", f"{est.records} ({est.errors})")
+    t.add_row("engine start-up", _duration(est.startup_s))
+    t.add_row("per item", f"{est.per_item_s:.2f} s")
+    t.add_row("projected: whole job", f"{_duration(est.projected_s)} for {est.total_items:,} items")
+    if est.projected_pending_s is not None:
+        t.add_row("projected: pending only", f"{_duration(est.projected_pending_s)} for {est.pending_items:,} items")
+    console.print(t)
+    console.print("[bold]assumptions[/]")
+    for line in est.assumptions:
+        console.print(f"• {line}", soft_wrap=True)
+
+
+__all__ = ["Estimate", "ModalityPlan", "Plan", "estimate", "plan", "print_estimate", "print_plan"]

@@ -1,0 +1,46 @@
+"""Prompt templates: a custom prompt may use per-row fields, rendered in a Jinja sandbox."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from .errors import ItemError, UsageError
+
+
+@lru_cache(maxsize=64)
+def _compile(template: str) -> Any:
+    from jinja2 import StrictUndefined, TemplateSyntaxError
+    from jinja2.sandbox import SandboxedEnvironment
+
+    env = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=False)
+    try:
+        return env.from_string(template)
+    except TemplateSyntaxError as exc:
+        raise UsageError(f"prompt template error at line {exc.lineno}: {exc.message}") from exc
+
+
+def is_template(text: str) -> bool:
+    return "{{" in text or "{%" in text
+
+
+def check_template(text: str) -> None:
+    """Fail fast (usage error) on a template that does not even parse."""
+    if is_template(text):
+        _compile(text)
+
+
+def render_prompt_template(template: str, context: dict[str, Any]) -> str:
+    """Render over the row's fields (plus id, modality, source); an undefined field is an
+    error for this item only."""
+    if not is_template(template):
+        return template
+    from jinja2 import TemplateError
+    from jinja2.exceptions import SecurityError
+
+    try:
+        return _compile(template).render(**context).strip()
+    except SecurityError as exc:
+        raise ItemError("bad_prompt", f"prompt template refused by the sandbox: {exc}") from exc
+    except TemplateError as exc:
+        raise ItemError("bad_prompt", f"prompt template: {exc}") from exc

@@ -1,0 +1,105 @@
+"""Tasks, prompt templates, structured output, quality flags and multi-task runs (FakeEngine)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from gemma4u_batch.config import JobConfig, SamplingConfig
+from gemma4u_batch.engine import FakeEngine
+from gemma4u_batch.errors import UsageError
+from gemma4u_batch.ledger import current_records
+from gemma4u_batch.progress import Reporter
+from gemma4u_batch.quality import parse_structured, quality_flags, repetitive
+from gemma4u_batch.runner import run_job
+from gemma4u_batch.tasks import TASKS
+from gemma4u_batch.writer import OutLayout
+
+
+@pytest.fixture()
+def manifest(tmp_path: Path) -> Path:
+    for i in range(4):
+        Image.new("RGB", (40, 30), (i * 50, 10, 10)).save(tmp_path / f"p{i}.png")
+    rows = [{"path": f"p{i}.png", "id": f"p{i}", "title": f"Title {i}"} for i in range(4)]
+    rows[3].pop("title")
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return tmp_path / "m.jsonl"
+
+
+def run(inp: Path, out: Path, engine: FakeEngine | None = None, **kw) -> dict:
+    config = JobConfig(input=inp, output=out, model="fake-model", workers=0, **kw)
+    run_job(config, engine_factory=lambda c: engine or FakeEngine(), reporter=Reporter("quiet"))
+    return {(r["id"], r["task"]): r for r in current_records(OutLayout(out))}
+
+
+def test_builtin_tasks_cover_the_issue() -> None:
+    for name in ("caption", "detailed-caption", "alt-text", "tags", "ocr", "transcribe", "translate",
+                 "audio-description", "video-description"):  # fmt: skip
+        assert name in TASKS and TASKS[name].instructions
+
+
+def test_prompt_template_over_row_fields(manifest: Path, tmp_path: Path) -> None:
+    recs = run(manifest, tmp_path / "out", prompt="Caption the photo titled '{{ title }}' ({{ id }}).")
+    assert recs[("p1", "caption")]["prompt"] == "Caption the photo titled 'Title 1' (p1)."
+    assert recs[("p1", "caption")]["text"].startswith("fake")
+    missing = recs[("p3", "caption")]  # the row has no title: an error for that row only
+    assert missing["error_kind"] == "bad_prompt" and "title" in missing["error"]
+
+
+def test_template_sandbox_and_syntax(manifest: Path, tmp_path: Path) -> None:
+    recs = run(manifest, tmp_path / "a", prompt="{{ ''.__class__.__mro__[1].__subclasses__() }}")
+    assert all(r["error_kind"] == "bad_prompt" for r in recs.values())
+    with pytest.raises(UsageError, match="template"):
+        run(manifest, tmp_path / "b", prompt="{{ title ")
+
+
+def test_choices_give_data_and_multi_task_shares_decode(manifest: Path, tmp_path: Path) -> None:
+    eng = FakeEngine()
+    recs = run(manifest, tmp_path / "out", eng, tasks=["caption", "alt-text"], choices=["indoor", "outdoor"])
+    assert len(recs) == 8 and {t for _, t in recs} == {"caption", "alt-text"}
+    assert all(r["data"] in ("indoor", "outdoor") and r["text"] == r["data"] for r in recs.values())
+    assert eng.added == 8
+    # rerun: both tasks of every item are done
+    eng2 = FakeEngine()
+    run(manifest, tmp_path / "out", eng2, tasks=["caption", "alt-text"], choices=["indoor", "outdoor"])
+    assert eng2.added == 0
+
+
+def test_json_schema_valid_and_unparsable(manifest: Path, tmp_path: Path) -> None:
+    schema = tmp_path / "s.json"
+    schema.write_text(json.dumps(TASKS["tags"].json_schema))
+    recs = run(manifest, tmp_path / "a", json_schema=schema)
+    assert all(isinstance(r["data"], dict) and r["data"]["tags"] for r in recs.values())
+    bad = FakeEngine(text_for=lambda req, text: '{"tags": ' if "p2" in req.payload[0].decoded.item.id else text)
+    recs = run(manifest, tmp_path / "b", bad, task="tags")
+    assert recs[("p2", "tags")]["error_kind"] == "unparsable" and recs[("p2", "tags")]["text"] == '{"tags": '
+    assert recs[("p1", "tags")]["data"]["tags"]
+    with pytest.raises(UsageError, match="invalid JSON schema"):
+        run(manifest, tmp_path / "c", json_schema={"type": 12})
+
+
+def test_quality_flags_and_retry(manifest: Path, tmp_path: Path) -> None:
+    assert quality_flags("", "stop") == ["empty"]
+    assert quality_flags("a fine caption", "length") == ["token_cap"]
+    assert repetitive("the cat " * 30) and not repetitive("A dog runs across a sunny field near the river bank.")
+    seen: list[float] = []
+
+    def loop_unless_retried(req, text):
+        seen.append(req.sampling.temperature)
+        return text if req.sampling.temperature > 0 else "ha " * 40
+
+    recs = run(manifest, tmp_path / "out", FakeEngine(text_for=loop_unless_retried),
+               retry_flagged=SamplingConfig(temperature=0.8, seed=1))  # fmt: skip
+    assert all(r["retried"] and r["flags"] == [] for r in recs.values())
+    assert seen.count(0.0) == 4 and seen.count(0.8) == 4
+    recs = run(manifest, tmp_path / "noretry", FakeEngine(text_for=loop_unless_retried))
+    assert all(r["flags"] == ["repetition"] and not r["retried"] for r in recs.values())
+
+
+def test_parse_structured_choice() -> None:
+    assert parse_structured(" yes ", {"choice": ["yes", "no"]}) == "yes"
+    with pytest.raises(Exception, match="not one of"):
+        parse_structured("maybe", {"choice": ["yes", "no"]})
