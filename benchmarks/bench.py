@@ -44,9 +44,10 @@ from benchmarks.inputs import make_phone_photos, make_small_images, make_tiny_pn
 from benchmarks.timeline import Timeline, summarize
 
 PY = sys.executable
-SYSTEMS = ("gemma4u", "a", "b", "c")
+SYSTEMS = ("gemma4u", "a", "b", "c", "gemma4u-t1")
 SYSTEM_NAMES = {
     "gemma4u": "gemma4u CLI",
+    "gemma4u-t1": "gemma4u CLI, front-end torch threads = 1 (proposed change, set by the benchmark)",
     "a": "(a) Pillow + one LLM.generate",
     "b": "(b) vllm run_batch",
     "c": "(c) transformers generate",
@@ -119,11 +120,14 @@ class TreeRss:
             self._stop.wait(self._every)
 
 
-def run_proc(cmd: list[str], log: Path, timeout: float = 3600) -> tuple[int, float, float, float, float]:
+def run_proc(
+    cmd: list[str], log: Path, timeout: float = 3600, env: dict[str, str] | None = None
+) -> tuple[int, float, float, float, float]:
     """(returncode, start, end, peak tree RSS MB, peak main RSS MB); time.monotonic() stamps."""
     with log.open("w") as fh:
         start = time.monotonic()
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=common.quiet_env(), cwd=REPO)
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env={**common.quiet_env(), **(env or {})},
+                                cwd=REPO)  # fmt: skip
         with TreeRss(proc.pid) as rss:
             try:
                 rc = proc.wait(timeout=timeout)
@@ -141,7 +145,13 @@ def _tail(log: Path, n: int = 2000) -> str:
     return log.read_text(errors="replace")[-n:]
 
 
-def run_gemma4u(images: Path, model: Path, out: Path, a: argparse.Namespace, run: Run) -> None:
+def run_gemma4u_t1(images: Path, model: Path, out: Path, a: argparse.Namespace, run: Run) -> None:
+    run_gemma4u(images, model, out, a, run, env={"GEMMA4U_BENCH_FRONTEND_THREADS": "1"})
+
+
+def run_gemma4u(
+    images: Path, model: Path, out: Path, a: argparse.Namespace, run: Run, env: dict[str, str] | None = None
+) -> None:
     tl_path = out / "timeline.json"
     dest = out / "out"
     cmd = [PY, "-m", "benchmarks.timed_cli", str(tl_path), "caption", str(images), "-o", str(dest),
@@ -149,7 +159,7 @@ def run_gemma4u(images: Path, model: Path, out: Path, a: argparse.Namespace, run
            "--max-tokens", str(a.max_tokens), "--max-num-seqs", str(a.max_num_seqs),
            "--max-model-len", str(common.MAX_MODEL_LEN), "--image-tokens", str(common.IMAGE_TOKENS),
            "--gpu-memory-utilization", str(common.GPU_MEMORY_UTILIZATION), "--overwrite"]  # fmt: skip
-    rc, start, end, rss, _ = run_proc(cmd, out / "log.txt")
+    rc, start, end, rss, _ = run_proc(cmd, out / "log.txt", env=env)
     run.e2e_s, run.peak_tree_rss_mb = end - start, rss
     if rc != 0 or not tl_path.exists():
         run.ok, run.error = False, f"exit {rc}: {_tail(out / 'log.txt')}"
@@ -227,7 +237,7 @@ def run_b(images: Path, model: Path, out: Path, a: argparse.Namespace, run: Run)
         run.ok, run.error = False, f"{len(rows) - len(good)} failed requests, first: {bad['error']}"
 
 
-RUNNERS = {"gemma4u": run_gemma4u, "a": run_a, "b": run_b, "c": run_c}
+RUNNERS = {"gemma4u": run_gemma4u, "a": run_a, "b": run_b, "c": run_c, "gemma4u-t1": run_gemma4u_t1}
 
 
 def build_model(workdir: Path, preset: str) -> tuple[Path, int]:
@@ -275,13 +285,13 @@ def run_rss(workdir: Path, counts: list[int], workers: int) -> dict[int, dict[st
     return out
 
 
-def pair_ratios(runs: list[Run]) -> list[dict[str, Any]]:
-    """gemma4u vs each baseline, per (model, set), from runs of the same repetition."""
+def pair_ratios(runs: list[Run], system: str = "gemma4u", bases: tuple[str, ...] = ("a", "b", "c")) -> list[dict[str, Any]]:
+    """`system` vs each baseline, per (model, set), from runs of the same repetition."""
     rows = []
     keys = sorted({(r.model, r.set) for r in runs})
     for model, set_ in keys:
-        mine = {r.rep: r for r in runs if r.system == "gemma4u" and r.model == model and r.set == set_ and r.ok}
-        for base in ("a", "b", "c"):
+        mine = {r.rep: r for r in runs if r.system == system and r.model == model and r.set == set_ and r.ok}
+        for base in bases:
             theirs = {r.rep: r for r in runs if r.system == base and r.model == model and r.set == set_ and r.ok}
             reps = sorted(set(mine) & set(theirs))
             if not reps:
@@ -291,7 +301,7 @@ def pair_ratios(runs: list[Run]) -> list[dict[str, Any]]:
             tra = [mine[k].after_start_s / theirs[k].after_start_s for k in reps
                    if mine[k].after_start_s and theirs[k].after_start_s]  # fmt: skip
             row = {
-                "model": model, "set": set_, "baseline": base, "reps": len(reps),
+                "system": system, "model": model, "set": set_, "baseline": base, "reps": len(reps),
                 "gemma4u_e2e_s": statistics.median(mine[k].e2e_s for k in reps),
                 "baseline_e2e_s": statistics.median(theirs[k].e2e_s for k in reps),
                 "gemma4u_after_start_s": statistics.median(mine[k].after_start_s or 0 for k in reps),
@@ -301,23 +311,24 @@ def pair_ratios(runs: list[Run]) -> list[dict[str, Any]]:
                 "after_start_ratio": statistics.median(tra) if tra else None,
             }  # fmt: skip
             for (b, s), (label, check) in TARGETS.items():
-                if b == base and s in (None, set_):
+                if system == "gemma4u" and b == base and s in (None, set_):
                     row["target"], row["met"] = label, bool(check(row))
             rows.append(row)
     return rows
 
 
 def markdown(rows: list[dict[str, Any]], runs: list[Run], rss: dict[int, dict[str, Any]], meta: dict) -> str:
-    lines = ["| model | set | baseline | gemma4u e2e s | baseline e2e s | time ratio | items/s ratio | "
-             "after-start s (g / b) | after-start ratio | target | met |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = ["| system | model | set | vs baseline | system e2e s | baseline e2e s | time ratio | items/s ratio | "
+             "after-start s (sys / base) | after-start ratio | target | met |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in rows:
         ast = r["after_start_ratio"]
         lines.append(
-            f"| {r['model']} | {r['set']} | {SYSTEM_NAMES[r['baseline']]} | {r['gemma4u_e2e_s']:.1f} | "
+            f"| {r['system']} | {r['model']} | {r['set']} | {SYSTEM_NAMES[r['baseline']]} | {r['gemma4u_e2e_s']:.1f} | "
             f"{r['baseline_e2e_s']:.1f} | {r['time_ratio']:.2f} | {r['speedup']:.2f} | "
             f"{r['gemma4u_after_start_s']:.1f} / {r['baseline_after_start_s']:.1f} | "
-            f"{'-' if ast is None else f'{ast:.2f}'} | {r.get('target', '')} | {'yes' if r.get('met') else 'no'} |"
+            f"{'-' if ast is None else f'{ast:.2f}'} | {r.get('target', '')} | "
+            f"{'' if 'met' not in r else ('yes' if r['met'] else 'no')} |"
         )
     lines += ["", "| model | set | system | rep | items | e2e s | engine start s | after start s | items/s e2e | "
               "out tok | prompt tok/item | peak tree RSS MB | idle share | under-filled share | add s | step s |",
@@ -425,7 +436,7 @@ def main() -> int:
                     (work / "runs.json").write_text(json.dumps([r.__dict__ for r in runs], indent=1))
 
     rss = run_rss(work, [int(n) for n in a.rss.split(",") if n], a.workers) if a.rss else {}
-    rows = pair_ratios(runs)
+    rows = pair_ratios(runs) + pair_ratios(runs, "gemma4u-t1", ("gemma4u", "a", "b", "c"))
     meta = machine_meta(a, params)
     md = markdown(rows, runs, rss, meta)
     (work / "results.json").write_text(json.dumps({"ratios": rows, "runs": [r.__dict__ for r in runs],

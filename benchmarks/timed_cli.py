@@ -2,6 +2,9 @@
 
 usage: python -m benchmarks.timed_cli TIMELINE.json caption IN -o OUT --model ... (gemma4u's own args)
 
+With GEMMA4U_BENCH_FRONTEND_THREADS=N it sets torch's intra-op threads of this (the
+front-end) process to N once the engine is up: an experiment for a proposed change (the
+engine core runs in its own process and is not affected).
 With GEMMA4U_BENCH_PROFILE=FILE it also runs cProfile in this (the front-end) process from
 the moment the engine is up to the end, and writes the stats to FILE.
 
@@ -38,6 +41,11 @@ def instrument(tl: Timeline, profiler: cProfile.Profile | None = None) -> None:
         finally:
             tl.engine_start_end = time.monotonic()
             tl.max_num_seqs = self.engine.max_num_seqs
+            threads = os.environ.get("GEMMA4U_BENCH_FRONTEND_THREADS")
+            if threads:
+                import torch
+
+                torch.set_num_threads(int(threads))
             if profiler is not None:
                 profiler.enable()
 

@@ -20,6 +20,10 @@ class OutputError(Exception):
     """OUT cannot be written (full, read-only): stop cleanly, committed work stays valid."""
 
 
+class OutputLocked(UsageError):
+    """Another run holds OUT's lock: try again later (a scheduler may retry)."""
+
+
 class EngineDied(Exception):
     """The inference engine process died; in-flight requests must be requeued."""
 
@@ -36,5 +40,6 @@ class ExitCode:
     USAGE = 2
     ITEM_ERRORS = 3  # job finished, some items have error records (only with --strict)
     ENGINE_FAILED = 75  # engine died repeatedly: finished work committed, resumable
+    LOCKED = 73  # another run is writing into OUT: retry later
     OUTPUT_ERROR = 74  # OUT full or read-only: stopped cleanly, resumable
     INTERRUPTED = 130  # SIGINT/SIGTERM: committed what finished, resumable

@@ -410,9 +410,9 @@ def print_plan(p: Plan, console: Console) -> None:
     if p.existing is None:
         t.add_row("OUT now", "no results yet" if not c.output.exists() else "exists, no gemma4u results")
     else:
-        e = p.existing
-        state = "running" if e["active"] else ("complete" if e["complete"] else "incomplete")
-        t.add_row("OUT now", f"{e['records']:,} records ({e['done']:,} done, {e['errors']:,} errors), {state}")
+        ex = p.existing
+        state = "running" if ex["active"] else ("complete" if ex["complete"] else "incomplete")
+        t.add_row("OUT now", f"{ex['records']:,} records ({ex['done']:,} done, {ex['errors']:,} errors), {state}")
         t.add_row("to process", f"{_fmt_int(p.items if c.overwrite else p.new_items)} new item(s) by id")
     s = c.sampling
     t.add_row("sampling", f"max_tokens={s.max_tokens} temperature={s.temperature} top_p={s.top_p} seed={s.seed}")

@@ -29,7 +29,7 @@ from .config import JobConfig
 from .decode import DecodeOptions, in_shard
 from .decode.image import num_image_tokens
 from .engine import Engine, EngineRequest, VllmEngine, check_model_path
-from .errors import EngineDied, EngineFailure, ItemError, OutputError, UsageError
+from .errors import EngineDied, EngineFailure, ItemError, OutputError, OutputLocked, UsageError
 from .keys import content_key, model_fingerprint
 from .progress import Counters, Reporter
 from .records import DecodedItem, Modality, OutputRecord, WorkItem
@@ -121,7 +121,7 @@ def _acquire_run_lock(layout: OutLayout, shard: tuple[int, int] | None) -> list[
             for h in held:
                 h.close()
             what = f"shard {shard[0]}/{shard[1]}" if shard and path.name != "run.lock" else "gemma4u run"
-            raise UsageError(f"another {what} is writing into {layout.root} (lock held)") from exc
+            raise OutputLocked(f"another {what} is writing into {layout.root} (lock held)") from exc
         held.append(fh)
     return held
 
@@ -494,6 +494,11 @@ def source_for(config: JobConfig, dataset: str | None) -> Any:
     )
 
 
+def is_speech_job(config: JobConfig) -> bool:
+    """Every task is a speech task: videos are then their soundtracks."""
+    return all(t in ("transcribe", "translate") for t in config.task_list())
+
+
 def speech_item(item: WorkItem) -> WorkItem:
     """For speech tasks a video is its soundtrack: decode it as audio."""
     if item.modality is Modality.VIDEO:
@@ -511,7 +516,7 @@ def run_job(
     started = time.monotonic()
     source = source_for(config, dataset_spec(config))
     items = iter(source)
-    if config.task in ("transcribe", "translate"):
+    if is_speech_job(config):
         items = (speech_item(i) for i in items)
     first = next(items, None)
     if first is None:

@@ -320,6 +320,15 @@ def test_plan_is_deterministic(tmp_path: Path) -> None:
     assert a == b
 
 
+def test_plan_counts_one_request_per_task(tmp_path: Path) -> None:
+    one = plan(JobConfig(input=EXAMPLES / "images", output=tmp_path / "o", workers=0), sample=2)
+    two = plan(JobConfig(input=EXAMPLES / "images", output=tmp_path / "o", workers=0, tasks=["caption", "tags"]),
+               sample=2)  # fmt: skip
+    assert two.tasks == ["caption", "tags"]
+    assert two.modalities["image"].requests == 2 * two.modalities["image"].decoded
+    assert two.prompt_tokens > 1.8 * one.prompt_tokens
+
+
 def test_plan_of_a_manifest_and_a_saved_dataset(tmp_path: Path) -> None:
     p = plan(JobConfig(input=EXAMPLES / "manifest.jsonl", output=tmp_path / "o", workers=0), sample=4)
     assert p.found == {"image": 2, "audio": 1, "video": 1} and p.source.startswith("manifest ")
@@ -491,5 +500,5 @@ def test_recipe_reference_documents_every_key_and_task() -> None:
 def test_scheduling_doc_covers_the_schedulers_and_exit_codes() -> None:
     doc = (REPO / "docs" / "scheduling.md").read_text()
     for needle in ("crontab", "OnCalendar", "kind: CronJob", "concurrencyPolicy: Forbid",
-                   "recipes/nightly_incremental.yaml", "| 0 |", "| 2 |", "| 74 |", "| 130 |"):  # fmt: skip
+                   "recipes/nightly_incremental.yaml", "| 0 |", "| 2 |", "| 74 |", "| 75 |", "| 130 |"):  # fmt: skip
         assert needle in doc, needle

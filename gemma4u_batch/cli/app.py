@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from rich.console import Console
 
 from ..config import EngineConfig, JobConfig, SamplingConfig
-from ..errors import EngineFailure, ExitCode, OutputError, UsageError
+from ..errors import EngineFailure, ExitCode, OutputError, OutputLocked, UsageError
 from .options import make_job_command
 
 app = typer.Typer(
@@ -62,6 +62,14 @@ def config_from_flags(kw: dict[str, Any]) -> JobConfig:
     kw["allow_roots"] = kw.pop("allow_root") or []
     kw["modalities"] = kw.pop("modality") or None
     kw["video_fps"] = kw.pop("fps")
+    if kw.get("json_schema") is not None:
+        from ..runner import load_schema
+
+        kw["json_schema"] = load_schema(kw["json_schema"])  # inlined: the guard compares content
+    if isinstance(kw.get("choices"), str):
+        kw["choices"] = [c.strip() for c in kw["choices"].split(",") if c.strip()]
+    if isinstance(kw.get("tasks"), str):
+        kw["tasks"] = [t.strip() for t in kw["tasks"].split(",") if t.strip()] or None
     if kw.get("translate_to") and kw.get("task") == "transcribe":
         kw["task"] = "translate"
     try:
@@ -120,6 +128,11 @@ app.command("transcribe")(
         max_tokens=448,
     )
 )
+
+
+from .run_cmd import run as run_recipe  # noqa: E402  (after `app` exists; run_cmd imports it lazily)
+
+app.command("run")(run_recipe)
 
 
 @app.command("inspect")
@@ -269,6 +282,9 @@ def main() -> None:
     try:
         rc = app(standalone_mode=False)
         sys.exit(rc if isinstance(rc, int) else 0)
+    except OutputLocked as exc:
+        err.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+        sys.exit(ExitCode.LOCKED)
     except UsageError as exc:
         err.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
         sys.exit(ExitCode.USAGE)

@@ -50,6 +50,17 @@ def job_options(
                                  rich_help_panel=H_TASK)
     ] = None,
     system_prompt: Annotated[str | None, typer.Option(help="System prompt.", rich_help_panel=H_TASK)] = None,
+    tasks: Annotated[
+        str | None, typer.Option(help="Several tasks per item, comma-separated (one decode).", rich_help_panel=H_TASK)
+    ] = None,
+    json_schema: Annotated[
+        Path | None, typer.Option(help="Constrain output to this JSON schema; parsed into `data`.",
+                                  rich_help_panel=H_TASK)
+    ] = None,
+    choices: Annotated[
+        str | None, typer.Option(help="Constrain output to one of these labels: a,b,c (into `data`).",
+                                 rich_help_panel=H_TASK)
+    ] = None,
     language: Annotated[str | None, typer.Option(help="Spoken language hint.", rich_help_panel=H_TASK)] = None,
     translate_to: Annotated[
         str | None, typer.Option(help="Translate speech into this language.", rich_help_panel=H_TASK)

@@ -24,7 +24,7 @@ def run(
         list[str] | None,
         typer.Option("--set", metavar="KEY=VALUE",
                      help="Override a recipe key (dotted for nested keys, value parsed as YAML), e.g. "
-                     "--set sampling.temperature=0.7 --set modalities=[image]. Repeatable."),
+                     "--set sampling.temperature=0.7 --set format=both. Repeatable."),
     ] = None,
     model: Annotated[
         str | None, typer.Option("--model", "-m", help="Model path or HF id (overrides the recipe's model).")
