@@ -47,7 +47,9 @@ def main() -> None:
         for i in range(0, len(paths), a.batch_size):
             batch = paths[i : i + a.batch_size]
             images = [Image.open(p).convert("RGB") for p in batch]
-            enc = processor(text=[prompt] * len(batch), images=[[im] for im in images], padding=True, return_tensors="pt")
+            enc = processor(
+                text=[prompt] * len(batch), images=[[im] for im in images], padding=True, return_tensors="pt"
+            )
             gen = model.generate(**enc, max_new_tokens=a.max_tokens, do_sample=False)
             new = gen[:, enc["input_ids"].shape[1] :]
             mask = enc["attention_mask"].sum(dim=1)
@@ -66,8 +68,8 @@ def main() -> None:
                                      "num_prompt_tokens": int(plen)}) + "\n")  # fmt: skip
     t_done = time.monotonic()
     common.write_json(a.timing, {
-        "items": len(paths), "output_tokens": n_out, "prompt_tokens": n_prompt,
-        "ready_at": t_ready, "import_s": t0 - T_PROCESS, "engine_start_s": t_ready - t0, "after_start_s": t_done - t_ready,
+        "items": len(paths), "output_tokens": n_out, "prompt_tokens": n_prompt, "ready_at": t_ready,
+        "import_s": t0 - T_PROCESS, "engine_start_s": t_ready - t0, "after_start_s": t_done - t_ready,
     })  # fmt: skip
 
 

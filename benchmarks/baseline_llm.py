@@ -65,8 +65,8 @@ def main() -> None:
     t_end = time.monotonic()
     common.write_json(a.timing, {
         "items": len(paths), "output_tokens": n_out, "prompt_tokens": n_prompt,
-        "ready_at": t_ready, "import_s": t0 - T_PROCESS, "engine_start_s": t_ready - t0, "decode_s": t_decoded - t_ready,
-        "generate_s": t_done - t_decoded, "after_start_s": t_end - t_ready,
+        "ready_at": t_ready, "import_s": t0 - T_PROCESS, "engine_start_s": t_ready - t0,
+        "decode_s": t_decoded - t_ready, "generate_s": t_done - t_decoded, "after_start_s": t_end - t_ready,
     })  # fmt: skip
 
 

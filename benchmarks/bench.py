@@ -255,7 +255,7 @@ def count_parameters(model_dir: Path) -> int:
     n = 0
     for f in sorted(model_dir.glob("*.safetensors")):
         with safe_open(str(f), "pt") as fh:
-            for k in fh.keys():
+            for k in fh.keys():  # noqa: SIM118 (safetensors handle, not a dict)
                 size = 1
                 for d in fh.get_slice(k).get_shape():
                     size *= d
@@ -285,7 +285,9 @@ def run_rss(workdir: Path, counts: list[int], workers: int) -> dict[int, dict[st
     return out
 
 
-def pair_ratios(runs: list[Run], system: str = "gemma4u", bases: tuple[str, ...] = ("a", "b", "c")) -> list[dict[str, Any]]:
+def pair_ratios(
+    runs: list[Run], system: str = "gemma4u", bases: tuple[str, ...] = ("a", "b", "c")
+) -> list[dict[str, Any]]:
     """`system` vs each baseline, per (model, set), from runs of the same repetition."""
     rows = []
     keys = sorted({(r.model, r.set) for r in runs})
@@ -340,21 +342,24 @@ def markdown(rows: list[dict[str, Any]], runs: list[Run], rss: dict[int, dict[st
             f"| {r.model} | {r.set} | {r.system} | {r.rep} | {r.items} | {r.e2e_s:.1f} | {fmt(r.engine_start_s)} | "
             f"{fmt(r.after_start_s)} | {r.items / r.e2e_s if r.e2e_s else 0:.3f} | {r.output_tokens} | "
             f"{fmt(r.prompt_tokens_mean)} | {r.peak_tree_rss_mb:.0f} | {fmt(x.get('idle_share'), '{:.3f}')} | "
-            f"{fmt(x.get('underfilled_share'), '{:.3f}')} | {fmt(x.get('add_seconds'))} | {fmt(x.get('step_seconds'))} |"
+            f"{fmt(x.get('underfilled_share'), '{:.3f}')} | {fmt(x.get('add_seconds'))} | "
+            f"{fmt(x.get('step_seconds'))} |"
             + ("" if r.ok else f" FAILED: {(r.error or '')[:200]!r}")
         )
     if rss:
-        lines += ["", "| items (FakeEngine) | main peak RSS MB | largest child peak MB | tree peak MB (sampled) | wall s |",
-                  "|---|---|---|---|---|"]  # fmt: skip
+        lines += ["", "| items (FakeEngine) | main process peak RSS MB (VmHWM) | process tree peak MB (sampled) "
+                  "| wall s |",
+                  "|---|---|---|---|"]  # fmt: skip
         for n, r in sorted(rss.items()):
-            lines.append(f"| {n} | {r.get('main_peak_rss_mb', 0):.1f} | {r.get('largest_child_peak_rss_mb', 0):.1f} | "
-                         f"{r['peak_tree_rss_mb']:.1f} | {r['wall_s']:.1f} |")  # fmt: skip
+            lines.append(f"| {n} | {r.get('main_peak_rss_mb', 0):.1f} | {r['peak_tree_rss_mb']:.1f} | "
+                         f"{r['wall_s']:.1f} |")  # fmt: skip
         ns = sorted(rss)
         if len(ns) >= 2 and all(rss[n].get("main_peak_rss_mb") for n in ns):
             lo, hi = rss[ns[0]], rss[ns[-1]]
             g_main = hi["main_peak_rss_mb"] / lo["main_peak_rss_mb"] - 1
             g_tree = hi["peak_tree_rss_mb"] / lo["peak_tree_rss_mb"] - 1
-            lines.append(f"\nRSS growth {ns[0]} → {ns[-1]} items: main process {g_main:+.1%}, process tree {g_tree:+.1%} "
+            lines.append(f"\nRSS growth {ns[0]} → {ns[-1]} items: main process {g_main:+.1%}, "
+                         f"process tree {g_tree:+.1%} "
                          f"(target < +10%: {'met' if max(g_main, g_tree) < 0.10 else 'missed'})")  # fmt: skip
     lines += ["", "```", json.dumps(meta, indent=1), "```"]
     return "\n".join(lines)
@@ -374,10 +379,11 @@ def machine_meta(args: argparse.Namespace, params: dict[str, int]) -> dict[str, 
         "loadavg_at_end": load,
         "versions": package_versions(),
         "model_parameters": params,
-        "settings": {"max_tokens": args.max_tokens, "max_num_seqs": args.max_num_seqs, "image_tokens": common.IMAGE_TOKENS,
-                     "dtype": common.DTYPE, "max_model_len": common.MAX_MODEL_LEN, "workers": args.workers,
-                     "hf_batch": args.hf_batch, "gpu_memory_utilization": common.GPU_MEMORY_UTILIZATION,
-                     "enforce_eager": common.ENFORCE_EAGER, "phone": args.phone, "small": args.small, "reps": args.reps},
+        "settings": {"max_tokens": args.max_tokens, "max_num_seqs": args.max_num_seqs,
+                     "image_tokens": common.IMAGE_TOKENS, "dtype": common.DTYPE, "max_model_len": common.MAX_MODEL_LEN,
+                     "workers": args.workers, "hf_batch": args.hf_batch,
+                     "gpu_memory_utilization": common.GPU_MEMORY_UTILIZATION, "enforce_eager": common.ENFORCE_EAGER,
+                     "phone": args.phone, "small": args.small, "reps": args.reps},
     }  # fmt: skip
 
 
@@ -391,6 +397,7 @@ def main() -> int:
     ap.add_argument("--sets", default="phone,small")
     ap.add_argument("--systems", default=",".join(SYSTEMS))
     ap.add_argument("--reps", type=int, default=1, help="interleaved repetitions (rotating system order)")
+    ap.add_argument("--variant-models", default="tiny", help="models on which gemma4u-t1 (the experiment) runs")
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--max-num-seqs", type=int, default=16)
     ap.add_argument("--workers", type=int, default=2, help="gemma4u decode workers")
@@ -399,7 +406,7 @@ def main() -> int:
     a = ap.parse_args()
     if a.quick:
         a.phone, a.small, a.models, a.reps = 4, 4, "tiny", 1
-        a.systems = ",".join(s for s in a.systems.split(",") if s != "c")
+        a.systems = ",".join(s for s in a.systems.split(",") if s not in ("c", "gemma4u-t1"))
         a.rss = "200,1000"
     work = a.workdir.resolve()
     (work / "runs").mkdir(parents=True, exist_ok=True)
@@ -425,6 +432,8 @@ def main() -> int:
         for m, model_dir in models.items():
             for s, images in sets.items():
                 for system in order:
+                    if system == "gemma4u-t1" and m not in a.variant_models.split(","):
+                        continue
                     run = Run(system=system, model=m, set=s, rep=rep)
                     out = work / "runs" / f"{m}_{s}_{system}_{rep}"
                     out.mkdir(parents=True, exist_ok=True)

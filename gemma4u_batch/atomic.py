@@ -17,7 +17,7 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(dest: Path, write: Callable[[BinaryIO], None], tmp_dir: Path | None = None) -> None:
+def write_atomic(dest: Path, write: Callable[[BinaryIO], object], tmp_dir: Path | None = None) -> None:
     """Write via `write(fh)` into `<dest>.incomplete` (or tmp_dir), then move into place.
 
     A reader never sees a half-written `dest`: before the rename it does not exist,

@@ -12,7 +12,7 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from .config import EngineConfig, SamplingConfig
 from .errors import EngineDied, UsageError
@@ -40,7 +40,8 @@ class EngineResult:
 
 
 class Engine(Protocol):
-    model_name: str
+    @property
+    def model_name(self) -> str: ...
 
     def render_prompt(self, messages: list[dict[str, Any]]) -> str: ...
     def count_tokens(self, text: str) -> int: ...
@@ -70,7 +71,9 @@ def _engine_dead(exc: BaseException) -> bool:
 
 def check_model_path(model: str) -> None:
     """A local model folder must exist and hold a config; ids are left to vLLM."""
-    looks_local = model.startswith((".", "/", "~")) or (os.path.sep in model and os.path.exists(model.split(os.path.sep)[0]))
+    looks_local = model.startswith((".", "/", "~")) or (
+        os.path.sep in model and os.path.exists(model.split(os.path.sep)[0])
+    )
     if looks_local or os.path.exists(model):
         path = os.path.expanduser(model)
         if not os.path.isdir(path):
@@ -86,7 +89,7 @@ class VllmEngine:
     model: str
     engine: EngineConfig
     image_tokens: int = 280
-    limit_mm: dict[str, int] = field(default_factory=lambda: {"image": 1, "audio": 1, "video": 1})
+    limit_mm: dict[str, int | dict[str, int]] = field(default_factory=lambda: {"image": 1, "audio": 1, "video": 1})
     seed: int = 0
     _llm: Any = None
     _tokenizer: Any = None
@@ -121,14 +124,14 @@ class VllmEngine:
         mem = self.engine.gpu_memory_utilization or (0.15 if on_cpu else 0.9)
         args = EngineArgs(
             model=self.model,
-            dtype=self.engine.dtype,
-            max_model_len=self.engine.max_model_len,
+            dtype=cast(Any, self.engine.dtype),
+            max_model_len=cast(Any, self.engine.max_model_len),
             max_num_seqs=self.engine.max_num_seqs,
             gpu_memory_utilization=mem,
             tensor_parallel_size=self.engine.tensor_parallel_size,
             pipeline_parallel_size=self.engine.pipeline_parallel_size,
             enforce_eager=self.engine.enforce_eager,
-            limit_mm_per_prompt=self.limit_mm,
+            limit_mm_per_prompt=dict(self.limit_mm),
             mm_processor_kwargs={"max_soft_tokens": self.image_tokens},
             mm_processor_cache_gb=self.engine.mm_cache_gb,
             disable_chunked_mm_input=True,

@@ -6,6 +6,7 @@ windows); `--dump` writes the media exactly as it would be sent.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -63,7 +64,7 @@ def view(d: DecodedItem, windowed_audio: bool) -> tuple[ItemView, list[Any]]:
         if "audio" in p.mm:
             req["audio_samples"] = int(p.mm["audio"][0].size)
         if "video" in p.mm:
-            frames, meta = p.mm["video"]
+            frames, _meta = p.mm["video"]
             req["frames"] = len(frames)
             req["frame_size"] = list(frames[0].size) if frames else None
             req["frame_indices"] = list(d.video.indices) if d.video else []
@@ -74,6 +75,16 @@ def view(d: DecodedItem, windowed_audio: bool) -> tuple[ItemView, list[Any]]:
     return v, parts
 
 
+def _save_png(img: Any, fh: Any) -> None:
+    img.save(fh, format="PNG")
+
+
+def _save_wav(clip: np.ndarray, fh: Any) -> None:
+    import soundfile as sf
+
+    sf.write(fh, clip, SAMPLE_RATE, format="WAV", subtype="FLOAT")
+
+
 def _safe_dir(root: Path, item_id: str) -> Path:
     rel = Path(*[p for p in Path(item_id).parts if p not in ("..", "/", "")])
     return root / rel
@@ -81,26 +92,21 @@ def _safe_dir(root: Path, item_id: str) -> Path:
 
 def dump(root: Path, v: ItemView, d: DecodedItem, parts: list[Any]) -> None:
     """Write DIR/<id>/ with image.png, frame_NNN.png + frames.json, audio_NNN.wav, item.json."""
-    import soundfile as sf
-
     out = _safe_dir(root, v.id)
     out.mkdir(parents=True, exist_ok=True)
     if d.image is not None:
-        write_atomic(out / "image.png", lambda fh: d.image.save(fh, format="PNG"))
+        write_atomic(out / "image.png", functools.partial(_save_png, d.image))
     if d.video is not None:
         frames = []
         for i, (img, idx, ts) in enumerate(zip(d.video.frames, d.video.indices, d.video.timestamps, strict=True)):
-            write_atomic(out / f"frame_{i:03d}.png", lambda fh, im=img: im.save(fh, format="PNG"))
+            write_atomic(out / f"frame_{i:03d}.png", functools.partial(_save_png, img))
             frames.append({"index": int(idx), "timestamp": float(ts)})
         write_json_atomic(out / "frames.json", frames)
     n_audio = 0
     for p in parts:
         if "audio" in p.mm:
             clip = np.asarray(p.mm["audio"][0], dtype=np.float32)
-            write_atomic(
-                out / f"audio_{n_audio:03d}.wav",
-                lambda fh, c=clip: sf.write(fh, c, SAMPLE_RATE, format="WAV", subtype="FLOAT"),
-            )
+            write_atomic(out / f"audio_{n_audio:03d}.wav", functools.partial(_save_wav, clip))
             n_audio += 1
     write_json_atomic(out / "item.json", v.to_dict())
 

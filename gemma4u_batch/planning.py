@@ -418,10 +418,18 @@ def print_plan(p: Plan, console: Console) -> None:
     t.add_row("sampling", f"max_tokens={s.max_tokens} temperature={s.temperature} top_p={s.top_p} seed={s.seed}")
     e = c.engine
     t.add_row("engine", f"dtype={e.dtype} max_model_len={e.max_model_len} max_num_seqs={e.max_num_seqs}")
-    t.add_row("media", f"image_tokens={c.image_tokens} video_frames={c.video_frames}"
-              + (f" video_fps={c.video_fps}" if c.video_fps else "") + (" with_audio" if c.with_audio else ""))
-    t.add_row("resume", "overwrite (start fresh)" if c.overwrite else
-              "incremental (skip items already done)" + (", retry errors" if c.retry_errors else ""))
+    t.add_row(
+        "media",
+        f"image_tokens={c.image_tokens} video_frames={c.video_frames}"
+        + (f" video_fps={c.video_fps}" if c.video_fps else "")
+        + (" with_audio" if c.with_audio else ""),
+    )
+    t.add_row(
+        "resume",
+        "overwrite (start fresh)"
+        if c.overwrite
+        else "incremental (skip items already done)" + (", retry errors" if c.retry_errors else ""),
+    )
     commits = f"commit every {c.commit_every} records or {c.commit_seconds:g} s"
     t.add_row("workers", f"{c.workers} decode worker(s); {commits}")
     console.print(t)
@@ -439,8 +447,12 @@ def print_plan(p: Plan, console: Console) -> None:
             f"{row.estimated_prompt_tokens:,}",
         )  # fmt: skip
     console.print(m)
-    console.print("errors: sampled items that failed to decode; req/item: engine requests per item (audio windows × "
-                  "tasks); tokens/item: media + instruction tokens", style="dim", soft_wrap=True)
+    console.print(
+        "errors: sampled items that failed to decode; req/item: engine requests per item (audio windows × "
+        "tasks); tokens/item: media + instruction tokens",
+        style="dim",
+        soft_wrap=True,
+    )
     for note in p.notes:
         console.print(f"• {note}", soft_wrap=True)
 

@@ -162,7 +162,7 @@ def run_on_ray(config: JobConfig, reporter: Reporter | None = None, shards: int 
         for actor in idle + [a for a, _ in running.values()]:
             try:
                 ray.kill(actor)
-            except Exception:  # noqa: BLE001 - best effort at shutdown
+            except Exception:
                 pass
     summary = JobSummary(output=str(config.output))
     for r in results:

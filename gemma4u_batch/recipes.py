@@ -447,9 +447,7 @@ def _check_semantics(data: dict[str, Any], config: JobConfig) -> None:
         )
     manifest_input = config.input is not None and config.input.is_file()
     if config.subtitles and names and not speech and not manifest_input:
-        raise _RecipeProblem(
-            f"subtitles only come from the transcribe and translate tasks, not '{', '.join(names)}'"
-        )
+        raise _RecipeProblem(f"subtitles only come from the transcribe and translate tasks, not '{', '.join(names)}'")
     if config.modalities and config.prompt is None and names:
         for n in names:
             task = TASKS[n]
@@ -487,9 +485,7 @@ def read_recipe(path: Path) -> dict[str, Any]:
     if data is None:
         raise _RecipeProblem("the recipe is empty (expected a mapping of settings such as input:, output:, task:)")
     if not isinstance(data, dict):
-        raise _RecipeProblem(
-            f"expected a mapping of settings (key: value lines) at the top level, got {_show(data)}"
-        )
+        raise _RecipeProblem(f"expected a mapping of settings (key: value lines) at the top level, got {_show(data)}")
     return data
 
 

@@ -31,15 +31,15 @@ from .decode.image import num_image_tokens
 from .engine import Engine, EngineRequest, VllmEngine, check_model_path
 from .errors import EngineDied, EngineFailure, ItemError, OutputError, OutputLocked, UsageError
 from .keys import content_key, model_fingerprint
+from .ledger import current_records
 from .progress import Counters, Reporter
+from .prompts import check_template, render_prompt_template
+from .quality import parse_structured, quality_flags
 from .records import DecodedItem, Modality, OutputRecord, WorkItem
 from .sources import open_source
 from .subtitles import write_transcripts
-from .prompts import check_template, render_prompt_template
-from .quality import parse_structured, quality_flags
 from .tasks import TASKS, instruction_for, resolve_task
 from .units import Unit, build_parts, stitch
-from .ledger import current_records
 from .writer import OutLayout, PartWriter, cleanup_orphans
 
 log = logging.getLogger(__name__)
@@ -248,7 +248,10 @@ class Pipeline:
     def key_for(self, d: DecodedItem, rendered: str, task: str) -> str:
         content = d.content_sha256 or f"unread:{d.item.source}"
         return content_key(
-            content=content, prompt=rendered, model_fingerprint=self.fingerprint, settings={**self.settings, "task": task}
+            content=content,
+            prompt=rendered,
+            model_fingerprint=self.fingerprint,
+            settings={**self.settings, "task": task},
         )
 
     def units(self, d: DecodedItem) -> list[Unit]:
@@ -558,9 +561,16 @@ def run_job(
             "model_fingerprint": fingerprint,
             "limits": {
                 k: getattr(config, k)
-                for k in ("max_input_bytes", "max_image_pixels", "max_audio_seconds", "max_video_seconds",
-                          "max_decoded_frames", "decode_timeout", "video_frames")
-            },  # fmt: skip
+                for k in (
+                    "max_input_bytes",
+                    "max_image_pixels",
+                    "max_audio_seconds",
+                    "max_video_seconds",
+                    "max_decoded_frames",
+                    "decode_timeout",
+                    "video_frames",
+                )
+            },
             "versions": package_versions(),
             "engine_notes": getattr(engine, "notes", lambda: {})(),
             "started_at": time.time(),

@@ -21,7 +21,10 @@ COLUMN_DOCS: dict[str, str] = {
     "content_sha256": "sha256 of the input bytes",
     "decode_seconds": "time spent decoding the media",
     "segments": "transcription windows: list of {start, end, text} (seconds); null otherwise",
-    "data": "structured output: the parsed JSON object (--json-schema) or the chosen label (--choices); a JSON string in Parquet",
+    "data": (
+        "structured output: the parsed JSON object (--json-schema) or the chosen label (--choices); "
+        "a JSON string in Parquet"
+    ),
     "flags": "quality flags: token_cap (hit --max-tokens), empty, repetition",
     "retried": "true when a flagged output was regenerated with retry_flagged sampling",
     "supersedes": "key of the earlier record of this id that this one replaces (changed input, --retry-errors)",

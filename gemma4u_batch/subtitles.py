@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from .atomic import write_atomic
+
+
+def _write_bytes(payload: bytes, fh: BinaryIO) -> None:
+    fh.write(payload)
+
 
 SUBTITLE_FORMATS = ("txt", "srt", "vtt")
 
@@ -41,5 +47,4 @@ def write_transcripts(out_root: Path, item_id: str, segments: list[dict[str, Any
     base.parent.mkdir(parents=True, exist_ok=True)
     for fmt in formats:
         dest = base.with_name(base.name + f".{fmt}")
-        payload = render[fmt](segments).encode("utf-8")
-        write_atomic(dest, lambda fh, p=payload: fh.write(p))
+        write_atomic(dest, functools.partial(_write_bytes, render[fmt](segments).encode("utf-8")))

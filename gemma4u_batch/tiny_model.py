@@ -20,7 +20,79 @@ VIDEO = "<|video|>"
 SPECIAL_TOKENS = [PAD, EOS, BOS, UNK, START_OF_TURN, END_OF_TURN, BOI, EOI, IMAGE, BOA, EOA, AUDIO, VIDEO]
 
 # A small word list gives the random model whole words to emit, so its text looks like text.
-_WORDS = ["a", "the", "of", "and", "in", "on", "with", "is", "are", "photo", "image", "picture", "video", "audio", "sound", "speech", "person", "people", "dog", "cat", "tree", "sky", "water", "city", "street", "car", "house", "room", "table", "light", "dark", "red", "green", "blue", "white", "black", "small", "large", "two", "three", "man", "woman", "child", "bird", "flower", "mountain", "road", "sign", "text", "music", "voice", "says", "talking", "there", "this", "shows", "scene", "near", "under", "over", "front", "back", "left", "right", "sitting", "standing", "walking", "grass", "snow", "sun", "cloud"]
+_WORDS = [
+    "a",
+    "the",
+    "of",
+    "and",
+    "in",
+    "on",
+    "with",
+    "is",
+    "are",
+    "photo",
+    "image",
+    "picture",
+    "video",
+    "audio",
+    "sound",
+    "speech",
+    "person",
+    "people",
+    "dog",
+    "cat",
+    "tree",
+    "sky",
+    "water",
+    "city",
+    "street",
+    "car",
+    "house",
+    "room",
+    "table",
+    "light",
+    "dark",
+    "red",
+    "green",
+    "blue",
+    "white",
+    "black",
+    "small",
+    "large",
+    "two",
+    "three",
+    "man",
+    "woman",
+    "child",
+    "bird",
+    "flower",
+    "mountain",
+    "road",
+    "sign",
+    "text",
+    "music",
+    "voice",
+    "says",
+    "talking",
+    "there",
+    "this",
+    "shows",
+    "scene",
+    "near",
+    "under",
+    "over",
+    "front",
+    "back",
+    "left",
+    "right",
+    "sitting",
+    "standing",
+    "walking",
+    "grass",
+    "snow",
+    "sun",
+    "cloud",
+]
 
 CHAT_TEMPLATE = (
     "{{ bos_token }}"
@@ -103,13 +175,13 @@ def _build_tokenizer():
                     merges.append((cur, ch))
                     vocab[nxt] = len(vocab)
                 cur = nxt
-    model = models.BPE(vocab=vocab, merges=merges, unk_token=UNK)
-    tok = Tokenizer(model)
-    tok.pre_tokenizer = byte_level
-    tok.decoder = decoders.ByteLevel()
-    tok.add_special_tokens(SPECIAL_TOKENS)
+    bpe = models.BPE(vocab=vocab, merges=merges, unk_token=UNK)
+    backend = Tokenizer(bpe)
+    backend.pre_tokenizer = byte_level
+    backend.decoder = decoders.ByteLevel()
+    backend.add_special_tokens(SPECIAL_TOKENS)
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
+        tokenizer_object=backend,
         bos_token=BOS,
         eos_token=EOS,
         pad_token=PAD,
@@ -163,7 +235,7 @@ def build_tiny_checkpoint(out_dir: Path, seed: int = 0, spec: TinySpec | None = 
         num_attention_heads=spec.num_attention_heads,
         num_key_value_heads=spec.num_key_value_heads,
         head_dim=spec.head_dim,
-        global_head_dim=spec.global_head_dim,
+        global_head_dim=spec.global_head_dim,  # type: ignore[call-arg]  # consumed by __post_init__
         max_position_embeddings=spec.max_position_embeddings,
         sliding_window=spec.sliding_window,
         layer_types=layer_types,
@@ -192,7 +264,7 @@ def build_tiny_checkpoint(out_dir: Path, seed: int = 0, spec: TinySpec | None = 
     )
     config.architectures = ["Gemma4UnifiedForConditionalGeneration"]
     torch.manual_seed(seed)
-    model = Gemma4UnifiedForConditionalGeneration(config).to(torch.float32).eval()
+    model = Gemma4UnifiedForConditionalGeneration(config).float().eval()
     # Random init leaves some tensors at zero or one; jitter everything so each seed differs
     # everywhere and no layer is an identity.
     gen = torch.Generator().manual_seed(seed)

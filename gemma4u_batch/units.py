@@ -110,7 +110,9 @@ def build_parts(d: DecodedItem, *, windowed_audio: bool, tokens_per_frame_of: An
         parts = []
         for s, e in spans:
             clip = pad_to_token_multiple(np.ascontiguousarray(x[s:e], dtype=np.float32))
-            parts.append(Part({"audio": (clip, SAMPLE_RATE)}, num_audio_tokens(clip.size) + 2, s / SAMPLE_RATE, e / SAMPLE_RATE))
+            parts.append(
+                Part({"audio": (clip, SAMPLE_RATE)}, num_audio_tokens(clip.size) + 2, s / SAMPLE_RATE, e / SAMPLE_RATE)
+            )
         return parts
     return []
 

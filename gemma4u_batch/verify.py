@@ -120,6 +120,18 @@ class Case:
         return kw
 
 
+def text_then_image_case(words: int = 120) -> Case:
+    """A long text before the image: with a small token budget the text is prefilled in an
+    earlier step than the image, so the image rows read their window from the KV cache."""
+    text = " ".join(["the dog and the cat sit in the red house near the street"] * (words // 12))
+    return Case(
+        "text-then-image",
+        "image",
+        [{"type": "text", "text": text}, {"type": "image"}, {"type": "text", "text": "Describe."}],
+        images=[synthetic_image(352, 288, seed=11)],
+    )
+
+
 def text_case() -> Case:
     return Case("text", "text", [{"type": "text", "text": "Write a short story about a dog and a cat in the city."}])
 
@@ -241,12 +253,16 @@ def engine_kwargs(
     max_model_len: int = 4096,
     gpu_memory_utilization: float | None = None,
     seed: int = 0,
+    **extra: Any,
 ) -> dict[str, Any]:
-    """vLLM LLM(...) arguments for a parity run (eager, no prefix caching, images never split)."""
+    """vLLM LLM(...) arguments for a parity run (eager, no prefix caching, images never split).
+
+    `extra` overrides or adds engine arguments (e.g. enable_prefix_caching, max_num_batched_tokens).
+    """
     from vllm.platforms import current_platform
 
     mem = gpu_memory_utilization or (0.15 if current_platform.is_cpu() else 0.45)
-    return {
+    args = {
         "model": model,
         "dtype": dtype,
         "max_model_len": max_model_len,
@@ -259,6 +275,8 @@ def engine_kwargs(
         "seed": seed,
         "disable_log_stats": True,
     }
+    args.update(extra)
+    return args
 
 
 def make_llm(model: str, **kw: Any):
@@ -335,18 +353,16 @@ class Reference:
         from transformers import AutoProcessor, Gemma4UnifiedForConditionalGeneration
 
         self.torch = torch
-        self.device = device
+        self.device = torch.device(device)
         self.image_tokens = image_tokens
         self.processor = AutoProcessor.from_pretrained(model)
-        self.model = (
-            Gemma4UnifiedForConditionalGeneration.from_pretrained(
-                model, dtype=getattr(torch, dtype), attn_implementation="eager"
-            )
-            .to(device)
-            .eval()
+        loaded = Gemma4UnifiedForConditionalGeneration.from_pretrained(
+            model, dtype=getattr(torch, dtype), attn_implementation="eager"
         )
+        self.model = loaded.to(self.device).eval()  # type: ignore[arg-type]
         self.text_config = self.model.config.get_text_config()
         self.banned = placeholder_token_ids(self.processor.tokenizer, self.model.config)
+        self._memo: dict[tuple[str, str, int], Run] = {}
 
     def masks(self, input_ids, mm_token_type_ids) -> dict[str, Any]:
         from transformers.models.gemma4_unified import modeling_gemma4_unified as m
@@ -380,6 +396,13 @@ class Reference:
         )
 
     def run(self, case: Case, prompt: str, max_tokens: int = DEFAULT_MAX_TOKENS) -> Run:
+        """Greedy continuation with full-vocabulary logprobs per step (memoized per case)."""
+        key = (case.name, prompt, max_tokens)
+        if key not in self._memo:
+            self._memo[key] = self._run(case, prompt, max_tokens)
+        return self._memo[key]
+
+    def _run(self, case: Case, prompt: str, max_tokens: int) -> Run:
         torch = self.torch
         kwargs = case.processor_kwargs()
         if case.images:

@@ -11,6 +11,7 @@ run starts, for writers that no longer hold their lock.
 from __future__ import annotations
 
 import fcntl
+import functools
 import io
 import json
 import os
@@ -66,6 +67,10 @@ class OutLayout:
 def new_writer_id() -> str:
     host = socket.gethostname().split(".")[0][:24] or "host"
     return f"{host}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def _write_bytes(payload: bytes, fh: Any) -> None:
+    fh.write(payload)
 
 
 def _jsonl_bytes(records: list[dict[str, Any]]) -> bytes:
@@ -138,8 +143,9 @@ class PartWriter:
         for fmt in self.formats:
             name = f"{part}.{fmt}"
             if fmt == "jsonl":
-                payload = _jsonl_bytes(records)
-                write_atomic(self.layout.root / name, lambda fh, p=payload: fh.write(p), self.layout.tmp)
+                write_atomic(
+                    self.layout.root / name, functools.partial(_write_bytes, _jsonl_bytes(records)), self.layout.tmp
+                )
             else:
                 write_atomic(
                     self.layout.root / name,

@@ -1,9 +1,14 @@
 """Parity of vLLM's forward pass with transformers on the tiny checkpoint (issue 7).
 
 One engine (with gemma4u's bidirectional-attention plugin) runs every prompt in one batch;
-the transformers reference runs them in float32 with Gemma 4's official vision masks. A
-second engine, in a subprocess with the plugin disabled, is the negative control: it shows
-the test can see the bug (image tokens attending causally on vLLM's CPU backend).
+the transformers reference runs them in float32 with Gemma 4's official vision masks. The
+engine runs as gemma4u's runner does (prefix caching on) with a token budget of one video,
+and the batch is ordered so that budget runs out just before an image: that prompt's text
+is prefilled a step before its image, whose rows then read their window back from the KV
+cache. A second round of the same batch hits the prefix cache mid-image.
+
+A second engine, in a subprocess with the plugin disabled, is the negative control: it
+shows the test can see the bug (image tokens attending causally on vLLM's CPU backend).
 """
 
 from __future__ import annotations
@@ -77,9 +82,7 @@ def without_plugin(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -
     return json.loads(out.read_text())
 
 
-@pytest.mark.parametrize("name", CASE_NAMES)
-def test_engine_matches_reference(parity: dict, name: str) -> None:
-    r = parity[name]
+def _assert_parity(r) -> None:
     assert r.error is None, r.error
     assert r.prompt_match, "vLLM and transformers tokenized the prompt differently"
     assert r.first_token_max_abs_diff < TOL, f"first-token max |Δ logprob| {r.first_token_max_abs_diff:.3g}"
@@ -88,7 +91,17 @@ def test_engine_matches_reference(parity: dict, name: str) -> None:
     assert len(r.engine_tokens) == 16
 
 
-def test_plugin_active_in_engine_processes(parity: dict, parity_llm) -> None:
+@pytest.mark.parametrize("name", CASE_NAMES)
+def test_engine_matches_reference(parity: dict, name: str) -> None:
+    _assert_parity(parity[name])
+
+
+@pytest.mark.parametrize("name", CASE_NAMES)
+def test_engine_matches_reference_with_prefix_cache_hits(parity_cached: dict, name: str) -> None:
+    _assert_parity(parity_cached[name])
+
+
+def test_plugin_active_in_engine_processes(parity_cached: dict, parity_llm) -> None:
     from gemma4u_batch.vllm_plugin import plugin_status
 
     status = plugin_status(parity_llm)
@@ -100,6 +113,8 @@ def test_plugin_active_in_engine_processes(parity: dict, parity_llm) -> None:
     assert sliding and full, groups
     assert all(g["honour"] and g["window"] == 16 for g in sliding), sliding
     assert sum(w["corrected_rows"] for w in status["workers"]) > 0
+    # Image rows whose window lay in an earlier step or in the prefix cache were recomputed too.
+    assert sum(w["resumed_spans"] for w in status["workers"]) > 0
     assert parity_llm.llm_engine.vllm_config.scheduler_config.disable_chunked_mm_input
 
 

@@ -113,11 +113,17 @@ BROKEN: list[tuple[str, str, list[str]]] = [
     ("image_budget", "image_tokens: 100\n", ["image_tokens: must be one of 70, 140, 280, 560, 1120"]),
     ("bad_yaml", "task: caption\n  prompt: [\n", ["invalid YAML at line 4"]),
     ("duplicate_key", "task: caption\ntask: tags\n", ["invalid YAML at line 4", "duplicate key 'task'"]),
-    ("schema_and_choices", "json_schema: {type: object}\nchoices: [a, b]\n",
-     ["json_schema and choices cannot be used together"]),
+    (
+        "schema_and_choices",
+        "json_schema: {type: object}\nchoices: [a, b]\n",
+        ["json_schema and choices cannot be used together"],
+    ),
     ("task_and_tasks", "task: caption\ntasks: [caption, tags]\n", ["task and tasks cannot be used together"]),
-    ("speech_on_images", "task: transcribe\nmodalities: [image]\n",
-     ["modalities: task 'transcribe' works on audio, video, not image"]),
+    (
+        "speech_on_images",
+        "task: transcribe\nmodalities: [image]\n",
+        ["modalities: task 'transcribe' works on audio, video, not image"],
+    ),
     ("subtitles_without_speech", "subtitles: [srt]\n", ["subtitles only come from the transcribe and translate"]),
     ("one_choice", "choices: [cat]\n", ["choices needs at least two labels"]),
     ("yaml_bool_for_text", "choices: [yes, no]\n", ["choices[0]: expected a string, got true", "quote"]),
@@ -468,8 +474,7 @@ def test_cli_dry_run(tiny_model: Path, tmp_path: Path) -> None:
     "args,expected",
     [
         (["BROKEN", "--dry-run"], "sampling.temperature: expected a number ≥ 0, got 'hot'"),
-        (["recipes/image_captions.yaml", "--dry-run", "--set", "sampling.temprature=1"],
-         "did you mean 'temperature'?"),
+        (["recipes/image_captions.yaml", "--dry-run", "--set", "sampling.temprature=1"], "did you mean 'temperature'?"),
         (["recipes/image_captions.yaml", "--dry-run", "--estimate", "2"], "cannot be used together"),
     ],
 )

@@ -56,16 +56,22 @@ def run_fake(inp: Path, out: Path, **kw) -> object:
 @pytest.mark.timeout(600)
 def test_sigkill_at_random_points_then_resume_is_exactly_once(tmp_path: Path) -> None:
     inp, out, ref = tmp_path / "in", tmp_path / "out", tmp_path / "ref"
-    make_images(inp, 60)
+    make_images(inp, 120)
     run_fake(inp, ref)
     reference = {r["id"]: (r["key"], r["text"]) for r in data_records(ref)}
-    assert len(reference) == 60
+    assert len(reference) == 120
 
     rng = random.Random(1234)
     kills = 0
     for _ in range(5):
+        before = len(committed_parts(OutLayout(out)))
         proc = fake_job(inp, out, "--step-delay", "0.03")
-        time.sleep(rng.uniform(1.5, 4.0))  # includes interpreter start-up
+        # Kill at a random moment after this run has committed something (so every kill
+        # lands mid-run, between or during commits), never after it finished.
+        deadline = time.time() + 60
+        while time.time() < deadline and proc.poll() is None and len(committed_parts(OutLayout(out))) <= before:
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, 0.4))
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)  # the whole process group, decoders included
             kills += 1
@@ -176,7 +182,9 @@ def test_export_round_trip_joins_manifest_columns(tmp_path: Path) -> None:
     inp = tmp_path / "in"
     make_images(inp, 4)
     man = inp / "manifest.jsonl"
-    man.write_text("".join(json.dumps({"path": f"img_{i:04d}.png", "title": f"t{i}", "score": i}) + "\n" for i in range(4)))
+    man.write_text(
+        "".join(json.dumps({"path": f"img_{i:04d}.png", "title": f"t{i}", "score": i}) + "\n" for i in range(4))
+    )
     out = tmp_path / "out"
     run_fake(man, out)
     n = export(out, tmp_path / "ds")
@@ -229,7 +237,7 @@ def test_read_only_output_is_a_clear_error(tmp_path: Path) -> None:
         before = sorted(p.name for p in (mnt / "out").iterdir())
         make_images(inp, 2, start=3)
         subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
-        with pytest.raises((UsageError, OutputError), match="Read-only file system|cannot write"):
+        with pytest.raises((UsageError, OutputError), match=r"Read-only file system|cannot write"):
             run_fake(inp, mnt / "out")
         assert sorted(p.name for p in (mnt / "out").iterdir()) == before
         assert len(list(current_records(OutLayout(mnt / "out")))) == 3

@@ -40,7 +40,7 @@ def cfg(inp: Path, out: Path, **kw) -> JobConfig:
 
 def test_one_record_per_input_with_errors(folder, tmp_path: Path) -> None:
     root, expected = folder
-    summary, eng = _run(cfg(root, tmp_path / "out", workers=2))
+    summary, _eng = _run(cfg(root, tmp_path / "out", workers=2))
     recs = _records(tmp_path / "out")
     assert sorted(r["id"] for r in recs) == sorted(expected)
     assert summary.done == len(expected)
@@ -94,7 +94,7 @@ def test_retry_errors_redoes_only_errors(folder, tmp_path: Path) -> None:
 
 
 def test_engine_rejection_is_a_record(folder, tmp_path: Path) -> None:
-    root, expected = folder
+    root, _expected = folder
     eng = FakeEngine(fail_if=lambda r: "prompt too long" if "astronaut.jpg" in r.payload[0].decoded.item.id else None)
     _run(cfg(root, tmp_path / "out"), eng)
     by_id = {r["id"]: r for r in _records(tmp_path / "out")}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import typer
 from pydantic import ValidationError
@@ -74,7 +74,11 @@ def config_from_flags(kw: dict[str, Any]) -> JobConfig:
         kw["task"] = "translate"
     try:
         return JobConfig(
-            sampling=SamplingConfig(**sampling), engine=EngineConfig(**engine), format=fmt, subtitles=subtitles, **kw
+            sampling=SamplingConfig(**sampling),
+            engine=EngineConfig(**engine),
+            format=cast(Any, fmt),
+            subtitles=cast(Any, subtitles),
+            **kw,
         )
     except ValidationError as exc:
         raise UsageError(validation_message(exc)) from None

@@ -4,7 +4,6 @@ Typer reads a command's options from its signature, so both commands are built f
 `job_options` with their own defaults (see `make_job_command`).
 """
 
-
 import inspect
 from collections.abc import Callable
 from pathlib import Path
@@ -37,29 +36,31 @@ def job_options(
     column: Annotated[str | None, typer.Option(help="Dataset/manifest media column.", rich_help_panel=H_IN)] = None,
     allow_root: Annotated[
         list[Path] | None,
-        typer.Option(help="Folder manifest rows may read from (repeatable; default: the manifest's folder).",
-                     rich_help_panel=H_IN),
+        typer.Option(
+            help="Folder manifest rows may read from (repeatable; default: the manifest's folder).",
+            rich_help_panel=H_IN,
+        ),
     ] = None,
     modality: Annotated[
-        list[str] | None, typer.Option(help="Only these modalities: image, audio, video (repeatable).",
-                                       rich_help_panel=H_IN)
+        list[str] | None,
+        typer.Option(help="Only these modalities: image, audio, video (repeatable).", rich_help_panel=H_IN),
     ] = None,
     task: Annotated[str, typer.Option(help="Built-in task (see README).", rich_help_panel=H_TASK)] = "caption",
     prompt: Annotated[
-        str | None, typer.Option(help="Replace the task's instruction (the chat template still wraps it).",
-                                 rich_help_panel=H_TASK)
+        str | None,
+        typer.Option(help="Replace the task's instruction (the chat template still wraps it).", rich_help_panel=H_TASK),
     ] = None,
     system_prompt: Annotated[str | None, typer.Option(help="System prompt.", rich_help_panel=H_TASK)] = None,
     tasks: Annotated[
         str | None, typer.Option(help="Several tasks per item, comma-separated (one decode).", rich_help_panel=H_TASK)
     ] = None,
     json_schema: Annotated[
-        Path | None, typer.Option(help="Constrain output to this JSON schema; parsed into `data`.",
-                                  rich_help_panel=H_TASK)
+        Path | None,
+        typer.Option(help="Constrain output to this JSON schema; parsed into `data`.", rich_help_panel=H_TASK),
     ] = None,
     choices: Annotated[
-        str | None, typer.Option(help="Constrain output to one of these labels: a,b,c (into `data`).",
-                                 rich_help_panel=H_TASK)
+        str | None,
+        typer.Option(help="Constrain output to one of these labels: a,b,c (into `data`).", rich_help_panel=H_TASK),
     ] = None,
     language: Annotated[str | None, typer.Option(help="Spoken language hint.", rich_help_panel=H_TASK)] = None,
     translate_to: Annotated[
@@ -69,7 +70,9 @@ def job_options(
         int, typer.Option(help="Soft tokens per image: 70/140/280/560/1120.", rich_help_panel=H_MEDIA)
     ] = 280,
     video_frames: Annotated[int, typer.Option(help="Frames sampled per video (≤32).", rich_help_panel=H_MEDIA)] = 8,
-    fps: Annotated[float | None, typer.Option(help="Sample video at this rate instead.", rich_help_panel=H_MEDIA)] = None,
+    fps: Annotated[
+        float | None, typer.Option(help="Sample video at this rate instead.", rich_help_panel=H_MEDIA)
+    ] = None,
     with_audio: Annotated[
         bool, typer.Option(help="Send a video's soundtrack (first 30 s) too.", rich_help_panel=H_MEDIA)
     ] = False,
@@ -90,34 +93,45 @@ def job_options(
     ] = True,
     workers: Annotated[int, typer.Option(help="Decode worker processes (0 = inline).", rich_help_panel=H_ENG)] = 2,
     format: Annotated[
-        str, typer.Option("--format", help="jsonl, parquet or both; for transcripts add txt,srt,vtt (comma list).",
-                          rich_help_panel=H_OUT)
+        str,
+        typer.Option(
+            "--format",
+            help="jsonl, parquet or both; for transcripts add txt,srt,vtt (comma list).",
+            rich_help_panel=H_OUT,
+        ),
     ] = "jsonl",
     commit_every: Annotated[
         int, typer.Option(help="Commit a part file every N records (also every 30 s).", rich_help_panel=H_OUT)
     ] = 64,
-    overwrite: Annotated[bool, typer.Option(help="Start fresh, deleting results in OUT.", rich_help_panel=H_OUT)] = False,
+    overwrite: Annotated[
+        bool, typer.Option(help="Start fresh, deleting results in OUT.", rich_help_panel=H_OUT)
+    ] = False,
     retry_errors: Annotated[
         bool, typer.Option(help="Redo only items whose record has an error.", rich_help_panel=H_OUT)
     ] = False,
     shard: Annotated[
-        str | None, typer.Option(help="Do only shard I of N (I from 0), e.g. 0/4; N runs into one OUT add up to the job.",
-                                 rich_help_panel="Scale out")
+        str | None,
+        typer.Option(
+            help="Do only shard I of N (I from 0), e.g. 0/4; N runs into one OUT add up to the job.",
+            rich_help_panel="Scale out",
+        ),
     ] = None,
     ray: Annotated[
-        str | None, typer.Option(help="Run on Ray: 'auto' (existing cluster, else local) or a cluster address.",
-                                 rich_help_panel="Scale out")
+        str | None,
+        typer.Option(
+            help="Run on Ray: 'auto' (existing cluster, else local) or a cluster address.", rich_help_panel="Scale out"
+        ),
     ] = None,
     replicas: Annotated[int, typer.Option(help="Engine replicas (Ray actors).", rich_help_panel="Scale out")] = 1,
     progress: Annotated[str, typer.Option(help="rich, json or quiet.", rich_help_panel=H_OUT)] = "rich",
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or summary.", rich_help_panel=H_OUT)] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No progress or summary.", rich_help_panel=H_OUT)
+    ] = False,
 ) -> None:
     """Template whose signature the job commands share (never called)."""
 
 
-def make_job_command(
-    run: Callable[[dict[str, Any]], None], doc: str, **defaults: Any
-) -> Callable[..., None]:
+def make_job_command(run: Callable[[dict[str, Any]], None], doc: str, **defaults: Any) -> Callable[..., None]:
     """A command function with job_options' signature and the given defaults."""
     sig = inspect.signature(job_options)
     params = [p.replace(default=defaults[p.name]) if p.name in defaults else p for p in sig.parameters.values()]

@@ -22,22 +22,31 @@ def run(
     recipe: Annotated[Path, typer.Argument(help="Recipe file (YAML) describing the job; see docs/recipes.md.")],
     set_: Annotated[
         list[str] | None,
-        typer.Option("--set", metavar="KEY=VALUE",
-                     help="Override a recipe key (dotted for nested keys, value parsed as YAML), e.g. "
-                     "--set sampling.temperature=0.7 --set format=both. Repeatable."),
+        typer.Option(
+            "--set",
+            metavar="KEY=VALUE",
+            help="Override a recipe key (dotted for nested keys, value parsed as YAML), e.g. "
+            "--set sampling.temperature=0.7 --set format=both. Repeatable.",
+        ),
     ] = None,
     model: Annotated[
         str | None, typer.Option("--model", "-m", help="Model path or HF id (overrides the recipe's model).")
     ] = None,
     dry_run: Annotated[
         bool,
-        typer.Option("--dry-run", help="Print the resolved plan (items per modality, estimated prompt tokens, "
-                     "outputs) and exit without loading the model."),
+        typer.Option(
+            "--dry-run",
+            help="Print the resolved plan (items per modality, estimated prompt tokens, "
+            "outputs) and exit without loading the model.",
+        ),
     ] = False,
     estimate: Annotated[
         int | None,
-        typer.Option("--estimate", metavar="N", help="Run N sampled items for real (into a temporary folder) "
-                     "and project the full job's time."),
+        typer.Option(
+            "--estimate",
+            metavar="N",
+            help="Run N sampled items for real (into a temporary folder) and project the full job's time.",
+        ),
     ] = None,
     sample: Annotated[
         int, typer.Option(help="Items per modality decoded by --dry-run to estimate tokens.", min=0)

@@ -124,11 +124,12 @@ def decode_image(data: bytes, opts: DecodeOptions) -> tuple[Image.Image, dict]:
                 dw, dh = (th, tw) if orientation in (5, 6, 7, 8) else (tw, th)
                 img.draft(img.mode, (dw, dh))
             img.load()
+            out: Image.Image = img
             if orientation != 1:
-                img = img.transpose(_ORIENTATION_TRANSPOSE[orientation])
-            img = _to_rgb(img)
-            if img.size != (tw, th):
-                img = img.resize((tw, th), Image.Resampling.BICUBIC, reducing_gap=3.0)
+                out = out.transpose(_ORIENTATION_TRANSPOSE[orientation])
+            out = _to_rgb(out)
+            if out.size != (tw, th):
+                out = out.resize((tw, th), Image.Resampling.BICUBIC, reducing_gap=3.0)
     except ItemError:
         raise
     except MemoryError:
@@ -147,4 +148,4 @@ def decode_image(data: bytes, opts: DecodeOptions) -> tuple[Image.Image, dict]:
         "size": [tw, th],
         "num_tokens": num_image_tokens(w, h, opts),
     }
-    return img, info
+    return out, info

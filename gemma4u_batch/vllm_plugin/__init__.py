@@ -172,16 +172,14 @@ def plugin_status(engine_or_config: Any = None) -> dict[str, Any]:
     if _state["platform"] not in (None, "cpu", *GPU_PLATFORMS) and needed:
         problems.append(f"platform {_state['platform']}: bidirectional image attention is not verified here")
 
-    if vllm_config is not None and status["needed"]:
-        model_config = vllm_config.model_config
+    # (A Gemma 4 model served text-only has is_mm_prefix_lm False: no images, nothing to honour.)
+    if vllm_config is not None and status["needed"] and getattr(vllm_config.model_config, "is_mm_prefix_lm", True):
         if _state["platform"] == "cpu" and status["active"]:
             if not vllm_config.scheduler_config.disable_chunked_mm_input:
                 problems.append("disable_chunked_mm_input is off: an image may be split across prefill steps")
             kv_dtype = str(getattr(vllm_config.cache_config, "cache_dtype", "auto"))
             if kv_dtype.startswith("fp8"):
                 problems.append(f"KV cache dtype {kv_dtype}: image rows cannot be recomputed exactly")
-        if not getattr(model_config, "is_mm_prefix_lm", True):
-            problems.append("vLLM does not treat this model as bidirectional (multimodal inputs disabled?)")
     elif vllm_config is not None and not status["needed"] and _state["platform"] == "cpu":
         model_config = vllm_config.model_config
         if getattr(model_config, "is_mm_prefix_lm", False):
@@ -198,6 +196,7 @@ def plugin_status(engine_or_config: Any = None) -> dict[str, Any]:
     if (
         vllm_config is not None
         and status["needed"]
+        and getattr(vllm_config.model_config, "is_mm_prefix_lm", True)
         and status["active"]
         and _state["platform"] == "cpu"
         and not any(g.get("honour") for rep in workers for g in rep.get("groups", []))
@@ -215,7 +214,7 @@ def describe(status: dict[str, Any]) -> str:
     """One line for logs and summaries."""
     if status.get("active") and not status.get("problems"):
         rows = sum(rep.get("corrected_rows", 0) for rep in status.get("workers", []))
-        extra = f", {rows} image rows recomputed so far" if rows else ""
+        extra = f", at least {rows} image rows recomputed" if rows else ""
         return f"{PLUGIN_NAME} active on vLLM {status.get('vllm_version')} ({status.get('platform')}){extra}"
     if not status.get("problems"):
         return f"{PLUGIN_NAME} inactive: {status.get('reason')}"

@@ -224,7 +224,9 @@ def apply_bidirectional(
     clamp = bool(getattr(layer, "mm_prefix_clamp_sliding_window", False))
     softcap = float(impl.logits_soft_cap or 0)
     corrected = 0
+    resumed = 0
     for sp in spans:
+        resumed += sp.ctx > 0
         hi = sp.last_key
         for r0 in range(sp.first, sp.last + 1, ROW_CHUNK):
             r1 = min(sp.last, r0 + ROW_CHUNK - 1)
@@ -237,7 +239,7 @@ def apply_bidirectional(
             output[t0:t1] = _attend(query[t0:t1], keys_k, keys_v, mask, impl.scale, softcap).to(output.dtype)
             corrected += r1 - r0 + 1
     if corrected:
-        reports.note_correction(corrected)
+        reports.note_correction(corrected, resumed)
 
 
 def apply_patch(vllm_version: str) -> bool:

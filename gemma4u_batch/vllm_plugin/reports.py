@@ -69,6 +69,7 @@ def _base() -> dict[str, Any]:
             "groups": [],
             "corrected_calls": 0,
             "corrected_rows": 0,
+            "resumed_spans": 0,
             "problems": [],
         }
     return _report
@@ -107,13 +108,17 @@ def note_problem(message: str) -> None:
             _write()
 
 
-def note_correction(rows: int) -> None:
+def note_correction(rows: int, resumed_spans: int = 0) -> None:
+    """rows recomputed in one attention call; resumed_spans: image spans whose request had
+    tokens from an earlier step or the prefix cache (keys read back from the KV cache)."""
     with _lock:
         rep = _base()
+        first_resumed = resumed_spans and not rep["resumed_spans"]
         rep["corrected_calls"] += 1
         rep["corrected_rows"] += rows
+        rep["resumed_spans"] += resumed_spans
         n = rep["corrected_calls"]
-        if n & (n - 1) == 0:  # 1, 2, 4, 8, ...: a handful of writes per run
+        if n & (n - 1) == 0 or first_resumed:  # 1, 2, 4, 8, ...: a handful of writes per run
             _write()
 
 
