@@ -7,14 +7,13 @@ Part files are immutable; when an id is processed again (its file changed, or
 
 from __future__ import annotations
 
-import fcntl
 import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from .writer import OutLayout, committed_parts, iter_part_records
+from .writer import OutLayout, committed_parts, iter_part_records, lock_held
 
 
 def _ordered_parts(layout: OutLayout) -> list[dict[str, Any]]:
@@ -45,20 +44,6 @@ def current_records(layout: OutLayout, columns: tuple[str, ...] | None = None) -
     for pos, rec in iter_records_in_order(layout, cols):
         if win.get((rec["id"], rec["task"])) == pos:
             yield rec
-
-
-def lock_held(path: Any) -> bool:
-    try:
-        fh = open(path, "a")
-    except OSError:
-        return False
-    with fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(fh, fcntl.LOCK_UN)
-    return False
 
 
 @dataclass

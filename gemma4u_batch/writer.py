@@ -175,17 +175,24 @@ class PartWriter:
             self._lock_fh = None
 
 
-def _writer_alive(layout: OutLayout, writer_id: str) -> bool:
-    lock = layout.writers / f"{writer_id}.lock"
-    if not lock.exists():
+def lock_held(path: Path) -> bool:
+    """Whether some process holds a flock on `path` (locks die with their process)."""
+    try:
+        fh = open(path, "a")
+    except OSError:
         return False
-    with open(lock, "a") as fh:
+    with fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return True
         fcntl.flock(fh, fcntl.LOCK_UN)
     return False
+
+
+def _writer_alive(layout: OutLayout, writer_id: str) -> bool:
+    lock = layout.writers / f"{writer_id}.lock"
+    return lock.exists() and lock_held(lock)
 
 
 def _part_of(name: str) -> tuple[str, str] | None:

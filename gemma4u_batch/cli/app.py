@@ -281,23 +281,27 @@ def model_tiny(
     err.print(f"Wrote tiny Gemma 4 Unified checkpoint to {out_dir} (random weights: its text is meaningless).")
 
 
+def _exit_code(exc: Exception) -> int:
+    """The documented exit code for a known failure (most specific class first)."""
+    for cls, code in (
+        (OutputLocked, ExitCode.LOCKED),
+        (UsageError, ExitCode.USAGE),
+        (OutputError, ExitCode.OUTPUT_ERROR),
+        (EngineFailure, ExitCode.ENGINE_FAILED),
+    ):
+        if isinstance(exc, cls):
+            return code
+    return ExitCode.FAILED
+
+
 def main() -> None:
     """Console entry point: usage errors are one line, never a traceback."""
     try:
         rc = app(standalone_mode=False)
         sys.exit(rc if isinstance(rc, int) else 0)
-    except OutputLocked as exc:
+    except (UsageError, OutputError, EngineFailure) as exc:
         err.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
-        sys.exit(ExitCode.LOCKED)
-    except UsageError as exc:
-        err.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
-        sys.exit(ExitCode.USAGE)
-    except OutputError as exc:
-        err.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
-        sys.exit(ExitCode.OUTPUT_ERROR)
-    except EngineFailure as exc:
-        err.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
-        sys.exit(ExitCode.ENGINE_FAILED)
+        sys.exit(_exit_code(exc))
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.Abort:

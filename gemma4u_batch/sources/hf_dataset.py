@@ -18,6 +18,7 @@ from typing import Any
 from ..errors import UsageError
 from ..records import Modality, WorkItem
 from .folder import modality_for
+from .paths import inside_roots
 
 FOLDER_LOADERS = frozenset({"imagefolder", "audiofolder", "videofolder"})
 """Loaders that take a data folder, written as "imagefolder:DIR" (or given a local folder)."""
@@ -197,13 +198,7 @@ class DatasetSource:
         return [Path(datasets.config.HF_DATASETS_CACHE), Path(constants.HF_HUB_CACHE)]
 
     def _inside_allowed(self, real: str) -> bool:
-        for root in self._allow_roots:
-            try:
-                if os.path.commonpath([real, root]) == root:
-                    return True
-            except ValueError:
-                continue
-        return False
+        return inside_roots(real, self._allow_roots)
 
     # ------------------------------------------------------------------ opening
 

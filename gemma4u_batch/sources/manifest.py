@@ -20,6 +20,7 @@ from typing import Any
 from ..errors import UsageError
 from ..records import Modality, WorkItem
 from .folder import modality_for
+from .paths import inside_roots
 
 PATH_COLUMNS: tuple[str, ...] = ("path", "file", "file_name", "filename", "audio", "image", "video")
 """Column names tried, in order, when no path column is given."""
@@ -312,13 +313,7 @@ class ManifestSource:
     # -------------------------------------------------------------------- rows
 
     def _inside_allowed(self, real: str) -> bool:
-        for root in self._allow_roots:
-            try:
-                if os.path.commonpath([real, root]) == root:
-                    return True
-            except ValueError:
-                continue
-        return False
+        return inside_roots(real, self._allow_roots)
 
     def _row_item(self, obj: dict[str, Any], where: str, source: str) -> tuple[str, WorkItem | None]:
         """(id, WorkItem) for one parsed row, item None when the modality filter drops it; raises _RowError."""
