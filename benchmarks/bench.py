@@ -397,6 +397,9 @@ def main() -> int:
     ap.add_argument("--sets", default="phone,small")
     ap.add_argument("--systems", default=",".join(SYSTEMS))
     ap.add_argument("--reps", type=int, default=1, help="interleaved repetitions (rotating system order)")
+    ap.add_argument("--rep-start", type=int, default=0, help="number of the first repetition (sets its system order)")
+    ap.add_argument("--merge", type=Path, action="append", default=[],
+                    help="results.json of an earlier run on the same inputs: its runs join the tables")  # fmt: skip
     ap.add_argument("--variant-models", default="tiny", help="models on which gemma4u-t1 (the experiment) runs")
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--max-num-seqs", type=int, default=16)
@@ -427,7 +430,7 @@ def main() -> int:
 
     systems = [s for s in SYSTEMS if s in a.systems.split(",")]
     runs: list[Run] = []
-    for rep in range(a.reps):
+    for rep in range(a.rep_start, a.rep_start + a.reps):
         order = systems[rep % len(systems):] + systems[: rep % len(systems)]
         for m, model_dir in models.items():
             for s, images in sets.items():
@@ -445,6 +448,11 @@ def main() -> int:
                     (work / "runs.json").write_text(json.dumps([r.__dict__ for r in runs], indent=1))
 
     rss = run_rss(work, [int(n) for n in a.rss.split(",") if n], a.workers) if a.rss else {}
+    for earlier in a.merge:
+        old = json.loads(earlier.read_text())
+        runs = [Run(**r) for r in old["runs"]] + runs
+        if not rss:
+            rss = {int(k): v for k, v in old.get("rss", {}).items()}
     rows = pair_ratios(runs) + pair_ratios(runs, "gemma4u-t1", ("gemma4u", "a", "b", "c"))
     meta = machine_meta(a, params)
     md = markdown(rows, runs, rss, meta)

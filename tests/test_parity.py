@@ -25,48 +25,80 @@ pytestmark = pytest.mark.engine
 
 TOL = 1e-4
 AUDIO_LENGTHS = (16000, 16001, 16161, 480000)
+TOKEN_BUDGET = 2496  # the smallest vLLM accepts here: one 32-frame video, never split
 CASE_NAMES = [
-    "text",
-    "image",
-    "image-b",
     "two-images",
-    *[f"audio-{n}" for n in AUDIO_LENGTHS],
+    "audio-480000",
+    "image-b",
+    "image",
     "video",
+    "text",
+    "text-then-image",
+    "audio-16000",
+    "audio-16001",
+    "audio-16161",
 ]
 
 
 def _cases():
     from gemma4u_batch import verify as V
 
-    return [
-        V.text_case(),
-        V.image_case(),
-        V.image_case("image-b", size=(256, 384), seed=5),  # a second single-image request in the batch
-        V.two_image_case(),
-        *[V.audio_case(n) for n in AUDIO_LENGTHS],
-        V.video_case(),
-    ]
+    by_name = {
+        c.name: c
+        for c in [
+            V.text_case(),
+            V.image_case(),
+            V.image_case("image-b", size=(256, 384), seed=5),  # a second single-image request in the batch
+            V.two_image_case(),
+            V.text_then_image_case(),
+            *[V.audio_case(n) for n in AUDIO_LENGTHS],
+            V.video_case(),
+        ]
+    }
+    # In this order the first step's budget ends inside "text-then-image": its text goes first,
+    # its image (never split) waits for the next step.
+    return [by_name[n] for n in CASE_NAMES]
 
 
 @pytest.fixture(scope="module")
 def parity_llm(tiny_model: Path):
     from gemma4u_batch import verify as V
 
-    llm = V.make_llm(str(tiny_model))
+    llm = V.make_llm(str(tiny_model), enable_prefix_caching=True, max_num_batched_tokens=TOKEN_BUDGET)
     yield llm
     V.shutdown_llm(llm)
 
 
 @pytest.fixture(scope="module")
-def parity(parity_llm, tiny_model: Path) -> dict:
+def reference(tiny_model: Path):
     from gemma4u_batch import verify as V
 
-    reports = V.verify_with_llm(parity_llm, str(tiny_model), _cases())
+    return V.Reference(str(tiny_model))
+
+
+def _round(llm, tiny_model: Path, reference, label: str) -> dict:
+    from gemma4u_batch import verify as V
+    from gemma4u_batch.vllm_plugin import plugin_status
+
+    reports = V.verify_with_llm(llm, str(tiny_model), _cases(), reference=reference)
     for r in reports:  # the numbers, for the log of a CI run
         print(
-            f"parity {r.name}: first={r.first_token_max_abs_diff:.2e} all={r.max_abs_diff:.2e} greedy={r.greedy_match}"
+            f"{label} {r.name}: first={r.first_token_max_abs_diff:.2e} all={r.max_abs_diff:.2e} greedy={r.greedy_match}"
         )
+    workers = plugin_status(llm)["workers"]
+    print(f"{label}: image spans resumed from the KV cache so far: {sum(w['resumed_spans'] for w in workers)}")
     return {r.name: r for r in reports}
+
+
+@pytest.fixture(scope="module")
+def parity(parity_llm, tiny_model: Path, reference) -> dict:
+    return _round(parity_llm, tiny_model, reference, "parity")
+
+
+@pytest.fixture(scope="module")
+def parity_cached(parity, parity_llm, tiny_model: Path, reference) -> dict:
+    """The same batch again: the prefix cache now holds the first round's blocks."""
+    return _round(parity_llm, tiny_model, reference, "parity, prefix cache warm")
 
 
 @pytest.fixture(scope="module")

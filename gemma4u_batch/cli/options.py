@@ -88,6 +88,15 @@ def job_options(
         typer.Option(help="Engine memory share (on CPU: of RAM). Default 0.15 CPU, 0.9 GPU.", rich_help_panel=H_ENG),
     ] = None,
     tensor_parallel_size: Annotated[int, typer.Option(help="Tensor parallel size.", rich_help_panel=H_ENG)] = 1,
+    pipeline_parallel_size: Annotated[int, typer.Option(help="Pipeline parallel size.", rich_help_panel=H_ENG)] = 1,
+    mm_cache_gb: Annotated[
+        float, typer.Option(help="vLLM multimodal processor cache (GiB; 0 = off: inputs are not repeated).",
+                            rich_help_panel=H_ENG)
+    ] = 0.0,
+    max_in_flight: Annotated[
+        int | None, typer.Option(help="Requests kept inside the engine (default 2 × max-num-seqs).",
+                                 rich_help_panel=H_ENG)
+    ] = None,
     enforce_eager: Annotated[
         bool, typer.Option(help="Eager mode (no graph capture; faster start).", rich_help_panel=H_ENG)
     ] = True,
