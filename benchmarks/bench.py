@@ -70,6 +70,7 @@ class Run:
     ok: bool = True
     e2e_s: float = 0.0
     after_start_s: float | None = None
+    work_s: float | None = None  # engine/model ready → last result: processing only, no start-up, no teardown
     engine_start_s: float | None = None
     output_tokens: int = 0
     prompt_tokens_mean: float | None = None
@@ -237,6 +238,25 @@ def run_b(images: Path, model: Path, out: Path, a: argparse.Namespace, run: Run)
         run.ok, run.error = False, f"{len(rows) - len(good)} failed requests, first: {bad['error']}"
 
 
+def work_seconds(system: str, out: Path) -> float | None:
+    """Engine/model ready → last result, from the files a run leaves in `out`."""
+    try:
+        if system.startswith("gemma4u"):
+            tl = Timeline.load(out / "timeline.json")
+            return tl.events[-1][0] - tl.engine_start_end if tl.events and tl.engine_start_end else None
+        if system == "a":
+            t = json.loads((out / "timing.json").read_text())
+            return t["decode_s"] + t["generate_s"]
+        if system == "c":
+            return json.loads((out / "timing.json").read_text())["after_start_s"]
+        if system == "b":
+            st = json.loads((out / "stamp.json").read_text())
+            return st["done"] - st["engine_ready"]
+    except (OSError, KeyError, ValueError):
+        return None
+    return None
+
+
 RUNNERS = {"gemma4u": run_gemma4u, "a": run_a, "b": run_b, "c": run_c, "gemma4u-t1": run_gemma4u_t1}
 
 
@@ -302,6 +322,7 @@ def pair_ratios(
             sp = [(mine[k].items / mine[k].e2e_s) / (theirs[k].items / theirs[k].e2e_s) for k in reps]
             tra = [mine[k].after_start_s / theirs[k].after_start_s for k in reps
                    if mine[k].after_start_s and theirs[k].after_start_s]  # fmt: skip
+            twr = [mine[k].work_s / theirs[k].work_s for k in reps if mine[k].work_s and theirs[k].work_s]
             row = {
                 "system": system, "model": model, "set": set_, "baseline": base, "reps": len(reps),
                 "gemma4u_e2e_s": statistics.median(mine[k].e2e_s for k in reps),
@@ -311,6 +332,9 @@ def pair_ratios(
                 "time_ratio": statistics.median(tr),
                 "speedup": statistics.median(sp),
                 "after_start_ratio": statistics.median(tra) if tra else None,
+                "gemma4u_work_s": statistics.median(mine[k].work_s or 0 for k in reps),
+                "baseline_work_s": statistics.median(theirs[k].work_s or 0 for k in reps),
+                "work_ratio": statistics.median(twr) if twr else None,
             }  # fmt: skip
             for (b, s), (label, check) in TARGETS.items():
                 if system == "gemma4u" and b == base and s in (None, set_):
@@ -321,26 +345,32 @@ def pair_ratios(
 
 def markdown(rows: list[dict[str, Any]], runs: list[Run], rss: dict[int, dict[str, Any]], meta: dict) -> str:
     lines = ["| system | model | set | vs baseline | system e2e s | baseline e2e s | time ratio | items/s ratio | "
-             "after-start s (sys / base) | after-start ratio | target | met |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+             "after-start s (sys / base) | after-start ratio | work s (sys / base) | work time ratio | "
+             "target | met |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in rows:
         ast = r["after_start_ratio"]
+        wr = r.get("work_ratio")
         lines.append(
             f"| {r['system']} | {r['model']} | {r['set']} | {SYSTEM_NAMES[r['baseline']]} | {r['gemma4u_e2e_s']:.1f} | "
             f"{r['baseline_e2e_s']:.1f} | {r['time_ratio']:.2f} | {r['speedup']:.2f} | "
             f"{r['gemma4u_after_start_s']:.1f} / {r['baseline_after_start_s']:.1f} | "
-            f"{'-' if ast is None else f'{ast:.2f}'} | {r.get('target', '')} | "
+            f"{'-' if ast is None else f'{ast:.2f}'} | "
+            f"{r.get('gemma4u_work_s', 0):.1f} / {r.get('baseline_work_s', 0):.1f} | "
+            f"{'-' if wr is None else f'{wr:.2f}'} | {r.get('target', '')} | "
             f"{'' if 'met' not in r else ('yes' if r['met'] else 'no')} |"
         )
-    lines += ["", "| model | set | system | rep | items | e2e s | engine start s | after start s | items/s e2e | "
-              "out tok | prompt tok/item | peak tree RSS MB | idle share | under-filled share | add s | step s |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines += ["", "| model | set | system | rep | items | e2e s | engine start s | after start s | work s "
+              "| items/s e2e | out tok | prompt tok/item | peak tree RSS MB | idle share | under-filled share "
+              "| add s | step s |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in runs:
         x = r.extra
         fmt = lambda v, f="{:.1f}": "-" if v is None else f.format(v)  # noqa: E731
         lines.append(
             f"| {r.model} | {r.set} | {r.system} | {r.rep} | {r.items} | {r.e2e_s:.1f} | {fmt(r.engine_start_s)} | "
-            f"{fmt(r.after_start_s)} | {r.items / r.e2e_s if r.e2e_s else 0:.3f} | {r.output_tokens} | "
+            f"{fmt(r.after_start_s)} | {fmt(r.work_s)} | {r.items / r.e2e_s if r.e2e_s else 0:.3f} | "
+            f"{r.output_tokens} | "
             f"{fmt(r.prompt_tokens_mean)} | {r.peak_tree_rss_mb:.0f} | {fmt(x.get('idle_share'), '{:.3f}')} | "
             f"{fmt(x.get('underfilled_share'), '{:.3f}')} | {fmt(x.get('add_seconds'))} | "
             f"{fmt(x.get('step_seconds'))} |"
@@ -363,6 +393,34 @@ def markdown(rows: list[dict[str, Any]], runs: list[Run], rss: dict[int, dict[st
                          f"(target < +10%: {'met' if max(g_main, g_tree) < 0.10 else 'missed'})")  # fmt: skip
     lines += ["", "```", json.dumps(meta, indent=1), "```"]
     return "\n".join(lines)
+
+
+def load_runs(results: Path) -> tuple[list[Run], dict[int, dict[str, Any]], dict[str, Any]]:
+    """Runs of an earlier results.json, with work_s re-derived from their run folders."""
+    old = json.loads(results.read_text())
+    runs = [Run(**r) for r in old["runs"]]
+    for r in runs:
+        if r.work_s is None:
+            r.work_s = work_seconds(r.system, results.parent / "runs" / f"{r.model}_{r.set}_{r.system}_{r.rep}")
+    return runs, {int(k): v for k, v in old.get("rss", {}).items()}, old.get("meta", {})
+
+
+def report_only(files: list[Path], work: Path) -> int:
+    runs: list[Run] = []
+    rss: dict[int, dict[str, Any]] = {}
+    metas = []
+    for f in files:
+        r, m, meta = load_runs(f)
+        runs += r
+        rss = rss or m
+        metas.append(meta)
+    rows = pair_ratios(runs) + pair_ratios(runs, "gemma4u-t1", ("gemma4u", "a", "b", "c"))
+    md = markdown(rows, runs, rss, {"merged_from": [str(f) for f in files], "runs": metas})
+    (work / "report.md").write_text(md + "\n")
+    (work / "report.json").write_text(json.dumps({"ratios": rows, "runs": [r.__dict__ for r in runs], "rss": rss},
+                                                 indent=1))  # fmt: skip
+    print(md)
+    return 0
 
 
 def machine_meta(args: argparse.Namespace, params: dict[str, int]) -> dict[str, Any]:
@@ -400,6 +458,8 @@ def main() -> int:
     ap.add_argument("--rep-start", type=int, default=0, help="number of the first repetition (sets its system order)")
     ap.add_argument("--merge", type=Path, action="append", default=[],
                     help="results.json of an earlier run on the same inputs: its runs join the tables")  # fmt: skip
+    ap.add_argument("--report", type=Path, action="append", default=[],
+                    help="only rebuild the tables from these results.json files (no runs)")  # fmt: skip
     ap.add_argument("--variant-models", default="tiny", help="models on which gemma4u-t1 (the experiment) runs")
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--max-num-seqs", type=int, default=16)
@@ -413,6 +473,8 @@ def main() -> int:
         a.rss = "200,1000"
     work = a.workdir.resolve()
     (work / "runs").mkdir(parents=True, exist_ok=True)
+    if a.report:
+        return report_only(a.report, work)
 
     print(f"building inputs in {work}/inputs ...", flush=True)
     sets = {}
@@ -441,6 +503,7 @@ def main() -> int:
                     out = work / "runs" / f"{m}_{s}_{system}_{rep}"
                     out.mkdir(parents=True, exist_ok=True)
                     RUNNERS[system](images, model_dir, out, a, run)
+                    run.work_s = work_seconds(system, out)
                     runs.append(run)
                     status = "ok" if run.ok else f"FAILED ({(run.error or '')[-300:]})"
                     print(f"  rep {rep} {m:>4} {s:>5} {system:>7}: e2e {run.e2e_s:6.1f} s, after start "
@@ -449,10 +512,9 @@ def main() -> int:
 
     rss = run_rss(work, [int(n) for n in a.rss.split(",") if n], a.workers) if a.rss else {}
     for earlier in a.merge:
-        old = json.loads(earlier.read_text())
-        runs = [Run(**r) for r in old["runs"]] + runs
-        if not rss:
-            rss = {int(k): v for k, v in old.get("rss", {}).items()}
+        old_runs, old_rss, _ = load_runs(earlier)
+        runs = old_runs + runs
+        rss = rss or old_rss
     rows = pair_ratios(runs) + pair_ratios(runs, "gemma4u-t1", ("gemma4u", "a", "b", "c"))
     meta = machine_meta(a, params)
     md = markdown(rows, runs, rss, meta)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
@@ -142,6 +143,20 @@ class VllmEngine:
             self._llm = LLMEngine.from_engine_args(args)
         except (OSError, ValueError) as exc:
             raise UsageError(f"cannot load model {self.model}: {str(exc).splitlines()[0]}") from exc
+        self._warn_plugin()
+
+    def _warn_plugin(self) -> None:
+        """Say loudly when image attention on this backend does not match the model."""
+        for problem in self.notes().get("bidi_plugin", {}).get("problems", []):
+            log.warning("gemma4u: %s", problem)
+            print(f"gemma4u: WARNING: {problem}", file=sys.stderr, flush=True)
+
+    def notes(self) -> dict[str, Any]:
+        """Facts for the run manifest: what the bidirectional-attention plugin does here."""
+        from .vllm_plugin import describe, plugin_status
+
+        status = plugin_status(self._llm) if self._llm is not None else plugin_status()
+        return {"bidi_plugin": {**status, "summary": describe(status)}}
 
     def render_prompt(self, messages: list[dict[str, Any]]) -> str:
         return self._tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)

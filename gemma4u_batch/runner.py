@@ -633,7 +633,8 @@ def run_job(
         summary.already_complete = counters.done == 0 and counters.skipped > 0 and not stop.requested
         summary.elapsed_s = time.monotonic() - started
         if not stop.requested:
-            done = {"finished_at": time.time(), "records_this_run": counters.done, **counters.snapshot()}
+            done = {"finished_at": time.time(), "records_this_run": counters.done, **counters.snapshot(),
+                    "engine_notes": getattr(engine, "notes", dict)()}  # fmt: skip
             if shard:
                 write_json_atomic(layout.meta / "shards" / f"{shard[0]}-of-{shard[1]}.done.json", done, layout.tmp)
                 if all((layout.meta / "shards" / f"{i}-of-{shard[1]}.done.json").exists() for i in range(shard[1])):

@@ -120,9 +120,10 @@ class Case:
         return kw
 
 
-def text_then_image_case(words: int = 120) -> Case:
-    """A long text before the image: with a small token budget the text is prefilled in an
-    earlier step than the image, so the image rows read their window from the KV cache."""
+def text_then_image_case(words: int = 1100) -> Case:
+    """About 2300 tokens of text, then an image: the whole prompt exceeds a 2496-token budget,
+    so vLLM (never splitting an image) prefills the text in one step and the image in the
+    next, whose rows then read their sliding window back from the KV cache."""
     text = " ".join(["the dog and the cat sit in the red house near the street"] * (words // 12))
     return Case(
         "text-then-image",

@@ -13,6 +13,7 @@ from rich.console import Console
 from ..config import EngineConfig, JobConfig, SamplingConfig
 from ..errors import EngineFailure, ExitCode, OutputError, OutputLocked, UsageError
 from .options import make_job_command
+from .verify_cmd import verify
 
 app = typer.Typer(
     name="gemma4u",
@@ -23,6 +24,7 @@ app = typer.Typer(
 )
 model_app = typer.Typer(help="Model utilities: tiny test checkpoint, parity check.", no_args_is_help=True)
 app.add_typer(model_app, name="model")
+model_app.command("verify")(verify)
 
 err = Console(stderr=True, highlight=False)
 

@@ -92,8 +92,11 @@ def _register() -> None:
     if not platform:
         platform = str(getattr(current_platform, "_enum", "unknown")).split(".")[-1].lower()
     _state["platform"] = platform
+    if platform in GPU_PLATFORMS:
+        _state["reason"] = f"not needed on {platform}: vLLM's own attention kernels honour image blocks"
+        return
     if platform != "cpu":
-        _state["reason"] = f"not patched: platform {platform} is not CPU"
+        _state["reason"] = f"not patched: platform {platform} is not covered"
         return
     reports.ensure_report_dir()  # before the engine spawns its processes, so they inherit it
     from .cpu_bidi import apply_patch

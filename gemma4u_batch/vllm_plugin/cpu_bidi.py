@@ -268,6 +268,7 @@ def apply_patch(vllm_version: str) -> bool:
 
     @functools.wraps(orig_build)
     def build(self, common_prefix_len, common_attn_metadata, fast_build=False):
+        reports.flush()  # counters of the previous step, if it recomputed image rows
         md = orig_build(self, common_prefix_len, common_attn_metadata, fast_build)
         md.mm_prefix_range = None  # the attribute Gemma 4 clears on its full-attention layers
         md.gemma4u_spans = []

@@ -2,9 +2,10 @@
 
 The process that loads the plugin first (the one building the engine) picks a report
 folder and exports it in GEMMA4U_BIDI_REPORT_DIR; engine-core and worker processes inherit
-it and each writes one small JSON file (on set-up, on problems, and at 1, 2, 4, ...
-corrected attention calls). `read_reports` keeps only files written by descendants of the
-calling process, so nested gemma4u runs do not see each other's engines.
+it and each writes one small JSON file (on set-up, on problems, on the first corrected
+attention call, then at most once per engine step). `read_reports` keeps only files
+written by descendants of the calling process, so nested gemma4u runs do not see each
+other's engines.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ REPORT_DIR_ENV = "GEMMA4U_BIDI_REPORT_DIR"
 
 _lock = threading.Lock()
 _report: dict[str, Any] | None = None
+_dirty = False
 
 
 def ensure_report_dir() -> Path:
@@ -35,8 +38,13 @@ def ensure_report_dir() -> Path:
     creator = os.getpid()
 
     def _cleanup() -> None:
-        if os.getpid() == creator:
+        if os.getpid() != creator:
+            return
+        for _ in range(5):  # an engine process shutting down may still write its last report
             shutil.rmtree(path, ignore_errors=True)
+            if not path.exists():
+                return
+            time.sleep(0.2)
 
     atexit.register(_cleanup)
     return path
@@ -110,16 +118,29 @@ def note_problem(message: str) -> None:
 
 def note_correction(rows: int, resumed_spans: int = 0) -> None:
     """rows recomputed in one attention call; resumed_spans: image spans whose request had
-    tokens from an earlier step or the prefix cache (keys read back from the KV cache)."""
+    tokens from an earlier step or the prefix cache (keys read back from the KV cache).
+    Written at once the first time, then by `flush` at the next step (one write per step)."""
+    global _dirty
     with _lock:
         rep = _base()
-        first_resumed = resumed_spans and not rep["resumed_spans"]
+        first = rep["corrected_calls"] == 0
         rep["corrected_calls"] += 1
         rep["corrected_rows"] += rows
         rep["resumed_spans"] += resumed_spans
-        n = rep["corrected_calls"]
-        if n & (n - 1) == 0 or first_resumed:  # 1, 2, 4, 8, ...: a handful of writes per run
+        _dirty = True
+        if first:
             _write()
+            _dirty = False
+
+
+def flush() -> None:
+    """Write pending counters (called once per engine step, cheap when nothing changed)."""
+    global _dirty
+    if not _dirty:
+        return
+    with _lock:
+        _write()
+        _dirty = False
 
 
 def read_reports(root_pid: int | None = None) -> list[dict[str, Any]]:
