@@ -118,6 +118,7 @@ class VllmEngine:
 
     def _start_engine(self) -> None:
         from vllm import EngineArgs
+        from vllm.config import StructuredOutputsConfig
         from vllm.platforms import current_platform
         from vllm.v1.engine.llm_engine import LLMEngine
 
@@ -136,6 +137,9 @@ class VllmEngine:
             mm_processor_kwargs={"max_soft_tokens": self.image_tokens},
             mm_processor_cache_gb=self.engine.mm_cache_gb,
             disable_chunked_mm_input=True,
+            # Compact JSON under guided decoding: a weak or sampled model cannot loop on
+            # whitespace inside the object (engine-wide in vLLM 0.32; needs xgrammar/guidance).
+            structured_outputs_config=StructuredOutputsConfig(backend="xgrammar", disable_any_whitespace=True),
             seed=self.seed,
             disable_log_stats=True,
         )

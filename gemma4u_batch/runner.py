@@ -224,12 +224,11 @@ class Pipeline:
     def structured(self, task: str) -> dict[str, Any] | None:
         if self.config.choices:
             return {"choice": list(self.config.choices)}
-        # No free whitespace: a weak or sampled model cannot loop on spaces inside the JSON.
         if self._schema is not None:
-            return {"json": self._schema, "disable_any_whitespace": True}
+            return {"json": self._schema}
         t = resolve_task(task)
         if t is not None and t.json_schema is not None and not self.config.prompt:
-            return {"json": t.json_schema, "disable_any_whitespace": True}
+            return {"json": t.json_schema}
         return None
 
     def messages(self, d: DecodedItem, instruction: str) -> list[dict[str, Any]]:
