@@ -175,11 +175,18 @@ def run_gemma4u(
     run.output_tokens = sum(r.get("num_output_tokens") or 0 for r in recs)
     pts = [r["num_prompt_tokens"] for r in recs if r.get("num_prompt_tokens")]
     run.prompt_tokens_mean = statistics.mean(pts) if pts else None
-    run.extra = {k: s.get(k) for k in ("idle_share", "underfilled_share", "work_window_s", "add_seconds",
-                                       "step_seconds")}  # fmt: skip
+    run.extra = gemma4u_extra(s)
     errs = [r for r in recs if r.get("error") is not None]
     if errs:
         run.ok, run.error = False, f"{len(errs)} error records, first: {errs[0].get('error')}"
+
+
+EXTRA_KEYS = ("idle_share", "underfilled_share", "work_window_s", "feeding_window_s", "idle_while_feeding_share",
+              "underfilled_while_feeding_share", "add_seconds", "step_seconds")  # fmt: skip
+
+
+def gemma4u_extra(summary: dict[str, Any]) -> dict[str, Any]:
+    return {k: summary.get(k) for k in EXTRA_KEYS}
 
 
 def run_a(images: Path, model: Path, out: Path, a: argparse.Namespace, run: Run) -> None:
@@ -362,8 +369,8 @@ def markdown(rows: list[dict[str, Any]], runs: list[Run], rss: dict[int, dict[st
         )
     lines += ["", "| model | set | system | rep | items | e2e s | engine start s | after start s | work s "
               "| items/s e2e | out tok | prompt tok/item | peak tree RSS MB | idle share | under-filled share "
-              "| add s | step s |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+              "| idle while feeding | under-filled while feeding | add s | step s |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in runs:
         x = r.extra
         fmt = lambda v, f="{:.1f}": "-" if v is None else f.format(v)  # noqa: E731
@@ -372,7 +379,8 @@ def markdown(rows: list[dict[str, Any]], runs: list[Run], rss: dict[int, dict[st
             f"{fmt(r.after_start_s)} | {fmt(r.work_s)} | {r.items / r.e2e_s if r.e2e_s else 0:.3f} | "
             f"{r.output_tokens} | "
             f"{fmt(r.prompt_tokens_mean)} | {r.peak_tree_rss_mb:.0f} | {fmt(x.get('idle_share'), '{:.3f}')} | "
-            f"{fmt(x.get('underfilled_share'), '{:.3f}')} | {fmt(x.get('add_seconds'))} | "
+            f"{fmt(x.get('underfilled_share'), '{:.3f}')} | {fmt(x.get('idle_while_feeding_share'), '{:.3f}')} | "
+            f"{fmt(x.get('underfilled_while_feeding_share'), '{:.3f}')} | {fmt(x.get('add_seconds'))} | "
             f"{fmt(x.get('step_seconds'))} |"
             + ("" if r.ok else f" FAILED: {(r.error or '')[:200]!r}")
         )
@@ -400,8 +408,11 @@ def load_runs(results: Path) -> tuple[list[Run], dict[int, dict[str, Any]], dict
     old = json.loads(results.read_text())
     runs = [Run(**r) for r in old["runs"]]
     for r in runs:
+        out = results.parent / "runs" / f"{r.model}_{r.set}_{r.system}_{r.rep}"
         if r.work_s is None:
-            r.work_s = work_seconds(r.system, results.parent / "runs" / f"{r.model}_{r.set}_{r.system}_{r.rep}")
+            r.work_s = work_seconds(r.system, out)
+        if r.system.startswith("gemma4u") and (out / "timeline.json").exists():
+            r.extra = gemma4u_extra(summarize(Timeline.load(out / "timeline.json")))
     return runs, {int(k): v for k, v in old.get("rss", {}).items()}, old.get("meta", {})
 
 

@@ -70,6 +70,19 @@ def work_window(events: list[tuple[float, int]]) -> tuple[float, float] | None:
     return first, events[-1][0]
 
 
+def last_add(events: list[tuple[float, int]]) -> float | None:
+    """Time of the last submission: the last event whose count rose (an add raises the
+    count by one; a harvest only lowers it). After it, the input is exhausted and the
+    engine only drains."""
+    prev = 0
+    found = None
+    for t, n in events:
+        if n > prev:
+            found = t
+        prev = n
+    return found
+
+
 def summarize(tl: Timeline) -> dict[str, Any]:
     win = work_window(tl.events)
     out: dict[str, Any] = {
@@ -86,4 +99,11 @@ def summarize(tl: Timeline) -> dict[str, Any]:
         out["idle_share"] = idle_share(tl.events, start, end)
         if tl.max_num_seqs:
             out["underfilled_share"] = idle_share(tl.events, start, end, below=tl.max_num_seqs)
+        fed = last_add(tl.events)
+        if fed is not None and fed > start:
+            # While input remained (first add → last add): the drain at the end is not starvation.
+            out["feeding_window_s"] = fed - start
+            out["idle_while_feeding_share"] = idle_share(tl.events, start, fed)
+            if tl.max_num_seqs:
+                out["underfilled_while_feeding_share"] = idle_share(tl.events, start, fed, below=tl.max_num_seqs)
     return out

@@ -209,6 +209,7 @@ class VllmEngine:
     def step(self) -> list[EngineResult]:
         results: list[EngineResult] = []
         try:
+            self._wait_for_output()
             outputs = self._llm.step()
         except Exception as exc:
             if _engine_dead(exc):
@@ -233,6 +234,28 @@ class VllmEngine:
                 )
             )
         return results
+
+    def _wait_for_output(self) -> None:
+        """Block until the engine core has output, but notice if its process died.
+
+        vLLM 0.32's synchronous client waits on its output queue forever when the core
+        process is killed (its monitor marks the engine dead but does not wake the waiter).
+        """
+        core = getattr(self._llm, "engine_core", None)
+        q = getattr(core, "outputs_queue", None)
+        resources = getattr(core, "resources", None)
+        if q is None or not hasattr(q, "not_empty"):
+            return
+        while True:
+            with q.not_empty:
+                if q.not_empty.wait_for(lambda: bool(q.queue), timeout=0.5):
+                    return
+            manager = getattr(resources, "engine_manager", None)
+            procs = getattr(manager, "processes", None) or []
+            dead = [p for p in procs if p.exitcode is not None]
+            if getattr(resources, "engine_dead", False) or dead:
+                code = dead[0].exitcode if dead else None
+                raise EngineDied(f"engine core process exited (exit code {code})")
 
     def has_unfinished(self) -> bool:
         return bool(self._inflight)

@@ -13,7 +13,7 @@ from PIL import Image
 from benchmarks.batch_jsonl import read_batch_output, write_batch_jsonl
 from benchmarks.bench import Run, pair_ratios
 from benchmarks.inputs import PHONE_SIZE, make_tiny_pngs, phone_photo_bytes, small_image_bytes
-from benchmarks.timeline import Timeline, idle_share, summarize, work_window
+from benchmarks.timeline import Timeline, idle_share, last_add, summarize, work_window
 
 
 @pytest.mark.parametrize(("index", "orientation"), [(0, 1), (3, 6)])
@@ -75,6 +75,11 @@ def test_timeline_round_trip_and_summary(tmp_path: Path) -> None:
     assert s["work_window_s"] == pytest.approx(8.0)
     assert s["idle_share"] == pytest.approx(1 / 8)
     assert s["underfilled_share"] == pytest.approx((1 + 1 + 4) / 8)  # below 4 except [42, 44)
+    # input exhausted at the last add (45.0): the drain after it is not starvation
+    assert last_add(back.events) == 45.0
+    assert s["feeding_window_s"] == pytest.approx(4.0)
+    assert s["idle_while_feeding_share"] == pytest.approx(1 / 4)
+    assert s["underfilled_while_feeding_share"] == pytest.approx(2 / 4)
 
 
 def test_batch_jsonl_lines_are_openai_chat_requests(tmp_path: Path) -> None:
