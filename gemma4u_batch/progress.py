@@ -17,6 +17,7 @@ class Counters:
     skipped: int = 0
     output_tokens: int = 0
     errors_by_kind: dict[str, int] = field(default_factory=dict)
+    total: int | None = None  # items in the input, once a background count finished
 
     def add(self, error_kind: str | None, output_tokens: int | None) -> None:
         self.done += 1
@@ -31,7 +32,12 @@ class Counters:
 
     def snapshot(self) -> dict[str, Any]:
         el = max(self.elapsed, 1e-9)
+        rate = self.done / el
+        remaining = None if self.total is None else max(0, self.total - self.done - self.skipped)
         return {
+            "total": self.total,
+            "remaining": remaining,
+            "eta_s": None if remaining is None or rate <= 0 else round(remaining / rate, 1),
             "done": self.done,
             "errors": self.errors,
             "skipped": self.skipped,
@@ -72,7 +78,7 @@ class Reporter:
         if self.mode == "rich" and self._progress is not None:
             s = c.snapshot()
             rate = f"{s['items_per_s']:.2f} it/s · {s['output_tokens_per_s']:.1f} tok/s · {c.errors} errors"
-            self._progress.update(self._task, completed=c.done + c.skipped, rate=rate)
+            self._progress.update(self._task, completed=c.done + c.skipped, total=c.total, rate=rate)
             return
         if self.mode == "json" and (force or now - self._last >= self.every):
             self._last = now

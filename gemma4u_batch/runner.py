@@ -474,6 +474,23 @@ def feed(
         reporter.update(counters)
 
 
+def _count_in_background(config: JobConfig, counters: Counters) -> None:
+    """Count the input's items on a side thread (a second streamed pass, flat memory) so
+    progress can show a total and an ETA without delaying the start."""
+    import threading
+
+    def count() -> None:
+        try:
+            source = source_for(config, dataset_spec(config))
+            n = sum(1 for _ in source)
+        except Exception:  # progress only: no total if the input cannot be read again
+            return
+        shard = config.shard_index()
+        counters.total = n * len(config.task_list()) // (shard[1] if shard else 1)
+
+    threading.Thread(target=count, name="gemma4u-count", daemon=True).start()
+
+
 def dataset_spec(config: JobConfig) -> str | None:
     """`--dataset imagefolder INPUT` → "imagefolder:INPUT"; a hub id stays as it is."""
     from .sources.hf_dataset import FILE_LOADERS, FOLDER_LOADERS
@@ -598,6 +615,7 @@ def run_job(
         )
         counters = Counters()
         stop = _Stop()
+        _count_in_background(config, counters)
 
         def emit(unit: Unit) -> None:
             rec = pipeline.record(unit)
