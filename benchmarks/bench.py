@@ -44,10 +44,16 @@ from benchmarks.inputs import make_phone_photos, make_small_images, make_tiny_pn
 from benchmarks.timeline import Timeline, summarize
 
 PY = sys.executable
-SYSTEMS = ("gemma4u", "a", "b", "c", "gemma4u-t1")
+SYSTEMS = ("gemma4u", "a", "b", "c", "gemma4u-t1", "gemma4u-opt")
+VARIANTS = {  # gemma4u with proposed engine.py changes applied by benchmarks/timed_cli.py (package untouched)
+    "gemma4u-t1": {"GEMMA4U_BENCH_FRONTEND_THREADS": "1"},
+    "gemma4u-opt": {"GEMMA4U_BENCH_FRONTEND_THREADS": "1", "GEMMA4U_BENCH_MM_UUIDS": "1",
+                    "GEMMA4U_BENCH_SHUTDOWN_TIMEOUT": "0.5"},
+}  # fmt: skip
 SYSTEM_NAMES = {
     "gemma4u": "gemma4u CLI",
     "gemma4u-t1": "gemma4u CLI, front-end torch threads = 1 (proposed change, set by the benchmark)",
+    "gemma4u-opt": "gemma4u CLI + proposed changes (threads = 1, mm uuids, 0.5 s shutdown grace)",
     "a": "(a) Pillow + one LLM.generate",
     "b": "(b) vllm run_batch",
     "c": "(c) transformers generate",
@@ -146,8 +152,8 @@ def _tail(log: Path, n: int = 2000) -> str:
     return log.read_text(errors="replace")[-n:]
 
 
-def run_gemma4u_t1(images: Path, model: Path, out: Path, a: argparse.Namespace, run: Run) -> None:
-    run_gemma4u(images, model, out, a, run, env={"GEMMA4U_BENCH_FRONTEND_THREADS": "1"})
+def run_variant(images: Path, model: Path, out: Path, a: argparse.Namespace, run: Run) -> None:
+    run_gemma4u(images, model, out, a, run, env=VARIANTS[run.system])
 
 
 def run_gemma4u(
@@ -245,6 +251,26 @@ def run_b(images: Path, model: Path, out: Path, a: argparse.Namespace, run: Run)
         run.ok, run.error = False, f"{len(rows) - len(good)} failed requests, first: {bad['error']}"
 
 
+def gemma4u_texts(out: Path) -> dict[str, str]:
+    return {r["id"]: r["text"] for p in sorted((out / "out").glob("part-*.jsonl"))
+            for r in map(json.loads, p.read_text().splitlines())}  # fmt: skip
+
+
+def same_text_share(work: Path, runs: list[Run]) -> dict[str, float]:
+    """For each experiment run: share of items whose text equals gemma4u's in the same
+    repetition (the proposed changes must not change any output)."""
+    out = {}
+    for r in runs:
+        if r.system not in VARIANTS:
+            continue
+        base = gemma4u_texts(work / "runs" / f"{r.model}_{r.set}_gemma4u_{r.rep}")
+        mine = gemma4u_texts(work / "runs" / f"{r.model}_{r.set}_{r.system}_{r.rep}")
+        if base and mine:
+            same = sum(1 for k, v in mine.items() if base.get(k) == v)
+            out[f"{r.model}/{r.set}/{r.system}/rep{r.rep}"] = same / len(mine)
+    return out
+
+
 def work_seconds(system: str, out: Path) -> float | None:
     """Engine/model ready → last result, from the files a run leaves in `out`."""
     try:
@@ -264,7 +290,7 @@ def work_seconds(system: str, out: Path) -> float | None:
     return None
 
 
-RUNNERS = {"gemma4u": run_gemma4u, "a": run_a, "b": run_b, "c": run_c, "gemma4u-t1": run_gemma4u_t1}
+RUNNERS = {"gemma4u": run_gemma4u, "a": run_a, "b": run_b, "c": run_c, **dict.fromkeys(VARIANTS, run_variant)}
 
 
 def build_model(workdir: Path, preset: str) -> tuple[Path, int]:
@@ -399,6 +425,9 @@ def markdown(rows: list[dict[str, Any]], runs: list[Run], rss: dict[int, dict[st
             lines.append(f"\nRSS growth {ns[0]} → {ns[-1]} items: main process {g_main:+.1%}, "
                          f"process tree {g_tree:+.1%} "
                          f"(target < +10%: {'met' if max(g_main, g_tree) < 0.10 else 'missed'})")  # fmt: skip
+    if meta.get("same_text_as_gemma4u"):
+        lines += ["", "Experiments vs gemma4u, share of items with identical text: "
+                  + ", ".join(f"{k} {v:.0%}" for k, v in meta["same_text_as_gemma4u"].items())]  # fmt: skip
     lines += ["", "```", json.dumps(meta, indent=1), "```"]
     return "\n".join(lines)
 
@@ -425,8 +454,10 @@ def report_only(files: list[Path], work: Path) -> int:
         runs += r
         rss = rss or m
         metas.append(meta)
-    rows = pair_ratios(runs) + pair_ratios(runs, "gemma4u-t1", ("gemma4u", "a", "b", "c"))
-    md = markdown(rows, runs, rss, {"merged_from": [str(f) for f in files], "runs": metas})
+    rows = pair_ratios(runs) + [row for v in VARIANTS for row in pair_ratios(runs, v, ("gemma4u", "a", "b", "c"))]
+    meta = {"merged_from": [str(f) for f in files], "runs": metas,
+            "same_text_as_gemma4u": same_text_share(files[0].parent, runs)}  # fmt: skip
+    md = markdown(rows, runs, rss, meta)
     (work / "report.md").write_text(md + "\n")
     (work / "report.json").write_text(json.dumps({"ratios": rows, "runs": [r.__dict__ for r in runs], "rss": rss},
                                                  indent=1))  # fmt: skip
@@ -471,7 +502,7 @@ def main() -> int:
                     help="results.json of an earlier run on the same inputs: its runs join the tables")  # fmt: skip
     ap.add_argument("--report", type=Path, action="append", default=[],
                     help="only rebuild the tables from these results.json files (no runs)")  # fmt: skip
-    ap.add_argument("--variant-models", default="tiny", help="models on which gemma4u-t1 (the experiment) runs")
+    ap.add_argument("--variant-models", default="tiny", help="models on which the gemma4u-* experiments run")
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--max-num-seqs", type=int, default=16)
     ap.add_argument("--workers", type=int, default=2, help="gemma4u decode workers")
@@ -480,7 +511,7 @@ def main() -> int:
     a = ap.parse_args()
     if a.quick:
         a.phone, a.small, a.models, a.reps = 4, 4, "tiny", 1
-        a.systems = ",".join(s for s in a.systems.split(",") if s not in ("c", "gemma4u-t1"))
+        a.systems = ",".join(s for s in a.systems.split(",") if s != "c" and s not in VARIANTS)
         a.rss = "200,1000"
     work = a.workdir.resolve()
     (work / "runs").mkdir(parents=True, exist_ok=True)
@@ -508,7 +539,7 @@ def main() -> int:
         for m, model_dir in models.items():
             for s, images in sets.items():
                 for system in order:
-                    if system == "gemma4u-t1" and m not in a.variant_models.split(","):
+                    if system in VARIANTS and m not in a.variant_models.split(","):
                         continue
                     run = Run(system=system, model=m, set=s, rep=rep)
                     out = work / "runs" / f"{m}_{s}_{system}_{rep}"
@@ -526,8 +557,9 @@ def main() -> int:
         old_runs, old_rss, _ = load_runs(earlier)
         runs = old_runs + runs
         rss = rss or old_rss
-    rows = pair_ratios(runs) + pair_ratios(runs, "gemma4u-t1", ("gemma4u", "a", "b", "c"))
+    rows = pair_ratios(runs) + [row for v in VARIANTS for row in pair_ratios(runs, v, ("gemma4u", "a", "b", "c"))]
     meta = machine_meta(a, params)
+    meta["same_text_as_gemma4u"] = same_text_share(work, runs)
     md = markdown(rows, runs, rss, meta)
     (work / "results.json").write_text(json.dumps({"ratios": rows, "runs": [r.__dict__ for r in runs],
                                                   "rss": rss, "meta": meta}, indent=1))  # fmt: skip

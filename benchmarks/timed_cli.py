@@ -5,6 +5,11 @@ usage: python -m benchmarks.timed_cli TIMELINE.json caption IN -o OUT --model ..
 With GEMMA4U_BENCH_FRONTEND_THREADS=N it sets torch's intra-op threads of this (the
 front-end) process to N once the engine is up: an experiment for a proposed change (the
 engine core runs in its own process and is not affected).
+With GEMMA4U_BENCH_MM_UUIDS=1 each image request carries `multi_modal_uuids` (the file's
+sha256 and the image size), so vLLM hashes that string instead of the pixels.
+With GEMMA4U_BENCH_SHUTDOWN_TIMEOUT=S the engine core gets S seconds (vLLM's default: 5)
+to exit on shutdown before it is killed; all records are committed before that point.
+These three are experiments for proposed changes to engine.py (see BENCHMARKS.md).
 With GEMMA4U_BENCH_PROFILE=FILE it also runs cProfile in this (the front-end) process from
 the moment the engine is up to the end, and writes the stats to FILE.
 
@@ -32,6 +37,43 @@ def instrument(tl: Timeline, profiler: cProfile.Profile | None = None) -> None:
     start_engine = VllmEngine._start_engine
     add = VllmEngine.add
     step = VllmEngine.step
+    shutdown = VllmEngine.shutdown
+    use_uuids = os.environ.get("GEMMA4U_BENCH_MM_UUIDS") == "1"
+    shutdown_timeout = os.environ.get("GEMMA4U_BENCH_SHUTDOWN_TIMEOUT")
+    current: dict[str, str | None] = {"uuid": None}
+    if use_uuids:
+        from vllm.v1.engine.llm_engine import LLMEngine
+
+        add_request = LLMEngine.add_request
+
+        @functools.wraps(add_request)
+        def _add_request(self, request_id, prompt, *args, **kwargs):  # type: ignore[no-untyped-def]
+            if current["uuid"] and isinstance(prompt, dict) and "image" in (prompt.get("multi_modal_data") or {}):
+                prompt = {**prompt, "multi_modal_uuids": {"image": [current["uuid"]]}}
+            return add_request(self, request_id, prompt, *args, **kwargs)
+
+        LLMEngine.add_request = _add_request  # type: ignore[method-assign]
+
+    def _uuid_of(request) -> str | None:  # type: ignore[no-untyped-def]
+        try:
+            unit, _ = request.payload
+            image = (request.multi_modal_data or {}).get("image")
+            sha = unit.decoded.content_sha256
+        except (AttributeError, TypeError, ValueError):
+            return None
+        if image is None or not sha:
+            return None
+        return f"sha256:{sha}:{image.size[0]}x{image.size[1]}"
+
+    @functools.wraps(shutdown)
+    def _shutdown(self):  # type: ignore[no-untyped-def]
+        if shutdown_timeout and self._llm is not None:
+            self._llm.engine_core.shutdown(timeout=float(shutdown_timeout))
+            self._llm = None
+            return None
+        return shutdown(self)
+
+    VllmEngine.shutdown = _shutdown  # type: ignore[method-assign]
 
     @functools.wraps(start_engine)
     def _start_engine(self):  # type: ignore[no-untyped-def]
@@ -53,6 +95,8 @@ def instrument(tl: Timeline, profiler: cProfile.Profile | None = None) -> None:
     def _add(self, request):  # type: ignore[no-untyped-def]
         if self._llm is None:  # the lazy engine start is not front-end time
             self._start_engine()
+        if use_uuids:
+            current["uuid"] = _uuid_of(request)
         t0 = time.monotonic()
         rejected = add(self, request)
         t1 = time.monotonic()
