@@ -36,7 +36,7 @@ def main() -> None:
     t0 = time.monotonic()
     llm = LLM(
         model=a.model,
-        dtype=common.DTYPE,
+        dtype=common.DTYPE,  # type: ignore[arg-type]
         max_model_len=common.MAX_MODEL_LEN,
         max_num_seqs=a.max_num_seqs,
         gpu_memory_utilization=common.GPU_MEMORY_UTILIZATION,
@@ -51,7 +51,8 @@ def main() -> None:
     paths = common.list_images(a.images)
     inputs = [{"prompt": prompt, "multi_modal_data": {"image": Image.open(p).convert("RGB")}} for p in paths]
     t_decoded = time.monotonic()
-    outs = llm.generate(inputs, SamplingParams(max_tokens=a.max_tokens, temperature=0.0, seed=0), use_tqdm=False)
+    params = SamplingParams(max_tokens=a.max_tokens, temperature=0.0, seed=0)
+    outs = llm.generate(inputs, params, use_tqdm=False)  # type: ignore[arg-type]
     t_done = time.monotonic()
     n_out = 0
     n_prompt = 0

@@ -353,9 +353,8 @@ def pair_ratios(
                 continue
             tr = [mine[k].e2e_s / theirs[k].e2e_s for k in reps]
             sp = [(mine[k].items / mine[k].e2e_s) / (theirs[k].items / theirs[k].e2e_s) for k in reps]
-            tra = [mine[k].after_start_s / theirs[k].after_start_s for k in reps
-                   if mine[k].after_start_s and theirs[k].after_start_s]  # fmt: skip
-            twr = [mine[k].work_s / theirs[k].work_s for k in reps if mine[k].work_s and theirs[k].work_s]
+            tra = [m / t for k in reps if (m := mine[k].after_start_s) and (t := theirs[k].after_start_s)]
+            twr = [m / t for k in reps if (m := mine[k].work_s) and (t := theirs[k].work_s)]
             row = {
                 "system": system, "model": model, "set": set_, "baseline": base, "reps": len(reps),
                 "gemma4u_e2e_s": statistics.median(mine[k].e2e_s for k in reps),
@@ -397,18 +396,18 @@ def markdown(rows: list[dict[str, Any]], runs: list[Run], rss: dict[int, dict[st
               "| items/s e2e | out tok | prompt tok/item | peak tree RSS MB | idle share | under-filled share "
               "| idle while feeding | under-filled while feeding | add s | step s |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    for r in runs:
-        x = r.extra
+    for run in runs:
+        x = run.extra
         fmt = lambda v, f="{:.1f}": "-" if v is None else f.format(v)  # noqa: E731
         lines.append(
-            f"| {r.model} | {r.set} | {r.system} | {r.rep} | {r.items} | {r.e2e_s:.1f} | {fmt(r.engine_start_s)} | "
-            f"{fmt(r.after_start_s)} | {fmt(r.work_s)} | {r.items / r.e2e_s if r.e2e_s else 0:.3f} | "
-            f"{r.output_tokens} | "
-            f"{fmt(r.prompt_tokens_mean)} | {r.peak_tree_rss_mb:.0f} | {fmt(x.get('idle_share'), '{:.3f}')} | "
+            f"| {run.model} | {run.set} | {run.system} | {run.rep} | {run.items} | {run.e2e_s:.1f} | "
+            f"{fmt(run.engine_start_s)} | {fmt(run.after_start_s)} | {fmt(run.work_s)} | "
+            f"{run.items / run.e2e_s if run.e2e_s else 0:.3f} | {run.output_tokens} | "
+            f"{fmt(run.prompt_tokens_mean)} | {run.peak_tree_rss_mb:.0f} | {fmt(x.get('idle_share'), '{:.3f}')} | "
             f"{fmt(x.get('underfilled_share'), '{:.3f}')} | {fmt(x.get('idle_while_feeding_share'), '{:.3f}')} | "
             f"{fmt(x.get('underfilled_while_feeding_share'), '{:.3f}')} | {fmt(x.get('add_seconds'))} | "
             f"{fmt(x.get('step_seconds'))} |"
-            + ("" if r.ok else f" FAILED: {(r.error or '')[:200]!r}")
+            + ("" if run.ok else f" FAILED: {(run.error or '')[:200]!r}")
         )
     if rss:
         lines += ["", "| items (FakeEngine) | main process peak RSS MB (VmHWM) | process tree peak MB (sampled) "
@@ -535,7 +534,8 @@ def main() -> int:
     systems = [s for s in SYSTEMS if s in a.systems.split(",")]
     runs: list[Run] = []
     for rep in range(a.rep_start, a.rep_start + a.reps):
-        order = systems[rep % len(systems):] + systems[: rep % len(systems)]
+        shift = rep % len(systems) if systems else 0
+        order = systems[shift:] + systems[:shift]
         for m, model_dir in models.items():
             for s, images in sets.items():
                 for system in order:

@@ -56,19 +56,12 @@ def main() -> None:
     opts = DecodeOptions(image_tokens=280)
     datas = [phone_photo_bytes(i) for i in range(a.n)]
     proc = AutoProcessor.from_pretrained(str(a.model)).image_processor
-    algo = None
-    try:
-        from vllm.config.multimodal import MultiModalConfig
+    from vllm.config.multimodal import MultiModalConfig
 
-        algo = MultiModalConfig().mm_hasher_algorithm
-    except Exception:
-        algo = None
+    algo = MultiModalConfig().mm_hasher_algorithm  # vLLM's default hasher
 
     def hash_image(img: Image.Image) -> None:
-        if algo is None:
-            MultiModalHasher.hash_kwargs(model_id="m", image=img)
-        else:
-            MultiModalHasher.hash_kwargs(algo, model_id="m", image=img)
+        MultiModalHasher.hash_kwargs(algo, model_id="m", image=img)
 
     rows: dict[str, list[float]] = {}
 

@@ -132,7 +132,7 @@ def main() -> None:
 
         def _dump() -> None:
             profiler.disable()
-            profiler.dump_stats(profile_to)
+            profiler.dump_stats(str(profile_to))
 
         atexit.register(_dump)
     sys.argv = ["gemma4u", *sys.argv[2:]]
