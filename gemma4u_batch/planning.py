@@ -30,6 +30,7 @@ from rich.table import Table
 from .config import JobConfig
 from .errors import UsageError
 from .records import Modality, WorkItem
+from .runner import is_speech_job
 from .tasks import instruction_for, resolve_task
 
 TEMPLATE_TOKENS = 20
@@ -122,13 +123,6 @@ class Plan:
 
 
 # -------------------------------------------------------------------------- helpers
-
-
-def speech_job(config: JobConfig) -> bool:
-    """True when every task is a speech task: videos are then sent as their soundtrack
-    (the runner's rule for `transcribe`/`translate`)."""
-    names = config.task_list()
-    return bool(names) and all((t := resolve_task(n)) is not None and t.windowed_audio for n in names)
 
 
 def _approx_tokens(text: str | None) -> int:
@@ -226,7 +220,7 @@ def _scan(config: JobConfig, per_modality: int, overall: int = 0) -> _Scan:
 
     source = source_for(config, dataset_spec(config))
     scan = _Scan(_source_label(config, source))
-    speech = speech_job(config)
+    speech = is_speech_job(config)
     done = _done_ids(config)
     if done is not None:
         scan.new_items = 0
@@ -346,7 +340,7 @@ def plan(config: JobConfig, sample: int = 16, recipe: str | None = None) -> Plan
 
 def _add_notes(p: Plan, scan: _Scan) -> None:
     c = p.config
-    if speech_job(c) and scan.found.get("video"):
+    if is_speech_job(c) and scan.found.get("video"):
         p.notes.append(f"{scan.found['video']} video(s) are sent as their soundtrack (audio) for speech tasks")
     shard = c.shard_index() if hasattr(c, "shard_index") else None
     if shard is not None:
@@ -578,7 +572,7 @@ def estimate(
     if not items:
         raise UsageError(f"no usable items in {config.dataset or config.input} to estimate with")
     est = Estimate(sampled=len(items), total_items=scan.items, pending_items=scan.new_items)
-    speech = speech_job(config)
+    speech = is_speech_job(config)
     for it in items:
         mod = "audio" if speech and it.modality is Modality.VIDEO else it.modality.value  # type: ignore[union-attr]
         est.sample_modalities[mod] = est.sample_modalities.get(mod, 0) + 1
@@ -625,7 +619,7 @@ def _estimate_assumptions(est: Estimate, config: JobConfig, scan: _Scan) -> None
         f"the {est.sampled} item(s) were drawn uniformly from the {est.total_items} (fixed seed, same sample every "
         "time); the job's mix of modalities and file sizes is assumed to match the sample's"
     )
-    sent = {("audio" if speech_job(config) and k == "video" else k) for k in scan.found}
+    sent = {("audio" if is_speech_job(config) and k == "video" else k) for k in scan.found}
     missing = sorted(sent - set(est.sample_modalities))
     if missing:
         a.append(f"no {', '.join(missing)} item was sampled: their cost is not in the projection (raise N)")

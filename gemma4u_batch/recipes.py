@@ -30,14 +30,13 @@ from pydantic import BaseModel, ValidationError
 
 from .config import JobConfig
 from .errors import UsageError
-from .tasks import TASKS, resolve_task
+from .tasks import TASKS, is_speech_task, resolve_task
 
 RECIPE_VERSION = 1
 META_KEYS = ("version", "description")
 """Top-level keys a recipe may carry that are not JobConfig fields."""
 
 PATH_FIELDS = ("input", "output")
-SPEECH_TASKS = ("transcribe", "translate")
 
 
 # --------------------------------------------------------------------------- YAML
@@ -440,7 +439,7 @@ def _check_semantics(data: dict[str, Any], config: JobConfig) -> None:
     if "task" in data and data.get("tasks"):
         raise _RecipeProblem("task and tasks cannot be used together (tasks runs several tasks per item)")
     names = [t.name for n in config.task_list() if (t := resolve_task(n)) is not None]
-    speech = [n for n in names if n in SPEECH_TASKS]
+    speech = [n for n in names if is_speech_task(n)]
     if config.translate_to and config.prompt is None and names and not speech:
         raise _RecipeProblem(
             f"translate_to only applies to the transcribe and translate tasks, not '{', '.join(names)}'"

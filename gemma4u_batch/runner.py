@@ -38,7 +38,7 @@ from .quality import parse_structured, quality_flags
 from .records import DecodedItem, Modality, OutputRecord, WorkItem
 from .sources import open_source
 from .subtitles import write_transcripts
-from .tasks import TASKS, instruction_for, resolve_task
+from .tasks import TASKS, instruction_for, is_speech_task, resolve_task
 from .units import Unit, build_parts, stitch
 from .writer import OutLayout, PartWriter, cleanup_orphans
 
@@ -515,7 +515,8 @@ def source_for(config: JobConfig, dataset: str | None) -> Any:
 
 def is_speech_job(config: JobConfig) -> bool:
     """Every task is a speech task: videos are then their soundtracks."""
-    return all(t in ("transcribe", "translate") for t in config.task_list())
+    names = config.task_list()
+    return bool(names) and all(is_speech_task(n) for n in names)
 
 
 def speech_item(item: WorkItem) -> WorkItem:

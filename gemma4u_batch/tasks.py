@@ -118,6 +118,12 @@ def resolve_task(name: str) -> Task | None:
     return TASKS.get(ALIASES.get(name, name))
 
 
+def is_speech_task(name: str) -> bool:
+    """Speech tasks cut long audio into windows and treat a video as its soundtrack."""
+    t = resolve_task(name)
+    return t is not None and t.windowed_audio
+
+
 def instruction_for(task: str, modality: Modality, *, language: str | None = None, target: str | None = None) -> str:
     """The built-in instruction for a task, with the language options folded in."""
     t = resolve_task(task)

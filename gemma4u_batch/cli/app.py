@@ -162,6 +162,7 @@ def inspect(
 
     from ..inspection import inspect_items, summarize
     from ..runner import dataset_spec, decode_options, source_for
+    from ..tasks import is_speech_task
 
     if input is None and dataset is None:
         raise UsageError("give an INPUT (folder, manifest or saved dataset) or --dataset")
@@ -174,7 +175,7 @@ def inspect(
     out = Console(highlight=False)
     views = []
     for v in inspect_items(
-        source, decode_options(config), windowed_audio=task in ("transcribe", "translate"), workers=workers,
+        source, decode_options(config), windowed_audio=is_speech_task(task), workers=workers,
         dump_dir=dump,
     ):  # fmt: skip
         views.append(v)
@@ -237,7 +238,7 @@ def _count_pending(layout: Any, records: int) -> int | None:
     import json
 
     from ..ledger import current_records
-    from ..runner import dataset_spec, source_for, speech_item
+    from ..runner import dataset_spec, is_speech_job, source_for, speech_item
 
     man = json.loads(layout.run_manifest.read_text())
     try:
@@ -246,7 +247,7 @@ def _count_pending(layout: Any, records: int) -> int | None:
     except (UsageError, ValidationError, KeyError):
         return None
     done_ids = {r["id"] for r in current_records(layout, ("id",))}
-    items = (speech_item(i) for i in source) if config.task in ("transcribe", "translate") else iter(source)
+    items = (speech_item(i) for i in source) if is_speech_job(config) else iter(source)
     return sum(1 for i in items if i.id not in done_ids)
 
 
