@@ -200,45 +200,35 @@ def _build_tokenizer():
     )
 
 
-def build_tiny_checkpoint(out_dir: Path, seed: int = 0, spec: TinySpec | None = None) -> Path:
-    """Write config, safetensors weights, tokenizer, processor configs and chat template."""
-    import torch
+def _layer_types(n: int) -> list[str]:
+    """Sliding layers with full ones at the end and second, as in the 5:1 pattern, so
+    both kinds of layer (and a group boundary) show up even at four layers."""
+    layer_types = ["sliding_attention"] * (n - 1) + ["full_attention"]
+    layer_types[1] = "full_attention"
+    return layer_types
+
+
+def _model_config(spec: TinySpec, ids: dict[str, int], vocab_size: int):
+    """The full Gemma 4 Unified config at the spec's width, wired to our tokenizer's ids."""
     from transformers import (
         Gemma4UnifiedAudioConfig,
         Gemma4UnifiedConfig,
-        Gemma4UnifiedForConditionalGeneration,
-        Gemma4UnifiedProcessor,
         Gemma4UnifiedTextConfig,
         Gemma4UnifiedVisionConfig,
-        GenerationConfig,
-    )
-    from transformers.models.gemma4_unified import (
-        Gemma4UnifiedAudioFeatureExtractor,
-        Gemma4UnifiedImageProcessor,
-        Gemma4UnifiedVideoProcessor,
     )
 
-    spec = spec or TinySpec()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tokenizer = _build_tokenizer()
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
-    vocab_size = len(tokenizer)
-    n = spec.num_hidden_layers
-    layer_types = ["sliding_attention"] * (n - 1) + ["full_attention"]
-    layer_types[1] = "full_attention"  # a full layer in the middle too, as in the 5:1 pattern
     text_config = Gemma4UnifiedTextConfig(
         vocab_size=vocab_size,
         hidden_size=spec.hidden_size,
         intermediate_size=spec.intermediate_size,
-        num_hidden_layers=n,
+        num_hidden_layers=spec.num_hidden_layers,
         num_attention_heads=spec.num_attention_heads,
         num_key_value_heads=spec.num_key_value_heads,
         head_dim=spec.head_dim,
         global_head_dim=spec.global_head_dim,  # type: ignore[call-arg]  # consumed by __post_init__
         max_position_embeddings=spec.max_position_embeddings,
         sliding_window=spec.sliding_window,
-        layer_types=layer_types,
+        layer_types=_layer_types(spec.num_hidden_layers),
         use_bidirectional_attention="vision",
         pad_token_id=ids[PAD],
         eos_token_id=[ids[EOS], ids[END_OF_TURN]],
@@ -263,10 +253,17 @@ def build_tiny_checkpoint(out_dir: Path, seed: int = 0, spec: TinySpec | None = 
         audio_token_id=ids[AUDIO],
     )
     config.architectures = ["Gemma4UnifiedForConditionalGeneration"]
+    return config
+
+
+def _save_model(config, ids: dict[str, int], seed: int, out_dir: Path) -> None:
+    """Random weights from `seed`, jittered: random init leaves some tensors at zero or
+    one, and the jitter makes each seed differ everywhere and no layer an identity."""
+    import torch
+    from transformers import Gemma4UnifiedForConditionalGeneration, GenerationConfig
+
     torch.manual_seed(seed)
     model = Gemma4UnifiedForConditionalGeneration(config).float().eval()
-    # Random init leaves some tensors at zero or one; jitter everything so each seed differs
-    # everywhere and no layer is an identity.
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for _, param in sorted(model.named_parameters()):
@@ -275,6 +272,17 @@ def build_tiny_checkpoint(out_dir: Path, seed: int = 0, spec: TinySpec | None = 
         bos_token_id=ids[BOS], eos_token_id=[ids[EOS], ids[END_OF_TURN]], pad_token_id=ids[PAD]
     )
     model.save_pretrained(out_dir, safe_serialization=True)
+
+
+def _save_processor(tokenizer, spec: TinySpec, vocab_size: int, out_dir: Path) -> None:
+    """The processor (tokenizer, image/video/audio front ends, chat template); its
+    tokenizer must still match the model's vocabulary."""
+    from transformers import Gemma4UnifiedProcessor
+    from transformers.models.gemma4_unified import (
+        Gemma4UnifiedAudioFeatureExtractor,
+        Gemma4UnifiedImageProcessor,
+        Gemma4UnifiedVideoProcessor,
+    )
 
     processor = Gemma4UnifiedProcessor(
         feature_extractor=Gemma4UnifiedAudioFeatureExtractor(),
@@ -287,6 +295,18 @@ def build_tiny_checkpoint(out_dir: Path, seed: int = 0, spec: TinySpec | None = 
     processor.save_pretrained(out_dir)
     if len(processor.tokenizer) != vocab_size:
         raise RuntimeError("processor added tokens; vocab size no longer matches the model")
+
+
+def build_tiny_checkpoint(out_dir: Path, seed: int = 0, spec: TinySpec | None = None) -> Path:
+    """Write config, safetensors weights, tokenizer, processor configs and chat template."""
+    spec = spec or TinySpec()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer = _build_tokenizer()
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    vocab_size = len(tokenizer)
+    _save_model(_model_config(spec, ids, vocab_size), ids, seed, out_dir)
+    _save_processor(tokenizer, spec, vocab_size, out_dir)
 
     # vLLM reads vision_config.num_soft_tokens, which transformers' config does not carry.
     cfg_path = out_dir / "config.json"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
@@ -18,9 +19,45 @@ from rich.table import Table
 from ..config import DEFAULT_MODEL
 from ..errors import ExitCode, UsageError
 
+if TYPE_CHECKING:
+    from ..verify import ModalityReport
+
 
 def _fmt(x: float | None) -> str:
     return "-" if x is None or not math.isfinite(x) else f"{x:.2e}"
+
+
+def _greedy(report: ModalityReport) -> str:
+    """Where the greedy continuations part, as a table cell."""
+    if report.greedy_match:
+        return "same"
+    if report.first_divergence is not None:
+        return f"differs at {report.first_divergence}"
+    return "-"
+
+
+def _report_table(model: str, reports: list[ModalityReport], max_tokens: int) -> Table:
+    """One row per prompt: the numbers a reader needs to judge a failure at a glance."""
+    table = Table(title=f"vLLM vs transformers: {model}", title_justify="left")
+    table.add_column("prompt", no_wrap=True)
+    table.add_column("modality", no_wrap=True)
+    table.add_column("tokens", justify="right")
+    table.add_column("max|Δ lp| first", justify="right", no_wrap=True)
+    table.add_column(f"max|Δ lp| {max_tokens} steps", justify="right", no_wrap=True)
+    table.add_column(f"greedy {max_tokens}", no_wrap=True)
+    table.add_column("result")
+    for r in reports:
+        result = "[green]ok[/]" if r.ok else f"[bold red]FAIL[/] {r.error or ''}".rstrip()
+        table.add_row(
+            r.name,
+            r.modality,
+            str(r.num_prompt_tokens),
+            _fmt(r.first_token_max_abs_diff),
+            _fmt(r.max_abs_diff),
+            _greedy(r),
+            result,
+        )
+    return table
 
 
 def verify(
@@ -67,32 +104,7 @@ def verify(
     if json_out:
         print(json.dumps({"ok": all_ok, "reports": [r.to_dict() for r in reports], "plugin": status}, indent=2))
     else:
-        table = Table(title=f"vLLM vs transformers: {model}", title_justify="left")
-        table.add_column("prompt", no_wrap=True)
-        table.add_column("modality", no_wrap=True)
-        table.add_column("tokens", justify="right")
-        table.add_column("max|Δ lp| first", justify="right", no_wrap=True)
-        table.add_column(f"max|Δ lp| {max_tokens} steps", justify="right", no_wrap=True)
-        table.add_column(f"greedy {max_tokens}", no_wrap=True)
-        table.add_column("result")
-        for r in reports:
-            if r.greedy_match:
-                greedy = "same"
-            elif r.first_divergence is not None:
-                greedy = f"differs at {r.first_divergence}"
-            else:
-                greedy = "-"
-            result = "[green]ok[/]" if r.ok else f"[bold red]FAIL[/] {r.error or ''}".rstrip()
-            table.add_row(
-                r.name,
-                r.modality,
-                str(r.num_prompt_tokens),
-                _fmt(r.first_token_max_abs_diff),
-                _fmt(r.max_abs_diff),
-                greedy,
-                result,
-            )
-        out.print(table)
+        out.print(_report_table(model, reports, max_tokens))
         out.print(f"tolerance {tolerance:g}; bidirectional attention: {describe(status)}", soft_wrap=True)
     for problem in status.get("problems", []):
         err.print(f"[bold yellow]warning:[/] {problem}", soft_wrap=True)

@@ -5,6 +5,7 @@ video; optionally the first 30 s of the soundtrack for audio+video prompts."""
 from __future__ import annotations
 
 import dataclasses
+from fractions import Fraction
 
 import av
 import numpy as np
@@ -105,6 +106,62 @@ class _Pass:
     error: str | None
 
 
+@dataclasses.dataclass(frozen=True)
+class _Clock:
+    """The stream's time base and start, so frame times count from the first frame and a
+    frame without a timestamp still gets one from its index."""
+
+    time_base: Fraction | None
+    start: float
+    fps: float
+
+    @classmethod
+    def of(cls, stream: av.video.stream.VideoStream, fps: float) -> _Clock:
+        tb = stream.time_base
+        start = float(stream.start_time * tb) if stream.start_time is not None and tb else 0.0
+        return cls(tb, start, fps)
+
+    def seconds(self, frame: av.VideoFrame, index: int) -> float:
+        ftb = frame.time_base or self.time_base
+        ts = max(float(frame.pts * ftb) - self.start, 0.0) if frame.pts is not None and ftb else None
+        if ts is None:
+            ts = index / self.fps if self.fps > 0 else 0.0
+        return ts
+
+
+def _checked_time(frame: av.VideoFrame, index: int, clock: _Clock, opts: DecodeOptions) -> float:
+    """The frame's time, after the limits a lying header could have slipped past the
+    up-front checks (frame count, frame size, length)."""
+    if index + 1 > opts.max_decoded_frames:
+        raise _too_many_frames(f"video holds more than {index} frames", opts)
+    if frame.width * frame.height > opts.max_image_pixels:
+        raise ItemError(
+            "too_large",
+            f"video frame is {frame.width}x{frame.height}, over the max_image_pixels limit of {opts.max_image_pixels}",
+        )
+    ts = clock.seconds(frame, index)
+    if ts > opts.max_video_seconds:
+        raise ItemError(
+            "too_long",
+            f"video runs past {opts.max_video_seconds:g} s (its header understated the length), "
+            f"over the max_video_seconds limit of {opts.max_video_seconds:g} s",
+        )
+    return ts
+
+
+def _kept_frame(
+    frame: av.VideoFrame, stream: av.video.stream.VideoStream, vopts: DecodeOptions
+) -> tuple[Image.Image, int]:
+    """(upright image at the per-frame target size, rotation): resized here so a kept
+    frame never holds its full-size pixels for the rest of the pass."""
+    rot = display_rotation(frame, stream)
+    img = apply_rotation(frame.to_image(), rot)
+    tw, th = target_size(img.width, img.height, vopts)
+    if img.size != (tw, th):
+        img = img.resize((tw, th), Image.Resampling.BICUBIC, reducing_gap=3.0)
+    return img, rot
+
+
 def _decode_pass(data: bytes, stream_index: int, wanted: list[int], opts: DecodeOptions, fps: float) -> _Pass:
     """Decode sequentially, keeping only the wanted frame indices (presentation order) and
     stopping after the last one. Sequential decoding is exact where seeking is not."""
@@ -116,8 +173,7 @@ def _decode_pass(data: bytes, stream_index: int, wanted: list[int], opts: Decode
     with _open(data) as container:
         stream = next(s for s in container.streams.video if s.index == stream_index)
         stream.thread_type = "AUTO"
-        tb = stream.time_base
-        start = float(stream.start_time * tb) if stream.start_time is not None and tb else 0.0
+        clock = _Clock.of(stream, fps)
         packets = container.demux(stream)
         while True:
             try:
@@ -141,41 +197,31 @@ def _decode_pass(data: bytes, stream_index: int, wanted: list[int], opts: Decode
                     continue
                 i = decoded
                 decoded += 1
-                if decoded > opts.max_decoded_frames:
-                    raise _too_many_frames(f"video holds more than {decoded - 1} frames", opts)
-                if frame.width * frame.height > opts.max_image_pixels:
-                    raise ItemError(
-                        "too_large",
-                        f"video frame is {frame.width}x{frame.height}, over the max_image_pixels limit "
-                        f"of {opts.max_image_pixels}",
-                    )
-                ftb = frame.time_base or tb
-                ts = max(float(frame.pts * ftb) - start, 0.0) if frame.pts is not None and ftb else None
-                if ts is None:
-                    ts = i / fps if fps > 0 else 0.0
-                if ts > opts.max_video_seconds:
-                    raise ItemError(
-                        "too_long",
-                        f"video runs past {opts.max_video_seconds:g} s (its header understated the length), "
-                        f"over the max_video_seconds limit of {opts.max_video_seconds:g} s",
-                    )
+                ts = _checked_time(frame, i, clock, opts)
                 if i in want:
-                    rot = display_rotation(frame, stream)
-                    img = apply_rotation(frame.to_image(), rot)
-                    tw, th = target_size(img.width, img.height, vopts)
-                    if img.size != (tw, th):
-                        img = img.resize((tw, th), Image.Resampling.BICUBIC, reducing_gap=3.0)
+                    img, rot = _kept_frame(frame, stream, vopts)
                     out[i] = (img, ts, rot)
                 if i >= last:
                     return _Pass(out, decoded, False, error)
 
 
-def decode_video(data: bytes, opts: DecodeOptions) -> tuple[VideoFrames, np.ndarray | None, dict]:
-    """Decode bytes to sampled, upright, resized RGB frames (+ soundtrack if asked).
+@dataclasses.dataclass(frozen=True)
+class _Header:
+    """What the container says about the video before any frame is decoded."""
 
-    Raises ItemError: `empty`, `not_video`, `no_frames`, `too_long`, `too_large`, `corrupt`."""
-    if not data:
-        raise ItemError("empty", "file is empty (0 bytes)")
+    index: int
+    codec: str
+    fmt: str
+    has_audio: bool
+    fps: float
+    duration: float
+    total: int
+    src_w: int
+    src_h: int
+
+
+def _read_header(data: bytes) -> _Header:
+    """The header facts, read in one open so the limits can refuse a file before decoding."""
     with _open(data) as container:
         stream = _video_stream(container)
         if stream is None:
@@ -195,76 +241,116 @@ def decode_video(data: bytes, opts: DecodeOptions) -> tuple[VideoFrames, np.ndar
             duration = container.duration / av.time_base
         header_total = int(stream.frames or 0)
         src_w, src_h = int(ctx.width or 0), int(ctx.height or 0)
-    if duration > opts.max_video_seconds:
-        raise ItemError(
-            "too_long",
-            f"video is {duration:.1f} s long, over the max_video_seconds limit of {opts.max_video_seconds:g} s",
-        )
-    if src_w * src_h > opts.max_image_pixels:
-        raise ItemError(
-            "too_large", f"video frames are {src_w}x{src_h}, over the max_image_pixels limit of {opts.max_image_pixels}"
-        )
-    total = header_total if header_total > 0 else _count_packets(data, index, opts.max_decoded_frames)
-    if total <= 0:
-        raise ItemError("no_frames", f"{_NO_FRAMES}: the video stream holds no frames")
-    if fps <= 0 and duration > 0:
-        fps = total / duration
-    if duration <= 0 and fps > 0:
-        duration = total / fps
+    return _Header(index, codec, fmt, has_audio, fps, duration, header_total, src_w, src_h)
+
+
+def _check_duration(duration: float, opts: DecodeOptions) -> None:
     if duration > opts.max_video_seconds:
         raise ItemError(
             "too_long",
             f"video is {duration:.1f} s long, over the max_video_seconds limit of {opts.max_video_seconds:g} s",
         )
 
+
+def _timeline(data: bytes, head: _Header, opts: DecodeOptions) -> tuple[int, float, float]:
+    """(total frames, fps, duration), each filled in from the others where the header
+    leaves it out, and checked against the limits before anything is decoded."""
+    _check_duration(head.duration, opts)
+    if head.src_w * head.src_h > opts.max_image_pixels:
+        raise ItemError(
+            "too_large",
+            f"video frames are {head.src_w}x{head.src_h}, over the max_image_pixels limit of {opts.max_image_pixels}",
+        )
+    total = head.total if head.total > 0 else _count_packets(data, head.index, opts.max_decoded_frames)
+    if total <= 0:
+        raise ItemError("no_frames", f"{_NO_FRAMES}: the video stream holds no frames")
+    fps, duration = head.fps, head.duration
+    if fps <= 0 and duration > 0:
+        fps = total / duration
+    if duration <= 0 and fps > 0:
+        duration = total / fps
+    _check_duration(duration, opts)
+    return total, fps, duration
+
+
+def _check_shortfall(run: _Pass, head: _Header) -> None:
+    """Refuse a stream that decoded to nothing, or to clearly less than its header
+    declares (truncated); a small shortfall is only a header that overcounts."""
+    if run.decoded == 0:
+        detail = run.error or (f"no decoder output for codec {head.codec}" if head.codec else "empty stream")
+        raise ItemError("no_frames", f"{_NO_FRAMES}: {detail}")
+    if head.total > 0 and run.decoded < 0.9 * head.total - 2:
+        raise ItemError(
+            "corrupt",
+            f"video could not be decoded: truncated (header declares {head.total} frames, "
+            f"only {run.decoded} decodable{': ' + run.error if run.error else ''})",
+        )
+
+
+def _sampled_frames(
+    data: bytes, head: _Header, total: int, fps: float, duration: float, opts: DecodeOptions
+) -> tuple[_Pass, list[int], int, float]:
+    """(decode pass, sampled indices, total, duration). When the stream holds fewer
+    decodable frames than counted, sample again over the frames really there, so the
+    result is what the processor would pick from the file as it decodes."""
     wanted = sample_indices(total, duration, opts)
     if wanted[-1] + 1 > opts.max_decoded_frames:
         # Sampling decodes sequentially up to the last kept frame: refuse before decoding.
         raise _too_many_frames(f"sampling this video means decoding {wanted[-1] + 1} frames", opts)
-    run = _decode_pass(data, index, wanted, opts, fps)
-    if run.eof and run.decoded <= wanted[-1]:
-        # Fewer decodable frames than the header/packet count said.
-        if run.decoded == 0:
-            detail = run.error or (f"no decoder output for codec {codec}" if codec else "empty stream")
-            raise ItemError("no_frames", f"{_NO_FRAMES}: {detail}")
-        if header_total > 0 and run.decoded < 0.9 * header_total - 2:
-            raise ItemError(
-                "corrupt",
-                f"video could not be decoded: truncated (header declares {header_total} frames, "
-                f"only {run.decoded} decodable{': ' + run.error if run.error else ''})",
-            )
-        total = run.decoded
-        if duration <= 0 and fps > 0:
-            duration = total / fps
-        wanted = sample_indices(total, duration, opts)
-        if any(i not in run.frames for i in wanted):
-            run = _decode_pass(data, index, wanted, opts, fps)
-        if any(i not in run.frames for i in wanted):
-            raise ItemError("corrupt", "video could not be decoded: frames vanished between two decodes")
+    run = _decode_pass(data, head.index, wanted, opts, fps)
+    if not (run.eof and run.decoded <= wanted[-1]):
+        return run, wanted, total, duration
+    # Fewer decodable frames than the header/packet count said.
+    _check_shortfall(run, head)
+    total = run.decoded
+    if duration <= 0 and fps > 0:
+        duration = total / fps
+    wanted = sample_indices(total, duration, opts)
+    if any(i not in run.frames for i in wanted):
+        run = _decode_pass(data, head.index, wanted, opts, fps)
+    if any(i not in run.frames for i in wanted):
+        raise ItemError("corrupt", "video could not be decoded: frames vanished between two decodes")
+    return run, wanted, total, duration
+
+
+def _soundtrack(data: bytes, opts: DecodeOptions, info: dict) -> np.ndarray | None:
+    """The first stretch of audio that fits the audio token budget; a broken soundtrack
+    is noted in `info` and leaves the frames usable."""
+    max_seconds = opts.max_audio_tokens * opts.samples_per_token / opts.sample_rate
+    try:
+        audio, info["audio"] = decode_audio_track(data, opts, max_seconds)
+    except ItemError as exc:
+        info["audio_error"] = f"{exc.kind}: {exc.message}"
+        return None
+    return audio
+
+
+def decode_video(data: bytes, opts: DecodeOptions) -> tuple[VideoFrames, np.ndarray | None, dict]:
+    """Decode bytes to sampled, upright, resized RGB frames (+ soundtrack if asked).
+
+    Raises ItemError: `empty`, `not_video`, `no_frames`, `too_long`, `too_large`, `corrupt`."""
+    if not data:
+        raise ItemError("empty", "file is empty (0 bytes)")
+    head = _read_header(data)
+    total, fps, duration = _timeline(data, head, opts)
+    run, wanted, total, duration = _sampled_frames(data, head, total, fps, duration, opts)
 
     kept = [run.frames[i] for i in wanted]
     frames = [k[0] for k in kept]
     timestamps = [k[1] for k in kept]
     rotation = kept[0][2]
     info: dict = {
-        "format": fmt,
-        "codec": codec,
+        "format": head.fmt,
+        "codec": head.codec,
         "fps": fps,
         "total_frames": total,
         "duration": duration,
         "indices": list(wanted),
         "timestamps": timestamps,
         "size": list(frames[0].size),
-        "source_size": [src_w, src_h],
+        "source_size": [head.src_w, head.src_h],
         "rotation": rotation,
     }
-    audio = None
-    if opts.with_audio and has_audio:
-        max_seconds = opts.max_audio_tokens * opts.samples_per_token / opts.sample_rate
-        try:
-            audio, info["audio"] = decode_audio_track(data, opts, max_seconds)
-        except ItemError as exc:
-            # The frames are still usable; record why the soundtrack is missing.
-            info["audio_error"] = f"{exc.kind}: {exc.message}"
+    audio = _soundtrack(data, opts, info) if opts.with_audio and head.has_audio else None
     video = VideoFrames(frames, timestamps, list(wanted), fps, total, duration)
     return video, audio, info

@@ -8,6 +8,7 @@ row never gets decoded twice.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
@@ -18,7 +19,8 @@ from typing import Any
 from ..errors import UsageError
 from ..records import Modality, WorkItem
 from .folder import modality_for
-from .paths import inside_roots
+from .paths import BadRowPath, outside_roots, real_path
+from .rows import DuplicateIds, one_line, unknown_type_message
 
 FOLDER_LOADERS = frozenset({"imagefolder", "audiofolder", "videofolder"})
 """Loaders that take a data folder, written as "imagefolder:DIR" (or given a local folder)."""
@@ -85,11 +87,6 @@ def looks_like_shard_folder(path: Path) -> bool:
     return bool(counts)
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text[:300] or type(exc).__name__
-
-
 def _modality_of_feature(feature: Any) -> Modality | None:
     import datasets
 
@@ -149,6 +146,46 @@ def _choose_split(splits: Iterable[str], split: str | None, spec: str) -> str:
     raise UsageError(f"dataset {spec}: has splits {', '.join(names)}; pass --split to pick one")
 
 
+def _scalar_fields(row: dict[str, Any], column: str | None) -> dict[str, Any]:
+    """The row's small scalar columns as output fields (the media column and id aside)."""
+    fields: dict[str, Any] = {}
+    for key, value in row.items():
+        if key in (column, "id"):
+            continue
+        keep, value = _scalar(value)
+        if keep:
+            fields[key] = value
+    return fields
+
+
+class _BadCell(Exception):
+    """A media cell that holds no usable media; the message is the row's error."""
+
+
+def _cell_media(cell: Any) -> tuple[bytes | bytearray | None, str | None]:
+    """(bytes, path) of a media cell: a {"bytes", "path"} struct, raw bytes or a path.
+
+    Raises _BadCell: the row gets an error item, not the whole dataset."""
+    data: Any = None
+    path: Any = None
+    if isinstance(cell, dict):
+        data = cell.get("bytes")
+        path = cell.get("path")
+    elif isinstance(cell, (bytes, bytearray)):
+        data = bytes(cell)
+    elif isinstance(cell, str):
+        path = cell
+    elif cell is not None:
+        raise _BadCell(f"unsupported media cell of type {type(cell).__name__}")
+    if data is not None and not isinstance(data, (bytes, bytearray)):
+        raise _BadCell(f"unsupported media bytes of type {type(data).__name__}")
+    if path is not None and not isinstance(path, str):
+        raise _BadCell(f"unsupported media path of type {type(path).__name__}")
+    if not data and not (path and path.strip()):
+        raise _BadCell("empty media cell")
+    return data, path
+
+
 class DatasetSource:
     """Rows of one split of a Hugging Face dataset as WorkItems, in dataset order.
 
@@ -182,7 +219,7 @@ class DatasetSource:
         except UsageError:
             raise
         except Exception as exc:  # datasets raises many kinds; the CLI needs one line
-            raise UsageError(f"cannot load dataset {self.spec}: {_one_line(exc)}") from exc
+            raise UsageError(f"cannot load dataset {self.spec}: {one_line(exc)}") from exc
         self._ds, self.column, self._modality = self._prepare(ds, column)
         # Relative paths in rows resolve against the dataset's folder (a single file's folder).
         self._base = self.root if not self.root.is_file() else self.root.parent
@@ -196,9 +233,6 @@ class DatasetSource:
         from huggingface_hub import constants
 
         return [Path(datasets.config.HF_DATASETS_CACHE), Path(constants.HF_HUB_CACHE)]
-
-    def _inside_allowed(self, real: str) -> bool:
-        return inside_roots(real, self._allow_roots)
 
     # ------------------------------------------------------------------ opening
 
@@ -301,95 +335,65 @@ class DatasetSource:
             except StopIteration:
                 return
             except Exception as exc:
-                raise UsageError(f"dataset {self.spec}: cannot read row {n}: {_one_line(exc)}") from exc
+                raise UsageError(f"dataset {self.spec}: cannot read row {n}: {one_line(exc)}") from exc
             n += 1
             yield row
 
     def _item(self, index: int, row: dict[str, Any]) -> WorkItem | None:
-        source = f"{self.spec}[{self.split}]#{index}"
+        """One row as a WorkItem (an error item when its media is unusable), or None when
+        the modality filter drops it."""
         raw_id = row.get("id")
-        item_id = str(raw_id) if raw_id is not None and raw_id != "" else f"{self.split}/{index:08d}"
         column = self.column
         if column is None:
             column = next((c for c in MEDIA_COLUMN_NAMES if c in row), None)
         modality = self._modality or (_NAME_MODALITY.get(column) if column else None)
         if modality is not None and self.modalities is not None and modality not in self.modalities:
             return None
-        fields: dict[str, Any] = {}
-        for key, value in row.items():
-            if key in (column, "id"):
-                continue
-            keep, value = _scalar(value)
-            if keep:
-                fields[key] = value
+        item = WorkItem(
+            id=str(raw_id) if raw_id is not None and raw_id != "" else f"{self.split}/{index:08d}",
+            source=f"{self.spec}[{self.split}]#{index}",
+            modality=modality,
+            fields=_scalar_fields(row, column),
+        )
+        return self._with_media(item, row, column, f"row {index}")
+
+    def _with_media(self, item: WorkItem, row: dict[str, Any], column: str | None, where: str) -> WorkItem | None:
+        """`item` with its media (bytes, or a file inside the allowed roots), an error item
+        carrying the modality known so far, or None when the filter drops the modality
+        its path implies."""
 
         def error(message: str) -> WorkItem:
-            return WorkItem(
-                id=item_id, source=source, modality=modality, fields=fields, error=f"row {index}: {message}"
-            )
+            return dataclasses.replace(item, error=f"{where}: {message}")
 
         if column is None:
             return error(f"no media column (expected one of {', '.join(MEDIA_COLUMN_NAMES)})")
-        cell = row.get(column)
-        data: bytes | None = None
-        path: str | None = None
-        if isinstance(cell, dict):
-            data = cell.get("bytes")
-            path = cell.get("path")
-        elif isinstance(cell, (bytes, bytearray)):
-            data = bytes(cell)
-        elif isinstance(cell, str):
-            path = cell
-        elif cell is not None:
-            return error(f"unsupported media cell of type {type(cell).__name__}")
-        if data is not None and not isinstance(data, (bytes, bytearray)):
-            return error(f"unsupported media bytes of type {type(data).__name__}")
-        if path is not None and not isinstance(path, str):
-            return error(f"unsupported media path of type {type(path).__name__}")
-        if not data and not (path and path.strip()):
-            return error("empty media cell")
-        if modality is None:
+        try:
+            data, path = _cell_media(row.get(column))
+        except _BadCell as exc:
+            return error(str(exc))
+        if item.modality is None:
             modality = modality_for(path) if path else None
             if modality is None:
-                ext = os.path.splitext(path or "")[1]
-                return error(
-                    f"unknown media type for extension '{ext}'" if ext else "unknown media type (no file extension)"
-                )
-        if self.modalities is not None and modality not in self.modalities:
+                return error(unknown_type_message(path or ""))
+            item = dataclasses.replace(item, modality=modality)
+        if self.modalities is not None and item.modality not in self.modalities:
             return None
         if data:
-            return WorkItem(id=item_id, source=source, modality=modality, data=bytes(data), fields=fields)
+            return dataclasses.replace(item, data=bytes(data))
         assert path is not None
         if "://" in path:
             return error(f"media is a remote reference without bytes ({path})")
         try:
-            joined = path if os.path.isabs(path) or not self._local else os.path.join(self._base, path)
-            real = os.path.realpath(joined)
-        except (ValueError, OSError) as exc:
-            return error(f"invalid path {path!r}: {_one_line(exc)}")
-        if not self._inside_allowed(real):
-            return error(
-                f"path {path!r} is outside the allowed roots ({', '.join(self._allow_roots)}); "
-                "pass --allow-root to allow it"
-            )
-        return WorkItem(id=item_id, source=source, modality=modality, path=Path(real), fields=fields)
+            real = real_path(path, self._base if self._local else None)
+        except BadRowPath as exc:
+            return error(exc.message)
+        refused = outside_roots(path, real, self._allow_roots)
+        return error(refused) if refused else dataclasses.replace(item, path=Path(real))
 
     def __iter__(self) -> Iterator[WorkItem]:
-        first_seen: dict[str, int] = {}
+        ids = DuplicateIds()
         for index, row in enumerate(self._rows()):
             item = self._item(index, row)
             if item is None:
                 continue
-            if item.id in first_seen:
-                dup_id = f"{item.id}#dup{index}"
-                while dup_id in first_seen:
-                    dup_id += "_"
-                item = WorkItem(
-                    id=dup_id,
-                    source=item.source,
-                    modality=item.modality,
-                    fields=item.fields,
-                    error=f"row {index}: duplicate id {item.id!r} (first on row {first_seen[item.id]})",
-                )
-            first_seen[item.id] = index
-            yield item
+            yield ids.admit(item, index, f"row {index}", "row")

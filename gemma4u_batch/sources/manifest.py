@@ -8,6 +8,7 @@ not the format its extension says, no path column) is a UsageError.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import datetime as _dt
 import decimal
 import json
@@ -20,7 +21,8 @@ from typing import Any
 from ..errors import UsageError
 from ..records import Modality, WorkItem
 from .folder import modality_for
-from .paths import inside_roots
+from .paths import BadRowPath, outside_roots, real_path
+from .rows import DuplicateIds, one_line, unknown_type_message
 
 PATH_COLUMNS: tuple[str, ...] = ("path", "file", "file_name", "filename", "audio", "image", "video")
 """Column names tried, in order, when no path column is given."""
@@ -123,9 +125,54 @@ def _names(names: list[str], limit: int = 20) -> str:
     return ", ".join(shown) + (f", … ({len(names)} columns)" if len(names) > limit else "")
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text[:300] or type(exc).__name__
+def _row_id(obj: dict[str, Any]) -> str | None:
+    """The row's own id, when it has one; an id of the wrong type is the row's error."""
+    raw_id = obj.get("id")
+    if raw_id is not None and raw_id != "":
+        if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)):
+            raise _RowError(f"id must be a string or an integer, got {type(raw_id).__name__}")
+        return str(raw_id)
+    return None
+
+
+def _texts(obj: dict[str, Any], row_id: str) -> dict[str, str | None]:
+    """The row's prompt and task; blank ones are None so the job defaults apply."""
+    texts: dict[str, str | None] = {}
+    for key in ("prompt", "task"):
+        value = obj.get(key)
+        if value is not None and not isinstance(value, str):
+            raise _RowError(f"'{key}' must be a string, got {type(value).__name__}", row_id)
+        texts[key] = value if isinstance(value, str) and value.strip() else None
+    return texts
+
+
+def _row_modality(obj: dict[str, Any], raw_path: str, row_id: str) -> Modality:
+    """The row's `modality` column, else the one its path's extension implies."""
+    raw_modality = obj.get("modality")
+    if raw_modality is not None and raw_modality != "":
+        try:
+            return Modality(str(raw_modality).strip().lower())
+        except ValueError:
+            raise _RowError(f"unknown modality {raw_modality!r} (expected image, audio or video)", row_id) from None
+    modality = modality_for(raw_path)
+    if modality is None:
+        raise _RowError(unknown_type_message(raw_path), row_id)
+    return modality
+
+
+def _fields(obj: dict[str, Any], column: str, row_id: str) -> dict[str, Any]:
+    """The row's other columns as JSON-safe output fields (binary values left out)."""
+    fields: dict[str, Any] = {}
+    for key, value in obj.items():
+        if key == column or key in RESERVED_COLUMNS:
+            continue
+        try:
+            value = json_safe(value)
+        except (ValueError, RecursionError) as exc:
+            raise _RowError(f"field {str(key)[:80]!r}: {one_line(exc)}", row_id) from None
+        if value is not _DROP:
+            fields[str(key)] = value
+    return fields
 
 
 class ManifestSource:
@@ -208,7 +255,7 @@ class ManifestSource:
         except UnicodeDecodeError as exc:
             raise UsageError(f"manifest {self.path}: header is not valid UTF-8") from exc
         except csv.Error as exc:
-            raise UsageError(f"manifest {self.path}: cannot parse CSV header: {_one_line(exc)}") from exc
+            raise UsageError(f"manifest {self.path}: cannot parse CSV header: {one_line(exc)}") from exc
         except _LineTooLong as exc:
             raise UsageError(f"manifest {self.path}: header line is longer than {MAX_LINE_BYTES} bytes") from exc
         except OSError as exc:
@@ -222,7 +269,7 @@ class ManifestSource:
         try:
             names = list(pq.ParquetFile(self.path).schema_arrow.names)
         except (pa.ArrowException, OSError, ValueError) as exc:
-            raise UsageError(f"manifest {self.path}: not a readable Parquet file: {_one_line(exc)}") from exc
+            raise UsageError(f"manifest {self.path}: not a readable Parquet file: {one_line(exc)}") from exc
         self._pick_column(names)
         return names
 
@@ -257,7 +304,7 @@ class ManifestSource:
                     yield n, _RowError("invalid JSON: nested too deeply")
                     continue
                 except ValueError as exc:  # e.g. an integer over Python's digit limit
-                    yield n, _RowError(f"invalid JSON: {_one_line(exc)}")
+                    yield n, _RowError(f"invalid JSON: {one_line(exc)}")
                     continue
                 if not isinstance(obj, dict):
                     yield n, _RowError(f"expected a JSON object, got {type(obj).__name__}")
@@ -278,7 +325,7 @@ class ManifestSource:
                 except StopIteration:
                     return
                 except csv.Error as exc:
-                    yield start, _RowError(f"cannot parse row: {_one_line(exc)}")
+                    yield start, _RowError(f"cannot parse row: {one_line(exc)}")
                     continue
                 except _LineTooLong:
                     yield start, _RowError(f"line is longer than {MAX_LINE_BYTES} bytes")
@@ -308,22 +355,13 @@ class ManifestSource:
                     n += 1
                     yield n, row
         except (pa.ArrowException, OSError) as exc:
-            raise UsageError(f"manifest {self.path}: cannot read Parquet after row {n}: {_one_line(exc)}") from exc
+            raise UsageError(f"manifest {self.path}: cannot read Parquet after row {n}: {one_line(exc)}") from exc
 
     # -------------------------------------------------------------------- rows
 
-    def _inside_allowed(self, real: str) -> bool:
-        return inside_roots(real, self._allow_roots)
-
-    def _row_item(self, obj: dict[str, Any], where: str, source: str) -> tuple[str, WorkItem | None]:
-        """(id, WorkItem) for one parsed row, item None when the modality filter drops it; raises _RowError."""
-        row_id: str | None = None
-        raw_id = obj.get("id")
-        if raw_id is not None and raw_id != "":
-            if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)):
-                raise _RowError(f"id must be a string or an integer, got {type(raw_id).__name__}")
-            row_id = str(raw_id)
-
+    def _media(self, obj: dict[str, Any], row_id: str | None) -> tuple[str, str, bytes | None]:
+        """(path column, path, inline bytes) of a row. A Hugging Face media struct in
+        Parquet ({"bytes": ..., "path": ...}) carries its bytes, which are used instead of a file."""
         column = self.path_column
         if column is None:
             column = next((c for c in PATH_COLUMNS if c in obj), None)
@@ -333,7 +371,6 @@ class ManifestSource:
         raw_path = obj[column]
         data: bytes | None = None
         if isinstance(raw_path, dict) and isinstance(raw_path.get("bytes"), (bytes, bytearray)):
-            # A Hugging Face media struct in Parquet: {"bytes": ..., "path": ...}; use the bytes.
             data = bytes(raw_path["bytes"])
             raw_path = raw_path.get("path") or ""
             if not isinstance(raw_path, str):
@@ -344,78 +381,39 @@ class ManifestSource:
             raise _RowError(f"path in '{column}' must be a string, got {type(raw_path).__name__}", row_id)
         if data is None and not raw_path.strip():
             raise _RowError(f"empty path in '{column}'", row_id)
+        return column, raw_path, data
+
+    def _row_item(self, obj: dict[str, Any], where: str, source: str) -> tuple[str, WorkItem | None]:
+        """(id, WorkItem) for one parsed row, item None when the modality filter drops it; raises _RowError."""
+        row_id = _row_id(obj)
+        column, raw_path, data = self._media(obj, row_id)
         if row_id is None:
             row_id = raw_path if raw_path else None
         if row_id is None:
             raise _RowError("inline media needs an 'id' field")
-
-        texts: dict[str, str | None] = {}
-        for key in ("prompt", "task"):
-            value = obj.get(key)
-            if value is not None and not isinstance(value, str):
-                raise _RowError(f"'{key}' must be a string, got {type(value).__name__}", row_id)
-            texts[key] = value if isinstance(value, str) and value.strip() else None
-
-        modality: Modality | None = None
-        raw_modality = obj.get("modality")
-        if raw_modality is not None and raw_modality != "":
-            try:
-                modality = Modality(str(raw_modality).strip().lower())
-            except ValueError:
-                raise _RowError(f"unknown modality {raw_modality!r} (expected image, audio or video)", row_id) from None
-        else:
-            modality = modality_for(raw_path)
-            if modality is None:
-                ext = os.path.splitext(raw_path)[1]
-                raise _RowError(
-                    f"unknown media type for extension '{ext}'" if ext else "unknown media type (no file extension)",
-                    row_id,
-                )
+        texts = _texts(obj, row_id)
+        modality = _row_modality(obj, raw_path, row_id)
         if self.modalities is not None and modality not in self.modalities:
             return row_id, None
-
-        fields: dict[str, Any] = {}
-        for key, value in obj.items():
-            if key == column or key in RESERVED_COLUMNS:
-                continue
-            try:
-                value = json_safe(value)
-            except (ValueError, RecursionError) as exc:
-                raise _RowError(f"field {str(key)[:80]!r}: {_one_line(exc)}", row_id) from None
-            if value is not _DROP:
-                fields[str(key)] = value
-
-        path: Path | None = None
-        if data is None:
-            try:
-                joined = raw_path if os.path.isabs(raw_path) else os.path.join(self._real_root, raw_path)
-                real = os.path.realpath(joined)
-            except (ValueError, OSError) as exc:
-                raise _RowError(f"invalid path {raw_path!r}: {_one_line(exc)}", row_id) from exc
-            if not self._inside_allowed(real):
-                return row_id, WorkItem(
-                    id=row_id,
-                    source=source,
-                    modality=modality,
-                    prompt=texts["prompt"],
-                    task=texts["task"],
-                    fields=fields,
-                    error=(
-                        f"{where}: path {raw_path!r} is outside the allowed roots "
-                        f"({', '.join(self._allow_roots)}); pass --allow-root to allow it"
-                    ),
-                )
-            path = Path(real)
-        return row_id, WorkItem(
+        item = WorkItem(
             id=row_id,
             source=source,
             modality=modality,
-            path=path,
             data=data,
             prompt=texts["prompt"],
             task=texts["task"],
-            fields=fields,
+            fields=_fields(obj, column, row_id),
         )
+        if data is not None:
+            return row_id, item
+        try:
+            real = real_path(raw_path, self._real_root)
+        except BadRowPath as exc:
+            raise _RowError(exc.message, row_id) from exc
+        refused = outside_roots(raw_path, real, self._allow_roots)
+        if refused:
+            return row_id, dataclasses.replace(item, error=f"{where}: {refused}")
+        return row_id, dataclasses.replace(item, path=Path(real))
 
     def __iter__(self) -> Iterator[WorkItem]:
         if self._format == "jsonl":
@@ -427,7 +425,7 @@ class ManifestSource:
         else:
             rows = self._rows_csv()
             unit = "line"
-        first_seen: dict[str, int] = {}
+        ids = DuplicateIds()
         for n, row in rows:
             where = f"manifest {unit} {n}"
             source = f"{self.path}:{n}"
@@ -442,21 +440,7 @@ class ManifestSource:
                         id=exc.row_id or fallback_id, source=source, modality=None, error=f"{where}: {exc.message}"
                     )
                 if maybe is None:  # filtered out by modality; its id still counts for duplicates
-                    first_seen.setdefault(row_id, n)
+                    ids.note(row_id, n)
                     continue
                 item = maybe
-            if item.id in first_seen:
-                dup_id = f"{item.id}#dup{n}"
-                while dup_id in first_seen:
-                    dup_id += "_"
-                item = WorkItem(
-                    id=dup_id,
-                    source=source,
-                    modality=item.modality,
-                    prompt=item.prompt,
-                    task=item.task,
-                    fields=item.fields,
-                    error=f"{where}: duplicate id {item.id!r} (first on {unit} {first_seen[item.id]})",
-                )
-            first_seen[item.id] = n
-            yield item
+            yield ids.admit(item, n, where, unit)

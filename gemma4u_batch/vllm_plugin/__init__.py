@@ -123,6 +123,62 @@ def _resolve_config(obj: Any) -> Any:
     return None
 
 
+def _loading_problems(status: dict[str, Any]) -> list[str]:
+    """Why image attention may run causally because the patch is missing here or will
+    not be loaded by vLLM's engine processes."""
+    problems: list[str] = []
+    needed = status["needed"] is not False
+    on_gpu = _state["platform"] in GPU_PLATFORMS
+    if not status["active"] and needed and not on_gpu:
+        problems.append(
+            f"bidirectional image attention is not honoured ({_state['reason'] or 'plugin not loaded'}): "
+            "image tokens attend causally, so outputs differ from the reference model"
+        )
+    elif status["active"] and not on_gpu:
+        if not _entry_point_installed():
+            problems.append(
+                f"the {PLUGIN_NAME} entry point is not installed, so vLLM's engine processes will not load it; "
+                "reinstall gemma4u (pip install -e .)"
+            )
+        allowed = os.environ.get("VLLM_PLUGINS")
+        if allowed is not None and PLUGIN_NAME not in allowed.split(","):
+            problems.append(f"VLLM_PLUGINS={allowed!r} leaves out {PLUGIN_NAME}: engine processes will not load it")
+    if _state["platform"] not in (None, "cpu", *GPU_PLATFORMS) and needed:
+        problems.append(f"platform {_state['platform']}: bidirectional image attention is not verified here")
+    return problems
+
+
+def _config_problems(vllm_config: Any, status: dict[str, Any], image_blocks: bool) -> list[str]:
+    """Engine settings under which the patch cannot be exact, and models it does not cover."""
+    problems: list[str] = []
+    if image_blocks:
+        if _state["platform"] == "cpu" and status["active"]:
+            if not vllm_config.scheduler_config.disable_chunked_mm_input:
+                problems.append("disable_chunked_mm_input is off: an image may be split across prefill steps")
+            kv_dtype = str(getattr(vllm_config.cache_config, "cache_dtype", "auto"))
+            if kv_dtype.startswith("fp8"):
+                problems.append(f"KV cache dtype {kv_dtype}: image rows cannot be recomputed exactly")
+    elif vllm_config is not None and not status["needed"] and _state["platform"] == "cpu":
+        model_config = vllm_config.model_config
+        if getattr(model_config, "is_mm_prefix_lm", False):
+            problems.append(
+                "this model uses bidirectional multimodal attention that gemma4u_bidi does not implement "
+                "(only Gemma 4 is covered): on CPU its image tokens attend causally"
+            )
+    return problems
+
+
+def _worker_problems(workers: list[dict[str, Any]], expect_honour: bool) -> list[str]:
+    """What the engine processes reported; the front end only sees the patch through them."""
+    problems = [f"engine process {rep.get('pid')}: {msg}" for rep in workers for msg in rep.get("problems", [])]
+    if expect_honour and not any(g.get("honour") for rep in workers for g in rep.get("groups", [])):
+        problems.append(
+            "no engine process reported honouring bidirectional attention (plugin not loaded there, "
+            "or the engine was started before the plugin registered)"
+        )
+    return problems
+
+
 def plugin_status(engine_or_config: Any = None) -> dict[str, Any]:
     """What the plugin does for this process (and, once an engine ran, its workers).
 
@@ -142,7 +198,6 @@ def plugin_status(engine_or_config: Any = None) -> dict[str, Any]:
         "problems": [],
         "workers": [],
     }
-    problems: list[str] = status["problems"]
     if version is None:
         status["reason"] = "vLLM is not installed"
         return status
@@ -155,59 +210,17 @@ def plugin_status(engine_or_config: Any = None) -> dict[str, Any]:
         from .cpu_bidi import model_wants_bidirectional
 
         status["needed"] = model_wants_bidirectional(vllm_config)
-    needed = status["needed"] is not False
-    on_gpu = _state["platform"] in GPU_PLATFORMS
-
-    if not status["active"] and needed and not on_gpu:
-        problems.append(
-            f"bidirectional image attention is not honoured ({_state['reason'] or 'plugin not loaded'}): "
-            "image tokens attend causally, so outputs differ from the reference model"
-        )
-    elif status["active"] and not on_gpu:
-        if not _entry_point_installed():
-            problems.append(
-                f"the {PLUGIN_NAME} entry point is not installed, so vLLM's engine processes will not load it; "
-                "reinstall gemma4u (pip install -e .)"
-            )
-        allowed = os.environ.get("VLLM_PLUGINS")
-        if allowed is not None and PLUGIN_NAME not in allowed.split(","):
-            problems.append(f"VLLM_PLUGINS={allowed!r} leaves out {PLUGIN_NAME}: engine processes will not load it")
-    if _state["platform"] not in (None, "cpu", *GPU_PLATFORMS) and needed:
-        problems.append(f"platform {_state['platform']}: bidirectional image attention is not verified here")
-
     # (A Gemma 4 model served text-only has is_mm_prefix_lm False: no images, nothing to honour.)
-    if vllm_config is not None and status["needed"] and getattr(vllm_config.model_config, "is_mm_prefix_lm", True):
-        if _state["platform"] == "cpu" and status["active"]:
-            if not vllm_config.scheduler_config.disable_chunked_mm_input:
-                problems.append("disable_chunked_mm_input is off: an image may be split across prefill steps")
-            kv_dtype = str(getattr(vllm_config.cache_config, "cache_dtype", "auto"))
-            if kv_dtype.startswith("fp8"):
-                problems.append(f"KV cache dtype {kv_dtype}: image rows cannot be recomputed exactly")
-    elif vllm_config is not None and not status["needed"] and _state["platform"] == "cpu":
-        model_config = vllm_config.model_config
-        if getattr(model_config, "is_mm_prefix_lm", False):
-            problems.append(
-                "this model uses bidirectional multimodal attention that gemma4u_bidi does not implement "
-                "(only Gemma 4 is covered): on CPU its image tokens attend causally"
-            )
-
+    image_blocks = bool(
+        vllm_config is not None and status["needed"] and getattr(vllm_config.model_config, "is_mm_prefix_lm", True)
+    )
+    problems: list[str] = status["problems"]
+    problems.extend(_loading_problems(status))
+    problems.extend(_config_problems(vllm_config, status, image_blocks))
     workers = reports.read_reports()
     status["workers"] = workers
-    for rep in workers:
-        for msg in rep.get("problems", []):
-            problems.append(f"engine process {rep.get('pid')}: {msg}")
-    if (
-        vllm_config is not None
-        and status["needed"]
-        and getattr(vllm_config.model_config, "is_mm_prefix_lm", True)
-        and status["active"]
-        and _state["platform"] == "cpu"
-        and not any(g.get("honour") for rep in workers for g in rep.get("groups", []))
-    ):
-        problems.append(
-            "no engine process reported honouring bidirectional attention (plugin not loaded there, "
-            "or the engine was started before the plugin registered)"
-        )
+    expect_honour = image_blocks and status["active"] and _state["platform"] == "cpu"
+    problems.extend(_worker_problems(workers, expect_honour))
     if problems and not status["reason"]:
         status["reason"] = problems[0]
     return status

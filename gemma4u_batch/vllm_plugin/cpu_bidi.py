@@ -242,20 +242,8 @@ def apply_bidirectional(
         reports.note_correction(corrected, resumed)
 
 
-def apply_patch(vllm_version: str) -> bool:
-    """Patch the CPU backend and platform once per process. Returns True if (already) patched."""
-    from vllm.platforms.cpu import CpuPlatform
-    from vllm.v1.attention.backends import cpu_attn
-
-    builder_cls = cpu_attn.CPUAttentionMetadataBuilder
-    impl_cls = cpu_attn.CPUAttentionBackendImpl
-    if getattr(builder_cls, PATCH_MARK, False):
-        return True
-
-    orig_init = builder_cls.__init__
-    orig_build = builder_cls.build
-    orig_forward = impl_cls.forward
-    orig_check = CpuPlatform.__dict__["check_and_update_config"].__func__
+def _patched_init(orig_init: Any) -> Any:
+    """Builder __init__ that also plans its KV-cache group once, at engine start-up."""
 
     @functools.wraps(orig_init)
     def __init__(self, kv_cache_spec, layer_names, vllm_config, device):
@@ -265,6 +253,13 @@ def apply_patch(vllm_version: str) -> bool:
         except Exception as exc:  # never break engine start-up; report instead
             self._gemma4u_plan = GroupPlan(False, -1, None, 0, [f"plan failed: {exc!r}"])
             _warn_once(f"bidirectional image attention disabled for a layer group: {exc!r}")
+
+    return __init__
+
+
+def _patched_build(orig_build: Any) -> Any:
+    """Builder build that keeps the image ranges on the metadata (where Gemma 4 clears
+    them for full-attention layers) and plans the rows to recompute once per step."""
 
     @functools.wraps(orig_build)
     def build(self, common_prefix_len, common_attn_metadata, fast_build=False):
@@ -286,6 +281,13 @@ def apply_patch(vllm_version: str) -> bool:
             md.gemma4u_spans = spans
         return md
 
+    return build
+
+
+def _patched_forward(orig_forward: Any) -> Any:
+    """Backend forward that runs the stock kernel, then recomputes the planned image rows
+    of layers whose ranges Gemma 4 left in place."""
+
     @functools.wraps(orig_forward)
     def forward(
         self, layer, query, key, value, kv_cache, attn_metadata, output, output_scale=None, output_block_scale=None
@@ -301,6 +303,13 @@ def apply_patch(vllm_version: str) -> bool:
             apply_bidirectional(self, layer, query, kv_cache, attn_metadata, output)
         return result
 
+    return forward
+
+
+def _patched_check(orig_check: Any) -> Any:
+    """Platform config check that also forces disable_chunked_mm_input, as vLLM does on
+    CUDA and ROCm, so an image span is always prefilled in one step."""
+
     def check_and_update_config(cls, vllm_config):
         orig_check(cls, vllm_config)
         sched = vllm_config.scheduler_config
@@ -314,10 +323,24 @@ def apply_patch(vllm_version: str) -> bool:
             log.warning("gemma4u_bidi: forcing disable_chunked_mm_input for bidirectional image attention")
             sched.disable_chunked_mm_input = True
 
-    builder_cls.__init__ = __init__
-    builder_cls.build = build
-    impl_cls.forward = forward
-    CpuPlatform.check_and_update_config = classmethod(check_and_update_config)
+    return check_and_update_config
+
+
+def apply_patch(vllm_version: str) -> bool:
+    """Patch the CPU backend and platform once per process. Returns True if (already) patched."""
+    from vllm.platforms.cpu import CpuPlatform
+    from vllm.v1.attention.backends import cpu_attn
+
+    builder_cls = cpu_attn.CPUAttentionMetadataBuilder
+    impl_cls = cpu_attn.CPUAttentionBackendImpl
+    if getattr(builder_cls, PATCH_MARK, False):
+        return True
+
+    orig_check = CpuPlatform.__dict__["check_and_update_config"].__func__
+    builder_cls.__init__ = _patched_init(builder_cls.__init__)
+    builder_cls.build = _patched_build(builder_cls.build)
+    impl_cls.forward = _patched_forward(impl_cls.forward)
+    CpuPlatform.check_and_update_config = classmethod(_patched_check(orig_check))
     setattr(builder_cls, PATCH_MARK, True)
     reports.note_patched(vllm_version)
     return True

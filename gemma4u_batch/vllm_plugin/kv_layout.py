@@ -10,6 +10,7 @@ random data. A layout it cannot learn is reported, never guessed.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -52,6 +53,78 @@ def _learn_perm(slab_codes: list[torch.Tensor], block_size: int, head_size: int)
     return perm
 
 
+_PROBE_BLOCKS, _PROBE_HEADS = 2, 2  # the probe cache: enough to tell blocks and heads apart
+
+
+def _write_probes(
+    write: Callable[..., None], isa: str, dtype: torch.dtype, head_size: int, block_size: int
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Caches written through the kernel, one per coordinate (token, dim low/high part,
+    block*heads+head) used as the value: where each value lands says where the kernel
+    stores that slot. Dims are split in two so bf16/fp16 hold every code exactly."""
+    n = _PROBE_BLOCKS * block_size
+    slots = torch.arange(n, dtype=torch.long)
+    tok = (slots % block_size).to(torch.float32)
+    blk = (slots // block_size).to(torch.float32)
+    dims = torch.arange(head_size, dtype=torch.float32)
+    heads = torch.arange(_PROBE_HEADS, dtype=torch.float32)
+    shape = (n, _PROBE_HEADS, head_size)
+    patterns = {
+        "t": tok[:, None, None].expand(shape),
+        "d_lo": (dims % 16)[None, None, :].expand(shape),
+        "d_hi": torch.div(dims, 16, rounding_mode="floor")[None, None, :].expand(shape),
+        "bh": (blk[:, None, None] * _PROBE_HEADS + heads[None, :, None]).expand(shape),
+    }
+    written: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    for name, pat in patterns.items():
+        cache = torch.full((_PROBE_BLOCKS, _PROBE_HEADS, block_size, 2 * head_size), -1.0, dtype=dtype)
+        kc, vc = _cache_views(cache)
+        src = pat.contiguous().to(dtype)
+        write(src, src.clone(), kc, vc, slots, isa)
+        written[name] = (kc.float(), vc.float())
+    return written
+
+
+def _slab_perm(
+    written: dict[str, tuple[torch.Tensor, torch.Tensor]], which: int, block_size: int, head_size: int
+) -> torch.Tensor | None:
+    """The one permutation every slab of the key (0) or value (1) cache uses, None when
+    it is the plain order; slabs that disagree mean a layout we cannot read."""
+    found: torch.Tensor | None = None
+    for b in range(_PROBE_BLOCKS):
+        for h in range(_PROBE_HEADS):
+            codes = [written[k][which][b, h].reshape(-1) for k in ("t", "d_lo", "d_hi")]
+            if not bool((written["bh"][which][b, h] == b * _PROBE_HEADS + h).all()):
+                raise LayoutError("a slab mixes blocks or heads")
+            perm = _learn_perm(codes, block_size, head_size)
+            if found is None:
+                found = perm
+            elif not torch.equal(found, perm):
+                raise LayoutError("slabs of one cache use different layouts")
+    assert found is not None
+    plain = torch.equal(found, torch.arange(found.numel()))
+    return None if plain else found
+
+
+def _check_round_trip(write: Callable[..., None], isa: str, dtype: torch.dtype, layout: KVLayout) -> None:
+    """Random data through the kernel into scattered slots and back out through
+    gather_kv: the reader is proven before it is trusted."""
+    n = _PROBE_BLOCKS * layout.block_size
+    gen = torch.Generator().manual_seed(0)
+    cache = torch.zeros((_PROBE_BLOCKS, _PROBE_HEADS, layout.block_size, 2 * layout.head_size), dtype=dtype)
+    kc, vc = _cache_views(cache)
+    order = torch.randperm(n, generator=gen)
+    key = torch.randn(n, _PROBE_HEADS, layout.head_size, generator=gen).to(dtype)
+    value = torch.randn(n, _PROBE_HEADS, layout.head_size, generator=gen).to(dtype)
+    write(key, value, kc, vc, order, isa)
+    table = torch.arange(_PROBE_BLOCKS, dtype=torch.int32)
+    got_k, got_v = gather_kv(cache, table, 0, n - 1, layout)
+    inv = torch.empty_like(order)
+    inv[order] = torch.arange(n)
+    if not (torch.equal(got_k, key[inv]) and torch.equal(got_v, value[inv])):
+        raise LayoutError("round trip through the learnt layout failed")
+
+
 @functools.lru_cache(maxsize=64)
 def probe_layout(isa: str, dtype: torch.dtype, head_size: int, block_size: int) -> KVLayout:
     """Learn how `cpu_attn_reshape_and_cache` lays out one (block, head) slab for this ISA."""
@@ -59,66 +132,18 @@ def probe_layout(isa: str, dtype: torch.dtype, head_size: int, block_size: int) 
 
     if block_size > 256 or head_size > 512:
         raise LayoutError(f"probe cannot encode block_size={block_size}, head_size={head_size} exactly")
-    num_blocks, num_heads = 2, 2
-    n = num_blocks * block_size
-    slots = torch.arange(n, dtype=torch.long)
-    tok = (slots % block_size).to(torch.float32)
-    blk = (slots // block_size).to(torch.float32)
-    dims = torch.arange(head_size, dtype=torch.float32)
-    heads = torch.arange(num_heads, dtype=torch.float32)
-    patterns = {
-        "t": tok[:, None, None].expand(n, num_heads, head_size),
-        "d_lo": (dims % 16)[None, None, :].expand(n, num_heads, head_size),
-        "d_hi": torch.div(dims, 16, rounding_mode="floor")[None, None, :].expand(n, num_heads, head_size),
-        "bh": (blk[:, None, None] * num_heads + heads[None, :, None]).expand(n, num_heads, head_size),
-    }
-    written: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    for name, pat in patterns.items():
-        cache = torch.full((num_blocks, num_heads, block_size, 2 * head_size), -1.0, dtype=dtype)
-        kc, vc = _cache_views(cache)
-        src = pat.contiguous().to(dtype)
-        ops.cpu_attn_reshape_and_cache(src, src.clone(), kc, vc, slots, isa)
-        written[name] = (kc.float(), vc.float())
-
-    perms: list[torch.Tensor | None] = []
-    for which in (0, 1):  # key, value
-        found: torch.Tensor | None = None
-        for b in range(num_blocks):
-            for h in range(num_heads):
-                codes = [written[k][which][b, h].reshape(-1) for k in ("t", "d_lo", "d_hi")]
-                if not bool((written["bh"][which][b, h] == b * num_heads + h).all()):
-                    raise LayoutError("a slab mixes blocks or heads")
-                perm = _learn_perm(codes, block_size, head_size)
-                if found is None:
-                    found = perm
-                elif not torch.equal(found, perm):
-                    raise LayoutError("slabs of one cache use different layouts")
-        assert found is not None
-        plain = torch.equal(found, torch.arange(found.numel()))
-        perms.append(None if plain else found)
-
+    write = ops.cpu_attn_reshape_and_cache
+    written = _write_probes(write, isa, dtype, head_size, block_size)
+    key_perm, value_perm = (_slab_perm(written, which, block_size, head_size) for which in (0, 1))
     layout = KVLayout(
         block_size=block_size,
         head_size=head_size,
-        key_perm=perms[0],
-        value_perm=perms[1],
-        name=f"{isa}/{str(dtype).removeprefix('torch.')}/k:{'plain' if perms[0] is None else 'permuted'}"
-        f"/v:{'plain' if perms[1] is None else 'permuted'}",
+        key_perm=key_perm,
+        value_perm=value_perm,
+        name=f"{isa}/{str(dtype).removeprefix('torch.')}/k:{'plain' if key_perm is None else 'permuted'}"
+        f"/v:{'plain' if value_perm is None else 'permuted'}",
     )
-    # Round trip on random data, scattered slots, to prove the reader.
-    gen = torch.Generator().manual_seed(0)
-    cache = torch.zeros((num_blocks, num_heads, block_size, 2 * head_size), dtype=dtype)
-    kc, vc = _cache_views(cache)
-    order = torch.randperm(n, generator=gen)
-    key = torch.randn(n, num_heads, head_size, generator=gen).to(dtype)
-    value = torch.randn(n, num_heads, head_size, generator=gen).to(dtype)
-    ops.cpu_attn_reshape_and_cache(key, value, kc, vc, order, isa)
-    table = torch.arange(num_blocks, dtype=torch.int32)
-    got_k, got_v = gather_kv(cache, table, 0, n - 1, layout)
-    inv = torch.empty_like(order)
-    inv[order] = torch.arange(n)
-    if not (torch.equal(got_k, key[inv]) and torch.equal(got_v, value[inv])):
-        raise LayoutError("round trip through the learnt layout failed")
+    _check_round_trip(write, isa, dtype, layout)
     return layout
 
 
