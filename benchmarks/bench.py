@@ -465,7 +465,7 @@ def report_only(files: list[Path], work: Path) -> int:
 
 
 def machine_meta(args: argparse.Namespace, params: dict[str, int]) -> dict[str, Any]:
-    from gemma4u_batch.runner import package_versions
+    from gemma4u_batch.outdir import package_versions
 
     try:
         load = os.getloadavg()

@@ -15,7 +15,7 @@ import pstats
 
 # (label, file suffix, function name): cumulative time of these frames.
 STAGES = [
-    ("feed loop (everything after engine start)", "gemma4u_batch/runner.py", "feed"),
+    ("feed loop (everything after engine start)", "gemma4u_batch/job.py", "_feed"),
     ("engine.add → vLLM add_request (front end)", "gemma4u_batch/engine.py", "add"),
     ("  vLLM InputProcessor.process_inputs", "vllm/v1/engine/input_processor.py", "process_inputs"),
     ("  HF processor call (_apply_hf_processor_main)", "vllm/multimodal/processing/processor.py",
@@ -24,9 +24,9 @@ STAGES = [
     ("  multimodal hashing (_get_mm_hashes)", "vllm/multimodal/processing/processor.py", "_get_mm_hashes"),
     ("engine.step → LLMEngine.step (waits for the core)", "gemma4u_batch/engine.py", "step"),
     ("DecodePool.poll (receive decoded images)", "gemma4u_batch/workers.py", "poll"),
-    ("Pipeline.units (prompt render, key)", "gemma4u_batch/runner.py", "units"),
-    ("Pipeline.check_fits (tokenize prompt)", "gemma4u_batch/runner.py", "check_fits"),
-    ("emit → record + writer.add", "gemma4u_batch/runner.py", "emit"),
+    ("RequestBuilder.units (prompt render, key)", "gemma4u_batch/requests.py", "units"),
+    ("RequestBuilder.unsendable (tokenize prompt)", "gemma4u_batch/requests.py", "unsendable"),
+    ("emit → record + writer.add", "gemma4u_batch/job.py", "_emit"),
     ("PartWriter.commit", "gemma4u_batch/writer.py", "commit"),
 ]  # fmt: skip
 

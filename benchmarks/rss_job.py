@@ -38,14 +38,14 @@ def main() -> int:
 
     from gemma4u_batch.config import JobConfig
     from gemma4u_batch.engine import FakeEngine
+    from gemma4u_batch.job import run_job
     from gemma4u_batch.progress import Reporter
-    from gemma4u_batch.runner import run_job
 
     config = JobConfig(input=a.input, output=a.output, model="fake-model", workers=a.workers, overwrite=True)
     t0 = time.monotonic()
     summary = run_job(
         config,
-        engine_factory=lambda c: FakeEngine(max_in_flight=a.in_flight, steps_to_finish=2),
+        FakeEngine(max_in_flight=a.in_flight, steps_to_finish=2),
         reporter=Reporter("quiet"),
     )
     elapsed = time.monotonic() - t0

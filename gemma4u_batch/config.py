@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from .decode.options import DecodeOptions
 from .records import Modality
 
 DEFAULT_MODEL = "google/gemma-4-12B-it"
@@ -97,6 +98,14 @@ class JobConfig(BaseModel):
             raise ValueError(f"must be one of {', '.join(map(str, IMAGE_TOKEN_BUDGETS))}")
         return v
 
+    @model_validator(mode="before")
+    @classmethod
+    def _translate(cls, data: Any) -> Any:
+        """transcribe + translate_to is the translate task (flags and recipes alike)."""
+        if isinstance(data, dict) and data.get("translate_to") and data.get("task") == "transcribe":
+            data = {**data, "task": "translate"}
+        return data
+
     @model_validator(mode="after")
     def _combinations(self) -> JobConfig:
         if self.json_schema is not None and self.choices is not None:
@@ -128,3 +137,18 @@ class JobConfig(BaseModel):
 
     def task_list(self) -> list[str]:
         return list(self.tasks) if self.tasks else [self.task]
+
+    def decode_options(self) -> DecodeOptions:
+        """The per-item limits and media settings the decode workers apply."""
+        return DecodeOptions(
+            image_tokens=self.image_tokens,
+            max_image_pixels=self.max_image_pixels,
+            max_input_bytes=self.max_input_bytes,
+            max_audio_seconds=self.max_audio_seconds,
+            max_video_seconds=self.max_video_seconds,
+            max_decoded_frames=self.max_decoded_frames,
+            video_frames=self.video_frames,
+            video_fps=self.video_fps,
+            with_audio=self.with_audio,
+            shard=self.shard_index(),
+        )

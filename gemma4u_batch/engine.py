@@ -11,11 +11,13 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
-from .config import EngineConfig, SamplingConfig
+from .config import EngineConfig, JobConfig, SamplingConfig
 from .errors import EngineDied, UsageError
 from .records import Generation
 
@@ -41,8 +43,17 @@ class EngineResult:
 
 
 class Engine(Protocol):
+    """What a job needs from an engine. The job is handed one and never shuts it down:
+    its owner (`open_engine`, a Ray replica, a test fixture) does."""
+
+    startup_s: float  # seconds spent starting so far (tokenizer, then the engine on first use)
+
     @property
     def model_name(self) -> str: ...
+    @property
+    def max_model_len(self) -> int | None: ...
+
+    def notes(self) -> dict[str, Any]: ...
 
     def render_prompt(self, messages: list[dict[str, Any]]) -> str: ...
     def count_tokens(self, text: str) -> int: ...
@@ -96,27 +107,37 @@ class VllmEngine:
     _tokenizer: Any = None
     _inflight: dict[str, EngineRequest] = field(default_factory=dict)
     restarts: int = 0
+    startup_s: float = 0.0
 
     @property
     def model_name(self) -> str:
         return self.model
 
     def start(self) -> VllmEngine:
-        """Load the tokenizer (for prompts and keys) now; the engine itself on first use,
-        so a rerun of a finished job never pays the engine's start-up."""
+        """Check the model folder now; the tokenizer and the engine load on first use, so a
+        rerun with nothing to do pays for neither."""
         _quiet_vllm()
         check_model_path(self.model)
-        from transformers import AutoTokenizer
-
-        try:
-            self._tokenizer = AutoTokenizer.from_pretrained(self.model)
-        except (OSError, ValueError) as exc:
-            raise UsageError(f"cannot load the tokenizer of {self.model}: {str(exc).splitlines()[0]}") from exc
-        if not getattr(self._tokenizer, "chat_template", None):
-            raise UsageError(f"model {self.model} has no chat template")
         return self
 
+    @property
+    def tokenizer(self) -> Any:
+        if self._tokenizer is None:
+            t0 = time.monotonic()
+            from transformers import AutoTokenizer
+
+            try:
+                tok = AutoTokenizer.from_pretrained(self.model)
+            except (OSError, ValueError) as exc:
+                raise UsageError(f"cannot load the tokenizer of {self.model}: {str(exc).splitlines()[0]}") from exc
+            if not getattr(tok, "chat_template", None):
+                raise UsageError(f"model {self.model} has no chat template")
+            self._tokenizer = tok
+            self.startup_s += time.monotonic() - t0
+        return self._tokenizer
+
     def _start_engine(self) -> None:
+        t0 = time.monotonic()
         from vllm import EngineArgs
         from vllm.config import StructuredOutputsConfig
         from vllm.platforms import current_platform
@@ -147,6 +168,7 @@ class VllmEngine:
             self._llm = LLMEngine.from_engine_args(args)
         except (OSError, ValueError) as exc:
             raise UsageError(f"cannot load model {self.model}: {str(exc).splitlines()[0]}") from exc
+        self.startup_s += time.monotonic() - t0
         self._warn_plugin()
 
     def _warn_plugin(self) -> None:
@@ -156,17 +178,20 @@ class VllmEngine:
             print(f"gemma4u: WARNING: {problem}", file=sys.stderr, flush=True)
 
     def notes(self) -> dict[str, Any]:
-        """Facts for the run manifest: what the bidirectional-attention plugin does here."""
+        """Facts for the run manifest: what the bidirectional-attention plugin does here
+        (known once the engine has started; asking earlier would import vLLM for nothing)."""
+        if self._llm is None:
+            return {"bidi_plugin": {"summary": "not checked: the engine had not started"}}
         from .vllm_plugin import describe, plugin_status
 
-        status = plugin_status(self._llm) if self._llm is not None else plugin_status()
+        status = plugin_status(self._llm)
         return {"bidi_plugin": {**status, "summary": describe(status)}}
 
     def render_prompt(self, messages: list[dict[str, Any]]) -> str:
-        return self._tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     def count_tokens(self, text: str) -> int:
-        return len(self._tokenizer.encode(text, add_special_tokens=False))
+        return len(self.tokenizer.encode(text, add_special_tokens=False))
 
     @property
     def max_model_len(self) -> int | None:
@@ -277,6 +302,26 @@ class VllmEngine:
             self._llm = None
 
 
+def build_engine(config: JobConfig) -> VllmEngine:
+    """The vLLM engine a job's config asks for: tokenizer now, the engine on first use."""
+    return VllmEngine(
+        model=config.model,
+        engine=config.engine,
+        image_tokens=config.image_tokens,
+        seed=config.sampling.seed or 0,
+    ).start()
+
+
+@contextmanager
+def open_engine(config: JobConfig) -> Iterator[VllmEngine]:
+    """An engine owned by the `with` block: shut down when the block ends, however it ends."""
+    engine = build_engine(config)
+    try:
+        yield engine
+    finally:
+        engine.shutdown()
+
+
 @dataclass
 class FakeEngine:
     """Deterministic stand-in for unit tests of batching, resume and writing.
@@ -293,6 +338,11 @@ class FakeEngine:
     steps: int = 0
     _inflight: dict[str, tuple[EngineRequest, int]] = field(default_factory=dict)
     added: int = 0
+    startup_s: float = 0.0
+    max_model_len: int | None = None
+
+    def notes(self) -> dict[str, Any]:
+        return {}
 
     def render_prompt(self, messages: list[dict[str, Any]]) -> str:
         parts = []
@@ -306,8 +356,6 @@ class FakeEngine:
 
     def count_tokens(self, text: str) -> int:
         return len(text.split())
-
-    max_model_len: int | None = None
 
     def capacity(self) -> int:
         return self.max_in_flight - len(self._inflight)

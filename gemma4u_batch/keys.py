@@ -35,3 +35,21 @@ def model_fingerprint(model: str) -> str:
         elif name.endswith((".safetensors", ".bin", ".json", ".jinja", ".model")) and p.is_file():
             h.update(f"{name}:{p.stat().st_size}".encode())
     return f"{path.name}@{h.hexdigest()[:16]}"
+
+
+class KeyMaker:
+    """`content_key` for one job, with the constant part serialised once: the same bytes,
+    hence the same keys, at a fraction of the cost (a rerun computes one per item)."""
+
+    def __init__(self, model_fingerprint: str, settings: dict[str, Any]) -> None:
+        self._model = json.dumps(model_fingerprint)
+        self._settings = settings
+        self._by_task: dict[str, str] = {}
+
+    def __call__(self, *, content: str, prompt: str, task: str) -> str:
+        tail = self._by_task.get(task)
+        if tail is None:
+            settings = json.dumps({**self._settings, "task": task}, sort_keys=True, default=str)
+            tail = self._by_task[task] = f', "settings": {settings}}}'
+        text = f'{{"content": {json.dumps(content)}, "model": {self._model}, "prompt": {json.dumps(prompt)}{tail}'
+        return hashlib.sha256(text.encode()).hexdigest()

@@ -13,13 +13,9 @@ items for real into a temporary OUT and projects the full job's time.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import random
 import tempfile
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,10 +24,11 @@ from rich.console import Console
 from rich.table import Table
 
 from .config import JobConfig
-from .errors import UsageError
-from .records import Modality, WorkItem
-from .runner import is_speech_job
-from .tasks import instruction_for, resolve_task
+from .errors import ItemError, UsageError
+from .inputs import JobInput, is_speech_job
+from .job import Job, run_job
+from .records import WorkItem
+from .tasks import resolve_task
 
 TEMPLATE_TOKENS = 20
 """Approximate tokens the chat template adds around one request's instruction."""
@@ -129,43 +126,17 @@ def _approx_tokens(text: str | None) -> int:
     return math.ceil(len(text) / 4) if text else 0
 
 
-def _render_template(template: str, item: WorkItem, task: str) -> str:
-    if "{{" not in template and "{%" not in template:
-        return template
-    context = {**item.fields, "id": item.id, "source": item.source,
-               "modality": item.modality.value if item.modality else None, "task": task}  # fmt: skip
+def instruction_text(job: Job, item: WorkItem, task: str) -> str:
+    """The instruction the job would send (a template that fails for this row: as written)."""
     try:
-        from .prompts import render_prompt_template
-
-        return render_prompt_template(template, context)
-    except Exception:  # an estimate only: the run reports template errors per item
-        return template
-
-
-def instruction_text(config: JobConfig, item: WorkItem, task: str, modality: Modality) -> str:
-    """The instruction the runner would send for this item and task (approximately)."""
-    custom = item.prompt or config.prompt
-    if custom:
-        return _render_template(custom, item, task)
-    name = task if resolve_task(task) is not None else config.task
-    if resolve_task(name) is None:
-        return ""
-    return instruction_for(name, modality, language=config.language, target=config.translate_to)
+        return job.instruction(item, task)
+    except ItemError:
+        return item.prompt or job.config.prompt or ""
 
 
 def request_text_tokens(config: JobConfig, instruction: str) -> int:
     system = _approx_tokens(config.system_prompt) + (5 if config.system_prompt else 0)
     return _approx_tokens(instruction) + system + TEMPLATE_TOKENS
-
-
-def _source_label(config: JobConfig, source: Any) -> str:
-    kind = type(source).__name__.removesuffix("Source").lower() or "source"
-    where = config.dataset if config.dataset and config.input is None else str(config.input)
-    if config.dataset and config.input is not None:
-        where = f"{config.dataset}:{config.input}"
-    extra = "".join(f", {k}={v}" for k, v in (("split", config.split), ("column", config.column)) if v)
-    mods = f", modalities={','.join(m.value for m in config.modalities)}" if config.modalities else ""
-    return f"{kind} {where}{extra}{mods}"
 
 
 class _Reservoir:
@@ -216,11 +187,9 @@ def _done_ids(config: JobConfig) -> set[str] | None:
 
 def _scan(config: JobConfig, per_modality: int, overall: int = 0) -> _Scan:
     """Stream the source once: counts, samples, and items not yet in OUT."""
-    from .runner import dataset_spec, source_for, speech_item
-
-    source = source_for(config, dataset_spec(config))
-    scan = _Scan(_source_label(config, source))
-    speech = is_speech_job(config)
+    job_input = JobInput(config)
+    source = job_input.open()
+    scan = _Scan(job_input.label(source))
     done = _done_ids(config)
     if done is not None:
         scan.new_items = 0
@@ -234,55 +203,30 @@ def _scan(config: JobConfig, per_modality: int, overall: int = 0) -> _Scan:
             scan.bad_rows += 1
             continue
         scan.found[item.modality.value] = scan.found.get(item.modality.value, 0) + 1
-        sent = speech_item(item) if speech else item
+        sent = job_input.as_sent(item)
         assert sent.modality is not None
         mod = sent.modality.value
         scan.sent[mod] = scan.sent.get(mod, 0) + 1
         scan.per_modality.setdefault(mod, _Reservoir(per_modality, mod)).offer(index, sent)
         if scan.overall is not None:
-            scan.overall.offer(index, item)  # as found: run_job maps speech items itself
+            scan.overall.offer(index, item)  # as found: the job maps speech items itself
     if scan.items == 0:
         raise UsageError(f"no media files found in {config.dataset or config.input}")
     return scan
 
 
-def _existing(config: JobConfig) -> tuple[dict[str, Any] | None, str | None]:
+def _existing(job: Job) -> tuple[dict[str, Any] | None, str | None]:
     """(OUT's status, why a run would be refused) when OUT already is a gemma4u folder."""
-    from .keys import model_fingerprint
     from .ledger import read_status
-    from .runner import guarded_settings
-    from .writer import OutLayout
 
-    out = config.output
+    out = job.config.output
     if out.exists() and not out.is_dir():
         return None, f"output exists and is not a folder: {out}"
-    layout = OutLayout(out)
-    if not layout.meta.is_dir():
+    if not job.layout.meta.is_dir():
         return None, None
-    st = read_status(layout)
-    existing = {
-        "records": st.records,
-        "done": st.done,
-        "errors": st.errors,
-        "complete": st.complete,
-        "active": st.active,
-        "last_update": st.last_update,
-    }
-    refused = None
-    if layout.run_manifest.exists() and not config.overwrite:
-        try:
-            old = json.loads(layout.run_manifest.read_text()).get("guard", {})
-        except (OSError, ValueError):
-            old = {}
-        new = {"model_fingerprint": model_fingerprint(config.model), **guarded_settings(config)}
-        diffs = [k for k in new if old.get(k) != new[k]]  # the runner's rule (_check_guard)
-        if diffs:
-            names = ", ".join("model" if d == "model_fingerprint" else d for d in diffs)
-            refused = (
-                f"{out} was made with a different {names}; use another output folder or overwrite: true "
-                "(--set overwrite=true) to start fresh"
-            )
-    return existing, refused
+    st = read_status(job.layout)
+    keys = ("records", "done", "errors", "complete", "active", "last_update")
+    return {k: getattr(st, k) for k in keys}, job.refusal()
 
 
 # ----------------------------------------------------------------------------- plan
@@ -291,51 +235,61 @@ def _existing(config: JobConfig) -> tuple[dict[str, Any] | None, str | None]:
 def plan(config: JobConfig, sample: int = 16, recipe: str | None = None) -> Plan:
     """What the job will do, without loading the model: counts, token estimates, outputs."""
     from .engine import check_model_path
-    from .inspection import view
-    from .runner import decode_options
-    from .workers import DecodePool
 
     check_model_path(config.model)
+    job = Job(config)
     scan = _scan(config, max(0, sample))
     p = Plan(config=config, source=scan.source, tasks=config.task_list(), sample=max(0, sample), recipe=recipe)
     p.items, p.bad_rows, p.found, p.new_items = scan.items, scan.bad_rows, scan.found, scan.new_items
-    p.existing, p.refused = _existing(config)
+    p.existing, p.refused = _existing(job)
     for mod, n in sorted(scan.sent.items()):
         p.modalities[mod] = ModalityPlan(mod, items=n, sampled=len(scan.per_modality[mod].items))
-
     samples = [it for mod in sorted(scan.per_modality) for it in scan.per_modality[mod].ordered()]
-    limit = config.engine.max_model_len
     if samples:
-        workers = min(config.workers, len(samples))
-        with DecodePool(
-            iter(samples), decode_options(config), workers=workers, prefetch=config.prefetch,
-            timeout=config.decode_timeout,
-        ) as pool:  # fmt: skip
-            while not pool.done:
-                for d in pool.poll(timeout=0.1):
-                    assert d.item.modality is not None
-                    row = p.modalities[d.item.modality.value]
-                    if d.error is not None:
-                        row.sample_errors += 1
-                        continue
-                    row.decoded += 1
-                    too_long = False
-                    parts_by_window: dict[bool, list[Any]] = {}
-                    for task in [d.item.task] if d.item.task else config.task_list():
-                        t = resolve_task(task)
-                        windowed = bool(t and t.windowed_audio)
-                        if windowed not in parts_by_window:
-                            parts_by_window[windowed] = view(d, windowed)[1]
-                        parts = parts_by_window[windowed]
-                        text = request_text_tokens(config, instruction_text(config, d.item, task, d.item.modality))
-                        row.requests += len(parts)
-                        row.text_tokens += text * len(parts)
-                        for part in parts:
-                            row.media_tokens += part.mm_tokens
-                            too_long = too_long or bool(limit and text + part.mm_tokens >= limit)
-                    row.over_limit += too_long
+        _measure(p, job, samples)
     _add_notes(p, scan)
     return p
+
+
+def _measure(p: Plan, job: Job, samples: list[WorkItem]) -> None:
+    """Decode the sample with the real decode stage and count each request's tokens."""
+    from .workers import DecodePool
+
+    c = job.config
+    workers = min(c.workers, len(samples))
+    opts = c.decode_options()
+    with DecodePool(iter(samples), opts, workers=workers, prefetch=c.prefetch, timeout=c.decode_timeout) as pool:
+        while not pool.done:
+            for d in pool.poll(timeout=0.1):
+                assert d.item.modality is not None
+                row = p.modalities[d.item.modality.value]
+                if d.error is not None:
+                    row.sample_errors += 1
+                    continue
+                row.decoded += 1
+                row.over_limit += _count_requests(row, job, d)
+
+
+def _count_requests(row: ModalityPlan, job: Job, d: Any) -> bool:
+    """Add one decoded item's requests to its row; whether one would exceed max_model_len."""
+    from .inspection import view
+
+    limit = job.config.engine.max_model_len
+    too_long = False
+    parts_by_window: dict[bool, list[Any]] = {}
+    for task in [d.item.task] if d.item.task else job.config.task_list():
+        t = resolve_task(task)
+        windowed = bool(t and t.windowed_audio)
+        if windowed not in parts_by_window:
+            parts_by_window[windowed] = view(d, windowed)[1]
+        parts = parts_by_window[windowed]
+        text = request_text_tokens(job.config, instruction_text(job, d.item, task))
+        row.requests += len(parts)
+        row.text_tokens += text * len(parts)
+        for part in parts:
+            row.media_tokens += part.mm_tokens
+            too_long = too_long or bool(limit and text + part.mm_tokens >= limit)
+    return too_long
 
 
 def _add_notes(p: Plan, scan: _Scan) -> None:
@@ -385,6 +339,20 @@ def _fmt_int(n: int | None) -> str:
 
 
 def print_plan(p: Plan, console: Console) -> None:
+    console.print(_job_table(p))
+    console.print(_modality_table(p))
+    console.print(
+        "errors: sampled items that failed to decode; req/item: engine requests per item (audio windows × "
+        "tasks); tokens/item: media + instruction tokens",
+        style="dim",
+        soft_wrap=True,
+    )
+    for note in p.notes:
+        console.print(f"• {note}", soft_wrap=True)
+
+
+def _job_table(p: Plan) -> Table:
+    """What runs where: model, task, source, outputs, OUT's state."""
     c = p.config
     t = Table(title="gemma4u plan (dry run: nothing was generated)", show_header=False, title_justify="left")
     if p.recipe:
@@ -408,6 +376,12 @@ def print_plan(p: Plan, console: Console) -> None:
         state = "running" if ex["active"] else ("complete" if ex["complete"] else "incomplete")
         t.add_row("OUT now", f"{ex['records']:,} records ({ex['done']:,} done, {ex['errors']:,} errors), {state}")
         t.add_row("to process", f"{_fmt_int(p.items if c.overwrite else p.new_items)} new item(s) by id")
+    _settings_rows(t, c)
+    return t
+
+
+def _settings_rows(t: Table, c: JobConfig) -> None:
+    """Sampling, engine, media, resume and commit settings."""
     s = c.sampling
     t.add_row("sampling", f"max_tokens={s.max_tokens} temperature={s.temperature} top_p={s.top_p} seed={s.seed}")
     e = c.engine
@@ -426,8 +400,9 @@ def print_plan(p: Plan, console: Console) -> None:
     )
     commits = f"commit every {c.commit_every} records or {c.commit_seconds:g} s"
     t.add_row("workers", f"{c.workers} decode worker(s); {commits}")
-    console.print(t)
 
+
+def _modality_table(p: Plan) -> Table:
     m = Table(title="per modality (as sent to the model)", title_justify="left")
     for col in ("modality", "items", "sampled", "errors", "req/item", "media/item", "tokens/item", "est. tokens"):
         m.add_column(col, justify="left" if col == "modality" else "right")
@@ -440,15 +415,7 @@ def print_plan(p: Plan, console: Console) -> None:
             "-" if d["tokens_per_item"] is None else f"{d['tokens_per_item']:,.0f}",
             f"{row.estimated_prompt_tokens:,}",
         )  # fmt: skip
-    console.print(m)
-    console.print(
-        "errors: sampled items that failed to decode; req/item: engine requests per item (audio windows × "
-        "tasks); tokens/item: media + instruction tokens",
-        style="dim",
-        soft_wrap=True,
-    )
-    for note in p.notes:
-        console.print(f"• {note}", soft_wrap=True)
+    return m
 
 
 def print_resolved_config(config: JobConfig, console: Console) -> None:
@@ -481,87 +448,11 @@ class Estimate:
         return dict(self.__dict__)
 
 
-class _TimedEngine:
-    """Wraps the real engine to time its start-up: vLLM loads on the first `add`."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-        self.first_add_s: float | None = None
-
-    def add(self, request: Any) -> Any:
-        if self.first_add_s is None:
-            t0 = time.monotonic()
-            try:
-                return self.inner.add(request)
-            finally:
-                self.first_add_s = time.monotonic() - t0
-        return self.inner.add(request)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-
-_MANIFEST_RESERVED = frozenset({"id", "path", "prompt", "task", "modality"})
-
-
-def _row(item: WorkItem) -> dict[str, Any]:
-    assert item.modality is not None
-    row: dict[str, Any] = {k: v for k, v in item.fields.items() if k not in _MANIFEST_RESERVED}
-    row.update(id=item.id, modality=item.modality.value)
-    if item.prompt:
-        row["prompt"] = item.prompt
-    if item.task:
-        row["task"] = item.task
-    return row
-
-
-def write_sample_manifest(items: list[WorkItem], folder: Path, max_bytes: int) -> tuple[Path, list[Path]]:
-    """A manifest of the sampled items (ids, prompts, tasks and fields kept) and its allow_roots.
-
-    Files are listed by absolute path (JSONL, allow_roots = their folders); items that
-    only exist as bytes (dataset rows) go into a Parquet manifest as {bytes, path} cells."""
-    if all(it.path is not None for it in items):
-        path = folder / "sample.jsonl"
-        roots = sorted({Path(os.path.realpath(it.path)).parent for it in items if it.path is not None})
-        with open(path, "w", encoding="utf-8") as fh:
-            for it in items:
-                fh.write(json.dumps({**_row(it), "path": os.path.realpath(str(it.path))}, default=str) + "\n")
-        return path, roots
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    rows = []
-    for it in items:
-        data = it.data
-        if data is None and it.path is not None:
-            try:
-                if os.path.getsize(it.path) > max_bytes:
-                    continue
-                data = Path(it.path).read_bytes()
-            except OSError:
-                continue
-        rows.append({**_row(it), "path": {"bytes": data, "path": ""}})
-    path = folder / "sample.parquet"
-    try:
-        table = pa.Table.from_pylist(rows)
-    except (pa.ArrowException, TypeError, ValueError):  # fields of mixed types: keep the essentials
-        keep = ("id", "modality", "prompt", "task", "path")
-        table = pa.Table.from_pylist([{k: r.get(k) for k in keep} for r in rows])
-    pq.write_table(table, path)
-    return path, []
-
-
-def estimate(
-    config: JobConfig,
-    n: int,
-    engine_factory: Callable[[JobConfig], Any] | None = None,
-    console: Console | None = None,
-) -> Estimate:
+def estimate(config: JobConfig, n: int, engine: Any = None, console: Console | None = None) -> Estimate:
     """Run n deterministically sampled items for real (into a temporary OUT) and project
-    the full job's time. Starts the engine (unless `engine_factory` supplies one)."""
+    the full job's time. Starts the engine unless one is given."""
     from .engine import check_model_path
     from .progress import Reporter
-    from .runner import default_engine_factory, run_job
 
     if n < 1:
         raise UsageError("--estimate needs a number of items ≥ 1")
@@ -572,45 +463,39 @@ def estimate(
     if not items:
         raise UsageError(f"no usable items in {config.dataset or config.input} to estimate with")
     est = Estimate(sampled=len(items), total_items=scan.items, pending_items=scan.new_items)
-    speech = is_speech_job(config)
+    job_input = JobInput(config)
     for it in items:
-        mod = "audio" if speech and it.modality is Modality.VIDEO else it.modality.value  # type: ignore[union-attr]
-        est.sample_modalities[mod] = est.sample_modalities.get(mod, 0) + 1
-
-    load_s = 0.0
-    timed: list[_TimedEngine] = []
-
-    def factory(cfg: JobConfig) -> Any:
-        nonlocal load_s
-        t0 = time.monotonic()
-        inner = (engine_factory or default_engine_factory)(cfg)
-        load_s = time.monotonic() - t0
-        timed.append(_TimedEngine(inner))
-        return timed[-1]
-
+        mod = job_input.as_sent(it).modality
+        assert mod is not None
+        est.sample_modalities[mod.value] = est.sample_modalities.get(mod.value, 0) + 1
     with tempfile.TemporaryDirectory(prefix="gemma4u-estimate-") as tmp:
-        manifest, roots = write_sample_manifest(items, Path(tmp), config.max_input_bytes)
         sample_cfg = config.model_copy(
-            update={
-                "input": manifest, "dataset": None, "split": None, "column": None, "allow_roots": roots,
-                "modalities": None, "output": Path(tmp) / "out", "overwrite": True, "retry_errors": False,
-                "quiet": True, "subtitles": [],
-                **{k: v for k, v in (("shard", None), ("ray", None), ("replicas", 1)) if k in JobConfig.model_fields},
-            }
+            update={"output": Path(tmp) / "out", "overwrite": True, "retry_errors": False, "quiet": True,
+                    "subtitles": [], "shard": None, "ray": None, "replicas": 1}
         )  # fmt: skip
         if console is not None:
             console.print(f"Running {len(items)} sampled item(s) for real (engine start-up included)…")
-        summary = run_job(sample_cfg, engine_factory=factory, reporter=Reporter("quiet"))
+        summary, startup_s = _run_sample(sample_cfg, items, engine, Reporter("quiet"))
     est.records, est.errors, est.interrupted = summary.done, summary.errors, summary.interrupted
     est.elapsed_s = summary.elapsed_s
-    est.startup_s = load_s + ((timed[0].first_add_s or 0.0) if timed else 0.0)
-    work_s = max(est.elapsed_s - est.startup_s, 0.0)
-    est.per_item_s = work_s / max(est.records, 1)
+    est.startup_s = startup_s
+    est.per_item_s = max(est.elapsed_s - est.startup_s, 0.0) / max(est.records, 1)
     est.projected_s = est.startup_s + est.per_item_s * est.total_items
     if est.pending_items is not None and not config.overwrite:
         est.projected_pending_s = est.startup_s + est.per_item_s * est.pending_items
     _estimate_assumptions(est, config, scan)
     return est
+
+
+def _run_sample(config: JobConfig, items: list[WorkItem], engine: Any, reporter: Any) -> tuple[Any, float]:
+    """(summary, engine start-up seconds) of a run of `items` on the given or a new engine."""
+    from .engine import open_engine
+
+    if engine is not None:
+        before = engine.startup_s
+        return run_job(config, engine, items=items, reporter=reporter), engine.startup_s - before
+    with open_engine(config) as owned:
+        return run_job(config, owned, items=items, reporter=reporter), owned.startup_s
 
 
 def _estimate_assumptions(est: Estimate, config: JobConfig, scan: _Scan) -> None:

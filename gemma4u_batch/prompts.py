@@ -5,7 +5,10 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
+from .config import JobConfig
 from .errors import ItemError, UsageError
+from .records import Modality, WorkItem
+from .tasks import instruction_for, resolve_task
 
 
 @lru_cache(maxsize=64)
@@ -17,7 +20,7 @@ def _compile(template: str) -> Any:
     try:
         return env.from_string(template)
     except TemplateSyntaxError as exc:
-        raise UsageError(f"prompt template error at line {exc.lineno}: {exc.message}") from exc
+        raise UsageError(f"prompt: invalid template at line {exc.lineno}: {exc.message}") from None
 
 
 def is_template(text: str) -> bool:
@@ -44,3 +47,20 @@ def render_prompt_template(template: str, context: dict[str, Any]) -> str:
         raise ItemError("bad_prompt", f"prompt template refused by the sandbox: {exc}") from exc
     except TemplateError as exc:
         raise ItemError("bad_prompt", f"prompt template: {exc}") from exc
+
+
+def item_instruction(config: JobConfig, item: WorkItem, task: str) -> str:
+    """The instruction sent for this item and task: the row's or the job's prompt template
+    rendered over the row's fields, else the task's built-in instruction. ItemError when
+    the template fails for this row."""
+    custom = item.prompt or config.prompt
+    if custom:
+        modality = item.modality.value if item.modality else None
+        context = {**item.fields, "id": item.id, "source": item.source, "modality": modality, "task": task}
+        return render_prompt_template(custom, context)
+    if resolve_task(task) is None:
+        task = config.task
+    if resolve_task(task) is None:
+        raise UsageError(f"unknown task '{task}'")
+    modality = item.modality or Modality.IMAGE
+    return instruction_for(task, modality, language=config.language, target=config.translate_to)

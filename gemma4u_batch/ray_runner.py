@@ -14,20 +14,21 @@ between processes; shards keep the guarantees in one place (the commit protocol)
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections import deque
-from dataclasses import dataclass, field
 from typing import Any
 
 from .config import JobConfig
-from .errors import UsageError
+from .errors import EngineFailure, OutputError, UsageError
+from .job import JobSummary
 from .ledger import read_status
 from .progress import Counters, Reporter
-from .runner import JobSummary
 from .writer import OutLayout
 
 MAX_REPLACEMENTS = 8
+log = logging.getLogger(__name__)
 
 
 def _import_ray() -> Any:
@@ -53,47 +54,163 @@ class _Replica:
         return {"host": socket.gethostname(), "pid": os.getpid()}
 
     def run_shard(self, index: int, total: int, manifest_extra: dict[str, Any]) -> dict[str, Any]:
-        from .runner import default_engine_factory, run_job
+        from .engine import build_engine
+        from .job import run_job
 
         config = self.config.model_copy(update={"shard": f"{index}/{total}", "ray": None, "quiet": True})
         if self.engine is None:
-            self.engine = default_engine_factory(config)
-        engine = self.engine
-
-        class _Borrowed:
-            def __getattr__(self, name: str) -> Any:
-                return getattr(engine, name)
-
-            def shutdown(self) -> None:  # the actor keeps its engine across shards
-                return None
-
-        summary = run_job(config, engine_factory=lambda c: _Borrowed(), reporter=Reporter("quiet"),
-                          manifest_extra=manifest_extra)  # fmt: skip
-        return {"shard": index, "done": summary.done, "errors": summary.errors, "skipped": summary.skipped,
-                "errors_by_kind": summary.errors_by_kind, "elapsed_s": summary.elapsed_s}  # fmt: skip
-
-
-@dataclass
-class RayPlan:
-    replicas: int
-    shards: int
-    address: str
-    nodes: list[dict[str, Any]] = field(default_factory=list)
+            self.engine = build_engine(config)  # the actor's: kept across shards, gone with the actor
+        summary = run_job(config, self.engine, reporter=Reporter("quiet"), manifest_extra=manifest_extra)
+        return {
+            "shard": index,
+            "done": summary.done,
+            "errors": summary.errors,
+            "skipped": summary.skipped,
+            "errors_by_kind": summary.errors_by_kind,
+            "elapsed_s": summary.elapsed_s,
+        }
 
 
 def _connect(ray: Any, address: str) -> str:
-    """`auto`: an existing cluster if one is reachable, else a local one."""
+    """`auto`: an existing cluster if one is reachable, else a local one. A cluster that
+    refuses this process (auth token, Ray/Python version) or an address where nothing
+    answers is a UsageError: one line naming the cause and the fix, not a traceback."""
     if ray.is_initialized():
         return "existing"
     if address == "auto":
         try:
             ray.init(address="auto", log_to_driver=False)
             return "auto"
-        except (ConnectionError, RuntimeError):
+        except Exception as exc:
+            # A cluster that was found but refuses us is the user's to fix; none running
+            # (or a stale address of one that is gone) means a local one, as before.
+            refused = _refusal(exc, address, generic=False)
+            if refused is not None:
+                raise refused from None
+            if not isinstance(exc, ConnectionError | RuntimeError):
+                raise
             ray.init(log_to_driver=False)
             return "local"
-    ray.init(address=address, log_to_driver=False)
+    if address != "local" and "://" not in address:
+        _check_reachable(address)
+    try:
+        ray.init(address=address, log_to_driver=False)
+    except Exception as exc:
+        refused = _refusal(exc, address, generic=True)
+        if refused is None:
+            raise
+        raise refused from None
     return address
+
+
+_TOKEN_FIX = "`ray get-auth-token` on the cluster's head node prints its token"
+
+
+def _ray_token_source() -> str:
+    """Where Ray takes this process's auth token from, in Ray's order: RAY_AUTH_TOKEN,
+    then the file RAY_AUTH_TOKEN_PATH, then ~/.ray/auth_token."""
+    if os.environ.get("RAY_AUTH_TOKEN", "").strip():
+        return "RAY_AUTH_TOKEN"
+    if os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        return f"RAY_AUTH_TOKEN_PATH={os.environ['RAY_AUTH_TOKEN_PATH']}"
+    return os.path.join(os.path.expanduser("~"), ".ray", "auth_token")
+
+
+def _refusal(exc: BaseException, address: str, generic: bool) -> UsageError | None:
+    """The one-line UsageError for a Ray connection failure (auth token, version, no
+    answer); None when `exc` is none of these (and `generic` is off)."""
+    import re
+
+    chain: list[BaseException] = []
+    e: BaseException | None = exc
+    while e is not None and e not in chain:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    text = "\n".join(str(x) for x in chain)
+    dialed = re.search(r"Ray cluster at (\S+)", text)
+    where = address if address != "auto" else "the cluster that --ray auto found"
+    if dialed and dialed.group(1) != address:
+        where = f"{dialed.group(1)}" if address == "auto" else f"{address} (dialed as {dialed.group(1)})"
+    is_auth = any(c.__name__ == "AuthenticationError" for x in chain for c in type(x).__mro__)
+    no_token = "no authentication token was found" in text
+    if is_auth or no_token or "InvalidAuthToken" in text or "Authentication token is missing or incorrect" in text:
+        if no_token:
+            return UsageError(
+                "RAY_AUTH_MODE=token but no Ray auth token is set: set RAY_AUTH_TOKEN to the cluster's token "
+                f"({_TOKEN_FIX}), or RAY_AUTH_TOKEN_PATH to a file holding it"
+            )
+        if os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
+            return UsageError(
+                f"the Ray cluster at {where} requires an auth token and this process sent none "
+                "(RAY_AUTH_MODE is not 'token'): set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN to the cluster's "
+                f"token ({_TOKEN_FIX}), or RAY_AUTH_TOKEN_PATH to a file holding it"
+            )
+        source = _ray_token_source()
+        in_file = not source.startswith("RAY_AUTH_TOKEN")
+        return UsageError(
+            f"the Ray cluster at {where} rejected the auth token from {source}"
+            f"{' (if an earlier local Ray run wrote it, it fits only that run)' if in_file else ''}: set "
+            f"RAY_AUTH_TOKEN to the cluster's token ({_TOKEN_FIX}){' or write it to that file' if in_file else ''}"
+        )
+    if "Version mismatch" in text:
+        v = re.search(
+            r"started with:\s*Ray: (\S+)\s*Python: (\S+).*?started with:\s*Ray: (\S+)\s*Python: (\S+)", text, re.S
+        )
+        if v is None:
+            return UsageError(
+                f"the Ray cluster at {where} runs another Ray or Python version than this environment: "
+                "run gemma4u with the cluster's Ray and Python versions"
+            )
+        ray_c, py_c, ray_me, py_me = v.groups()
+        hint = ""
+        if ray_c == ray_me and py_c.split(".")[:2] == py_me.split(".")[:2]:
+            hint = " (or allow a Python patch difference: RAY_DEFAULT_PYTHON_VERSION_MATCH_LEVEL=minor)"
+        return UsageError(
+            f"the Ray cluster at {where} runs Ray {ray_c} on Python {py_c}, this environment has Ray {ray_me} "
+            f"on Python {py_me}: run gemma4u from an environment with the cluster's versions "
+            f"(pip install 'ray=={ray_c}' on Python {py_c}){hint}"
+        )
+    if isinstance(exc, ValueError) and "address" in str(exc).lower():
+        if address == "auto" and os.environ.get("RAY_ADDRESS"):
+            return UsageError(f"invalid RAY_ADDRESS {os.environ['RAY_ADDRESS']!r}: use HOST:PORT or unset it")
+        return UsageError(f"invalid --ray address {address!r}: use HOST:PORT (the cluster's GCS address) or auto")
+    if generic and isinstance(exc, ConnectionError | RuntimeError):
+        reason = "its GCS did not answer in time" if "Timed out" in text else str(exc).splitlines()[0][:200]
+        return UsageError(
+            f"could not connect to the Ray cluster at {where}: {reason}; check the address and that "
+            f"`ray status --address {address}` works from this machine"
+        )
+    return None
+
+
+def _check_reachable(address: str) -> None:
+    """Fail fast when nothing listens where Ray will dial (Ray itself retries for minutes)."""
+    import socket
+
+    invalid = UsageError(f"invalid --ray address {address!r}: use HOST:PORT (the cluster's GCS address) or auto")
+    try:
+        from ray._private.services import canonicalize_bootstrap_address
+
+        # What ray.init dials: Ray replaces a loopback host by this machine's address
+        # unless RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0.
+        dialed = canonicalize_bootstrap_address(address) or address
+    except ValueError:
+        raise invalid from None
+    except Exception:
+        dialed = address
+    host, sep, port = dialed.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise invalid
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=5):
+            pass
+    except OSError as exc:
+        where = address if dialed == address else f"{address} (dialed as {dialed})"
+        raise UsageError(
+            f"no Ray cluster answers at {where}: {exc.strerror or exc}; start one there "
+            f"(`ray start --head --port {port}`), or pass a running cluster's address as --ray HOST:PORT "
+            "(or --ray auto)"
+        ) from None
 
 
 def run_on_ray(config: JobConfig, reporter: Reporter | None = None, shards: int | None = None) -> JobSummary:
@@ -101,70 +218,104 @@ def run_on_ray(config: JobConfig, reporter: Reporter | None = None, shards: int 
     ray = _import_ray()
     started = time.monotonic()
     how = _connect(ray, config.ray or "auto")
-    n_shards = shards or max(1, 4 * config.replicas)
-    gpus = float(config.engine.tensor_parallel_size) if ray.cluster_resources().get("GPU", 0) else 0.0
-    actor_cls = ray.remote(num_cpus=1, num_gpus=gpus, max_restarts=0)(_Replica)
-    cpu_count = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    driver = _Driver(ray, config, shards or max(1, 4 * config.replicas), how)
     reporter = reporter or Reporter("quiet" if config.quiet else "rich")
-    config_json = config.model_dump_json()
-
-    def spawn(k: int) -> Any:
-        bind = None if gpus else str(k % cpu_count)
-        return actor_cls.remote(config_json, bind)
-
-    actors = [spawn(k) for k in range(config.replicas)]
-    layout_info = {
-        "address": how,
-        "replicas": config.replicas,
-        "shards": n_shards,
-        "resources": {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU", "memory")},
-        "nodes": [n.get("NodeManagerHostname") for n in ray.nodes() if n.get("Alive")],
-    }
-    extra = {"cluster": layout_info}
-    queue: deque[int] = deque(range(n_shards))
-    running: dict[Any, tuple[Any, int]] = {}
-    idle = list(actors)
-    results: list[dict[str, Any]] = []
-    replacements = 0
-    layout = OutLayout(config.output)
     reporter.start(None)
-    counters = Counters()
     try:
-        while queue or running:
-            while queue and idle:
-                actor = idle.pop()
+        results = driver.run(reporter)
+    finally:
+        reporter.stop()
+        driver.shutdown()
+    return _summary(config, results, driver.replacements, started)
+
+
+class _Driver:
+    """Hands shards to replicas as they free up; a dead replica's shard goes back to the
+    queue and a fresh replica resumes it from what was committed."""
+
+    def __init__(self, ray: Any, config: JobConfig, n_shards: int, how: str) -> None:
+        self.ray = ray
+        self.config = config
+        self.n_shards = n_shards
+        resources = ray.cluster_resources()
+        self.gpus = float(config.engine.tensor_parallel_size) if resources.get("GPU", 0) else 0.0
+        self.cpu_count = max(1, int(resources.get("CPU", 1)))
+        self.actor_cls = ray.remote(num_cpus=1, num_gpus=self.gpus, max_restarts=0)(_Replica)
+        self.config_json = config.model_dump_json()
+        self.spawned = 0
+        self.replacements = 0
+        self.idle = [self._spawn() for _ in range(config.replicas)]
+        self.running: dict[Any, tuple[Any, int]] = {}
+        self.extra = {
+            "cluster": {
+                "address": how,
+                "replicas": config.replicas,
+                "shards": n_shards,
+                "resources": {k: v for k, v in resources.items() if k in ("CPU", "GPU", "memory")},
+                "nodes": [n.get("NodeManagerHostname") for n in ray.nodes() if n.get("Alive")],
+            }
+        }
+
+    def _spawn(self) -> Any:
+        bind = None if self.gpus else str(self.spawned % self.cpu_count)
+        self.spawned += 1
+        return self.actor_cls.remote(self.config_json, bind)
+
+    def run(self, reporter: Reporter) -> list[dict[str, Any]]:
+        queue: deque[int] = deque(range(self.n_shards))
+        results: list[dict[str, Any]] = []
+        layout = OutLayout(self.config.output)
+        counters = Counters()
+        while queue or self.running:
+            while queue and self.idle:
+                actor = self.idle.pop()
                 shard = queue.popleft()
-                running[actor.run_shard.remote(shard, n_shards, extra)] = (actor, shard)
-            ready, _ = ray.wait(list(running), num_returns=1, timeout=2.0)
+                self.running[actor.run_shard.remote(shard, self.n_shards, self.extra)] = (actor, shard)
+            ready, _ = self.ray.wait(list(self.running), num_returns=1, timeout=2.0)
             for ref in ready:
-                actor, shard = running.pop(ref)
-                try:
-                    results.append(ray.get(ref))
-                    idle.append(actor)
-                except ray.exceptions.RayActorError:
-                    # The replica (or its node) died: its shard goes back, resumed elsewhere.
-                    replacements += 1
-                    if replacements > MAX_REPLACEMENTS:
-                        raise RuntimeError(f"Ray replicas died {replacements} times; giving up (resumable)") from None
-                    queue.appendleft(shard)
-                    idle.append(spawn(len(actors) + replacements))
-                except ray.exceptions.RayTaskError as exc:
-                    cause = exc.cause if isinstance(getattr(exc, "cause", None), Exception) else exc
-                    if isinstance(cause, UsageError):
-                        raise cause from None
-                    raise
+                result = self._collect(ref, queue)
+                if result is not None:
+                    results.append(result)
             if layout.commits.exists():
                 st = read_status(layout)
                 counters.done, counters.errors = st.records, st.errors
                 reporter.update(counters)
-    finally:
-        reporter.stop()
-        for actor in idle + [a for a, _ in running.values()]:
+        return results
+
+    def _collect(self, ref: Any, queue: deque[int]) -> dict[str, Any] | None:
+        """A finished shard's result; a dead replica's shard is requeued; a replica's
+        usage, output or engine failure is the job's (one line and its exit code)."""
+        actor, shard = self.running.pop(ref)
+        try:
+            result: dict[str, Any] = self.ray.get(ref)
+        except self.ray.exceptions.RayActorError:
+            self.replacements += 1
+            if self.replacements > MAX_REPLACEMENTS:
+                raise EngineFailure(
+                    f"Ray replicas died {self.replacements} times; giving up. Finished work is committed: "
+                    "rerun the same command to resume"
+                ) from None
+            queue.appendleft(shard)
+            self.idle.append(self._spawn())
+            return None
+        except self.ray.exceptions.RayTaskError as exc:
+            cause = getattr(exc, "cause", None)
+            if isinstance(cause, UsageError | OutputError | EngineFailure):
+                raise cause from None
+            raise
+        self.idle.append(actor)
+        return result
+
+    def shutdown(self) -> None:
+        for actor in self.idle + [a for a, _ in self.running.values()]:
             try:
-                ray.kill(actor)
-            except Exception:
-                pass
-    summary = JobSummary(output=str(config.output))
+                self.ray.kill(actor)
+            except Exception as exc:  # already gone with its node: nothing left to stop
+                log.debug("ray.kill: %s", exc)
+
+
+def _summary(config: JobConfig, results: list[dict[str, Any]], replacements: int, started: float) -> JobSummary:
+    summary = JobSummary(output=str(config.output), replacements=replacements)
     for r in results:
         summary.done += r["done"]
         summary.errors += r["errors"]
@@ -172,8 +323,7 @@ def run_on_ray(config: JobConfig, reporter: Reporter | None = None, shards: int 
             summary.errors_by_kind[k] = summary.errors_by_kind.get(k, 0) + v
     # Items skipped as already done are counted once per shard that saw them; report
     # the committed total instead.
-    summary.skipped = max(0, read_status(layout).records - summary.done)
+    summary.skipped = max(0, read_status(OutLayout(config.output)).records - summary.done)
     summary.already_complete = summary.done == 0 and summary.skipped > 0
     summary.elapsed_s = time.monotonic() - started
-    summary.replacements = replacements  # type: ignore[attr-defined]
     return summary

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import difflib
 import enum
-import json
 import os
 import types
 from collections.abc import Iterable, Sequence
@@ -380,43 +379,22 @@ def _normalize(p: Any) -> Any:
 
 
 def _load_schema(value: Any) -> Any:
-    if isinstance(value, Path):
-        if not value.is_file():
-            what = "is not a file" if value.exists() else "file not found"
-            raise _RecipeProblem(f"json_schema: {what}: {value}")
-        try:
-            value = json.loads(value.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError) as exc:
-            raise _RecipeProblem(f"json_schema: cannot read {value}: {exc}") from None
-        except json.JSONDecodeError as exc:
-            raise _RecipeProblem(f"json_schema: {value} is not valid JSON: {exc.msg} at line {exc.lineno}") from None
-        if not isinstance(value, dict):
-            raise _RecipeProblem("json_schema: the file must hold a JSON object (a schema)")
-    if isinstance(value, dict):
-        try:
-            import jsonschema
-        except ImportError:  # optional: vLLM's guided decoding validates it again
-            return value
-        try:
-            jsonschema.validators.validator_for(value).check_schema(value)
-        except jsonschema.SchemaError as exc:
-            where = "/".join(str(p) for p in exc.path)
-            raise _RecipeProblem(
-                f"json_schema: not a valid JSON schema{' at ' + where if where else ''}: "
-                f"{' '.join(exc.message.split())[:200]}"
-            ) from None
-    return value
-
-
-def _check_template(field: str, text: Any) -> None:
-    if not isinstance(text, str) or ("{{" not in text and "{%" not in text):
-        return
-    import jinja2
+    from .structured import load_schema
 
     try:
-        jinja2.Environment().parse(text)
-    except jinja2.TemplateSyntaxError as exc:
-        raise _RecipeProblem(f"{field}: invalid template at line {exc.lineno}: {exc.message}") from None
+        return load_schema(value)
+    except UsageError as exc:
+        raise _RecipeProblem(str(exc)) from None
+
+
+def _check_template(text: Any) -> None:
+    from .prompts import check_template
+
+    if isinstance(text, str):
+        try:
+            check_template(text)
+        except UsageError as exc:
+            raise _RecipeProblem(str(exc)) from None
 
 
 def _check_task_name(field: str, name: str) -> None:
@@ -512,9 +490,6 @@ def resolve(
     _check_keys(data, JobConfig)  # a --set may have brought in a whole mapping
     if model is not None:
         data["model"] = model
-    # Same rule as the CLI: transcribe + translate_to is the translate task.
-    if data.get("translate_to") and data.get("task") == "transcribe":
-        data["task"] = "translate"
     for key in ("input", "output"):
         if key in data:
             data[key] = _normalize(data[key])
@@ -522,7 +497,7 @@ def resolve(
         data["allow_roots"] = [_normalize(p) for p in data["allow_roots"]]
     if "json_schema" in data and data["json_schema"] is not None:
         data["json_schema"] = _load_schema(data["json_schema"])
-    _check_template("prompt", data.get("prompt"))
+    _check_template(data.get("prompt"))
     try:
         config = JobConfig(**data)
     except ValidationError as exc:

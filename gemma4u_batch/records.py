@@ -62,6 +62,8 @@ class DecodedItem:
     decode_seconds: float = 0.0
     info: dict[str, Any] = field(default_factory=dict)
     skipped: bool = False  # belongs to another --shard
+    file_stat: tuple[int, int, int, int] | None = None  # (size, mtime_ns, ino, dev) as read: the quick check
+    read_at_ns: int = 0  # wall clock just before the read (racy-clean guard)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,9 @@ from typing import Any
 import numpy as np
 
 from .decode.audio import num_audio_tokens, pad_to_token_multiple, split_windows
-from .records import DecodedItem, Generation, Modality
+from .errors import ItemError
+from .quality import parse_structured, quality_flags
+from .records import DecodedItem, Generation, Modality, OutputRecord
 
 SAMPLE_RATE = 16_000
 WINDOW_SECONDS = 30.0  # 750 tokens × 40 ms
@@ -144,3 +146,42 @@ def stitch(unit: Unit) -> tuple[str, list[dict[str, Any]] | None, Generation | N
     if unit.decoded.item.modality is Modality.VIDEO:
         return total.text, None, total
     return total.text, segments, total
+
+
+def to_record(unit: Unit, model: str) -> OutputRecord:
+    """The one record of a finished unit: stitched text, checked structure, flags, or its error."""
+    d = unit.decoded
+    error = d.error or unit.error
+    kind = d.error_kind or unit.error_kind
+    text, segments, gen = (None, None, None) if error else stitch(unit)
+    data: Any = None
+    flags: list[str] = []
+    if text is not None:
+        flags = quality_flags(text, gen.finish_reason if gen else None)
+        if unit.structured is not None:
+            try:
+                data = parse_structured(text, unit.structured)
+            except ItemError as exc:
+                error, kind = exc.message, exc.kind
+    return OutputRecord(
+        id=d.item.id,
+        key=unit.key,
+        source=d.item.source,
+        modality=d.item.modality.value if d.item.modality else None,
+        task=unit.task,
+        prompt=unit.instruction,
+        text=text,
+        finish_reason=gen.finish_reason if gen else None,
+        num_prompt_tokens=gen.num_prompt_tokens if gen else None,
+        num_output_tokens=gen.num_output_tokens if gen else None,
+        error=error,
+        error_kind=kind,
+        model=model,
+        content_sha256=d.content_sha256,
+        decode_seconds=round(d.decode_seconds, 6),
+        segments=segments,
+        data=data,
+        flags=flags,
+        retried=unit.retried,
+        fields=dict(d.item.fields),
+    )

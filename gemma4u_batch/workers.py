@@ -127,9 +127,19 @@ class DecodePool:
         self.dispatched = 0
 
     def __enter__(self) -> DecodePool:
+        return self
+
+    def _start_workers(self) -> bool:
+        """Start the workers with the first item, so a run with nothing to decode starts none."""
+        if self._workers or self._exhausted:
+            return bool(self._workers)
+        item = self._next_item()
+        if item is None:
+            return False
+        self._taken.appendleft(item)
         for _ in range(self._n):
             self._workers.append(self._spawn())
-        return self
+        return True
 
     def __exit__(self, *exc: object) -> None:
         self.close()
@@ -249,6 +259,8 @@ class DecodePool:
             out = list(self._ready)
             self._ready.clear()
             return out
+        if not self._start_workers():
+            return []
         self._dispatch()
         if not self._ready:
             watch = {w.conn: i for i, w in enumerate(self._workers) if w.item is not None or not w.ready}

@@ -18,7 +18,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -113,6 +113,7 @@ class PartWriter:
     _last_commit: float = field(default_factory=time.monotonic)
     _lock_fh: Any = None
     committed_records: int = 0
+    on_commit: Callable[[dict[str, Any], list[dict[str, Any]]], None] | None = None  # (marker, records)
 
     def __post_init__(self) -> None:
         self.layout.ensure()
@@ -165,6 +166,8 @@ class PartWriter:
         self._seq += 1
         self.committed_records += len(records)
         self._buffer.clear()
+        if self.on_commit is not None:
+            self.on_commit(marker, records)
 
     def close(self) -> None:
         self.commit()
@@ -204,11 +207,29 @@ def _part_of(name: str) -> tuple[str, str] | None:
     return stem, writer
 
 
+def finish_replaced(layout: OutLayout, marker: dict[str, Any]) -> None:
+    """Remove what a compacted part replaces: markers first, then their data files (a
+    kill in between leaves files without markers, which `cleanup_orphans` removes)."""
+    for old in marker.get("replaces", ()):
+        (layout.commits / f"{old}.json").unlink(missing_ok=True)
+    for old in marker.get("replaces", ()):
+        for path in layout.root.glob(f"{old}.*"):
+            path.unlink(missing_ok=True)
+
+
 def cleanup_orphans(layout: OutLayout) -> list[str]:
-    """Remove uncommitted data files and temp files of writers that are gone."""
+    """Finish killed compactions, then remove uncommitted data files and temp files of
+    writers that are gone."""
     removed: list[str] = []
     if not layout.root.exists():
         return removed
+    if layout.commits.exists():
+        for path in layout.commits.glob("*.json"):
+            try:
+                marker = json.loads(path.read_text())
+            except FileNotFoundError:
+                continue
+            finish_replaced(layout, marker)
     committed = {p.stem for p in layout.commits.glob("*.json")} if layout.commits.exists() else set()
     for path in sorted(layout.root.iterdir()):
         parsed = _part_of(path.name)
@@ -231,12 +252,25 @@ def cleanup_orphans(layout: OutLayout) -> list[str]:
 
 
 def committed_parts(layout: OutLayout) -> list[dict[str, Any]]:
+    """The parts that hold records now, in commit order (a compacted part's `replaces`
+    are left out even before compaction has removed them)."""
+    return effective_parts(layout)[0]
+
+
+def effective_parts(layout: OutLayout) -> tuple[list[dict[str, Any]], set[str]]:
+    """(parts in commit order, names replaced by a compacted part)."""
     if not layout.commits.exists():
-        return []
-    parts = []
-    for marker in sorted(layout.commits.glob("*.json")):
-        parts.append(json.loads(marker.read_text()))
-    return parts
+        return [], set()
+    markers = []
+    for path in sorted(layout.commits.glob("*.json")):
+        try:
+            markers.append(json.loads(path.read_text()))
+        except FileNotFoundError:  # removed by a compaction finishing right now
+            continue
+    replaced = {name for m in markers for name in m.get("replaces", ())}
+    parts = [m for m in markers if m["part"] not in replaced]
+    parts.sort(key=lambda p: (p.get("committed_at", 0.0), p["part"]))
+    return parts, replaced
 
 
 def iter_part_records(

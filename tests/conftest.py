@@ -6,11 +6,13 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from gemma4u_batch.engine import VllmEngine
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -28,21 +30,9 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "tiny-gemma4u", seed=0)
 
 
-@dataclass
-class SharedEngine:
-    """A started VllmEngine that run_job may use but not shut down."""
-
-    inner: Any
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-    def shutdown(self) -> None:  # owned by the fixture
-        return None
-
-
 @pytest.fixture(scope="session")
-def shared_engine(tiny_model: Path) -> Iterator[SharedEngine]:
+def shared_engine(tiny_model: Path) -> Iterator[VllmEngine]:
+    """One real engine for the session: jobs are handed it and never shut it down."""
     from gemma4u_batch.config import EngineConfig
     from gemma4u_batch.engine import VllmEngine
 
@@ -51,5 +41,5 @@ def shared_engine(tiny_model: Path) -> Iterator[SharedEngine]:
         engine=EngineConfig(dtype="float32", max_model_len=4096, max_num_seqs=8),
         image_tokens=280,
     ).start()
-    yield SharedEngine(eng)
+    yield eng
     eng.shutdown()

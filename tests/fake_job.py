@@ -14,8 +14,8 @@ from pathlib import Path
 from gemma4u_batch.config import JobConfig
 from gemma4u_batch.engine import FakeEngine
 from gemma4u_batch.errors import ExitCode, OutputError, UsageError
+from gemma4u_batch.job import run_job
 from gemma4u_batch.progress import Reporter
-from gemma4u_batch.runner import run_job
 
 
 class SlowFakeEngine(FakeEngine):
@@ -40,7 +40,7 @@ def main() -> int:
         input=a.input, output=a.output, model="fake-model", workers=1, commit_every=a.commit_every, format=a.format
     )
     try:
-        summary = run_job(config, engine_factory=lambda c: SlowFakeEngine(a.step_delay), reporter=Reporter("quiet"))
+        summary = run_job(config, SlowFakeEngine(a.step_delay), reporter=Reporter("quiet"))
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return ExitCode.USAGE

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from gemma4u_batch.config import JobConfig, SamplingConfig
+from gemma4u_batch.job import run_job
 from gemma4u_batch.progress import Reporter
-from gemma4u_batch.runner import run_job
 from gemma4u_batch.writer import OutLayout, iter_committed_records
 
 from .conftest import GEMMA4U
@@ -75,7 +75,7 @@ def test_same_seed_same_text(tmp_path: Path, tiny_model: Path, shared_engine) ->
             workers=1,
             sampling=SamplingConfig(max_tokens=16, temperature=1.0, top_p=0.95, seed=seed),
         )
-        run_job(config, engine_factory=lambda c: shared_engine, reporter=Reporter("quiet"))
+        run_job(config, shared_engine, reporter=Reporter("quiet"))
         return _texts(tmp_path / out)
 
     a, b, c = run("a", 7), run("b", 7), run("c", 8)
@@ -90,7 +90,7 @@ def test_greedy_is_default_and_deterministic(tmp_path: Path, tiny_model: Path, s
     for name in ("g1", "g2"):
         config = JobConfig(input=root, output=tmp_path / name, model=str(tiny_model), workers=0,
                            sampling=SamplingConfig(max_tokens=10, seed=None))  # fmt: skip
-        run_job(config, engine_factory=lambda c: shared_engine, reporter=Reporter("quiet"))
+        run_job(config, shared_engine, reporter=Reporter("quiet"))
         outs.append(_texts(tmp_path / name))
     assert outs[0] == outs[1] and len(outs[0]) == 9
 

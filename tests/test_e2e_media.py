@@ -13,8 +13,8 @@ import pytest
 import soundfile as sf
 
 from gemma4u_batch.config import JobConfig, SamplingConfig
+from gemma4u_batch.job import run_job
 from gemma4u_batch.progress import Reporter
-from gemma4u_batch.runner import run_job
 from gemma4u_batch.writer import OutLayout, iter_committed_records
 
 from .conftest import GEMMA4U, REPO
@@ -29,7 +29,7 @@ def _run(shared_engine, tiny_model: Path, inp: Path | None, out: Path, **kw) -> 
         input=inp, output=out, model=str(tiny_model), workers=kw.pop("workers", 2),
         sampling=SamplingConfig(max_tokens=kw.pop("max_tokens", 8)), **kw,
     )  # fmt: skip
-    run_job(config, engine_factory=lambda c: shared_engine, reporter=Reporter("quiet"))
+    run_job(config, shared_engine, reporter=Reporter("quiet"))
     recs = list(iter_committed_records(OutLayout(out)))
     by_id = {r["id"]: r for r in recs}
     assert len(by_id) == len(recs), "duplicate ids"

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from gemma4u_batch.config import JobConfig, SamplingConfig
+from gemma4u_batch.job import run_job
 from gemma4u_batch.progress import Reporter
-from gemma4u_batch.runner import run_job
 from gemma4u_batch.writer import OutLayout, committed_parts, iter_committed_records
 
 from .conftest import GEMMA4U
@@ -49,7 +49,7 @@ def test_cli_sigkill_then_resume(tmp_path: Path, tiny_model: Path, shared_engine
     # Same texts as one uninterrupted (greedy) run.
     ref = tmp_path / "ref"
     config = JobConfig(input=inp, output=ref, model=str(tiny_model), sampling=SamplingConfig(max_tokens=24))
-    run_job(config, engine_factory=lambda c: shared_engine, reporter=Reporter("quiet"))
+    run_job(config, shared_engine, reporter=Reporter("quiet"))
     expected = {r["id"]: r["text"] for r in iter_committed_records(OutLayout(ref))}
     assert {r["id"]: r["text"] for r in recs} == expected
     status = subprocess.run([GEMMA4U, "status", str(out), "--json"], capture_output=True, text=True, timeout=120)
@@ -85,11 +85,11 @@ def test_engine_core_killed_mid_run_is_restarted_exactly_once(tmp_path: Path, ti
 
     t = threading.Thread(target=killer, daemon=True)
     t.start()
-    before = shared_engine.inner.restarts
-    summary = run_job(config, engine_factory=lambda c: shared_engine, reporter=Reporter("quiet"))
+    before = shared_engine.restarts
+    summary = run_job(config, shared_engine, reporter=Reporter("quiet"))
     t.join(timeout=5)
     assert killed, "no engine core process was found to kill"
-    assert shared_engine.inner.restarts == before + 1
+    assert shared_engine.restarts == before + 1
     recs = data_records(out)
     assert sorted(r["id"] for r in recs) == sorted(f"img_{i:04d}.png" for i in range(16))
     assert summary.done == 16 and all(r["text"] for r in recs)

@@ -9,9 +9,9 @@ import jsonschema
 import pytest
 
 from gemma4u_batch.config import JobConfig, SamplingConfig
+from gemma4u_batch.job import run_job
 from gemma4u_batch.ledger import current_records
 from gemma4u_batch.progress import Reporter
-from gemma4u_batch.runner import run_job
 from gemma4u_batch.writer import OutLayout
 
 from .test_resume import make_images
@@ -36,7 +36,7 @@ def test_json_schema_and_choices_on_the_real_engine(tmp_path: Path, tiny_model: 
     def run(out: str, **kw) -> dict[tuple[str, str], dict]:
         config = JobConfig(input=inp, output=tmp_path / out, model=str(tiny_model),
                            sampling=SamplingConfig(max_tokens=160), **kw)  # fmt: skip
-        run_job(config, engine_factory=lambda c: shared_engine, reporter=Reporter("quiet"))
+        run_job(config, shared_engine, reporter=Reporter("quiet"))
         return {(r["id"], r["task"]): r for r in current_records(OutLayout(tmp_path / out))}
 
     recs = run("json", json_schema=SCHEMA)

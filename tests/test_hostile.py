@@ -32,9 +32,9 @@ from gemma4u_batch.decode.image import decode_image
 from gemma4u_batch.decode.video import decode_video
 from gemma4u_batch.engine import FakeEngine
 from gemma4u_batch.errors import ItemError
+from gemma4u_batch.job import run_job
 from gemma4u_batch.progress import Reporter
 from gemma4u_batch.records import Modality, WorkItem
-from gemma4u_batch.runner import run_job
 from gemma4u_batch.sources import FolderSource
 from gemma4u_batch.writer import OutLayout, iter_committed_records
 
@@ -167,7 +167,7 @@ def _records(out: Path) -> dict[str, dict]:
 
 
 def _run(config: JobConfig):
-    return run_job(config, engine_factory=lambda c: FakeEngine(), reporter=Reporter("quiet"))
+    return run_job(config, FakeEngine(), reporter=Reporter("quiet"))
 
 
 def _check(recs: dict[str, dict], expected: dict[str, tuple[str | None, str]]) -> None:

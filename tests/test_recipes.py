@@ -18,10 +18,10 @@ from rich.console import Console
 from gemma4u_batch.config import JobConfig
 from gemma4u_batch.engine import FakeEngine
 from gemma4u_batch.errors import UsageError
-from gemma4u_batch.planning import estimate, plan, print_estimate, print_plan, write_sample_manifest
+from gemma4u_batch.job import run_job
+from gemma4u_batch.planning import estimate, plan, print_estimate, print_plan
 from gemma4u_batch.progress import Reporter
 from gemma4u_batch.recipes import load_recipe
-from gemma4u_batch.runner import run_job
 from gemma4u_batch.sources import open_source
 from gemma4u_batch.tasks import TASKS
 
@@ -366,7 +366,7 @@ def test_plan_reads_an_existing_out_incrementally(tmp_path: Path) -> None:
     for name in ("sunset.jpg", "shapes.png"):
         shutil.copy(EXAMPLES / "images" / name, inp / name)
     config = JobConfig(input=inp, output=tmp_path / "out", model="fake-model", workers=0)
-    run_job(config, engine_factory=lambda c: FakeEngine(), reporter=Reporter("quiet"))
+    run_job(config, FakeEngine(), reporter=Reporter("quiet"))
     p = plan(config, sample=2)
     assert p.existing is not None and p.existing["records"] == 2 and p.existing["complete"]
     assert p.new_items == 0 and p.refused is None
@@ -384,25 +384,26 @@ def test_plan_reads_an_existing_out_incrementally(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------- estimate
 
 
-def test_sample_manifest_keeps_ids_fields_and_inline_bytes(tmp_path: Path) -> None:
+def test_estimate_sends_sampled_items_as_found(tmp_path: Path) -> None:
+    """Sampled manifest rows and dataset rows reach the engine with their ids, prompts,
+    tasks and fields (inline bytes included), as in a real run."""
     for src in (EXAMPLES / "manifest.jsonl", EXAMPLES / "dataset"):
-        items = [i for i in open_source(src) if i.error is None]
-        folder = tmp_path / src.stem
-        folder.mkdir()
-        manifest, roots = write_sample_manifest(items, folder, 1 << 30)
-        again = list(open_source(manifest, allow_roots=roots or None))
-        assert [(i.id, i.modality, i.prompt, i.task, i.fields) for i in again] == [
-            (i.id, i.modality, i.prompt, i.task, i.fields) for i in items
-        ]
-        assert all(i.error is None for i in again)
-        if src.name == "dataset":
-            assert manifest.suffix == ".parquet" and all(i.data for i in again)
+        items = {i.id: i for i in open_source(src) if i.error is None}
+        seen: list = []
+        engine = FakeEngine(text_for=lambda req, text, seen=seen: seen.append(req.payload[0].decoded) or text)
+        config = JobConfig(input=src, output=tmp_path / src.stem, model="fake-model", workers=0)
+        est = estimate(config, 3, engine=engine)
+        assert est.records == 3 and len(seen) >= 3
+        for d in seen:
+            want = items[d.item.id]
+            assert (d.item.prompt, d.item.task, d.item.fields) == (want.prompt, want.task, want.fields)
+            assert d.error is None and d.content_sha256 is not None
 
 
 def test_estimate_runs_a_sample_and_projects(tmp_path: Path) -> None:
     out = tmp_path / "out"
     config = JobConfig(input=EXAMPLES, output=out, model="fake-model", workers=0)
-    est = estimate(config, 3, engine_factory=lambda c: FakeEngine())
+    est = estimate(config, 3, engine=FakeEngine())
     assert est.sampled == 3 and est.records == 3 and est.total_items == 8
     assert est.projected_s >= est.startup_s and est.per_item_s >= 0
     assert not out.exists()  # the sample ran into a temporary folder
@@ -411,7 +412,7 @@ def test_estimate_runs_a_sample_and_projects(tmp_path: Path) -> None:
     print_estimate(est, console)
     assert "projected: whole job" in console.file.getvalue()  # type: ignore[attr-defined]
     with pytest.raises(UsageError):
-        estimate(config, 0, engine_factory=lambda c: FakeEngine())
+        estimate(config, 0, engine=FakeEngine())
 
 
 @pytest.mark.engine
@@ -498,12 +499,17 @@ def test_recipe_reference_documents_every_key_and_task() -> None:
     for nested in ("sampling", "engine"):
         model = JobConfig.model_fields[nested].annotation
         missing += [f"{nested}.{f}" for f in model.model_fields if f"`{nested}.{f}`" not in doc]  # type: ignore[union-attr]
-    missing += [f"task {t}" for t in TASKS if f"`{t}`" not in doc]
     assert not missing, f"docs/recipes.md does not mention: {', '.join(missing)}"
+    tasks_doc = (REPO / "docs" / "tasks.md").read_text()
+    missing_tasks = [t for t in TASKS if f"`{t}`" not in tasks_doc]
+    assert not missing_tasks, f"docs/tasks.md does not mention: {', '.join(missing_tasks)}"
 
 
 def test_scheduling_doc_covers_the_schedulers_and_exit_codes() -> None:
     doc = (REPO / "docs" / "scheduling.md").read_text()
     for needle in ("crontab", "OnCalendar", "kind: CronJob", "concurrencyPolicy: Forbid",
-                   "recipes/nightly_incremental.yaml", "| 0 |", "| 2 |", "| 74 |", "| 75 |", "| 130 |"):  # fmt: skip
+                   "recipes/nightly_incremental.yaml", "exit-codes.md"):  # fmt: skip
         assert needle in doc, needle
+    codes = (REPO / "docs" / "exit-codes.md").read_text()
+    for needle in ("| 0 |", "| 2 |", "| 73 |", "| 74 |", "| 75 |", "| 130 |"):
+        assert needle in codes, needle

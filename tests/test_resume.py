@@ -19,9 +19,9 @@ from gemma4u_batch.config import JobConfig
 from gemma4u_batch.engine import FakeEngine
 from gemma4u_batch.errors import OutputError, UsageError
 from gemma4u_batch.export import export
+from gemma4u_batch.job import run_job
 from gemma4u_batch.ledger import current_records, read_status
 from gemma4u_batch.progress import Reporter
-from gemma4u_batch.runner import run_job
 from gemma4u_batch.writer import OutLayout, committed_parts
 
 from .conftest import REPO
@@ -50,7 +50,7 @@ def fake_job(inp: Path, out: Path, *extra: str) -> subprocess.Popen:
 
 def run_fake(inp: Path, out: Path, **kw) -> object:
     config = JobConfig(input=inp, output=out, model="fake-model", workers=0, commit_every=4, **kw)
-    return run_job(config, engine_factory=lambda c: FakeEngine(), reporter=Reporter("quiet"))
+    return run_job(config, FakeEngine(), reporter=Reporter("quiet"))
 
 
 @pytest.mark.timeout(600)
@@ -160,7 +160,7 @@ def test_incremental_growth_and_changed_files_supersede(tmp_path: Path) -> None:
     assert cur["img_0002.png"]["key"] != first["img_0002.png"]["key"]
     assert cur["img_0001.png"]["key"] == first["img_0001.png"]["key"]
     st = read_status(OutLayout(out))
-    assert st.records == 8 and st.superseded == 1 and st.complete
+    assert st.records == 8 and st.superseded == 0 and st.complete  # the old record was compacted away
 
 
 def test_retry_errors_supersedes_the_error_record(tmp_path: Path) -> None:
@@ -213,13 +213,13 @@ def test_full_disk_stops_cleanly_and_resumes(tmp_path: Path) -> None:
         make_images(inp, 400)
         config = JobConfig(input=inp, output=mnt / "out", model="fake-model", workers=0, commit_every=2)
         with pytest.raises(OutputError, match="No space left"):
-            run_job(config, engine_factory=lambda c: FakeEngine(), reporter=Reporter("quiet"))
+            run_job(config, FakeEngine(), reporter=Reporter("quiet"))
         committed = list(current_records(OutLayout(mnt / "out")))
         assert committed and len({r["id"] for r in committed}) == len(committed)  # readable, no dupes
         # Move the output somewhere with room: the same job resumes from there.
         subprocess.run(["cp", "-a", str(mnt / "out"), str(tmp_path / "moved")], check=True)
         config2 = config.model_copy(update={"output": tmp_path / "moved"})
-        summary = run_job(config2, engine_factory=lambda c: FakeEngine(), reporter=Reporter("quiet"))
+        summary = run_job(config2, FakeEngine(), reporter=Reporter("quiet"))
         assert summary.skipped == len(committed)
         assert len(list(current_records(OutLayout(tmp_path / "moved")))) == 400
     finally:

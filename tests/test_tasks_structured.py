@@ -11,10 +11,10 @@ from PIL import Image
 from gemma4u_batch.config import JobConfig, SamplingConfig
 from gemma4u_batch.engine import FakeEngine
 from gemma4u_batch.errors import UsageError
+from gemma4u_batch.job import run_job
 from gemma4u_batch.ledger import current_records
 from gemma4u_batch.progress import Reporter
 from gemma4u_batch.quality import parse_structured, quality_flags, repetitive
-from gemma4u_batch.runner import run_job
 from gemma4u_batch.tasks import TASKS
 from gemma4u_batch.writer import OutLayout
 
@@ -31,7 +31,7 @@ def manifest(tmp_path: Path) -> Path:
 
 def run(inp: Path, out: Path, engine: FakeEngine | None = None, **kw) -> dict:
     config = JobConfig(input=inp, output=out, model="fake-model", workers=0, **kw)
-    run_job(config, engine_factory=lambda c: engine or FakeEngine(), reporter=Reporter("quiet"))
+    run_job(config, engine or FakeEngine(), reporter=Reporter("quiet"))
     return {(r["id"], r["task"]): r for r in current_records(OutLayout(out))}
 
 
@@ -77,7 +77,7 @@ def test_json_schema_valid_and_unparsable(manifest: Path, tmp_path: Path) -> Non
     recs = run(manifest, tmp_path / "b", bad, task="tags")
     assert recs[("p2", "tags")]["error_kind"] == "unparsable" and recs[("p2", "tags")]["text"] == '{"tags": '
     assert recs[("p1", "tags")]["data"]["tags"]
-    with pytest.raises(UsageError, match="invalid JSON schema"):
+    with pytest.raises(UsageError, match="not a valid JSON schema"):
         run(manifest, tmp_path / "c", json_schema={"type": 12})
 
 

@@ -113,6 +113,7 @@ def test_worker_killed_from_outside_mid_item() -> None:
 
 def test_worker_death_while_starting_costs_nothing() -> None:
     with DecodePool(items("a", "b", "c"), OPTS, workers=1, prefetch=1, timeout=30.0, decode_fn=hostile_decode) as pool:
+        assert pool.poll(0.0) == [] and len(pool._workers) == 1  # the first item starts the workers
         pool._workers[0].process.kill()
         pool._workers[0].process.join(5)
         got = drain(pool)

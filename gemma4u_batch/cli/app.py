@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Any, cast
+from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
 from rich.console import Console
 
-from ..config import EngineConfig, JobConfig, SamplingConfig
+from ..config import JobConfig
 from ..errors import EngineFailure, ExitCode, OutputError, OutputLocked, UsageError
+from .launch import config_from_flags, err, fail, job_command
 from .options import make_job_command
+from .run_cmd import run as run_recipe
 from .verify_cmd import verify
 
 app = typer.Typer(
@@ -26,107 +28,16 @@ model_app = typer.Typer(help="Model utilities: tiny test checkpoint, parity chec
 app.add_typer(model_app, name="model")
 model_app.command("verify")(verify)
 
-err = Console(stderr=True, highlight=False)
-
-DATA_FORMATS = ("jsonl", "parquet", "both")
-SUBTITLE_FORMATS = ("txt", "srt", "vtt")
-
-
-def fail(message: str, code: int = ExitCode.USAGE) -> None:
-    err.print(f"[bold red]error:[/] {message}", soft_wrap=True)
-    raise typer.Exit(code)
-
-
-def validation_message(exc: ValidationError) -> str:
-    first = exc.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"])
-    return f"invalid value for {loc}: {first['msg']}"
-
-
-def _split_format(value: str) -> tuple[str, list[str]]:
-    """'jsonl,srt,vtt' → ('jsonl', ['srt', 'vtt'])."""
-    parts = [p.strip() for p in value.split(",") if p.strip()]
-    data = [p for p in parts if p in DATA_FORMATS]
-    subs = [p for p in parts if p in SUBTITLE_FORMATS]
-    unknown = [p for p in parts if p not in DATA_FORMATS + SUBTITLE_FORMATS]
-    if unknown or len(data) > 1:
-        raise UsageError(f"invalid --format {value!r}: use one of jsonl, parquet, both, plus any of txt, srt, vtt")
-    return (data[0] if data else "jsonl"), subs
-
-
-def config_from_flags(kw: dict[str, Any]) -> JobConfig:
-    """CLI flags → JobConfig; a bad value is a usage error naming the option."""
-    kw = dict(kw)
-    kw.pop("progress", None)
-    fmt, subtitles = _split_format(kw.pop("format"))
-    sampling = {k: kw.pop(k) for k in list(kw) if k in SamplingConfig.model_fields}
-    engine = {k: v for k in list(kw) if k in EngineConfig.model_fields and (v := kw.pop(k)) is not None}
-    kw["allow_roots"] = kw.pop("allow_root") or []
-    kw["modalities"] = kw.pop("modality") or None
-    kw["video_fps"] = kw.pop("fps")
-    if kw.get("json_schema") is not None:
-        from ..runner import load_schema
-
-        kw["json_schema"] = load_schema(kw["json_schema"])  # inlined: the guard compares content
-    if isinstance(kw.get("choices"), str):
-        kw["choices"] = [c.strip() for c in kw["choices"].split(",") if c.strip()]
-    if isinstance(kw.get("tasks"), str):
-        kw["tasks"] = [t.strip() for t in kw["tasks"].split(",") if t.strip()] or None
-    if kw.get("translate_to") and kw.get("task") == "transcribe":
-        kw["task"] = "translate"
-    try:
-        return JobConfig(
-            sampling=SamplingConfig(**sampling),
-            engine=EngineConfig(**engine),
-            format=cast(Any, fmt),
-            subtitles=cast(Any, subtitles),
-            **kw,
-        )
-    except ValidationError as exc:
-        raise UsageError(validation_message(exc)) from None
-
-
-def run_and_report(config: JobConfig, progress: str) -> None:
-    from ..progress import Reporter
-    from ..runner import run_job
-
-    mode = "quiet" if config.quiet else progress
-    if config.ray is not None:
-        from ..ray_runner import run_on_ray
-
-        summary = run_on_ray(config, reporter=Reporter(mode))
-    else:
-        if config.replicas > 1:
-            raise UsageError("--replicas needs --ray (one engine per process otherwise)")
-        summary = run_job(config, reporter=Reporter(mode))
-    if summary.already_complete:
-        err.print(f"Nothing to do: all {summary.skipped} items in {config.output} are already done.")
-        return
-    if not config.quiet:
-        from .summary import print_summary
-
-        print_summary(err, summary, config)
-    if summary.interrupted:
-        raise typer.Exit(ExitCode.INTERRUPTED)
-
-
-def _job(kwargs: dict[str, Any]) -> None:
-    progress = kwargs.get("progress", "rich")
-    if kwargs.get("input") is None and kwargs.get("dataset") is None:
-        raise UsageError("give an INPUT (folder, manifest or saved dataset) or --dataset")
-    run_and_report(config_from_flags(kwargs), progress)
-
-
 app.command("caption")(
     make_job_command(
-        _job,
+        job_command,
         "Caption every image, video and audio item in INPUT; one record per item.",
         task="caption",
     )
 )
 app.command("transcribe")(
     make_job_command(
-        _job,
+        job_command,
         "Transcribe speech (audio files, or the soundtrack of videos) in INPUT; long files are cut into "
         "≤30 s windows and stitched into one record with `segments`.",
         task="transcribe",
@@ -135,8 +46,6 @@ app.command("transcribe")(
     )
 )
 
-
-from .run_cmd import run as run_recipe  # noqa: E402  (after `app` exists; run_cmd imports it lazily)
 
 app.command("run")(run_recipe)
 
@@ -160,8 +69,8 @@ def inspect(
     """Show what the engine will receive for each item (sizes, tokens, frames, audio windows)."""
     import json
 
+    from ..inputs import JobInput
     from ..inspection import inspect_items, summarize
-    from ..runner import dataset_spec, decode_options, source_for
     from ..tasks import is_speech_task
 
     if input is None and dataset is None:
@@ -171,11 +80,11 @@ def inspect(
          "allow_root": allow_root, "modality": None, "task": task, "image_tokens": image_tokens,
          "video_frames": video_frames, "fps": fps, "with_audio": with_audio, "format": "jsonl", "workers": workers}
     )  # fmt: skip
-    source = source_for(config, dataset_spec(config))
+    source = JobInput(config).open()
     out = Console(highlight=False)
     views = []
     for v in inspect_items(
-        source, decode_options(config), windowed_audio=is_speech_task(task), workers=workers,
+        source, config.decode_options(), windowed_audio=is_speech_task(task), workers=workers,
         dump_dir=dump,
     ):  # fmt: skip
         views.append(v)
@@ -209,7 +118,7 @@ def status(
         raise UsageError(f"{out} is not a gemma4u output folder")
     st = read_status(layout)
     if count_pending and st.input and layout.run_manifest.exists():
-        st.pending = _count_pending(layout, st.records)
+        st.pending = _count_pending(layout)
     if json_out:
         print(json.dumps(st.to_dict(), default=str))
         return
@@ -233,22 +142,20 @@ def status(
     Console(highlight=False).print(t)
 
 
-def _count_pending(layout: Any, records: int) -> int | None:
+def _count_pending(layout: Any) -> int | None:
     """Items in the input without a current record (None if the input is gone)."""
     import json
 
+    from ..inputs import JobInput
     from ..ledger import current_records
-    from ..runner import dataset_spec, is_speech_job, source_for, speech_item
 
     man = json.loads(layout.run_manifest.read_text())
     try:
-        config = JobConfig(**{**man["config"], "output": str(layout.root)})
-        source = source_for(config, dataset_spec(config))
+        job_input = JobInput(JobConfig(**{**man["config"], "output": str(layout.root)}))
+        done_ids = {r["id"] for r in current_records(layout, ("id",))}
+        return job_input.count_missing(done_ids)
     except (UsageError, ValidationError, KeyError):
         return None
-    done_ids = {r["id"] for r in current_records(layout, ("id",))}
-    items = (speech_item(i) for i in source) if is_speech_job(config) else iter(source)
-    return sum(1 for i in items if i.id not in done_ids)
 
 
 @app.command("export")

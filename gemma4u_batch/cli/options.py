@@ -45,7 +45,7 @@ def job_options(
         list[str] | None,
         typer.Option(help="Only these modalities: image, audio, video (repeatable).", rich_help_panel=H_IN),
     ] = None,
-    task: Annotated[str, typer.Option(help="Built-in task (see README).", rich_help_panel=H_TASK)] = "caption",
+    task: Annotated[str, typer.Option(help="Built-in task (see docs/tasks.md).", rich_help_panel=H_TASK)] = "caption",
     prompt: Annotated[
         str | None,
         typer.Option(help="Replace the task's instruction (the chat template still wraps it).", rich_help_panel=H_TASK),

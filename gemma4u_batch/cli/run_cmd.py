@@ -1,7 +1,7 @@
 """`gemma4u run RECIPE.yaml`: run (or plan, or time) a job described by a recipe file.
 
-Registered in app.py with `app.command("run")(run)`. The recipe resolves into the same
-JobConfig as `caption`/`transcribe` flags, and the same `run_and_report` runs it.
+The recipe resolves into the same JobConfig as `caption`/`transcribe` flags, and the
+same `run_and_report` runs it.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 
 from ..errors import ExitCode, UsageError
+from .launch import run_and_report
 
 PROGRESS_MODES = ("rich", "json", "quiet")
 
@@ -94,7 +95,5 @@ def run(
         if est.interrupted:
             raise typer.Exit(ExitCode.INTERRUPTED)
         return
-
-    from .app import run_and_report
 
     run_and_report(config, progress)

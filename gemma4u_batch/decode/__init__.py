@@ -15,7 +15,7 @@ from ..errors import ItemError
 from ..records import DecodedItem, Modality, WorkItem
 from .options import DecodeOptions
 
-__all__ = ["DecodeOptions", "decode_item", "read_input_bytes"]
+__all__ = ["DecodeOptions", "decode_item", "read_input", "read_input_bytes"]
 
 _OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
 _GROWTH_CHUNK = 1 << 20
@@ -43,7 +43,13 @@ def _check_regular(st: os.stat_result, limit: int) -> None:
 
 
 def read_input_bytes(item: WorkItem, opts: DecodeOptions) -> bytes:
-    """The item's bytes, refusing special files and anything over the byte limit.
+    """The item's bytes (see `read_input`)."""
+    return read_input(item, opts)[0]
+
+
+def read_input(item: WorkItem, opts: DecodeOptions) -> tuple[bytes, os.stat_result | None]:
+    """The item's bytes and the stat of the file as opened (None for inline bytes),
+    refusing special files and anything over the byte limit.
 
     Stat first so a FIFO or device is never opened; then open non-blocking and check the
     opened fd again, since the path can be swapped for a FIFO in between."""
@@ -51,7 +57,7 @@ def read_input_bytes(item: WorkItem, opts: DecodeOptions) -> bytes:
     if item.data is not None:
         if len(item.data) > limit:
             raise ItemError("too_large", f"input is {len(item.data)} bytes, over the max_input_bytes limit of {limit}")
-        return item.data
+        return item.data, None
     if item.path is None:
         raise ItemError("no_data", "item has neither a path nor inline bytes")
     try:
@@ -78,7 +84,7 @@ def read_input_bytes(item: WorkItem, opts: DecodeOptions) -> bytes:
         raise ItemError("unreadable", f"cannot read {item.path}: {exc.strerror or exc}") from exc
     if total > limit:
         raise ItemError("too_large", f"file grew past the max_input_bytes limit of {limit} while being read")
-    return parts[0] if len(parts) <= 2 else b"".join(parts)
+    return (parts[0] if len(parts) <= 2 else b"".join(parts)), st
 
 
 def in_shard(basis_sha256: str, shard: tuple[int, int]) -> bool:
@@ -93,8 +99,11 @@ def decode_item(item: WorkItem, opts: DecodeOptions) -> DecodedItem:
     try:
         if item.error is not None:
             raise ItemError("bad_input_row", item.error)
-        data = read_input_bytes(item, opts)
+        out.read_at_ns = time.time_ns()
+        data, st = read_input(item, opts)
         out.content_sha256 = hashlib.sha256(data).hexdigest()
+        if st is not None:
+            out.file_stat = (st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
         if opts.shard is not None and not in_shard(out.content_sha256, opts.shard):
             out.skipped = True  # another shard's item: hashing was enough to know
             return out

