@@ -18,7 +18,16 @@ from typing import Any, BinaryIO
 
 from .atomic import write_atomic, write_json_atomic
 from .index import OutIndex
-from .writer import OutLayout, committed_parts, finish_replaced, new_writer_id
+from .writer import (
+    OutLayout,
+    cleanup_orphans,
+    committed_parts,
+    finish_replaced,
+    iter_part_records,
+    jsonl_line,
+    new_writer_id,
+    parquet_table,
+)
 
 TARGET_RECORDS = 100_000  # one data file per this many records at most
 TARGET_BYTES = 256 * 1024**2
@@ -29,6 +38,21 @@ class CompactResult:
     parts_before: int = 0
     parts_after: int = 0
     dropped: int = 0  # superseded records removed
+
+
+def compact_out(layout: OutLayout) -> CompactResult:
+    """`gemma4u compact OUT`: take OUT's lock (a running job keeps it: OutputLocked),
+    finish what a killed writer left, then compact."""
+    from .outdir import RunLock
+
+    lock = RunLock(layout, None)
+    lock.acquire()
+    try:
+        cleanup_orphans(layout)
+        with OutIndex(layout) as index:
+            return compact(layout, index)
+    finally:
+        lock.release()
 
 
 def compact(layout: OutLayout, index: OutIndex, target_records: int = TARGET_RECORDS) -> CompactResult:
@@ -93,9 +117,15 @@ def _rewrite(layout: OutLayout, index: OutIndex, group: list[tuple[dict[str, Any
 
 
 def _write_jsonl(layout: OutLayout, group: list[tuple[dict[str, Any], set[int]]], out: BinaryIO) -> None:
-    """Current lines copied byte for byte, part by part (streamed: memory stays flat)."""
+    """Current lines, part by part, copied byte for byte where the part has JSONL
+    (converted from its Parquet otherwise); streamed, so memory stays flat."""
     for part, keep in group:
-        name = next(f for f in part["files"] if f.endswith(".jsonl"))
+        name = next((f for f in part["files"] if f.endswith(".jsonl")), None)
+        if name is None:
+            for i, rec in enumerate(iter_part_records(layout, part)):
+                if i in keep:
+                    out.write(jsonl_line(rec).encode("utf-8"))
+            continue
         with open(layout.root / name, "rb") as fh:
             for i, line in enumerate(fh):
                 if i in keep:
@@ -110,8 +140,12 @@ def _write_parquet(layout: OutLayout, group: list[tuple[dict[str, Any], set[int]
     writer = None
     try:
         for part, keep in group:
-            name = next(f for f in part["files"] if f.endswith(".parquet"))
-            table = pq.read_table(layout.root / name).take(pa.array(sorted(keep), type=pa.int64()))
+            name = next((f for f in part["files"] if f.endswith(".parquet")), None)
+            if name is None:
+                recs = [r for i, r in enumerate(iter_part_records(layout, part)) if i in keep]
+                table = parquet_table(recs, writer.schema.metadata if writer is not None else None)
+            else:
+                table = pq.read_table(layout.root / name).take(pa.array(sorted(keep), type=pa.int64()))
             if writer is None:
                 writer = pq.ParquetWriter(out, table.schema, compression="zstd")
             writer.write_table(table.cast(writer.schema))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from .config import JobConfig
 from .errors import UsageError
@@ -82,9 +82,9 @@ class JobInput:
         mods = f", modalities={','.join(m.value for m in c.modalities)}" if c.modalities else ""
         return f"{kind} {where}{extra}{mods}"
 
-    def count_missing(self, done_ids: set[str]) -> int:
-        """Items without a current record (a second streamed pass, flat memory)."""
-        return sum(1 for i in self.items() if i.id not in done_ids)
+    def count_missing(self, has_record: Callable[[WorkItem], bool]) -> int:
+        """Items without a current record (a streamed pass, flat memory)."""
+        return sum(1 for i in self.items() if not has_record(i))
 
     def count_in_background(self, counters: Counters) -> None:
         """Count the items on a side thread so progress can show a total and an ETA

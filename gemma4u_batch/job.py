@@ -155,8 +155,9 @@ class Job:
             self.reporter.update(self.counters, force=True)
         finally:
             self.reporter.stop()
+        summary = self._finish(started)
         self._compact()
-        return self._finish(started)
+        return summary
 
     def _new_writer(self) -> PartWriter:
         c = self.config

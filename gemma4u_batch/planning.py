@@ -435,9 +435,11 @@ class Estimate:
     pending_items: int | None
     records: int = 0
     errors: int = 0
+    records_per_item: float = 1.0  # one record per task: tasks per sampled item
     startup_s: float = 0.0  # tokenizer + engine start (paid once per run)
     elapsed_s: float = 0.0  # the whole sample run, start-up included
-    per_item_s: float = 0.0
+    per_record_s: float = 0.0
+    per_item_s: float = 0.0  # per record × records per item (all of an item's tasks)
     projected_s: float = 0.0  # start-up + per item × all items
     projected_pending_s: float | None = None  # start-up + per item × items not yet in OUT
     sample_modalities: dict[str, int] = field(default_factory=dict)
@@ -463,6 +465,7 @@ def estimate(config: JobConfig, n: int, engine: Any = None, console: Console | N
     if not items:
         raise UsageError(f"no usable items in {config.dataset or config.input} to estimate with")
     est = Estimate(sampled=len(items), total_items=scan.items, pending_items=scan.new_items)
+    est.records_per_item = sum(len([it.task] if it.task else config.task_list()) for it in items) / len(items)
     job_input = JobInput(config)
     for it in items:
         mod = job_input.as_sent(it).modality
@@ -479,7 +482,9 @@ def estimate(config: JobConfig, n: int, engine: Any = None, console: Console | N
     est.records, est.errors, est.interrupted = summary.done, summary.errors, summary.interrupted
     est.elapsed_s = summary.elapsed_s
     est.startup_s = startup_s
-    est.per_item_s = max(est.elapsed_s - est.startup_s, 0.0) / max(est.records, 1)
+    # An item costs all its records (one per task): time per record × records per item.
+    est.per_record_s = max(est.elapsed_s - est.startup_s, 0.0) / max(est.records, 1)
+    est.per_item_s = est.per_record_s * est.records_per_item
     est.projected_s = est.startup_s + est.per_item_s * est.total_items
     if est.pending_items is not None and not config.overwrite:
         est.projected_pending_s = est.startup_s + est.per_item_s * est.pending_items
@@ -509,9 +514,15 @@ def _estimate_assumptions(est: Estimate, config: JobConfig, scan: _Scan) -> None
     if missing:
         a.append(f"no {', '.join(missing)} item was sampled: their cost is not in the projection (raise N)")
     a.append(f"engine start-up ({est.startup_s:.1f} s) is paid once per run and is not in the per-item time")
-    if est.sampled < config.engine.max_num_seqs:
+    if est.records_per_item != 1:
         a.append(
-            f"the sample kept at most {est.sampled} request(s) in flight; a full job keeps up to max_num_seqs="
+            f"each item is {est.records_per_item:g} records (one per task): the per-item time is the "
+            "per-record time × that"
+        )
+    sample_requests = round(est.sampled * est.records_per_item)
+    if sample_requests < config.engine.max_num_seqs:
+        a.append(
+            f"the sample kept at most {sample_requests} request(s) in flight; a full job keeps up to max_num_seqs="
             f"{config.engine.max_num_seqs} busy, so real throughput is usually higher: read this as an upper bound"
         )
     if est.errors:
@@ -534,6 +545,8 @@ def print_estimate(est: Estimate, console: Console) -> None:
     t.add_row("sample run for real", f"{est.sampled} item(s): {mix}")
     t.add_row("records (errors)", f"{est.records} ({est.errors})")
     t.add_row("engine start-up", _duration(est.startup_s))
+    if est.records_per_item != 1:
+        t.add_row("per record", f"{est.per_record_s:.2f} s ({est.records_per_item:g} records per item: one per task)")
     t.add_row("per item", f"{est.per_item_s:.2f} s")
     t.add_row("projected: whole job", f"{_duration(est.projected_s)} for {est.total_items:,} items")
     if est.projected_pending_s is not None:

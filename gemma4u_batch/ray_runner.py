@@ -21,7 +21,7 @@ from collections import deque
 from typing import Any
 
 from .config import JobConfig
-from .errors import EngineFailure, OutputError, UsageError
+from .errors import EngineFailure, OutputError, OutputLocked, UsageError
 from .job import JobSummary
 from .ledger import read_status
 from .progress import Counters, Reporter
@@ -226,7 +226,18 @@ def run_on_ray(config: JobConfig, reporter: Reporter | None = None, shards: int 
     finally:
         reporter.stop()
         driver.shutdown()
+    _compact_when_free(OutLayout(config.output))
     return _summary(config, results, driver.replacements, started)
+
+
+def _compact_when_free(layout: OutLayout) -> None:
+    """Every shard is done and the replicas have let go of OUT: compact it."""
+    from .compact import compact_out
+
+    try:
+        compact_out(layout)
+    except (OutputLocked, OSError) as exc:
+        log.warning("gemma4u: compaction skipped (%s); every record is committed, run `gemma4u compact`", exc)
 
 
 class _Driver:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import fcntl
 import functools
-import io
 import json
 import os
 import socket
@@ -74,28 +73,33 @@ def _write_bytes(payload: bytes, fh: Any) -> None:
 
 
 def _jsonl_bytes(records: list[dict[str, Any]]) -> bytes:
-    buf = io.StringIO()
-    for rec in records:
-        buf.write(json.dumps(rec, ensure_ascii=False, default=str))
-        buf.write("\n")
-    return buf.getvalue().encode("utf-8")
+    return "".join(jsonl_line(rec) for rec in records).encode("utf-8")
 
 
-def _parquet_write(records: list[dict[str, Any]], fh: Any, metadata: dict[str, str]) -> None:
+def parquet_table(records: list[dict[str, Any]], metadata: dict[str, str] | None = None) -> Any:
+    """Records as an Arrow table with the documented schema (`fields`, `data` as JSON text)."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     from .schema import arrow_schema
 
-    schema = arrow_schema().with_metadata(metadata)
     rows = []
     for rec in records:
         row = dict(rec)
         row["fields"] = json.dumps(row.get("fields") or {}, ensure_ascii=False, default=str)
         row["data"] = None if row.get("data") is None else json.dumps(row["data"], ensure_ascii=False)
         rows.append(row)
-    table = pa.Table.from_pylist(rows, schema=schema)
-    pq.write_table(table, fh, compression="zstd")
+    schema = arrow_schema()
+    return pa.Table.from_pylist(rows, schema=schema.with_metadata(metadata) if metadata else schema)
+
+
+def jsonl_line(record: dict[str, Any]) -> str:
+    return json.dumps(record, ensure_ascii=False, default=str) + "\n"
+
+
+def _parquet_write(records: list[dict[str, Any]], fh: Any, metadata: dict[str, str]) -> None:
+    import pyarrow.parquet as pq
+
+    pq.write_table(parquet_table(records, metadata), fh, compression="zstd")
 
 
 @dataclass

@@ -105,9 +105,12 @@ def inspect(
 def status(
     out: Annotated[Path, typer.Argument(help="Output folder of a gemma4u job.")],
     json_out: Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")] = False,
-    count_pending: Annotated[bool, typer.Option(help="Enumerate the input to count pending items.")] = True,
+    count_pending: Annotated[
+        bool, typer.Option(help="Also enumerate the input to count items without a record (reads the input's listing).")
+    ] = False,
 ) -> None:
-    """Done, errors, pending, throughput, last update, and whether a run is active."""
+    """Done, errors, throughput, last update, whether a run is active (from OUT's index: no
+    record is read); with --count-pending, how many input items have no record yet."""
     import json
 
     from ..ledger import age, read_status
@@ -143,17 +146,22 @@ def status(
 
 
 def _count_pending(layout: Any) -> int | None:
-    """Items in the input without a current record (None if the input is gone)."""
+    """Input items with no current record for one of their tasks (None if the input is gone)."""
     import json
 
+    from ..index import OutIndex
     from ..inputs import JobInput
-    from ..ledger import current_records
 
     man = json.loads(layout.run_manifest.read_text())
     try:
-        job_input = JobInput(JobConfig(**{**man["config"], "output": str(layout.root)}))
-        done_ids = {r["id"] for r in current_records(layout, ("id",))}
-        return job_input.count_missing(done_ids)
+        config = JobConfig(**{**man["config"], "output": str(layout.root)})
+        with OutIndex(layout) as index:
+
+            def has_record(item: Any) -> bool:
+                tasks = [item.task] if item.task else config.task_list()
+                return all(index.get(item.id, t) is not None for t in tasks)
+
+            return JobInput(config).count_missing(has_record)
     except (UsageError, ValidationError, KeyError):
         return None
 
@@ -169,6 +177,21 @@ def export_cmd(
 
     n = export(out, to, overwrite=overwrite)
     err.print(f"Exported {n} records to {to} (load with datasets.load_from_disk).")
+
+
+@app.command("compact")
+def compact_cmd(out: Annotated[Path, typer.Argument(help="Output folder of a gemma4u job.")]) -> None:
+    """Rewrite OUT's data into few large files of current records only (runs do this at their end;
+    use it after --shard runs, or after a run that was killed)."""
+    from ..compact import compact_out
+    from ..writer import OutLayout
+
+    layout = OutLayout(out)
+    if not layout.meta.exists():
+        raise UsageError(f"{out} is not a gemma4u output folder")
+    res = compact_out(layout)
+    removed = f"{res.dropped} superseded record(s) removed"
+    err.print(f"{out}: {res.parts_before} data part(s) → {res.parts_after}; {removed}.", soft_wrap=True)
 
 
 @model_app.command("tiny")

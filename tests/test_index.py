@@ -1,0 +1,263 @@
+"""OUT's index and the input quick check (issue #13): a rerun decides before it reads,
+never trusts a stale or foreign cache, and no kill leaves index and data disagreeing."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+import gemma4u_batch.decode as decode_mod
+from gemma4u_batch import compact as compact_mod
+from gemma4u_batch.config import JobConfig
+from gemma4u_batch.engine import FakeEngine
+from gemma4u_batch.index import OutIndex
+from gemma4u_batch.job import run_job
+from gemma4u_batch.keys import KeyMaker, content_key
+from gemma4u_batch.ledger import current_records, read_status
+from gemma4u_batch.progress import Reporter
+from gemma4u_batch.workers import DecodePool
+from gemma4u_batch.writer import OutLayout, committed_parts
+
+from .test_resume import data_records, make_images
+
+HOUR_AGO = time.time() - 3600
+
+
+def aged(root: Path) -> None:
+    """Files last modified an hour ago: the quick check may trust them."""
+    for p in root.rglob("*"):
+        if p.is_file():
+            os.utime(p, (HOUR_AGO, HOUR_AGO))
+
+
+@pytest.fixture
+def reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Ids of the items the (inline) decode stage opened."""
+    seen: list[str] = []
+    real = decode_mod.read_input
+
+    def counting(item, opts):
+        seen.append(item.id)
+        return real(item, opts)
+
+    monkeypatch.setattr(decode_mod, "read_input", counting)
+    return seen
+
+
+def run(inp: Path, out: Path, engine: FakeEngine | None = None, **kw):
+    kw = {"workers": 0, "commit_every": 4, **kw}
+    config = JobConfig(input=inp, output=out, model="fake-model", **kw)
+    return run_job(config, engine or FakeEngine(), reporter=Reporter("quiet"))
+
+
+def current(out: Path) -> dict[str, dict]:
+    recs = list(current_records(OutLayout(out)))
+    assert len({r["id"] for r in recs}) == len(recs), "an id has two current records"
+    return {r["id"]: r for r in recs}
+
+
+def test_noop_rerun_opens_no_file_and_starts_nothing(tmp_path: Path, reads, monkeypatch) -> None:
+    inp, out = tmp_path / "in", tmp_path / "out"
+    make_images(inp, 12)
+    (inp / "broken.png").write_bytes(b"not a png")  # an error record is done too
+    aged(inp)
+    run(inp, out)
+    assert len(reads) == 13
+    reads.clear()
+    spawned: list[int] = []
+    monkeypatch.setattr(DecodePool, "_spawn", lambda self: spawned.append(1) or pytest.fail("worker started"))
+    engine = FakeEngine()
+    summary = run(inp, out, engine, workers=2)
+    assert (summary.done, summary.skipped, summary.already_complete) == (0, 13, True)
+    assert reads == [] and spawned == [] and engine.added == 0
+
+
+def test_racy_rewrite_within_the_timestamp_tick_is_read_again(tmp_path: Path, reads) -> None:
+    inp, out = tmp_path / "in", tmp_path / "out"
+    make_images(inp, 4)
+    aged(inp)
+    racy = inp / "img_0001.png"
+    os.utime(racy, ns=(time.time_ns(), time.time_ns()))  # written just before the run hashed it
+    run(inp, out)
+    before = current(out)["img_0001.png"]
+    st = racy.stat()
+    data = bytearray(racy.read_bytes())
+    data[-20] ^= 0xFF  # same size, same inode, and the mtime put back: only the racy guard can tell
+    with open(racy, "r+b") as fh:
+        fh.write(bytes(data))
+    os.utime(racy, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert racy.stat().st_size == st.st_size and racy.stat().st_ino == st.st_ino
+    reads.clear()
+    summary = run(inp, out)
+    assert reads == ["img_0001.png"]  # the three trusted files are not opened
+    now = current(out)["img_0001.png"]
+    assert summary.done == 1 and now["content_sha256"] != before["content_sha256"]
+    assert now["supersedes"] == before["key"]
+
+
+def test_copied_inputs_and_changed_files_are_read_again(tmp_path: Path, reads) -> None:
+    inp, out = tmp_path / "in", tmp_path / "out"
+    make_images(inp, 5)
+    aged(inp)
+    run(inp, out)
+    # Another copy of the files (restored from backup, another machine): new inodes, same
+    # mtimes and sizes. The cache does not match; the content does, so nothing is redone.
+    for p in sorted(inp.iterdir()):
+        shutil.copy2(p, p.with_suffix(".tmp"))
+        os.replace(p.with_suffix(".tmp"), p)
+    reads.clear()
+    summary = run(inp, out)
+    assert sorted(reads) == sorted(p.name for p in inp.iterdir()) and summary.done == 0 and summary.skipped == 5
+    Image.new("RGB", (40, 40), (9, 9, 9)).save(inp / "img_0003.png")  # a real change, new mtime
+    aged(inp)
+    os.utime(inp / "img_0003.png", (HOUR_AGO + 60, HOUR_AGO + 60))
+    reads.clear()
+    summary = run(inp, out)
+    assert reads == ["img_0003.png"] and summary.done == 1
+
+
+def test_changed_row_prompt_redoes_that_row_only(tmp_path: Path, reads) -> None:
+    inp, out = tmp_path / "in", tmp_path / "out"
+    make_images(inp, 3)
+    aged(inp)
+    rows = [{"path": f"img_{i:04d}.png", "prompt": f"Describe {i}."} for i in range(3)]
+    man = inp / "m.jsonl"
+    man.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run(man, out)
+    first = current(out)
+    rows[1]["prompt"] = "Describe it differently."
+    man.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    reads.clear()
+    summary = run(man, out)
+    assert summary.done == 1 and summary.skipped == 2 and reads == ["img_0001.png"]
+    assert current(out)["img_0001.png"]["supersedes"] == first["img_0001.png"]["key"]
+
+
+def test_deleted_input_keeps_its_record(tmp_path: Path) -> None:
+    inp, out = tmp_path / "in", tmp_path / "out"
+    make_images(inp, 3)
+    run(inp, out)
+    (inp / "img_0000.png").unlink()
+    summary = run(inp, out)
+    assert summary.done == 0 and "img_0000.png" in current(out) and read_status(OutLayout(out)).records == 3
+
+
+@pytest.mark.parametrize("damage", ["garbage", "old_version", "deleted", "behind"])
+def test_a_broken_or_stale_index_is_rebuilt_from_the_data(tmp_path: Path, damage: str) -> None:
+    inp, out = tmp_path / "in", tmp_path / "out"
+    make_images(inp, 10)
+    run(inp, out, commit_every=3, format="both")
+    expected = current(out)
+    path = out / ".gemma4u" / "index.sqlite"
+    if damage == "garbage":
+        path.write_bytes(b"\x00garbage" * 100)
+    elif damage == "old_version":
+        with sqlite3.connect(path) as db:
+            db.execute("PRAGMA user_version = 1")
+    elif damage == "deleted":
+        path.unlink()
+    else:  # killed after a marker was written, before the index took the part in
+        with sqlite3.connect(path) as db:
+            part = db.execute("SELECT part FROM parts LIMIT 1").fetchone()[0]
+            db.execute("DELETE FROM records WHERE part = ?", (part,))
+            db.execute("DELETE FROM parts WHERE part = ?", (part,))
+    st = read_status(OutLayout(out))
+    assert (st.records, st.done) == (10, 10)
+    assert current(out) == expected
+    make_images(inp, 2, start=10)
+    summary = run(inp, out)
+    assert summary.done == 2 and summary.skipped == 10 and len(current(out)) == 12
+
+
+def test_compaction_leaves_few_files_of_current_records(tmp_path: Path) -> None:
+    inp, out = tmp_path / "in", tmp_path / "out"
+    make_images(inp, 30)
+    run(inp, out, commit_every=2, format="both")
+    assert len(list(out.glob("part-*.jsonl"))) == 1 and len(list(out.glob("part-*.parquet"))) == 1
+    Image.new("RGB", (50, 50), (1, 2, 3)).save(inp / "img_0002.png")
+    run(inp, out, commit_every=2, format="both")
+    recs = data_records(out)  # what a naive reader loads: current records only
+    assert sorted(r["id"] for r in recs) == sorted(f"img_{i:04d}.png" for i in range(30))
+    assert len(committed_parts(OutLayout(out))) == 1
+
+
+def test_compaction_splits_at_the_target_size(tmp_path: Path, monkeypatch) -> None:
+    inp, out = tmp_path / "in", tmp_path / "out"
+    make_images(inp, 20)
+    monkeypatch.setattr("gemma4u_batch.job.compact", lambda layout, index: None)  # keep the 10 small parts
+    run(inp, out, commit_every=2)
+    layout = OutLayout(out)
+    assert len(committed_parts(layout)) == 10
+    with OutIndex(layout) as index:
+        compact_mod.compact(layout, index, target_records=8)
+    assert [p["records"] for p in committed_parts(layout)] == [8, 8, 4]
+    assert len(current(out)) == 20 and len(data_records(out)) == 20
+
+
+@pytest.mark.parametrize("kill_at", ["before_marker", "after_marker"])
+def test_a_killed_compaction_loses_nothing_and_duplicates_nothing(tmp_path: Path, monkeypatch, kill_at: str) -> None:
+    inp, out = tmp_path / "in", tmp_path / "out"
+    make_images(inp, 16)
+    layout = OutLayout(out)
+
+    class Killed(BaseException):
+        pass
+
+    def die(*a, **k):
+        raise Killed
+
+    target = "write_json_atomic" if kill_at == "before_marker" else "finish_replaced"
+    monkeypatch.setattr(compact_mod, target, die)
+    with pytest.raises(Killed):
+        run(inp, out, commit_every=3)
+    monkeypatch.undo()
+    recs = current(out)  # readers are right at once: old parts, or the new one, never both
+    assert sorted(recs) == sorted(f"img_{i:04d}.png" for i in range(16))
+    summary = run(inp, out, commit_every=3)  # the next run cleans up and compacts
+    assert summary.done == 0 and summary.skipped == 16
+    assert len(committed_parts(layout)) == 1 and len(data_records(out)) == 16
+    assert not list(layout.tmp.iterdir())
+
+
+def test_key_maker_gives_content_key_bytes() -> None:
+    settings = {"task": "caption", "sampling": {"max_tokens": 5}, "json_schema": None, "tasks": ["a", "b"]}
+    make = KeyMaker("tiny@abc", settings)
+    for task in ("caption", "tags"):
+        for content, prompt in (("x" * 64, "<p>\n\u00e9\"q\""), ("unread:/a b", "")):
+            want = content_key(content=content, prompt=prompt, model_fingerprint="tiny@abc",
+                               settings={**settings, "task": task})  # fmt: skip
+            assert make(content=content, prompt=prompt, task=task) == want
+
+
+def test_last_shard_compacts_and_compact_command(tmp_path: Path) -> None:
+    import fcntl
+    import subprocess
+
+    from .conftest import GEMMA4U
+
+    inp, out = tmp_path / "in", tmp_path / "out"
+    make_images(inp, 12)
+    run(inp, out, commit_every=1, shard="0/2")
+    layout = OutLayout(out)
+    n0 = len(committed_parts(layout))
+    assert n0 > 1  # the other shard still has to run: nobody may compact yet
+    run(inp, out, commit_every=1, shard="1/2")
+    assert len(committed_parts(layout)) == 1 and len(current(out)) == 12  # the last shard compacted
+
+    out2 = tmp_path / "out2"
+    run(inp, out2, commit_every=1, shard="0/2")
+    parts = len(committed_parts(OutLayout(out2)))
+    with open(out2 / ".gemma4u" / "run.lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_SH)  # a shard is running
+        busy = subprocess.run([GEMMA4U, "compact", str(out2)], capture_output=True, text=True)
+    assert busy.returncode == 73 and "lock held" in busy.stderr and len(committed_parts(OutLayout(out2))) == parts
+    done = subprocess.run([GEMMA4U, "compact", str(out2)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert f"{parts} data part(s) → 1" in done.stderr and len(committed_parts(OutLayout(out2))) == 1
