@@ -230,6 +230,17 @@ class OutIndex:
                 "INSERT OR REPLACE INTO parts VALUES (?, ?, ?, ?)", (name, at, marker["records"], marker.get("writer"))
             )
 
+    def get_many(self, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], tuple[str, bool]]:
+        """`get` for many (id, task) pairs in one query."""
+        ids = sorted({i for i, _ in pairs})
+        out: dict[tuple[str, str], tuple[str, bool]] = {}
+        for start in range(0, len(ids), 500):
+            part = ids[start : start + 500]
+            q = f"SELECT id, task, key, failed FROM records WHERE id IN ({','.join('?' * len(part))})"
+            for r in self.db.execute(q, part):
+                out[(r[0], r[1])] = (r[2], bool(r[3]))
+        return out
+
     def get(self, id: str, task: str) -> tuple[str, bool] | None:
         """(key, failed) of the current record of (id, task), or None."""
         row = self.db.execute("SELECT key, failed FROM records WHERE id = ? AND task = ?", (id, task)).fetchone()
@@ -266,16 +277,24 @@ class OutIndex:
 
     # ------------------------------------------------------------------------ files
 
-    def file_facts(self, path: str, st: FileStat) -> FileFacts | None:
-        """The hash of an input file if its stat shows it unchanged since it was hashed."""
-        row = self.db.execute(
-            "SELECT size, mtime_ns, ino, dev, sha256, has_audio, hashed_at_ns FROM files WHERE path = ?", (path,)
-        ).fetchone()
-        if row is None or FileStat(*row[:4]) != st:
-            return None
-        if st.mtime_ns + RACY_NS >= row[6]:  # modified too close to hashing: can't trust the stat
-            return None
-        return FileFacts(row[4], None if row[5] is None else bool(row[5]))
+    def file_facts_many(self, stats: dict[str, FileStat]) -> dict[str, FileFacts]:
+        """The hashes of the input files whose stat shows them unchanged since they were read."""
+        paths = list(stats)
+        out: dict[str, FileFacts] = {}
+        for start in range(0, len(paths), 500):
+            part = paths[start : start + 500]
+            q = (
+                "SELECT path, size, mtime_ns, ino, dev, sha256, has_audio, hashed_at_ns FROM files "
+                f"WHERE path IN ({','.join('?' * len(part))})"
+            )
+            for row in self.db.execute(q, part):
+                st = stats[row[0]]
+                if FileStat(*row[1:5]) != st:
+                    continue
+                if st.mtime_ns + RACY_NS >= row[7]:  # modified too close to being read: can't trust the stat
+                    continue
+                out[row[0]] = FileFacts(row[5], None if row[6] is None else bool(row[6]))
+        return out
 
     def remember_file(self, path: str, st: FileStat, facts: FileFacts, hashed_at_ns: int) -> None:
         """Queue a file's facts; written with the next flush (a hint: losing it costs a read)."""

@@ -9,10 +9,8 @@ of current records and the part writer. It is handed an engine and never shuts i
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
 import sqlite3
 import time
 from collections import deque
@@ -25,13 +23,14 @@ from .compact import compact
 from .config import JobConfig
 from .engine import Engine, EngineRequest, open_engine
 from .errors import EngineDied, EngineFailure, OutputError, UsageError
-from .index import FileFacts, FileStat, OutIndex
+from .index import OutIndex
 from .inputs import JobInput
 from .keys import model_fingerprint
 from .outdir import RunLock, guard_of, guard_refusal, mark_done, run_manifest, wipe, write_run_manifest
 from .progress import Counters, Reporter
 from .prompts import item_instruction
-from .records import DecodedItem, Modality, WorkItem
+from .quickcheck import QuickCheck
+from .records import DecodedItem, WorkItem
 from .requests import RequestBuilder
 from .schema import COLUMN_DOCS
 from .signals import StopSignal
@@ -143,6 +142,7 @@ class Job:
         write_run_manifest(self.layout, self.shard, {**manifest, **self.manifest_extra})
         self.engine = engine
         self.requests = RequestBuilder(self.config, engine, self.fingerprint, prompt_cache=self.index)
+        self.quick = QuickCheck(self.config, self.index, self.requests)
         self.writer = self._new_writer()
         self.counters = Counters()
         self._pending: deque[DecodedItem] = deque()
@@ -151,7 +151,7 @@ class Job:
         self._count_total()
         self.reporter.start(None)
         try:
-            self._decode_and_feed(self._to_decode(self._items))
+            self._decode_and_feed(self.quick.pending(self._items, self._skipped))
             self.reporter.update(self.counters, force=True)
         finally:
             self.reporter.stop()
@@ -173,6 +173,9 @@ class Job:
                 "gemma4u.schema": json.dumps(COLUMN_DOCS),
             },
         )
+
+    def _skipped(self, n: int) -> None:
+        self.counters.skipped += n
 
     def _committed(self, marker: dict[str, Any], records: list[dict[str, Any]]) -> None:
         """A part is durable: index it. The index is a cache of the markers: if this fails,
@@ -233,61 +236,6 @@ class Job:
             output=str(self.config.output),
         )
 
-    # ------------------------------------------------------- decide before reading
-
-    def _to_decode(self, items: Iterator[WorkItem]) -> Iterator[WorkItem]:
-        """The items that need decoding: what is done is decided here, before any read."""
-        for item in items:
-            if not self._done_before_read(item):
-                yield item
-
-    def _done_before_read(self, item: WorkItem) -> bool:
-        """Every unit of the item has a current record with the key it would get now: its
-        file is unchanged by the quick check (or its inline bytes hashed here)."""
-        tasks = self.requests.tasks_of(item)
-        prevs = [self.index.get(item.id, t) for t in tasks]
-        if any(p is None or (self.config.retry_errors and p[1]) for p in prevs):
-            return False
-        facts = self._facts_before_read(item)
-        if facts is None:
-            return False
-        sha, has_audio = facts
-        if not self.requests.in_shard_of(item, sha):
-            return True  # another shard's item
-        for task, prev in zip(tasks, prevs, strict=True):
-            _, rendered, _ = self.requests.prompt(item, task, has_audio)
-            if prev is None or self.requests.key_of(item, sha, task, rendered) != prev[0]:
-                return False
-        self.counters.skipped += len(tasks)
-        return True
-
-    def _facts_before_read(self, item: WorkItem) -> tuple[str | None, bool] | None:
-        """(content hash, video soundtrack decoded) known without reading the file, or None."""
-        if item.error is not None:
-            return None, False
-        video_audio = item.modality is Modality.VIDEO and self.config.with_audio
-        if item.data is not None:
-            return None if video_audio else (hashlib.sha256(item.data).hexdigest(), False)
-        if item.path is None:
-            return None
-        try:
-            st = os.stat(item.path)
-        except (OSError, ValueError):
-            return None
-        facts = self.index.file_facts(os.path.abspath(item.path), FileStat.of(st))
-        if facts is None or (video_audio and facts.has_audio is None):
-            return None
-        return facts.sha256, bool(video_audio and facts.has_audio)
-
-    def _remember(self, d: DecodedItem) -> None:
-        """What decoding a file told us, for the next run's quick check."""
-        if d.file_stat is None or d.content_sha256 is None or d.item.path is None:
-            return
-        video = d.item.modality is Modality.VIDEO
-        has_audio = (d.audio is not None) if (video and self.config.with_audio) else (None if video else False)
-        facts = FileFacts(d.content_sha256, has_audio)
-        self.index.remember_file(os.path.abspath(d.item.path), FileStat(*d.file_stat), facts, d.read_at_ns)
-
     # ------------------------------------------------------------ the feeding loop
 
     def _feed(self, pool: DecodePool) -> None:
@@ -329,7 +277,7 @@ class Job:
     def _admit(self, d: DecodedItem) -> None:
         """Each unit of a decoded item is skipped (done with the same key), recorded at
         once (it cannot be sent) or queued for the engine."""
-        self._remember(d)
+        self.quick.remember(d)
         if not self.requests.in_shard(d):
             return
         for unit in self.requests.units(d):

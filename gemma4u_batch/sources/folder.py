@@ -88,10 +88,12 @@ class FolderSource:
                 yield f"{rel}{entry.name}", entry
 
     def __iter__(self) -> Iterator[WorkItem]:
+        root = str(self.root)
+        prefix = "" if root == "." else root.rstrip("/") + "/"  # str(root / rel), without a Path per item
         for rel_path, path in self._walk():
             modality = modality_for(rel_path)
             if modality is None:
                 continue
             if self.modalities is not None and modality not in self.modalities:
                 continue
-            yield WorkItem(id=rel_path, source=str(self.root / rel_path), modality=modality, path=path)
+            yield WorkItem(id=rel_path, source=prefix + rel_path, modality=modality, path=path)

@@ -1,0 +1,116 @@
+"""Decide before reading: which input items are already done (issue #13).
+
+An item is skipped before any read when every task has a current record whose key is
+the key the item would get now. The key needs the content hash: for a file, OUT's
+index knows it when `stat` shows the file unchanged since it was read (git's index,
+rsync's quick check); inline bytes are hashed here. Items are looked up a chunk at a
+time, so a no-op rerun costs a few index queries per chunk, not per item.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Iterator
+
+from .config import JobConfig
+from .index import FileFacts, FileStat, OutIndex
+from .records import DecodedItem, Modality, WorkItem
+from .requests import RequestBuilder
+
+CHUNK_ITEMS = 128
+CHUNK_INLINE_BYTES = 64 * 1024**2  # dataset rows carry their bytes: bound what a chunk holds
+
+Known = tuple[str | None, bool]  # (content sha256, a video's soundtrack was decoded)
+
+
+class QuickCheck:
+    def __init__(self, config: JobConfig, index: OutIndex, requests: RequestBuilder) -> None:
+        self.config = config
+        self.index = index
+        self.requests = requests
+
+    def pending(self, items: Iterator[WorkItem], skipped: Callable[[int], None]) -> Iterator[WorkItem]:
+        """The items that need reading; `skipped(n)` counts the units found done."""
+        for chunk in _chunks(items):
+            known = self._known(chunk)
+            for i, item in enumerate(chunk):
+                done = self._done(item, known[i]) if i in known else None
+                if done is None:
+                    yield item
+                elif done:
+                    skipped(len(self.requests.tasks_of(item)))
+
+    def _known(self, chunk: list[WorkItem]) -> dict[int, Known]:
+        """Content hashes known without reading, for the chunk's items that have records."""
+        pairs = [(item.id, t) for item in chunk for t in self.requests.tasks_of(item)]
+        self._records = self.index.get_many(pairs)
+        recorded = [
+            i
+            for i, item in enumerate(chunk)
+            if all(self._usable(self._records.get((item.id, t))) for t in self.requests.tasks_of(item))
+        ]
+        known: dict[int, Known] = {}
+        stats: dict[int, tuple[str, FileStat]] = {}
+        for i in recorded:
+            item = chunk[i]
+            if item.error is not None:
+                known[i] = (None, False)
+            elif item.data is not None:
+                if not self._video_audio(item):
+                    known[i] = (hashlib.sha256(item.data).hexdigest(), False)
+            elif item.path is not None and (st := _stat(item.path)) is not None:
+                stats[i] = (os.path.abspath(item.path), st)
+        facts = self.index.file_facts_many(dict(stats.values()))
+        for i, (path, _) in stats.items():
+            f = facts.get(path)
+            if f is not None and not (self._video_audio(chunk[i]) and f.has_audio is None):
+                known[i] = (f.sha256, bool(self._video_audio(chunk[i]) and f.has_audio))
+        return known
+
+    def _usable(self, prev: tuple[str, bool] | None) -> bool:
+        return prev is not None and not (self.config.retry_errors and prev[1])
+
+    def _video_audio(self, item: WorkItem) -> bool:
+        return item.modality is Modality.VIDEO and self.config.with_audio
+
+    def _done(self, item: WorkItem, known: Known) -> bool | None:
+        """True: done (or another shard's); None: must be read."""
+        sha, has_audio = known
+        if not self.requests.in_shard_of(item, sha):
+            return False  # another shard's item: neither read nor counted
+        for task in self.requests.tasks_of(item):
+            prev = self._records.get((item.id, task))
+            _, rendered, _ = self.requests.prompt(item, task, has_audio)
+            if prev is None or self.requests.key_of(item, sha, task, rendered) != prev[0]:
+                return None
+        return True
+
+    def remember(self, d: DecodedItem) -> None:
+        """What reading a file told us, for the next run's quick check."""
+        if d.file_stat is None or d.content_sha256 is None or d.item.path is None:
+            return
+        video = d.item.modality is Modality.VIDEO
+        has_audio = (d.audio is not None) if (video and self.config.with_audio) else (None if video else False)
+        facts = FileFacts(d.content_sha256, has_audio)
+        self.index.remember_file(os.path.abspath(d.item.path), FileStat(*d.file_stat), facts, d.read_at_ns)
+
+
+def _stat(path: os.PathLike[str] | str) -> FileStat | None:
+    try:
+        return FileStat.of(os.stat(path))
+    except (OSError, ValueError):
+        return None
+
+
+def _chunks(items: Iterator[WorkItem]) -> Iterator[list[WorkItem]]:
+    chunk: list[WorkItem] = []
+    inline = 0
+    for item in items:
+        chunk.append(item)
+        inline += len(item.data) if item.data is not None else 0
+        if len(chunk) >= CHUNK_ITEMS or inline >= CHUNK_INLINE_BYTES:
+            yield chunk
+            chunk, inline = [], 0
+    if chunk:
+        yield chunk
