@@ -16,6 +16,7 @@ import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from . import __version__
@@ -72,8 +73,10 @@ class Job:
         items: Iterable[WorkItem] | None = None,
         reporter: Reporter | None = None,
         manifest_extra: dict[str, Any] | None = None,
+        stop_file: Path | None = None,
     ) -> None:
         self.config = config
+        self.stop_file = stop_file  # a Ray driver asks its replicas to stop by creating it
         self.input = JobInput(config)
         self.layout = OutLayout(config.output)
         self.shard = config.shard_index()
@@ -241,7 +244,11 @@ class Job:
     def _feed(self, pool: DecodePool) -> None:
         """Keep the engine topped up from decoded items (no barrier between batches),
         harvest finished requests, commit on schedule."""
+        checked = time.monotonic()
         while not self.stop.requested:
+            if self.stop_file is not None and time.monotonic() - checked >= 1.0:
+                checked = time.monotonic()
+                self.stop.requested = self.stop_file.exists()
             if len(self._pending) < self.config.prefetch:
                 idle = not self.engine.has_unfinished() and not self._pending and not self._queued
                 self._pending.extend(pool.poll(timeout=0.05 if idle else 0.0))
@@ -339,10 +346,11 @@ def run_job(
     items: Iterable[WorkItem] | None = None,
     reporter: Reporter | None = None,
     manifest_extra: dict[str, Any] | None = None,
+    stop_file: Path | None = None,
 ) -> JobSummary:
     """Run (or resume) one job to completion. OUT is opened first (usage errors cost no
     engine start); a given engine stays its owner's, else one is opened for this run."""
-    with Job(config, items=items, reporter=reporter, manifest_extra=manifest_extra) as job:
+    with Job(config, items=items, reporter=reporter, manifest_extra=manifest_extra, stop_file=stop_file) as job:
         if engine is not None:
             return job.run(engine)
         with open_engine(config) as owned:

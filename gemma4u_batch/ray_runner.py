@@ -18,6 +18,7 @@ import logging
 import os
 import time
 from collections import deque
+from pathlib import Path
 from typing import Any
 
 from .config import JobConfig
@@ -25,6 +26,7 @@ from .errors import EngineFailure, OutputError, OutputLocked, UsageError
 from .job import JobSummary
 from .ledger import read_status
 from .progress import Counters, Reporter
+from .signals import StopSignal
 from .writer import OutLayout
 
 MAX_REPLACEMENTS = 8
@@ -53,14 +55,16 @@ class _Replica:
 
         return {"host": socket.gethostname(), "pid": os.getpid()}
 
-    def run_shard(self, index: int, total: int, manifest_extra: dict[str, Any]) -> dict[str, Any]:
+    def run_shard(self, index: int, total: int, manifest_extra: dict[str, Any], stop_file: str) -> dict[str, Any]:
         from .engine import build_engine
         from .job import run_job
 
         config = self.config.model_copy(update={"shard": f"{index}/{total}", "ray": None, "quiet": True})
         if self.engine is None:
             self.engine = build_engine(config)  # the actor's: kept across shards, gone with the actor
-        summary = run_job(config, self.engine, reporter=Reporter("quiet"), manifest_extra=manifest_extra)
+        summary = run_job(
+            config, self.engine, reporter=Reporter("quiet"), manifest_extra=manifest_extra, stop_file=Path(stop_file)
+        )
         return {
             "shard": index,
             "done": summary.done,
@@ -68,6 +72,7 @@ class _Replica:
             "skipped": summary.skipped,
             "errors_by_kind": summary.errors_by_kind,
             "elapsed_s": summary.elapsed_s,
+            "interrupted": summary.interrupted,
         }
 
 
@@ -222,12 +227,15 @@ def run_on_ray(config: JobConfig, reporter: Reporter | None = None, shards: int 
     reporter = reporter or Reporter("quiet" if config.quiet else "rich")
     reporter.start(None)
     try:
-        results = driver.run(reporter)
+        with StopSignal() as stop:
+            results = driver.run(reporter, stop)
     finally:
         reporter.stop()
         driver.shutdown()
     _compact_when_free(OutLayout(config.output))
-    return _summary(config, results, driver.replacements, started)
+    summary = _summary(config, results, driver.replacements, started)
+    summary.interrupted = stop.requested
+    return summary
 
 
 def _compact_when_free(layout: OutLayout) -> None:
@@ -272,16 +280,25 @@ class _Driver:
         self.spawned += 1
         return self.actor_cls.remote(self.config_json, bind)
 
-    def run(self, reporter: Reporter) -> list[dict[str, Any]]:
+    def run(self, reporter: Reporter, stop: StopSignal) -> list[dict[str, Any]]:
+        """Shards to replicas until all are done. On SIGINT/SIGTERM no new shard starts and
+        the stop file asks the running ones to commit what finished and return."""
         queue: deque[int] = deque(range(self.n_shards))
         results: list[dict[str, Any]] = []
         layout = OutLayout(self.config.output)
+        layout.ensure()
+        stop_file = layout.meta / "stop"
+        stop_file.unlink(missing_ok=True)
         counters = Counters()
         while queue or self.running:
+            if stop.requested and not stop_file.exists():
+                queue.clear()
+                stop_file.touch()
             while queue and self.idle:
                 actor = self.idle.pop()
                 shard = queue.popleft()
-                self.running[actor.run_shard.remote(shard, self.n_shards, self.extra)] = (actor, shard)
+                ref = actor.run_shard.remote(shard, self.n_shards, self.extra, str(stop_file))
+                self.running[ref] = (actor, shard)
             ready, _ = self.ray.wait(list(self.running), num_returns=1, timeout=2.0)
             for ref in ready:
                 result = self._collect(ref, queue)
@@ -291,6 +308,7 @@ class _Driver:
                 st = read_status(layout)
                 counters.done, counters.errors = st.records, st.errors
                 reporter.update(counters)
+        stop_file.unlink(missing_ok=True)
         return results
 
     def _collect(self, ref: Any, queue: deque[int]) -> dict[str, Any] | None:
