@@ -6,24 +6,24 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from gemma4u_batch.config import JobConfig, SamplingConfig
+from gemma4u_batch.errors import ExitCode, UsageError
+from gemma4u_batch.job import run_job
 from gemma4u_batch.ledger import read_status
 from gemma4u_batch.progress import Reporter
-from gemma4u_batch.runner import run_job
 from gemma4u_batch.writer import OutLayout, committed_parts
 
 from .conftest import GEMMA4U
+from .ray_cluster import LOOPBACK, RayCluster, dir_state, free_port, loopback_env, ray_cluster, sandbox_home, used_home
 from .test_resume import data_records, make_images
 
-pytestmark = pytest.mark.engine
+__all__ = ["ray_cluster", "used_home"]  # module-scoped fixtures from ray_cluster.py
 
 
 def _texts(out: Path) -> dict[str, tuple[str, str]]:
@@ -43,17 +43,18 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def reference(inputs: Path, tiny_model: Path, shared_engine, tmp_path_factory: pytest.TempPathFactory):
     out = tmp_path_factory.mktemp("ref") / "out"
     config = JobConfig(input=inputs, output=out, model=str(tiny_model), sampling=SamplingConfig(max_tokens=12))
-    run_job(config, engine_factory=lambda c: shared_engine, reporter=Reporter("quiet"))
+    run_job(config, shared_engine, reporter=Reporter("quiet"))
     return _texts(out)
 
 
+@pytest.mark.engine
 def test_three_shards_add_up_to_one_full_run(inputs: Path, tiny_model: Path, shared_engine, reference, tmp_path):
     out = tmp_path / "out"
     sizes = []
     for i in range(3):
         config = JobConfig(input=inputs, output=out, model=str(tiny_model), shard=f"{i}/3",
                            sampling=SamplingConfig(max_tokens=12))  # fmt: skip
-        summary = run_job(config, engine_factory=lambda c: shared_engine, reporter=Reporter("quiet"))
+        summary = run_job(config, shared_engine, reporter=Reporter("quiet"))
         sizes.append(summary.done)
         assert (out / ".gemma4u" / "complete.json").exists() == (i == 2)
     assert sum(sizes) == 24 and all(0 < s < 24 for s in sizes)
@@ -63,64 +64,140 @@ def test_three_shards_add_up_to_one_full_run(inputs: Path, tiny_model: Path, sha
     # A shard rerun finds nothing to do.
     again = run_job(
         JobConfig(input=inputs, output=out, model=str(tiny_model), shard="1/3", sampling=SamplingConfig(max_tokens=12)),
-        engine_factory=lambda c: shared_engine, reporter=Reporter("quiet"),
+        shared_engine, reporter=Reporter("quiet"),
     )  # fmt: skip
     assert again.done == 0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def test_cluster_is_hermetic_and_on_loopback_after_an_auto_run(ray_cluster: RayCluster, used_home: Path) -> None:
+    """Issue #20: a `--ray auto` run (the `used_home` fixture ran the product's local start
+    before the cluster started) left ~/.ray/auth_token with another token. The fixture's
+    cluster, started on that machine, still takes drivers, wrote to no ~/.ray outside its
+    sandbox, and every address Ray reports, and every socket it holds, is 127.0.0.1."""
+    stale = (used_home / ".ray" / "auth_token").read_text().strip()
+    assert stale and stale != ray_cluster.token
+    info = ray_cluster.describe()
+    assert info["gcs_address"] == ray_cluster.address
+    assert info["driver_node_ip"] == info["driver_util_ip"] == info["worker_node_ip"] == LOOPBACK
+    assert info["nodes"] and all(n["Alive"] and n["NodeManagerAddress"] == LOOPBACK for n in info["nodes"])
+    # A driver whose HOME has the stale token still gets in: RAY_AUTH_TOKEN comes first.
+    assert ray_cluster.describe(ray_cluster.driver_env(HOME=str(used_home)))["worker_node_ip"] == LOOPBACK
+    port = int(ray_cluster.address.rsplit(":", 1)[1])
+    assert any(s[3] == port for s in ray_cluster.sockets()), "the GCS socket is among those checked"
+    assert ray_cluster.off_loopback() == []
+    assert not (ray_cluster.home / ".ray" / "auth_token").exists()  # the token never went to a file
+    for ray_dir, before in ray_cluster.outside.items():
+        assert dir_state(ray_dir) == before, f"{ray_dir} changed"
 
 
-@pytest.fixture(scope="module")
-def ray_cluster(tmp_path_factory: pytest.TempPathFactory):
-    pytest.importorskip("ray")
-    ray_bin = str(Path(sys.executable).with_name("ray"))
-    port = _free_port()
-    tmp = tmp_path_factory.mktemp("ray")
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    subprocess.run(
-        [ray_bin, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port), "--num-cpus", "2",
-         "--include-dashboard", "false", "--temp-dir", str(tmp), "--disable-usage-stats"],
-        check=True, capture_output=True, env=env, timeout=180,
-    )  # fmt: skip
-    yield f"127.0.0.1:{port}"
-    subprocess.run([ray_bin, "stop", "--force"], capture_output=True, env=env, timeout=120)
+def _caption_on_ray(inputs: Path, model: Path, out: Path, address: str, env: dict[str, str]):
+    args = [GEMMA4U, "caption", str(inputs), "-o", str(out), "--model", str(model), "--ray", address]
+    return subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
 
 
-def _replica_pids() -> list[int]:
-    import psutil
-
-    pids = []
-    for p in psutil.process_iter(["pid", "cmdline"]):
-        cmd = " ".join(p.info["cmdline"] or [])
-        if "ray::_Replica" in cmd:
-            pids.append(p.info["pid"])
-    return pids
+def _one_usage_line(run: subprocess.CompletedProcess[str]) -> str:
+    """The usage exit code, no traceback, and one `error:` line, the last one printed."""
+    assert run.returncode == ExitCode.USAGE, run.stderr[-3000:]
+    assert "Traceback" not in run.stderr, run.stderr[-3000:]
+    errors = [ln for ln in run.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and run.stderr.rstrip().endswith(errors[0]), run.stderr[-3000:]
+    return errors[0]
 
 
+def test_cli_refused_by_the_cluster_is_one_usage_line(inputs, tiny_model, ray_cluster: RayCluster, used_home, tmp_path):
+    """A wrong token, or none sent (RAY_AUTH_MODE unset and a stale ~/.ray/auth_token:
+    the issue's driver): the usage exit code and one line naming the cause and the fix."""
+    fast = {"RAY_NUM_REDIS_GET_RETRIES": "2"}  # Ray retries a refused GCS connection 20 times by default
+    wrong = ray_cluster.driver_env(RAY_AUTH_TOKEN="0" * 32, **fast)
+    line = _one_usage_line(_caption_on_ray(inputs, tiny_model, tmp_path / "a", ray_cluster.address, wrong))
+    assert f"Ray cluster at {ray_cluster.address} rejected the auth token from RAY_AUTH_TOKEN" in line
+    assert "set RAY_AUTH_TOKEN to the cluster's token" in line and "ray get-auth-token" in line
+    unset = ray_cluster.driver_env(RAY_AUTH_MODE=None, RAY_AUTH_TOKEN=None, HOME=str(used_home), **fast)
+    line = _one_usage_line(_caption_on_ray(inputs, tiny_model, tmp_path / "b", ray_cluster.address, unset))
+    assert f"Ray cluster at {ray_cluster.address} requires an auth token and this process sent none" in line
+    assert "set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN" in line
+
+
+def test_cli_nothing_listening_is_one_usage_line(inputs, tiny_model, tmp_path):
+    """No cluster at a loopback port: a usage error at once (Ray alone retries for minutes)."""
+    port = free_port()
+    env = loopback_env(dict(os.environ), sandbox_home(tmp_path / "home"), tmp_path)
+    started = time.monotonic()
+    line = _one_usage_line(_caption_on_ray(inputs, tiny_model, tmp_path / "out", f"{LOOPBACK}:{port}", env))
+    assert f"no Ray cluster answers at {LOOPBACK}:{port}" in line and f"ray start --head --port {port}" in line
+    assert time.monotonic() - started < 60
+
+
+def test_refusal_messages_name_cause_and_fix(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Ray's connection errors (their shapes in Ray 2.60) to one line each."""
+    from gemma4u_batch.ray_runner import _refusal
+
+    version = RuntimeError(
+        "Version mismatch: The cluster was started with:\n    Ray: 2.59.0\n    Python: 3.11.9\n"
+        "This process on node 127.0.0.1 was started with:\n    Ray: 2.60.0\n    Python: 3.11.9\n"
+    )
+    msg = str(_refusal(version, "10.0.0.5:6379", generic=True))
+    assert "10.0.0.5:6379 runs Ray 2.59.0 on Python 3.11.9, this environment has Ray 2.60.0" in msg
+    assert "pip install 'ray==2.59.0'" in msg and "\n" not in msg
+    patch_only = RuntimeError(str(version).replace("2.59.0", "2.60.0").replace("3.11.9\nThis", "3.11.4\nThis"))
+    assert "RAY_DEFAULT_PYTHON_VERSION_MATCH_LEVEL=minor" in str(_refusal(patch_only, "h:1", generic=True))
+
+    refused = ConnectionError("Failed to connect to Ray cluster at 192.0.2.2:6379")
+    refused.__cause__ = RuntimeError(
+        "Failed to connect to GCS. Last connection error: ...\nray.exceptions.AuthenticationError: RPC error: "
+        "InvalidAuthToken: Authentication token is missing or incorrect. Ensure that the token ..."
+    )
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    monkeypatch.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
+    msg = str(_refusal(refused, "127.0.0.1:6379", generic=True))
+    assert "127.0.0.1:6379 (dialed as 192.0.2.2:6379)" in msg
+    assert f"rejected the auth token from {tmp_path}/.ray/auth_token" in msg
+    assert "set RAY_AUTH_TOKEN to the cluster's token" in msg and "or write it to that file" in msg
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", "/etc/ray-token")
+    assert "from RAY_AUTH_TOKEN_PATH=/etc/ray-token" in str(_refusal(refused, "h:1", generic=True))
+    from ray.exceptions import AuthenticationError  # RAY_AUTH_MODE=token and no token anywhere
+
+    missing = AuthenticationError("Token authentication is enabled but no authentication token was found")
+    assert "no Ray auth token is set" in str(_refusal(missing, "h:1", generic=True))
+    assert "invalid --ray address 'x'" in str(_refusal(ValueError("Invalid address format: x"), "x", generic=True))
+    monkeypatch.setenv("RAY_ADDRESS", "nope")
+    bad_env = _refusal(ValueError("Invalid address format: nope"), "auto", generic=False)
+    assert isinstance(bad_env, UsageError) and "invalid RAY_ADDRESS 'nope'" in str(bad_env)
+    # With --ray auto, what is not a refusal (no cluster running) falls back to a local cluster.
+    assert _refusal(ConnectionError("Could not find any running Ray instance."), "auto", generic=False) is None
+
+
+def _replica_pids(cluster: RayCluster) -> list[int]:
+    return [p.pid for p in cluster.processes() if "ray::_Replica" in " ".join(p.cmdline())]
+
+
+@pytest.mark.engine
 @pytest.mark.timeout(1500)
 def test_ray_two_replicas_one_killed_still_exactly_once(inputs, tiny_model, reference, ray_cluster, tmp_path):
     out = tmp_path / "out"
     args = [GEMMA4U, "caption", str(inputs), "-o", str(out), "--model", str(tiny_model), "--dtype", "float32",
             "--max-tokens", "12", "--max-model-len", "4096", "--max-num-seqs", "8", "--commit-every", "2",
-            "--workers", "0", "--ray", ray_cluster, "--replicas", "2", "--progress", "json"]  # fmt: skip
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+            "--workers", "0", "--ray", ray_cluster.address, "--replicas", "2", "--progress", "json"]  # fmt: skip
+    # The fixture's HOME, token and loopback settings, for the CLI and (through the cluster) its replicas.
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ray_cluster.env)
     killed = False
+    off_loopback: list = []
     deadline = time.time() + 900
     while time.time() < deadline and proc.poll() is None:
         if not killed and len(committed_parts(OutLayout(out))) >= 2:
-            pids = _replica_pids()
+            pids = _replica_pids(ray_cluster)
             if pids:
+                # Mid-run (driver, both replicas and their engines up): every socket on loopback.
+                off_loopback = ray_cluster.off_loopback(extra_pids=(proc.pid,))
                 os.kill(pids[0], signal.SIGKILL)  # a replica dies mid-run (its engine with it)
                 killed = True
         time.sleep(0.2)
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err[-3000:]
     assert killed, "the job finished before a replica could be killed"
+    assert off_loopback == []
     assert _texts(out) == reference  # exactly once, and equal to the single-process run
     run = json.loads((out / ".gemma4u" / "run.json").read_text())
     assert run["cluster"]["replicas"] == 2 and run["cluster"]["shards"] == 8

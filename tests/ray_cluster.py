@@ -1,0 +1,323 @@
+"""A hermetic one-node Ray cluster for tests, on loopback only.
+
+It has its own HOME, temp dir and auth token: nothing is read from or written to the
+user's ~/.ray, and a token left there by an earlier local Ray run (any
+`gemma4u caption --ray auto` that started a local cluster) cannot leak in. Every
+process it starts, and every process given `cluster.env` (drivers, the `gemma4u` CLI),
+uses the same settings. Found in Ray 2.60's source:
+
+Loopback (without these Ray uses the machine's external interface address):
+- RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0: `ray._private.services.get_node_ip_address()`
+  then returns `get_localhost_ip()` (127.0.0.1) instead of
+  `node_ip_address_from_perspective()`. Ray resolves every loopback host through it
+  (`resolve_ip_for_localhost`), both `ray start --node-ip-address 127.0.0.1` (the
+  address the GCS, raylet, object manager and workers bind and register) and a driver's
+  `ray.init(address="127.0.0.1:PORT")` (`canonicalize_bootstrap_address`); so it is
+  set for the cluster and for every driver.
+- `ray start --node-ip-address 127.0.0.1 --ray-client-server-port <free>
+  --include-dashboard false` (the client server would take the fixed port 10001).
+- VLLM_HOST_IP / VLLM_LOOPBACK_IP=127.0.0.1 for the engines inside the actors.
+
+Auth token:
+- RAY_AUTH_MODE=token: explicit, because Ray never enables token auth by itself for a
+  driver given an explicit address, while `ray start` enables it whenever it finds a token.
+- RAY_AUTH_TOKEN=<fresh random token>: Ray's token loader reads RAY_AUTH_TOKEN first,
+  then the file RAY_AUTH_TOKEN_PATH (dropped here), then ~/.ray/auth_token.
+- HOME=<sandbox>, RAY_TMPDIR=<sandbox> and `--temp-dir`: ~/.ray/auth_token, the
+  ray_current_cluster file and the session dirs all live in the sandbox.
+
+No traffic off the machine: RAY_USAGE_STATS_ENABLED=0 and --disable-usage-stats; the
+head's dashboard process still runs UsageStatsHead, which asks cloud metadata servers
+(169.254.169.254, metadata.google.internal) unless ~/ray_bootstrap_config.yaml exists
+(one is written into the sandbox HOME) and posts a "disabled" report to
+RAY_USAGE_STATS_REPORT_URL (pointed at a closed loopback port). http(s)_proxy point
+at that port too, so any other HTTP client that honours them stays on loopback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+LOOPBACK = "127.0.0.1"
+LOOPBACK_FORMS = {LOOPBACK, f"::ffff:{LOOPBACK}"}  # a dual-stack socket shows the IPv4-mapped form
+DEAD_URL = f"http://{LOOPBACK}:9"  # nothing listens on the discard port here; stays on loopback
+RAY_BIN = str(Path(sys.executable).with_name("ray"))
+AUTH_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((LOOPBACK, 0))
+        return s.getsockname()[1]
+
+
+def sandbox_home(path: Path) -> Path:
+    """An empty HOME for Ray processes; ~/ray_bootstrap_config.yaml keeps the dashboard's
+    usage module from probing cloud metadata servers."""
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "ray_bootstrap_config.yaml").write_text("# tests: no cloud provider to detect\n{}\n")
+    return path
+
+
+def loopback_env(base: dict[str, str], home: Path, temp_dir: Path) -> dict[str, str]:
+    """`base` with HOME/temp dir moved into the sandbox, everything pinned to loopback,
+    and no Ray auth or address settings inherited."""
+    env = {k: v for k, v in base.items() if k not in (*AUTH_VARS, "RAY_ADDRESS")}
+    env.update({
+        "HOME": str(home),
+        "RAY_TMPDIR": str(temp_dir),
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_USAGE_STATS_REPORT_URL": DEAD_URL + "/",
+        "http_proxy": DEAD_URL, "https_proxy": DEAD_URL, "HTTP_PROXY": DEAD_URL, "HTTPS_PROXY": DEAD_URL,
+        "no_proxy": f"{LOOPBACK},localhost", "NO_PROXY": f"{LOOPBACK},localhost",
+        "VLLM_HOST_IP": LOOPBACK,
+        "VLLM_LOOPBACK_IP": LOOPBACK,
+        "VLLM_NO_USAGE_STATS": "1",
+        "DO_NOT_TRACK": "1",
+        "PYTHONUNBUFFERED": "1",
+    })  # fmt: skip
+    # The sandbox HOME would hide the user's Hugging Face cache (read only, never ~/.ray).
+    env.setdefault("HF_HOME", str(Path(base.get("HOME", str(Path.home()))) / ".cache" / "huggingface"))
+    return env
+
+
+def dir_state(path: Path) -> dict[str, tuple[int, int]]:
+    """Every file under `path` with its size and mtime (empty when it does not exist)."""
+    if not path.exists():
+        return {}
+    return {str(p.relative_to(path)): (p.stat().st_size, p.stat().st_mtime_ns) for p in path.rglob("*") if p.is_file()}
+
+
+def leave_local_ray_state(home: Path, base: dict[str, str] | None = None) -> Path:
+    """What `gemma4u caption --ray auto` leaves behind when it finds no cluster: the
+    product's own `_connect` starts a local Ray (token auth on, a new token written to
+    HOME/.ray/auth_token) and shuts it down. Runs in a subprocess with `home` as HOME and
+    its own temp dir; returns the token file."""
+    sandbox_home(home)
+    with tempfile.TemporaryDirectory(prefix="g4ray-auto-") as tmp:
+        env = loopback_env(dict(base or os.environ), home, Path(tmp))
+        code = textwrap.dedent("""
+            import ray
+            from gemma4u_batch.ray_runner import _connect
+            print(_connect(ray, "local"))
+            ray.shutdown()
+        """)
+        run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.split() == ["local"], run.stdout
+    return home / ".ray" / "auth_token"
+
+
+@dataclass
+class RayCluster:
+    """A running head node; `env` is what every driver (and the CLI) must run with."""
+
+    address: str
+    home: Path
+    temp_dir: Path
+    token: str
+    env: dict[str, str]
+    log: Path
+    proc: subprocess.Popen[bytes]
+    # ~/.ray of the machine's HOME and of the user running the tests, as found at start
+    outside: dict[Path, dict[str, tuple[int, int]]] = field(default_factory=dict)
+    _known: dict[int, Any] = field(default_factory=dict)
+
+    def driver_env(self, **changes: str | None) -> dict[str, str]:
+        """`env` with some variables changed (None removes one)."""
+        env = dict(self.env)
+        for k, v in changes.items():
+            if v is None:
+                env.pop(k, None)
+            else:
+                env[k] = v
+        return env
+
+    def processes(self) -> list[Any]:
+        """The cluster's live processes: `ray start` and its descendants (GCS, raylet,
+        workers, actors), and anything started with our temp dir (in its command line or
+        as RAY_TMPDIR: drivers, the CLI, workers whose parent is gone)."""
+        import psutil
+
+        found: dict[int, Any] = {}
+        with contextlib.suppress(psutil.NoSuchProcess):
+            root = psutil.Process(self.proc.pid)
+            found.update((p.pid, p) for p in [root, *root.children(recursive=True)])
+        marker = str(self.temp_dir)
+        for p in psutil.process_iter(["pid", "cmdline"]):
+            if p.pid in found or p.pid == os.getpid():
+                continue
+            try:
+                if any(marker in a for a in p.info["cmdline"] or ()) or p.environ().get("RAY_TMPDIR") == marker:
+                    found[p.pid] = p
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                continue
+        self._known.update(found)
+        return list(found.values())
+
+    def describe(self, env: dict[str, str] | None = None) -> dict[str, Any]:
+        """Connect a fresh driver (with `env`, default the cluster's) and report the
+        addresses Ray uses: its GCS address, the driver's node IP, every node's
+        addresses as `ray.nodes()` reports them and a worker's node IP."""
+        code = textwrap.dedent("""
+            import json, sys
+            import ray
+            ctx = ray.init(address=sys.argv[1], log_to_driver=False)
+
+            @ray.remote(num_cpus=0)
+            def where():
+                return ray.util.get_node_ip_address()
+
+            info = {
+                "gcs_address": ctx.address_info["gcs_address"],
+                "driver_node_ip": ctx.address_info["node_ip_address"],
+                "driver_util_ip": ray.util.get_node_ip_address(),
+                "worker_node_ip": ray.get(where.remote(), timeout=120),
+                "nodes": [{k: n.get(k) for k in ("NodeManagerAddress", "NodeManagerPort", "ObjectManagerPort",
+                                                  "Alive")} for n in ray.nodes()],
+            }
+            print("INFO " + json.dumps(info))
+            ray.shutdown()
+        """)
+        run = subprocess.run([sys.executable, "-c", code, self.address], env=env or self.env, capture_output=True,
+                             text=True, timeout=300)  # fmt: skip
+        lines = [ln for ln in run.stdout.splitlines() if ln.startswith("INFO ")]
+        assert run.returncode == 0 and lines, run.stderr[-3000:]
+        import json
+
+        return json.loads(lines[-1][5:])
+
+    def sockets(self, extra_pids: tuple[int, ...] = ()) -> list[tuple[int, str, str, int, str]]:
+        """(pid, name, local ip, local port, remote ip) of every TCP/UDP socket the
+        cluster's processes (and `extra_pids` with their children) hold."""
+        import psutil
+
+        procs = self.processes()
+        for pid in extra_pids:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                root = psutil.Process(pid)
+                procs += [root, *root.children(recursive=True)]
+        out = []
+        for p in procs:
+            try:
+                conns = p.net_connections(kind="inet")
+                name = p.name()
+            except (psutil.NoSuchProcess, psutil.ZombieProcess):
+                continue
+            for c in conns:
+                lip, lport = (c.laddr.ip, c.laddr.port) if c.laddr else ("", 0)
+                out.append((p.pid, name, lip, lport, c.raddr.ip if c.raddr else ""))
+        return out
+
+    def off_loopback(self, extra_pids: tuple[int, ...] = ()) -> list[tuple[int, str, str, int, str]]:
+        """Sockets bound to, or connected to, anything but 127.0.0.1 (a socket not yet
+        bound, port 0 and no peer, carries nothing)."""
+        return [
+            s
+            for s in self.sockets(extra_pids)
+            if (s[2] not in LOOPBACK_FORMS and not (s[3] == 0 and not s[4])) or (s[4] and s[4] not in LOOPBACK_FORMS)
+        ]
+
+    def stop(self) -> None:
+        """SIGTERM `ray start --block` (it drains and stops what it started), then kill,
+        by pid, whatever of ours is left; remove the temp dir."""
+        import psutil
+
+        self.processes()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=30)
+        deadline = time.monotonic() + 15
+        while True:
+            self.processes()
+            # is_running() also compares the start time: a pid reused since is not ours.
+            left = [p for p in self._known.values() if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+            if not left or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        for p in left:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+def start_cluster(root: Path, base: dict[str, str] | None = None, num_cpus: int = 2) -> RayCluster:
+    """Start a head node under `root` (HOME, log) on loopback with a fresh token.
+    `base` is the environment of the machine it runs on (default: this process's)."""
+    base = dict(base or os.environ)
+    home = sandbox_home(root / "home")
+    # Short: Ray puts unix sockets under it (107-byte limit).
+    temp_dir = Path(tempfile.mkdtemp(prefix="g4ray-"))
+    token = secrets.token_hex(16)
+    env = loopback_env(base, home, temp_dir)
+    env.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token})
+    port = free_port()
+    log = root / "ray-start.log"
+    args = [RAY_BIN, "start", "--head", "--block", "--node-ip-address", LOOPBACK, "--port", str(port),
+            "--ray-client-server-port", str(free_port()), "--num-cpus", str(num_cpus), "--include-dashboard", "false",
+            "--temp-dir", str(temp_dir), "--disable-usage-stats"]  # fmt: skip
+    outside = {d / ".ray": dir_state(d / ".ray") for d in {Path(base.get("HOME", str(Path.home()))), Path.home()}}
+    with log.open("wb") as out:
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    cluster = RayCluster(address=f"{LOOPBACK}:{port}", home=home, temp_dir=temp_dir, token=token, env=env, log=log,
+                         proc=proc, outside=outside)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 180
+        while "Ray runtime started." not in log.read_text(errors="replace"):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"ray start failed (rc={proc.poll()}):\n{log.read_text(errors='replace')[-3000:]}")
+            time.sleep(0.2)
+    except BaseException:
+        cluster.stop()
+        raise
+    return cluster
+
+
+@contextlib.contextmanager
+def running_cluster(root: Path, base: dict[str, str] | None = None) -> Iterator[RayCluster]:
+    """A cluster for the `with` block, stopped however the block ends."""
+    cluster = start_cluster(root, base)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def used_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Stands in for the HOME of a machine where `gemma4u caption --ray auto` ran before:
+    its ~/.ray/auth_token holds the token of a local cluster long gone."""
+    pytest.importorskip("ray")
+    home = tmp_path_factory.mktemp("used-home")
+    token_file = leave_local_ray_state(home)
+    assert token_file.is_file() and token_file.read_text().strip()
+    return home
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(tmp_path_factory: pytest.TempPathFactory, used_home: Path) -> Iterator[RayCluster]:
+    """One hermetic loopback cluster per module, started on a machine whose HOME already
+    has a stale token (`used_home`); stopped even when a test fails."""
+    with running_cluster(tmp_path_factory.mktemp("ray"), {**os.environ, "HOME": str(used_home)}) as cluster:
+        yield cluster
