@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -18,13 +19,15 @@ def fsync_dir(path: Path) -> None:
 
 
 def write_atomic(dest: Path, write: Callable[[BinaryIO], object], tmp_dir: Path | None = None) -> None:
-    """Write via `write(fh)` into `<dest>.incomplete` (or tmp_dir), then move into place.
+    """Write via `write(fh)` into `<dest>.<pid>-<random>.incomplete` (in tmp_dir, or beside
+    dest), then move into place.
 
     A reader never sees a half-written `dest`: before the rename it does not exist,
-    after it the bytes are on disk.
+    after it the bytes are on disk. The temp name is unique, so writers racing for the
+    same `dest` (shards writing run.json) never trip over each other's temp file.
     """
     tmp_dir = tmp_dir or dest.parent
-    tmp = tmp_dir / (dest.name + ".incomplete")
+    tmp = tmp_dir / f"{dest.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.incomplete"
     try:
         with open(tmp, "wb") as fh:
             write(fh)

@@ -19,6 +19,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +27,38 @@ from .atomic import write_atomic, write_json_atomic
 from .records import OutputRecord
 
 META_DIR = ".gemma4u"
+# Folders under OUT that table readers skip: pyarrow (and so pandas) ignore names starting
+# with "_" or ".", `datasets` ignores folders starting with "__" or ".". The table's data
+# files sit directly under OUT; JSONL goes here when Parquet is the table (--format both).
+JSONL_DIR = "__jsonl__"
+TRANSCRIPTS_DIR = "__transcripts__"
+
+
+def data_file_name(part: str, fmt: str, formats: tuple[str, ...] | list[str]) -> str:
+    """A part's data file, relative to OUT: `<part>.<fmt>` directly under OUT (the table),
+    JSONL under `__jsonl__/` when the part also has Parquet."""
+    name = f"{part}.{fmt}"
+    return f"{JSONL_DIR}/{name}" if fmt == "jsonl" and "parquet" in formats else name
 
 
 @dataclass(frozen=True)
 class OutLayout:
-    """Where things live under OUT. Data files sit directly under OUT."""
+    """Where things live under OUT. The table's data files sit directly under OUT; JSONL
+    next to Parquet (--format both) in `__jsonl__/`, transcripts in `__transcripts__/`."""
 
     root: Path
+
+    @property
+    def jsonl_dir(self) -> Path:
+        return self.root / JSONL_DIR
+
+    @property
+    def transcripts(self) -> Path:
+        return self.root / TRANSCRIPTS_DIR
+
+    def data_dirs(self) -> list[Path]:
+        """Folders that may hold data files (old OUTs: everything directly under OUT)."""
+        return [self.root, self.jsonl_dir]
 
     @property
     def meta(self) -> Path:
@@ -77,19 +103,30 @@ def _jsonl_bytes(records: list[dict[str, Any]]) -> bytes:
 
 
 def parquet_table(records: list[dict[str, Any]], metadata: dict[str, str] | None = None) -> Any:
-    """Records as an Arrow table with the documented schema (`fields`, `data` as JSON text)."""
+    """Records as an Arrow table with the documented schema (`fields`, `data` as JSON text,
+    `data_typed` from the JSON schema named in the metadata, `created_at` a UTC timestamp)."""
     import pyarrow as pa
 
-    from .schema import arrow_schema
+    from .schema import arrow_schema, coerce_to_schema, data_schema_of
 
+    data_schema = data_schema_of(metadata)
     rows = []
     for rec in records:
         row = dict(rec)
         row["fields"] = json.dumps(row.get("fields") or {}, ensure_ascii=False, default=str)
+        if data_schema is not None:
+            row["data_typed"] = coerce_to_schema(row.get("data"), data_schema)
         row["data"] = None if row.get("data") is None else json.dumps(row["data"], ensure_ascii=False)
+        if isinstance(row.get("created_at"), str):
+            row["created_at"] = datetime.fromisoformat(row["created_at"])
         rows.append(row)
-    schema = arrow_schema()
+    schema = arrow_schema(data_schema)
     return pa.Table.from_pylist(rows, schema=schema.with_metadata(metadata) if metadata else schema)
+
+
+def created_now() -> str:
+    """A record's `created_at`: UTC, ISO 8601 (a timestamp column in Parquet)."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 def jsonl_line(record: dict[str, Any]) -> str:
@@ -146,7 +183,8 @@ class PartWriter:
         part = f"part-{self.writer_id}-{self._seq:05d}"
         files: list[str] = []
         for fmt in self.formats:
-            name = f"{part}.{fmt}"
+            name = data_file_name(part, fmt, self.formats)
+            (self.layout.root / name).parent.mkdir(exist_ok=True)
             if fmt == "jsonl":
                 write_atomic(
                     self.layout.root / name, functools.partial(_write_bytes, _jsonl_bytes(records)), self.layout.tmp
@@ -217,8 +255,19 @@ def finish_replaced(layout: OutLayout, marker: dict[str, Any]) -> None:
     for old in marker.get("replaces", ()):
         (layout.commits / f"{old}.json").unlink(missing_ok=True)
     for old in marker.get("replaces", ()):
-        for path in layout.root.glob(f"{old}.*"):
-            path.unlink(missing_ok=True)
+        for folder in layout.data_dirs():
+            for path in folder.glob(f"{old}.*"):
+                path.unlink(missing_ok=True)
+
+
+STALE_TMP_SECONDS = 3600.0
+
+
+def _older_than(path: Path, seconds: float) -> bool:
+    try:
+        return time.time() - path.stat().st_mtime > seconds
+    except FileNotFoundError:
+        return False
 
 
 def cleanup_orphans(layout: OutLayout) -> list[str]:
@@ -235,7 +284,8 @@ def cleanup_orphans(layout: OutLayout) -> list[str]:
                 continue
             finish_replaced(layout, marker)
     committed = {p.stem for p in layout.commits.glob("*.json")} if layout.commits.exists() else set()
-    for path in sorted(layout.root.iterdir()):
+    data_files = [p for d in layout.data_dirs() if d.is_dir() for p in sorted(d.iterdir())]
+    for path in data_files:
         parsed = _part_of(path.name)
         if parsed is None or not path.is_file():
             continue
@@ -246,7 +296,9 @@ def cleanup_orphans(layout: OutLayout) -> list[str]:
     if layout.tmp.exists():
         for path in layout.tmp.iterdir():
             parsed = _part_of(path.name)
-            if parsed is None or not _writer_alive(layout, parsed[1]):
+            if parsed is not None and not _writer_alive(layout, parsed[1]):
+                path.unlink(missing_ok=True)
+            elif parsed is None and _older_than(path, STALE_TMP_SECONDS):  # another shard may be writing it now
                 path.unlink(missing_ok=True)
     if layout.writers.exists():
         for lock in layout.writers.glob("*.lock"):
@@ -300,6 +352,9 @@ def iter_part_records(
                 rec["fields"] = json.loads(rec["fields"])
             if isinstance(rec.get("data"), str):
                 rec["data"] = json.loads(rec["data"])
+            rec.pop("data_typed", None)  # derived from `data` (Parquet only)
+            if isinstance(rec.get("created_at"), datetime):
+                rec["created_at"] = rec["created_at"].isoformat(timespec="milliseconds")
             if columns:
                 rec = {c: rec.get(c) for c in columns}
             yield rec
