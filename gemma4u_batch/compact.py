@@ -22,6 +22,7 @@ from .writer import (
     OutLayout,
     cleanup_orphans,
     committed_parts,
+    data_file_name,
     finish_replaced,
     iter_part_records,
     jsonl_line,
@@ -96,10 +97,11 @@ def _rewrite(layout: OutLayout, index: OutIndex, group: list[tuple[dict[str, Any
     formats = sorted({f.rsplit(".", 1)[1] for p, _ in group for f in p["files"]})
     files = []
     for fmt in formats:
-        dest = layout.root / f"{name}.{fmt}"
+        rel = data_file_name(name, fmt, formats)
+        (layout.root / rel).parent.mkdir(exist_ok=True)
         write = _write_jsonl if fmt == "jsonl" else _write_parquet
-        write_atomic(dest, functools.partial(write, layout, group), layout.tmp)
-        files.append(dest.name)
+        write_atomic(layout.root / rel, functools.partial(write, layout, group), layout.tmp)
+        files.append(rel)
     kept = sum(len(k) for _, k in group)
     marker = {
         "part": name,
@@ -137,18 +139,32 @@ def _write_parquet(layout: OutLayout, group: list[tuple[dict[str, Any], set[int]
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    writer = None
+    # The newest part's schema and metadata (parts written before a gemma4u upgrade lack
+    # columns added since: they are filled with nulls).
+    newest = next((f for p, _ in reversed(group) for f in p["files"] if f.endswith(".parquet")), None)
+    raw = (pq.read_schema(layout.root / newest).metadata if newest is not None else None) or {}
+    meta = {k.decode(): v.decode() for k, v in raw.items()}
+    schema = parquet_table([], meta).schema
+    writer = pq.ParquetWriter(out, schema, compression="zstd")
     try:
         for part, keep in group:
             name = next((f for f in part["files"] if f.endswith(".parquet")), None)
             if name is None:
                 recs = [r for i, r in enumerate(iter_part_records(layout, part)) if i in keep]
-                table = parquet_table(recs, writer.schema.metadata if writer is not None else None)
+                table = parquet_table(recs, meta)
             else:
                 table = pq.read_table(layout.root / name).take(pa.array(sorted(keep), type=pa.int64()))
-            if writer is None:
-                writer = pq.ParquetWriter(out, table.schema, compression="zstd")
-            writer.write_table(table.cast(writer.schema))
+            writer.write_table(_conform(table, schema))
     finally:
-        if writer is not None:
-            writer.close()
+        writer.close()
+
+
+def _conform(table: Any, schema: Any) -> Any:
+    """`table` with `schema`'s columns in its order: missing ones null, extra ones dropped."""
+    import pyarrow as pa
+
+    cols = [
+        table.column(f.name).cast(f.type) if f.name in table.column_names else pa.nulls(table.num_rows, f.type)
+        for f in schema
+    ]
+    return pa.Table.from_arrays(cols, schema=schema)

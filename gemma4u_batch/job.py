@@ -27,18 +27,18 @@ from .errors import EngineDied, EngineFailure, OutputError, UsageError
 from .index import OutIndex
 from .inputs import JobInput
 from .keys import model_fingerprint
-from .outdir import RunLock, guard_of, guard_refusal, mark_done, run_manifest, wipe, write_run_manifest
+from .outdir import RunLock, guard_of, guard_refusal, mark_done, new_run_id, run_manifest, wipe, write_run_manifest
 from .progress import Counters, Reporter
 from .prompts import item_instruction
 from .quickcheck import QuickCheck
 from .records import DecodedItem, WorkItem
 from .requests import RequestBuilder
-from .schema import COLUMN_DOCS
+from .schema import COLUMN_DOCS, data_schema_metadata
 from .signals import StopSignal
 from .subtitles import write_transcripts
 from .units import Unit, to_record
 from .workers import DecodePool
-from .writer import OutLayout, PartWriter, cleanup_orphans
+from .writer import OutLayout, PartWriter, cleanup_orphans, created_now
 
 log = logging.getLogger(__name__)
 
@@ -141,8 +141,9 @@ class Job:
         if self._items is None:
             raise RuntimeError("Job.run needs an open job (use `with Job(config) as job`)")
         started = time.monotonic()
-        manifest = run_manifest(self.config, self.guard, engine.notes())
-        write_run_manifest(self.layout, self.shard, {**manifest, **self.manifest_extra})
+        manifest = {**run_manifest(self.config, self.guard, engine.notes()), **self.manifest_extra}
+        self.run_id = manifest.setdefault("run_id", new_run_id())  # a Ray driver passes its own
+        write_run_manifest(self.layout, self.shard, manifest)
         self.engine = engine
         self.requests = RequestBuilder(self.config, engine, self.fingerprint, prompt_cache=self.index)
         self.quick = QuickCheck(self.config, self.index, self.requests)
@@ -174,6 +175,7 @@ class Job:
                 "gemma4u.model": c.model,
                 "gemma4u.version": __version__,
                 "gemma4u.schema": json.dumps(COLUMN_DOCS),
+                **data_schema_metadata(c.json_schema),
             },
         )
 
@@ -333,10 +335,11 @@ class Job:
         prev = self.index.get(rec.id, rec.task)
         if prev is not None:
             rec.supersedes = prev[0]
+        rec.run_id, rec.created_at = self.run_id, created_now()
         self.writer.add(rec)
         self.counters.add(rec.error_kind, rec.num_output_tokens)
         if rec.segments and self.config.subtitles:
-            write_transcripts(self.layout.root, rec.id, rec.segments, tuple(self.config.subtitles))
+            write_transcripts(self.layout.transcripts, rec.id, rec.segments, tuple(self.config.subtitles))
 
 
 def run_job(

@@ -9,6 +9,7 @@ import shutil
 import socket
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -133,16 +134,18 @@ def shard_file(layout: OutLayout, shard: tuple[int, int], suffix: str) -> Path:
 
 def wipe(layout: OutLayout) -> None:
     """--overwrite: remove every result and marker (never the locks being held)."""
-    for path in layout.root.iterdir():
-        if path.name.startswith("part-"):
-            path.unlink()
+    for folder in layout.data_dirs():
+        for path in folder.iterdir() if folder.is_dir() else ():
+            if path.name.startswith("part-"):
+                path.unlink()
     for sub in ("commits", "tmp", "complete.json", "run.json"):
         p = layout.meta / sub
         if p.is_dir():
             shutil.rmtree(p)
         else:
             p.unlink(missing_ok=True)
-    shutil.rmtree(layout.root / "transcripts", ignore_errors=True)
+    shutil.rmtree(layout.root / "transcripts", ignore_errors=True)  # before __transcripts__
+    shutil.rmtree(layout.transcripts, ignore_errors=True)
     layout.ensure()
 
 
@@ -156,6 +159,11 @@ def package_versions() -> dict[str, str]:
         except PackageNotFoundError:
             continue
     return out
+
+
+def new_run_id() -> str:
+    """One id per run: sortable by start time, unique across hosts."""
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
 
 
 def run_manifest(config: JobConfig, guard: dict[str, Any], engine_notes: dict[str, Any]) -> dict[str, Any]:

@@ -101,6 +101,8 @@ class OutputRecord:
     retried: bool = False
     supersedes: str | None = None
     fields: dict[str, Any] = field(default_factory=dict)
+    run_id: str | None = None  # stamped by the job: one id per run (run.json has it too)
+    created_at: str | None = None  # UTC, ISO 8601
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -1,4 +1,4 @@
-"""Per-file transcript outputs (.txt, .srt, .vtt) next to the JSONL/Parquet records."""
+"""Per-file transcript outputs (.txt, .srt, .vtt) beside the JSONL/Parquet records (OUT/__transcripts__/)."""
 
 from __future__ import annotations
 
@@ -40,10 +40,11 @@ def to_txt(segments: list[dict[str, Any]]) -> str:
     return " ".join(s["text"] for s in segments if s["text"]) + "\n"
 
 
-def write_transcripts(out_root: Path, item_id: str, segments: list[dict[str, Any]], formats: tuple[str, ...]) -> None:
-    """Write OUT/transcripts/<id>.<fmt> atomically (ids may contain folders)."""
+def write_transcripts(folder: Path, item_id: str, segments: list[dict[str, Any]], formats: tuple[str, ...]) -> None:
+    """Write <folder>/<id>.<fmt> atomically (ids may contain folders); the job's folder is
+    OUT/__transcripts__/, which table readers skip."""
     render = {"txt": to_txt, "srt": to_srt, "vtt": to_vtt}
-    base = out_root / "transcripts" / item_id
+    base = folder / item_id
     base.parent.mkdir(parents=True, exist_ok=True)
     for fmt in formats:
         dest = base.with_name(base.name + f".{fmt}")

@@ -182,7 +182,7 @@ def test_transcribe_95s_file_cli(tmp_path: Path, tiny_model: Path) -> None:
     assert all(a["end"] == b["start"] for a, b in itertools.pairwise(segs))
     assert lec["task"] == "transcribe" and lec["text"]
     assert recs["with_sound.mp4"]["segments"] and recs["with_sound.mp4"]["error"] is None
-    srt = (out / "transcripts" / "lecture.flac.srt").read_text()
+    srt = (out / "__transcripts__" / "lecture.flac.srt").read_text()
     assert srt.startswith("1\n00:00:00,000 --> ") and "\n\n4\n" in srt
-    assert (out / "transcripts" / "lecture.flac.vtt").read_text().startswith("WEBVTT")
-    assert (out / "transcripts" / "lecture.flac.txt").read_text().strip()
+    assert (out / "__transcripts__" / "lecture.flac.vtt").read_text().startswith("WEBVTT")
+    assert (out / "__transcripts__" / "lecture.flac.txt").read_text().strip()

@@ -180,7 +180,8 @@ def test_compaction_leaves_few_files_of_current_records(tmp_path: Path) -> None:
     inp, out = tmp_path / "in", tmp_path / "out"
     make_images(inp, 30)
     run(inp, out, commit_every=2, format="both")
-    assert len(list(out.glob("part-*.jsonl"))) == 1 and len(list(out.glob("part-*.parquet"))) == 1
+    assert len(list(out.glob("__jsonl__/part-*.jsonl"))) == 1 and len(list(out.glob("part-*.parquet"))) == 1
+    assert not list(out.glob("*.jsonl"))  # Parquet is the table under OUT, JSONL beside it
     Image.new("RGB", (50, 50), (1, 2, 3)).save(inp / "img_0002.png")
     run(inp, out, commit_every=2, format="both")
     recs = data_records(out)  # what a naive reader loads: current records only

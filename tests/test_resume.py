@@ -1,5 +1,5 @@
 """Exactly-once output under hard kills, signals, torn files, full/read-only disks,
-incremental growth, and export — the commit protocol, on the FakeEngine."""
+incremental growth — the commit protocol, on the FakeEngine."""
 
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ from PIL import Image
 from gemma4u_batch.config import JobConfig
 from gemma4u_batch.engine import FakeEngine
 from gemma4u_batch.errors import OutputError, UsageError
-from gemma4u_batch.export import export
 from gemma4u_batch.job import run_job
 from gemma4u_batch.ledger import current_records, read_status
 from gemma4u_batch.progress import Reporter
@@ -36,7 +35,7 @@ def make_images(root: Path, n: int, start: int = 0) -> None:
 def data_records(out: Path) -> list[dict]:
     """Every record in every data file under OUT (what a naive reader would load)."""
     recs = []
-    for p in sorted(out.glob("part-*.jsonl")):
+    for p in sorted([*out.glob("part-*.jsonl"), *out.glob("__jsonl__/part-*.jsonl")]):
         recs += [json.loads(line) for line in p.read_text().splitlines()]
     return recs
 
@@ -174,27 +173,6 @@ def test_retry_errors_supersedes_the_error_record(tmp_path: Path) -> None:
     summary = run_fake(inp, out, retry_errors=True)
     cur = {r["id"]: r for r in current_records(OutLayout(out))}
     assert summary.done == 1 and cur["broken.png"]["error"] is None and cur["broken.png"]["supersedes"]
-
-
-def test_export_round_trip_joins_manifest_columns(tmp_path: Path) -> None:
-    import datasets
-
-    inp = tmp_path / "in"
-    make_images(inp, 4)
-    man = inp / "manifest.jsonl"
-    man.write_text(
-        "".join(json.dumps({"path": f"img_{i:04d}.png", "title": f"t{i}", "score": i}) + "\n" for i in range(4))
-    )
-    out = tmp_path / "out"
-    run_fake(man, out)
-    n = export(out, tmp_path / "ds")
-    ds = datasets.load_from_disk(str(tmp_path / "ds"))
-    assert n == 4 and ds.num_rows == 4
-    rows = {r["id"]: r for r in ds}
-    assert rows["img_0003.png"]["title"] == "t3" and rows["img_0003.png"]["score"] == 3
-    assert rows["img_0003.png"]["text"].startswith("fake ")
-    with pytest.raises(UsageError, match="not empty"):
-        export(out, tmp_path / "ds")
 
 
 def _mount_tmpfs(path: Path, size: str) -> bool:

@@ -120,7 +120,8 @@ def test_parquet_and_both_formats(folder, tmp_path: Path) -> None:
     out = tmp_path / "out"
     _run(cfg(root, out, format="both"))
     pqs = sorted(out.glob("*.parquet"))
-    jsonls = sorted(out.glob("*.jsonl"))
+    jsonls = sorted(out.glob("__jsonl__/*.jsonl"))  # beside the table: pyarrow/pandas read OUT as Parquet
+    assert not list(out.glob("*.jsonl"))
     assert len(pqs) == len(jsonls) == 1  # many commits (commit_every=3), compacted at the end of the run
     table = pq.read_table(pqs)
     assert table.num_rows == len(expected)

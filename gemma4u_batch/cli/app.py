@@ -169,14 +169,71 @@ def _count_pending(layout: Any) -> int | None:
 @app.command("export")
 def export_cmd(
     out: Annotated[Path, typer.Argument(help="Output folder of a gemma4u job.")],
-    to: Annotated[Path, typer.Option("--to", help="Folder for the dataset (datasets.load_from_disk).")],
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing --to folder.")] = False,
+    to: Annotated[
+        Path,
+        typer.Option(
+            "--to",
+            help="A folder for the Hugging Face Hub layout (data/*.parquet + README.md card), "
+            "or a FILE.jsonl|.parquet|.csv for the flat current table.",
+        ),
+    ],
+    media: Annotated[
+        bool, typer.Option("--media/--no-media", help="Folder export: include the original media files.")
+    ] = True,
+    split: Annotated[str, typer.Option(help="Folder export: the split name.")] = "train",
+    max_shard_size: Annotated[
+        str, typer.Option(help="Folder export: largest Parquet file (e.g. 500MB, 2GB).")
+    ] = "500MB",
+    include_errors: Annotated[
+        bool, typer.Option("--include-errors", help="Also export records that have an error.")
+    ] = False,
+    columns: Annotated[
+        str | None, typer.Option(help="File export: the columns to write, comma-separated (default: all).")
+    ] = None,
+    push_to_hub: Annotated[
+        str | None,
+        typer.Option(
+            "--push-to-hub", metavar="REPO", help="Upload the exported folder to this Hub dataset repo."
+        ),
+    ] = None,
+    private: Annotated[bool, typer.Option("--private", help="With --push-to-hub: create the repo private.")] = False,
+    revision: Annotated[
+        str | None, typer.Option(help="With --push-to-hub: the branch to upload to (created if missing).")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing --to folder or file.")] = False,
 ) -> None:
-    """Export current records as a Hugging Face dataset, joined back onto manifest/dataset columns."""
-    from ..export import export
+    """Export current records: a Hub-ready dataset folder with the media, or one flat file."""
+    from ..export import FILE_SUFFIXES, ExportOptions, export, parse_size
+    from ..export import push_to_hub as push
 
-    n = export(out, to, overwrite=overwrite)
-    err.print(f"Exported {n} records to {to} (load with datasets.load_from_disk).")
+    is_file = to.suffix.lower() in FILE_SUFFIXES
+    if push_to_hub and is_file:
+        raise UsageError("--push-to-hub uploads a folder: give --to a folder, not a file")
+    if (private or revision) and not push_to_hub:
+        raise UsageError("--private and --revision go with --push-to-hub")
+    opts = ExportOptions(
+        media=media,
+        split=split,
+        max_shard_size=parse_size(max_shard_size),
+        include_errors=include_errors,
+        columns=[c.strip() for c in columns.split(",") if c.strip()] if columns else None,
+        overwrite=overwrite,
+    )
+    res = export(out, to, opts)
+    skipped = f"; {res.excluded_errors} with errors left out" if res.excluded_errors else ""
+    if is_file:
+        err.print(f"Exported {res.rows} records to {to}{skipped}.", soft_wrap=True)
+        return
+    media_note = ", ".join(f"{n} {k}" for k, n in res.media.items()) or "no media"
+    missing = f", {res.media_missing} without media (file gone or changed)" if res.media_missing else ""
+    err.print(
+        f"Exported {res.rows} records ({media_note}{missing}) to {to} in {len(res.shards)} file(s){skipped} "
+        "(load with datasets.load_dataset).",
+        soft_wrap=True,
+    )
+    if push_to_hub:
+        url = push(to, push_to_hub, private=private, revision=revision)
+        err.print(f"Pushed {to} to https://huggingface.co/datasets/{push_to_hub} ({url}).", soft_wrap=True)
 
 
 @app.command("compact")

@@ -1,0 +1,183 @@
+"""`gemma4u export` (#15): a Hub-layout folder with the original media that
+`datasets.load_dataset` loads (pictures decode to the original pixels, audio to the original
+bytes), its dataset card from the run manifest, and flat .jsonl/.parquet/.csv files."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image, ImageOps
+from typer.testing import CliRunner
+
+from gemma4u_batch.cli.app import app
+from gemma4u_batch.config import JobConfig
+from gemma4u_batch.engine import FakeEngine
+from gemma4u_batch.errors import UsageError
+from gemma4u_batch.export import ExportOptions, export
+from gemma4u_batch.job import run_job
+from gemma4u_batch.progress import Reporter
+
+from .conftest import REPO
+from .media import jpeg_bytes, photo, png_bytes
+from .test_resume import make_images
+
+EXAMPLES = REPO / "examples"
+
+
+def run(inp: Path, out: Path, **kw) -> object:
+    config = JobConfig(input=inp, output=out, model="fake-model", workers=0, commit_every=3, **kw)
+    return run_job(config, FakeEngine(), reporter=Reporter("quiet"))
+
+
+def load(folder: Path, tmp_path: Path):
+    import datasets
+
+    return datasets.load_dataset(str(folder), split="train", cache_dir=str(tmp_path / "hf-cache"))
+
+
+def card_header(folder: Path) -> dict:
+    text = (folder / "README.md").read_text()
+    assert text.startswith("---\n")
+    return yaml.safe_load(text.split("---\n")[1])
+
+
+@pytest.fixture
+def image_out(tmp_path: Path) -> tuple[Path, Path]:
+    """Real photos (scikit-image), the example images and video, and one broken file."""
+    inp, out = tmp_path / "in", tmp_path / "out"
+    inp.mkdir()
+    (inp / "astronaut.jpg").write_bytes(jpeg_bytes(photo("astronaut")))
+    (inp / "coffee.png").write_bytes(png_bytes(photo("coffee")))
+    for p in (EXAMPLES / "images").iterdir():
+        shutil.copy(p, inp / p.name)
+    shutil.copy(EXAMPLES / "video" / "moving_square.mp4", inp / "moving_square.mp4")
+    (inp / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    run(inp, out, format="both")
+    return inp, out
+
+
+def test_image_folder_export_loads_with_original_pixels(image_out, tmp_path: Path) -> None:
+    import datasets
+
+    inp, out = image_out
+    dest = tmp_path / "ds"
+    res = export(out, dest)
+    assert res.excluded_errors == 1 and res.rows == 8 and res.media == {"image": 7, "video": 1}
+    assert [p.name for p in sorted((dest / "data").iterdir())] == ["train-00000-of-00001.parquet"]
+    ds = load(dest, tmp_path)
+    assert isinstance(ds.features["image"], datasets.Image) and ds.features["video"] == datasets.Value("binary")
+    assert ds.num_rows == 8 and "broken.jpg" not in ds["id"]
+    for row in ds:
+        if row["modality"] == "video":
+            assert row["image"] is None and row["video"] == (inp / row["id"]).read_bytes()
+            continue
+        with Image.open(inp / row["id"]) as original:
+            upright = ImageOps.exif_transpose(original)  # as datasets' Image decodes it
+            assert row["image"].mode == upright.mode and row["image"].size == upright.size
+            assert np.array_equal(np.asarray(row["image"]), np.asarray(upright)), row["id"]
+        assert row["text"].startswith("fake ") and row["run_id"]
+
+    header = card_header(dest)
+    assert header["configs"][0]["data_files"][0] == {"split": "train", "path": "data/train-*"}
+    assert header["dataset_info"]["splits"][0]["num_examples"] == 8
+    assert "image-to-text" in header["task_categories"] and "license" in header
+    names = {f["name"]: f for f in header["dataset_info"]["features"]}
+    assert names["image"]["dtype"] == "image" and names["video"]["dtype"] == "binary"
+    card = (dest / "README.md").read_text()
+    man = json.loads((out / ".gemma4u" / "run.json").read_text())
+    assert "`fake-model`" in card and man["run_id"] in card and "gemma4u run recipe.yaml" in card
+    assert "items with errors: 1 (" in card and "left out" in card
+    raw = load(dest, tmp_path).cast_column("image", datasets.Image(decode=False))
+    assert all(r["image"] is None or r["image"]["bytes"] == (inp / r["id"]).read_bytes() for r in raw)
+
+    with pytest.raises(UsageError, match="not empty"):
+        export(out, dest)
+    res = export(out, dest, ExportOptions(include_errors=True, overwrite=True))
+    assert res.rows == 9 and load(dest, tmp_path).filter(lambda r: r["id"] == "broken.jpg")[0]["image"] is None
+
+
+def test_shards_respect_max_shard_size_and_no_media(image_out, tmp_path: Path) -> None:
+    _, out = image_out
+    dest = tmp_path / "sharded"
+    res = export(out, dest, ExportOptions(max_shard_size=200_000, split="validation"))
+    names = sorted(p.name for p in (dest / "data").iterdir())
+    n = len(names)
+    assert n > 1 and names == [f"validation-{i:05d}-of-{n:05d}.parquet" for i in range(n)]
+    import datasets
+
+    ds = datasets.load_dataset(str(dest), split="validation", cache_dir=str(tmp_path / "c"))
+    assert ds.num_rows == res.rows == 8
+    small = export(out, tmp_path / "captions", ExportOptions(media=False))
+    ds = load(tmp_path / "captions", tmp_path)
+    assert small.media == {} and "image" not in ds.column_names and ds.num_rows == 8
+
+
+def test_audio_export_keeps_the_original_files(tmp_path: Path) -> None:
+    import datasets
+    import soundfile as sf
+
+    inp, out = tmp_path / "in", tmp_path / "out"
+    inp.mkdir()
+    for p in (EXAMPLES / "audio").iterdir():
+        shutil.copy(p, inp / p.name)
+    run(inp, out, task="transcribe", format="parquet", subtitles=["srt"])
+    dest = tmp_path / "asr"
+    res = export(out, dest)
+    assert res.media == {"audio": 2}
+    ds = load(dest, tmp_path)
+    assert isinstance(ds.features["audio"], datasets.Audio)
+    # Decoding Audio needs torchcodec (+ FFmpeg); the stored bytes are the original files.
+    ds = ds.cast_column("audio", datasets.Audio(decode=False))
+    for row in ds:
+        original = (inp / row["id"]).read_bytes()
+        assert row["audio"]["bytes"] == original and row["segments"] and row["text"]
+        got, sr = sf.read(io.BytesIO(row["audio"]["bytes"]))
+        want, sr0 = sf.read(inp / row["id"])
+        assert sr == sr0 and np.array_equal(got, want)
+    header = card_header(dest)
+    assert header["task_categories"] == ["automatic-speech-recognition"]
+
+
+def test_export_joins_manifest_columns(tmp_path: Path) -> None:
+    inp = tmp_path / "in"
+    make_images(inp, 4)
+    man = inp / "manifest.jsonl"
+    man.write_text(
+        "".join(json.dumps({"path": f"img_{i:04d}.png", "title": f"t{i}", "score": i}) + "\n" for i in range(4))
+    )
+    out = tmp_path / "out"
+    run(man, out)
+    res = export(out, tmp_path / "ds")
+    ds = load(tmp_path / "ds", tmp_path)
+    assert res.rows == 4 and ds.num_rows == 4 and res.media == {"image": 4}
+    rows = {r["id"]: r for r in ds}
+    assert rows["img_0003.png"]["title"] == "t3" and rows["img_0003.png"]["score"] == 3
+    assert rows["img_0003.png"]["text"].startswith("fake ")
+    assert rows["img_0003.png"]["image"].size == Image.open(inp / "img_0003.png").size
+
+
+def test_flat_file_exports_through_the_cli(image_out, tmp_path: Path) -> None:
+    import pandas as pd
+
+    _, out = image_out
+    runner = CliRunner()
+    for suffix in (".jsonl", ".parquet", ".csv"):
+        dest = tmp_path / f"table{suffix}"
+        r = runner.invoke(app, ["export", str(out), "--to", str(dest), "--columns", "id,text,segments"])
+        assert r.exit_code == 0, r.output
+        df = {
+            ".jsonl": lambda p: pd.read_json(p, lines=True),
+            ".parquet": pd.read_parquet,
+            ".csv": pd.read_csv,
+        }[suffix](dest)
+        assert list(df.columns) == ["id", "text", "segments"] and len(df) == 8
+    r = runner.invoke(app, ["export", str(out), "--to", str(tmp_path / "x.csv"), "--columns", "nope"])
+    assert isinstance(r.exception, UsageError) and "no column nope" in str(r.exception)  # main() exits 2
+    r = runner.invoke(app, ["export", str(out), "--to", str(tmp_path / "f.csv"), "--push-to-hub", "me/x"])
+    assert isinstance(r.exception, UsageError) and "uploads a folder" in str(r.exception)
