@@ -181,3 +181,21 @@ def test_flat_file_exports_through_the_cli(image_out, tmp_path: Path) -> None:
     assert isinstance(r.exception, UsageError) and "no column nope" in str(r.exception)  # main() exits 2
     r = runner.invoke(app, ["export", str(out), "--to", str(tmp_path / "f.csv"), "--push-to-hub", "me/x"])
     assert isinstance(r.exception, UsageError) and "uploads a folder" in str(r.exception)
+
+
+def test_dataset_input_exports_its_image_bytes(tmp_path: Path) -> None:
+    import datasets
+
+    out, dest = tmp_path / "out", tmp_path / "ds"
+    run(EXAMPLES / "dataset", out)
+    res = export(out, dest)
+    src = datasets.load_from_disk(str(EXAMPLES / "dataset")).cast_column("image", datasets.Image(decode=False))
+    original = {r["id"]: r["image"]["bytes"] for r in src}
+    ds = load(dest, tmp_path)
+    assert res.media == {"image": 3} and sorted(ds["title"]) == sorted(src["title"])
+    raw = ds.cast_column("image", datasets.Image(decode=False))
+    assert {r["id"]: r["image"]["bytes"] for r in raw} == original
+    for row in ds:
+        assert np.array_equal(
+            np.asarray(row["image"]), np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(original[row["id"]]))))
+        )
