@@ -67,7 +67,7 @@ def dataset_card(
         },
         "task_categories": _categories(features, tasks),
         "size_categories": [_size_category(result.rows)],
-        "tags": ["gemma4u", "synthetic-captions"],
+        "tags": ["gemma4u", "synthetic"],
     }
     yaml_text = yaml.safe_dump(header, sort_keys=False, allow_unicode=True)
     license_line = "license: unknown  # TODO: the license of the source media and of these outputs\n"

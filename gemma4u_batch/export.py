@@ -253,6 +253,8 @@ def _prepare(out: Path, to: Path, opts: ExportOptions) -> OutLayout:
     layout = OutLayout(out)
     if not layout.commits.exists():
         raise UsageError(f"{out} holds no gemma4u results")
+    if to.resolve().is_relative_to(out.resolve()):
+        raise UsageError(f"--to {to} is inside {out}: OUT's readers would take it for data; export elsewhere")
     if to.exists() and (to.is_file() or any(to.iterdir())) and not opts.overwrite:
         raise UsageError(f"{to} exists and is not empty; pass --overwrite to replace it")
     return layout

@@ -199,3 +199,16 @@ def test_dataset_input_exports_its_image_bytes(tmp_path: Path) -> None:
         assert np.array_equal(
             np.asarray(row["image"]), np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(original[row["id"]]))))
         )
+
+
+def test_structured_output_exports_typed_and_refuses_a_folder_inside_out(tmp_path: Path) -> None:
+    schema = {"type": "object", "properties": {"tags": {"type": "array", "items": {"type": "string"}}}}
+    inp, out = tmp_path / "in", tmp_path / "out"
+    make_images(inp, 3)
+    run(inp, out, json_schema=schema)
+    export(out, tmp_path / "ds")
+    ds = load(tmp_path / "ds", tmp_path)
+    assert ds.num_rows == 3 and all(r["data_typed"]["tags"] == json.loads(r["data"])["tags"] for r in ds)
+    assert any(f["name"] == "data_typed" for f in card_header(tmp_path / "ds")["dataset_info"]["features"])
+    with pytest.raises(UsageError, match="inside"):
+        export(out, out / "export")
