@@ -25,6 +25,7 @@ from .config import JobConfig
 from .errors import EngineFailure, OutputError, OutputLocked, UsageError
 from .job import JobSummary
 from .ledger import read_status
+from .outdir import new_run_id
 from .progress import Counters, Reporter
 from .signals import StopSignal
 from .writer import OutLayout
@@ -265,7 +266,8 @@ class _Driver:
         self.replacements = 0
         self.idle = [self._spawn() for _ in range(config.replicas)]
         self.running: dict[Any, tuple[Any, int]] = {}
-        self.extra = {
+        self.extra: dict[str, Any] = {
+            "run_id": new_run_id(),  # one id for the whole job, whichever replica writes
             "cluster": {
                 "address": how,
                 "replicas": config.replicas,
@@ -286,9 +288,12 @@ class _Driver:
         queue: deque[int] = deque(range(self.n_shards))
         results: list[dict[str, Any]] = []
         layout = OutLayout(self.config.output)
-        layout.ensure()
         stop_file = layout.meta / "stop"
-        stop_file.unlink(missing_ok=True)
+        try:
+            layout.ensure()
+            stop_file.unlink(missing_ok=True)
+        except OSError as exc:
+            raise OutputError(f"cannot write to output folder {layout.root}: {exc.strerror or exc}") from exc
         counters = Counters()
         while queue or self.running:
             if stop.requested and not stop_file.exists():

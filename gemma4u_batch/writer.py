@@ -296,9 +296,9 @@ def cleanup_orphans(layout: OutLayout) -> list[str]:
     if layout.tmp.exists():
         for path in layout.tmp.iterdir():
             parsed = _part_of(path.name)
-            if parsed is not None and not _writer_alive(layout, parsed[1]):
-                path.unlink(missing_ok=True)
-            elif parsed is None and _older_than(path, STALE_TMP_SECONDS):  # another shard may be writing it now
+            # A part's temp file dies with its writer; run.json's may be another shard's, being written now.
+            stale = not _writer_alive(layout, parsed[1]) if parsed else _older_than(path, STALE_TMP_SECONDS)
+            if stale:
                 path.unlink(missing_ok=True)
     if layout.writers.exists():
         for lock in layout.writers.glob("*.lock"):

@@ -203,3 +203,62 @@ def test_ray_two_replicas_one_killed_still_exactly_once(inputs, tiny_model, refe
     assert run["cluster"]["replicas"] == 2 and run["cluster"]["shards"] == 8
     st = read_status(OutLayout(out))
     assert st.complete and st.records == 24
+
+
+def _ray_cli(args: list[str], cluster: RayCluster) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([GEMMA4U, *args], capture_output=True, text=True, env=cluster.env, timeout=600)
+
+
+def test_ray_lock_held_and_read_only_out_keep_their_exit_codes(inputs, tiny_model, ray_cluster, tmp_path):
+    """Under --ray a replica's OutputLocked / OutputError reach the CLI as 73 / 74 and one
+    line, as without Ray (no traceback, no exit 1)."""
+    import fcntl
+
+    from .cli_checks import documented_code
+    from .test_resume import _mount_tmpfs
+
+    out = tmp_path / "out"
+    (out / ".gemma4u").mkdir(parents=True)
+    common = ["--model", str(tiny_model), "--ray", ray_cluster.address, "--replicas", "1", "--progress", "quiet"]
+    with open(out / ".gemma4u" / "run.lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)  # a plain run is writing into OUT
+        r = _ray_cli(["caption", str(inputs), "-o", str(out), *common], ray_cluster)
+    assert r.returncode == documented_code("LOCKED"), r.stderr[-3000:]
+    assert "Traceback" not in r.stderr and "lock held" in r.stderr.strip().splitlines()[-1]
+    mnt = tmp_path / "ro"
+    if not _mount_tmpfs(mnt, "1m"):
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
+        r = _ray_cli(["caption", str(inputs), "-o", str(mnt / "out"), *common], ray_cluster)
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+    assert r.returncode == documented_code("OUTPUT_ERROR"), r.stderr[-3000:]
+    assert "Traceback" not in r.stderr and "cannot write" in r.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.engine
+@pytest.mark.timeout(1500)
+def test_ray_driver_sigterm_commits_exits_130_and_resumes_exactly_once(
+    inputs, tiny_model, reference, ray_cluster, tmp_path
+):
+    from .cli_checks import documented_code
+
+    out = tmp_path / "out"
+    args = [GEMMA4U, "caption", str(inputs), "-o", str(out), "--model", str(tiny_model), "--dtype", "float32",
+            "--max-tokens", "12", "--max-model-len", "4096", "--max-num-seqs", "8", "--commit-every", "1",
+            "--workers", "0", "--ray", ray_cluster.address, "--replicas", "2", "--progress", "quiet"]  # fmt: skip
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ray_cluster.env)
+    deadline = time.time() + 900
+    while time.time() < deadline and proc.poll() is None and not committed_parts(OutLayout(out)):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == documented_code("INTERRUPTED"), err[-3000:]
+    assert "Traceback" not in err
+    first = {r["id"] for r in data_records(out)}
+    assert 0 < len(first) < 24  # what finished was committed; the rest was not started
+    assert not (out / ".gemma4u" / "stop").exists()
+    again = subprocess.run(args, capture_output=True, text=True, env=ray_cluster.env, timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert _texts(out) == reference  # every id once, greedy texts as in one process
