@@ -37,6 +37,7 @@ class EngineConfig(BaseModel):
     enforce_eager: bool = True
     mm_cache_gb: float = 0.0
     max_in_flight: int | None = None  # requests kept in the engine; default 2 × max_num_seqs
+    batch_invariant: bool = False  # VLLM_BATCH_INVARIANT=1: results independent of batching (GPU only)
 
 
 class JobConfig(BaseModel):
@@ -86,6 +87,8 @@ class JobConfig(BaseModel):
     engine_restarts: int = Field(2, ge=0)  # restarts allowed after the engine dies mid-run
     overwrite: bool = False
     retry_errors: bool = False
+    strict: bool = False  # exit 3 when any current record in OUT is an error
+    verify_weights: bool = False  # fingerprint a local model folder by content, not size + mtime
     shard: str | None = None  # "I/N": this process does the items whose content hash ≡ I (mod N)
     ray: str | None = None  # "auto" or a cluster address: run on Ray replicas
     replicas: int = Field(1, ge=1)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -66,7 +65,10 @@ class Engine(Protocol):
 
 
 def _quiet_vllm() -> None:
+    """Environment for vLLM and the libraries below it, before they are imported (the engine's
+    processes inherit it). What reaches the terminal is decided by `messages.engine_output`."""
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")  # vLLM's default is stdout
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
     os.environ.setdefault("DO_NOT_TRACK", "1")
@@ -138,12 +140,23 @@ class VllmEngine:
 
     def _start_engine(self) -> None:
         t0 = time.monotonic()
-        from vllm import EngineArgs
-        from vllm.config import StructuredOutputsConfig
         from vllm.platforms import current_platform
-        from vllm.v1.engine.llm_engine import LLMEngine
 
         on_cpu = current_platform.is_cpu()
+        if self.engine.batch_invariant:
+            if on_cpu:
+                # vLLM 0.32 installs its batch-invariant kernels (Triton) on every platform; on
+                # CPU they fail at the first request and the engine dies: refuse before starting.
+                raise UsageError(
+                    "--batch-invariant (engine.batch_invariant) needs a GPU: vLLM's batch-invariant "
+                    "kernels do not run on CPU (the engine dies at the first request)"
+                )
+            # Read by vLLM (and its engine processes, which inherit it) when the engine starts.
+            os.environ["VLLM_BATCH_INVARIANT"] = "1"
+        from vllm import EngineArgs
+        from vllm.config import StructuredOutputsConfig
+        from vllm.v1.engine.llm_engine import LLMEngine
+
         mem = self.engine.gpu_memory_utilization or (0.15 if on_cpu else 0.9)
         args = EngineArgs(
             model=self.model,
@@ -173,9 +186,11 @@ class VllmEngine:
 
     def _warn_plugin(self) -> None:
         """Say loudly when image attention on this backend does not match the model."""
+        from .messages import say
+
         for problem in self.notes().get("bidi_plugin", {}).get("problems", []):
-            log.warning("gemma4u: %s", problem)
-            print(f"gemma4u: WARNING: {problem}", file=sys.stderr, flush=True)
+            log.info("gemma4u: %s", problem)
+            say(f"gemma4u: WARNING: {problem}")
 
     def notes(self) -> dict[str, Any]:
         """Facts for the run manifest: what the bidirectional-attention plugin does here
@@ -185,7 +200,10 @@ class VllmEngine:
         from .vllm_plugin import describe, plugin_status
 
         status = plugin_status(self._llm)
-        return {"bidi_plugin": {**status, "summary": describe(status)}}
+        notes: dict[str, Any] = {"bidi_plugin": {**status, "summary": describe(status)}}
+        if self.engine.batch_invariant:
+            notes["batch_invariant"] = os.environ.get("VLLM_BATCH_INVARIANT") == "1"
+        return notes
 
     def render_prompt(self, messages: list[dict[str, Any]]) -> str:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)

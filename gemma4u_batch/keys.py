@@ -9,9 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 def _digest(obj: Any) -> str:
@@ -22,19 +28,116 @@ def content_key(*, content: str, prompt: str, model_fingerprint: str, settings: 
     return _digest({"content": content, "prompt": prompt, "model": model_fingerprint, "settings": settings})
 
 
-def model_fingerprint(model: str) -> str:
-    """Model id, plus a hash of config and weight file names/sizes for a local folder."""
+VERIFY_WEIGHTS_ENV = "GEMMA4U_VERIFY_WEIGHTS"
+"""Set (to 1) while a run fingerprints local model folders by content (`--verify-weights`)."""
+
+MODEL_FILE_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".json", ".jinja", ".model", ".txt",
+                       ".tiktoken", ".py")  # fmt: skip
+"""The files of a model folder that make the model: weights, configs, tokenizer, chat template."""
+
+_notes: dict[str, str] = {}
+
+
+def model_fingerprint(model: str, *, verify_weights: bool | None = None) -> str:
+    """What identifies the model in keys and in OUT's guard, so a changed checkpoint is redone.
+
+    * a local folder: `name@<hash>` of the name, size and mtime_ns of every model file (weights,
+      configs, tokenizer, template) plus config.json's content; with `verify_weights` (default:
+      the GEMMA4U_VERIFY_WEIGHTS environment variable) `name@sha256:<hash>` of their content
+      instead, which reads every byte but survives copies that do not keep mtimes;
+    * a hub id: `id@<commit>`, the commit the hub (or, offline, the local cache) resolves it
+      to; the bare id when neither can say (see `fingerprint_note`).
+    """
     path = Path(os.path.expanduser(model))
-    if not path.is_dir():
-        return model
-    h = hashlib.sha256()
+    if path.is_dir():
+        if verify_weights is None:
+            verify_weights = os.environ.get(VERIFY_WEIGHTS_ENV, "") not in ("", "0")
+        return _folder_fingerprint(path, verify_weights)
+    commit = _hub_commit(model)
+    return model if commit is None else f"{model}@{commit}"
+
+
+def fingerprint_note(model: str) -> str | None:
+    """Why a model's fingerprint is its bare id (its revision could not be resolved), or None."""
+    return _notes.get(model)
+
+
+def _model_files(path: Path) -> list[Path]:
+    files = []
     for name in sorted(os.listdir(path)):
         p = path / name
-        if name == "config.json":
+        if name.endswith(MODEL_FILE_SUFFIXES) and not name.startswith(".") and p.is_file():
+            files.append(p)
+    return files
+
+
+def _folder_fingerprint(path: Path, verify_weights: bool) -> str:
+    h = hashlib.sha256()
+    for p in _model_files(path):
+        if verify_weights:
+            with open(p, "rb") as fh:
+                digest = hashlib.file_digest(fh, "sha256").hexdigest()
+            h.update(f"{p.name}:{digest}\n".encode())
+            continue
+        st = p.stat()
+        h.update(f"{p.name}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+        if p.name == "config.json":
             h.update(p.read_bytes())
-        elif name.endswith((".safetensors", ".bin", ".json", ".jinja", ".model")) and p.is_file():
-            h.update(f"{name}:{p.stat().st_size}".encode())
-    return f"{path.name}@{h.hexdigest()[:16]}"
+    return f"{path.name}@{'sha256:' if verify_weights else ''}{h.hexdigest()[:16]}"
+
+
+@lru_cache(maxsize=32)
+def _hub_commit(model: str) -> str | None:
+    """The commit a hub id resolves to: asked of the hub, or of the local cache when offline
+    (HF_HUB_OFFLINE) or when the hub cannot be reached. None (and a note) when neither knows."""
+    try:
+        from huggingface_hub import constants, try_to_load_from_cache
+        from huggingface_hub.utils import validate_repo_id
+
+        validate_repo_id(model)
+    except Exception as exc:  # not a hub id at all (a missing folder, a typo): the engine says so later
+        _notes[model] = f"not a model folder or hub id ({str(exc).splitlines()[0] if str(exc) else exc})"
+        return None
+    why = "offline (HF_HUB_OFFLINE)"
+    if not constants.HF_HUB_OFFLINE:
+        try:
+            from huggingface_hub import HfApi
+
+            sha = HfApi().model_info(model).sha
+            if sha:
+                return sha
+        except Exception as exc:  # no network, unknown or gated repo: the cache may still know
+            why = f"the hub could not be asked ({type(exc).__name__})"
+    try:
+        cached = try_to_load_from_cache(model, "config.json")
+    except Exception:
+        cached = None
+    if isinstance(cached, str):
+        return Path(cached).parent.name  # …/snapshots/<commit>/config.json
+    _notes[model] = (
+        f"revision of {model} unknown: {why} and not in the local Hugging Face cache; records are keyed by the "
+        "bare id, so an updated checkpoint under the same id would not be redone"
+    )
+    log.info("gemma4u: %s", _notes[model])
+    return None
+
+
+@contextmanager
+def weights_verified(on: bool) -> Iterator[None]:
+    """Within the block, local model folders are fingerprinted by content (`--verify-weights`);
+    an environment variable, so processes started inside (a local Ray cluster) see it too."""
+    if not on:
+        yield
+        return
+    old = os.environ.get(VERIFY_WEIGHTS_ENV)
+    os.environ[VERIFY_WEIGHTS_ENV] = "1"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(VERIFY_WEIGHTS_ENV, None)
+        else:
+            os.environ[VERIFY_WEIGHTS_ENV] = old
 
 
 class KeyMaker:

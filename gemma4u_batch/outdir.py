@@ -17,6 +17,7 @@ from . import __version__
 from .atomic import write_json_atomic
 from .config import JobConfig
 from .errors import OutputError, OutputLocked
+from .keys import fingerprint_note
 from .writer import OutLayout
 
 LIMIT_KEYS = (
@@ -68,8 +69,14 @@ def guard_refusal(layout: OutLayout, guard: dict[str, Any]) -> str | None:
     if not diffs:
         return None
     names = ", ".join("model" if d == "model_fingerprint" else d for d in diffs)
+    why = ""
+    if "model_fingerprint" in diffs:
+        why = (
+            f" (model fingerprint {old.get('model_fingerprint')} → {guard['model_fingerprint']}: another model, "
+            "a new revision, rewritten or touched weight/config files, or --verify-weights switched)"
+        )
     return (
-        f"{layout.root} was made with a different {names}; use another output folder, "
+        f"{layout.root} was made with a different {names}{why}; use another output folder, "
         "or --overwrite (overwrite: true in a recipe) to start fresh"
     )
 
@@ -174,6 +181,7 @@ def run_manifest(config: JobConfig, guard: dict[str, Any], engine_notes: dict[st
         "guard": guard,
         "model": config.model,
         "model_fingerprint": guard["model_fingerprint"],
+        "model_fingerprint_note": fingerprint_note(config.model),
         "limits": {k: getattr(config, k) for k in LIMIT_KEYS},
         "versions": package_versions(),
         "engine_notes": engine_notes,

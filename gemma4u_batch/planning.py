@@ -299,6 +299,15 @@ def _add_notes(p: Plan, scan: _Scan) -> None:
     shard = c.shard_index() if hasattr(c, "shard_index") else None
     if shard is not None:
         p.notes.append(f"shard {shard[0]}/{shard[1]}: this run does about 1/{shard[1]} of the items counted here")
+    if c.prompt is None:
+        for task in p.tasks:
+            t = resolve_task(task)
+            for mod, n in sorted(scan.sent.items()):
+                if t is not None and all(m.value != mod for m in t.instructions):
+                    p.notes.append(
+                        f"task '{task}' has no instruction for {mod}: the {n} {mod} item(s) become error records "
+                        "(unsupported_modality) unless their manifest row gives a prompt"
+                    )
     if p.bad_rows:
         p.notes.append(f"{p.bad_rows} input row(s) are unusable (bad manifest rows): each becomes an error record")
     for row in p.modalities.values():

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
+
+from .messages import USER_STDERR, set_live_console, user_stderr
 
 
 @dataclass
@@ -52,7 +53,7 @@ class Reporter:
     """mode: 'rich' (live bar on stderr), 'json' (a JSON line every few seconds), 'quiet'."""
 
     def __init__(self, mode: str = "rich", every: float = 2.0) -> None:
-        self.mode = mode if (mode != "rich" or sys.stderr.isatty()) else "plain"
+        self.mode = mode if (mode != "rich" or USER_STDERR.isatty()) else "plain"
         self.every = every
         self._last = 0.0
         self._progress: Any = None
@@ -60,6 +61,7 @@ class Reporter:
 
     def start(self, total: int | None) -> None:
         if self.mode == "rich":
+            from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
             self._progress = Progress(
@@ -69,8 +71,14 @@ class Reporter:
                 TextColumn("{task.fields[rate]}"),
                 TimeRemainingColumn(),
                 transient=False,
+                console=Console(file=USER_STDERR),
+                # Writes to sys.stdout/stderr are the engine's (diverted by messages.engine_output),
+                # not to be printed above the bar; gemma4u's own messages go through messages.say.
+                redirect_stdout=False,
+                redirect_stderr=False,
             )
             self._progress.start()
+            set_live_console(self._progress.console)
             self._task = self._progress.add_task("run", total=total, rate="")
 
     def update(self, c: Counters, force: bool = False) -> None:
@@ -82,9 +90,10 @@ class Reporter:
             return
         if self.mode == "json" and (force or now - self._last >= self.every):
             self._last = now
-            print(json.dumps({"event": "progress", **c.snapshot()}), file=sys.stderr, flush=True)
+            print(json.dumps({"event": "progress", **c.snapshot()}), file=user_stderr(), flush=True)
 
     def stop(self) -> None:
         if self._progress is not None:
+            set_live_console(None)
             self._progress.stop()
             self._progress = None

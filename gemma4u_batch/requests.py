@@ -19,7 +19,7 @@ from .quality import quality_flags
 from .records import DecodedItem, Modality, WorkItem
 from .structured import load_schema, structured_for
 from .tasks import TASKS, resolve_task
-from .units import Unit, build_parts, stitch
+from .units import Unit, build_parts, media_flags, stitch
 
 
 class PromptCache(Protocol):
@@ -100,12 +100,15 @@ class RequestBuilder:
         instruction, rendered, error = self.prompt(d.item, task, d.audio is not None)
         key = self.key_of(d.item, d.content_sha256, task, rendered)
         parts = []
+        flags: list[str] = []
         if d.error is None and error is None:
             t = resolve_task(task)
-            parts = build_parts(d, windowed_audio=bool(t and t.windowed_audio), tokens_per_frame_of=self._frame_tokens)
+            windowed = bool(t and t.windowed_audio)
+            parts = build_parts(d, windowed_audio=windowed, tokens_per_frame_of=self._frame_tokens)
+            flags = media_flags(d, windowed_audio=windowed)
         structured = structured_for(self.config, self._schema, task)
         unit = Unit(decoded=d, key=key, instruction=instruction, rendered=rendered, parts=parts, task=task,
-                    structured=structured)  # fmt: skip
+                    structured=structured, media_flags=flags)  # fmt: skip
         if error is not None:
             unit.error, unit.error_kind = error
         return unit

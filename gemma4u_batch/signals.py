@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 from typing import Any
 
 
@@ -27,7 +26,9 @@ class StopSignal:
         if self.requested:
             os._exit(130)
         self.requested = True
-        print("gemma4u: stopping — committing finished work (Ctrl-C again to quit now)", file=sys.stderr)
+        from .messages import say
+
+        say("gemma4u: stopping — committing finished work (Ctrl-C again to quit now)")
 
     def __exit__(self, *exc: object) -> None:
         for sig, old in self._old.items():

@@ -5,7 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from .errors import ItemError
 from .records import Modality
+
+UNSUPPORTED_MODALITY = "unsupported_modality"
+"""error_kind of an item whose modality its task has no instruction for."""
 
 IMAGE, AUDIO, VIDEO = Modality.IMAGE, Modality.AUDIO, Modality.VIDEO
 
@@ -27,7 +31,17 @@ class Task:
     aliases: tuple[str, ...] = field(default_factory=tuple)
 
     def instruction(self, modality: Modality) -> str:
-        return self.instructions.get(modality) or next(iter(self.instructions.values()))
+        """The instruction for this modality; ItemError('unsupported_modality') when the task
+        has none (never another modality's: `ocr` on audio would ask to read an image)."""
+        text = self.instructions.get(modality)
+        if text is None:
+            works = ", ".join(m.value for m in self.instructions)
+            raise ItemError(
+                UNSUPPORTED_MODALITY,
+                f"task '{self.name}' has no instruction for {modality.value} (it works on {works}); "
+                "give a --prompt to use it on this item",
+            )
+        return text
 
 
 _ALL = (

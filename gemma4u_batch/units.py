@@ -47,6 +47,7 @@ class Unit:
     error_kind: str | None = None
     outstanding: int = 0
     retried: bool = False
+    media_flags: list[str] = field(default_factory=list)  # e.g. audio_truncated: set when parts are built
 
     def __post_init__(self) -> None:
         self.reset()
@@ -89,6 +90,22 @@ def video_tokens(d: DecodedItem, tokens_per_frame_of: Any) -> int:
     assert v is not None
     # each frame: "mm:ss " (~4 tokens) + <boi> + soft tokens + <eoi>
     return sum(tokens_per_frame_of(f) + 6 for f in v.frames)
+
+
+AUDIO_TRUNCATED = "audio_truncated"
+"""Flag of a record whose audio was cut to its first 30 s (one request: captioning audio,
+a video's soundtrack); speech tasks cut long audio into windows instead."""
+
+
+def media_flags(d: DecodedItem, *, windowed_audio: bool) -> list[str]:
+    """Flags about what of the item was sent: `audio_truncated` when only its first 30 s were."""
+    if d.audio is None or d.image is not None:
+        return []
+    if d.video is not None:  # the soundtrack decoder keeps the first 30 s and says whether it cut
+        cut = bool((d.info.get("audio") or {}).get("truncated")) or d.audio.size > int(WINDOW_SECONDS * SAMPLE_RATE)
+    else:
+        cut = not windowed_audio and d.audio.size > int(WINDOW_SECONDS * SAMPLE_RATE)
+    return [AUDIO_TRUNCATED] if cut else []
 
 
 def build_parts(d: DecodedItem, *, windowed_audio: bool, tokens_per_frame_of: Any) -> list[Part]:
@@ -157,7 +174,7 @@ def to_record(unit: Unit, model: str) -> OutputRecord:
     data: Any = None
     flags: list[str] = []
     if text is not None:
-        flags = quality_flags(text, gen.finish_reason if gen else None)
+        flags = quality_flags(text, gen.finish_reason if gen else None) + unit.media_flags
         if unit.structured is not None:
             try:
                 data = parse_structured(text, unit.structured)

@@ -21,9 +21,28 @@ app = typer.Typer(
     name="gemma4u",
     help="Batch captioning and transcription with Gemma 4 Unified on vLLM.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from .launch import version_line
+
+        print(version_line())
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Batch captioning and transcription with Gemma 4 Unified on vLLM."""
+
+
 model_app = typer.Typer(help="Model utilities: tiny test checkpoint, parity check.", no_args_is_help=True)
 app.add_typer(model_app, name="model")
 model_app.command("verify")(verify)

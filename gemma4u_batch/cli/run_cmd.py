@@ -14,9 +14,8 @@ import typer
 from rich.console import Console
 
 from ..errors import ExitCode, UsageError
-from .launch import run_and_report
-
-PROGRESS_MODES = ("rich", "json", "quiet")
+from ..messages import USER_STDERR
+from .launch import check_progress, run_and_report
 
 
 def run(
@@ -56,14 +55,27 @@ def run(
         bool, typer.Option("--json", help="With --dry-run or --estimate: machine-readable JSON on stdout.")
     ] = False,
     progress: Annotated[str, typer.Option(help="rich, json or quiet.")] = "rich",
+    strict: Annotated[
+        bool,
+        typer.Option(
+            "--strict",
+            help="Exit 3 when the job has any error record (also `strict: true` in the recipe).",
+        ),
+    ] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Show vLLM's and torch's own log lines too.")
+    ] = False,
+    log_file: Annotated[
+        Path | None, typer.Option(help="Append vLLM's and torch's log lines (INFO and up) to this file.")
+    ] = None,
 ) -> None:
     """Run the job a recipe file describes (incremental: a rerun only does new or changed items)."""
+    from ..keys import weights_verified
     from ..planning import estimate as run_estimate
     from ..planning import plan, print_estimate, print_plan, print_resolved_config
     from ..recipes import load_recipe
 
-    if progress not in PROGRESS_MODES:
-        raise UsageError(f"invalid --progress {progress!r}: use rich, json or quiet")
+    check_progress(progress)
     if dry_run and estimate is not None:
         raise UsageError("--dry-run and --estimate cannot be used together (--estimate runs the model)")
     if estimate is not None and estimate < 1:
@@ -72,11 +84,14 @@ def run(
         raise UsageError("--json applies to --dry-run and --estimate (use --progress json for a run)")
 
     config = load_recipe(recipe, set_ or [], model)
+    if strict:
+        config = config.model_copy(update={"strict": True})
     out = Console(highlight=False)
     if not out.is_terminal:  # logs and pipes: wide enough that the plan's tables do not wrap
         out.width = max(out.width, 120)
     if dry_run:
-        p = plan(config, sample=sample, recipe=str(recipe))
+        with weights_verified(config.verify_weights):
+            p = plan(config, sample=sample, recipe=str(recipe))
         if json_out:
             print(json.dumps(p.to_dict(), default=str))
         else:
@@ -86,8 +101,11 @@ def run(
             raise UsageError(p.refused)
         return
     if estimate is not None:
-        err = Console(stderr=True, highlight=False)
-        est = run_estimate(config, estimate, console=None if json_out else err)
+        from ..messages import engine_output
+
+        err = Console(file=USER_STDERR, highlight=False)
+        with engine_output(verbose=verbose, log_file=log_file), weights_verified(config.verify_weights):
+            est = run_estimate(config, estimate, console=None if json_out else err)
         if json_out:
             print(json.dumps(est.to_dict(), default=str))
         else:
@@ -96,4 +114,4 @@ def run(
             raise typer.Exit(ExitCode.INTERRUPTED)
         return
 
-    run_and_report(config, progress)
+    run_and_report(config, progress, verbose=verbose, log_file=log_file)

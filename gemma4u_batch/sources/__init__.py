@@ -47,7 +47,7 @@ def open_source(
         if path.suffix.lower() in MANIFEST_SUFFIXES:
             # --allow-root adds to the default (the manifest's own folder).
             roots = [path.resolve().parent, *allow_roots] if allow_roots else None
-            return ManifestSource(path, modalities=modalities, allow_roots=roots)
+            return ManifestSource(path, modalities=modalities, allow_roots=roots, path_column=column)
         if path.suffix.lower() == ".arrow":
             return DatasetSource(path, split=split, column=column, modalities=modalities, allow_roots=allow_roots)
         raise UsageError(f"input file is not a manifest (.jsonl, .csv, .tsv, .parquet): {path}")

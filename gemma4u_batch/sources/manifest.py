@@ -223,7 +223,8 @@ class ManifestSource:
         if self.path_column is not None:
             if self.path_column not in names:
                 raise UsageError(
-                    f"manifest {self.path}: path column '{self.path_column}' not found (columns: {_names(names)})"
+                    f"manifest {self.path}: path column '{self.path_column}' not found "
+                    f"(--column; columns: {_names(names)})"
                 )
             return self.path_column
         for name in PATH_COLUMNS:
@@ -231,7 +232,7 @@ class ManifestSource:
                 return name
         raise UsageError(
             f"manifest {self.path}: no path column (expected one of {', '.join(PATH_COLUMNS)}; "
-            f"found {_names(names) or 'none'}); pass --path-column"
+            f"found {_names(names) or 'none'}); name it with --column (column: in a recipe)"
         )
 
     def _open_csv(self):

@@ -1,0 +1,212 @@
+"""What a person sees during a run: gemma4u's own messages, not the engine's log lines.
+
+vLLM, torch and Triton write to the process's stdout and stderr from several processes (the
+CLI, vLLM's engine core and its worker) and from several layers (Python logging configured by
+vLLM, torch's logger, `warnings`, C++ warnings written straight to file descriptor 2, tqdm bars).
+Python-level settings cannot reach the C++ ones or the child processes, so for the duration of a
+run `engine_output()` points file descriptors 1 and 2 of this process (and so of every process it
+starts) at a log file, and gemma4u's own messages go to the terminal through `USER_STDERR`.
+
+    default          engine lines go to a temporary log; on a failure its last lines are shown
+                     and the file is kept, else it is deleted
+    --log-file PATH  engine lines (INFO and up) are appended to PATH
+    -v/--verbose     nothing is diverted: engine lines (INFO and up) on stderr, as vLLM prints them
+
+vLLM logs to stdout by default; in every mode it is pointed at stderr, so stdout stays clean.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TextIO, cast
+
+TAIL_LINES = 20
+"""Last lines of the engine log shown when a run fails."""
+
+_terminal: TextIO | None = None  # the real stderr while engine output is diverted
+_live: Any = None  # the rich console of a live progress bar, while it is shown
+
+
+def user_stderr() -> TextIO:
+    """Where gemma4u's own messages go: the terminal, even while engine output is diverted."""
+    return _terminal or sys.stderr
+
+
+def set_live_console(console: Any) -> None:
+    """A live progress bar is shown (or gone, with None): messages go above it."""
+    global _live
+    _live = console
+
+
+def say(text: str) -> None:
+    """One of gemma4u's own messages for the person running it (above a live progress bar)."""
+    if _live is not None:
+        _live.print(text, markup=False, highlight=False, soft_wrap=True)
+        return
+    out = user_stderr()
+    print(text, file=out, flush=True)
+
+
+class _UserStderr(io.TextIOBase):
+    """A file object that always writes to `user_stderr()` (for rich consoles made once)."""
+
+    def write(self, s: str) -> int:
+        return user_stderr().write(s)
+
+    def flush(self) -> None:
+        user_stderr().flush()
+
+    def isatty(self) -> bool:
+        return user_stderr().isatty()
+
+    def fileno(self) -> int:
+        return user_stderr().fileno()
+
+    def writable(self) -> bool:
+        return True
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return getattr(user_stderr(), "encoding", None) or "utf-8"
+
+
+USER_STDERR: TextIO = cast(TextIO, _UserStderr())
+
+
+class _SayHandler(logging.Handler):
+    """gemma4u's own log warnings (`engine died …; restarting`) as messages."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            say(self.format(record))
+        except Exception:
+            self.handleError(record)
+
+
+def _set_env(updates: dict[str, str], saved: dict[str, str | None], *, keep_user: tuple[str, ...] = ()) -> None:
+    for key, value in updates.items():
+        if key in keep_user and key in os.environ:
+            continue
+        saved.setdefault(key, os.environ.get(key))
+        os.environ[key] = value
+
+
+def _restore_env(saved: dict[str, str | None]) -> None:
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+def _tail(path: Path, n: int) -> list[str]:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - 64 * 1024))
+            lines = fh.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return []
+    return [line for line in lines if line.strip()][-n:]
+
+
+@contextmanager
+def engine_output(*, verbose: bool = False, log_file: Path | None = None) -> Iterator[None]:
+    """Route the engine's output for the duration of a run (see the module docstring)."""
+    global _terminal
+    saved_env: dict[str, str | None] = {}
+    # vLLM prints its logs on stdout unless told otherwise; and INFO when someone will read them.
+    _set_env({"VLLM_LOGGING_STREAM": "ext://sys.stderr"}, saved_env)
+    if verbose or log_file is not None:
+        _set_env({"VLLM_LOGGING_LEVEL": "INFO"}, saved_env, keep_user=("VLLM_LOGGING_LEVEL",))
+    ours = logging.getLogger("gemma4u_batch")
+    handler = _SayHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.setLevel(logging.WARNING)
+    ours.addHandler(handler)
+    if verbose and log_file is None:
+        try:
+            yield
+        finally:
+            ours.removeHandler(handler)
+            _restore_env(saved_env)
+        return
+
+    temporary = log_file is None
+    if temporary:
+        fd, name = tempfile.mkstemp(prefix="gemma4u-engine-", suffix=".log")
+        os.close(fd)
+        path = Path(name)
+    else:
+        assert log_file is not None
+        path = log_file
+    try:
+        sink = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    except OSError as exc:
+        ours.removeHandler(handler)
+        _restore_env(saved_env)
+        from .errors import UsageError
+
+        raise UsageError(f"cannot write the log file {path}: {exc.strerror or exc}") from None
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    saved: list[int] = []
+    try:
+        saved += [os.dup(1), os.dup(2)]
+    except OSError:  # no stdout/stderr to divert (a daemon with them closed): leave things alone
+        for fd in (sink, *saved):
+            os.close(fd)
+        if temporary:
+            path.unlink(missing_ok=True)
+        try:
+            yield
+        finally:
+            ours.removeHandler(handler)
+            _restore_env(saved_env)
+        return
+    saved_out, saved_err = saved
+    terminal = os.fdopen(saved_err, "w", buffering=1, encoding=getattr(sys.stderr, "encoding", None) or "utf-8",
+                         errors="backslashreplace")  # fmt: skip
+    os.dup2(sink, 1)
+    os.dup2(sink, 2)
+    os.close(sink)
+    _terminal = terminal
+    failed = True
+    try:
+        yield
+        failed = False
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        _terminal = None
+        terminal.flush()
+        os.dup2(saved_out, 1)
+        os.dup2(saved_err, 2)
+        os.close(saved_out)
+        terminal.close()
+        ours.removeHandler(handler)
+        _restore_env(saved_env)
+        _after(path, temporary=temporary, failed=failed)
+
+
+def _after(path: Path, *, temporary: bool, failed: bool) -> None:
+    """A failed run shows the engine log's last lines (the cause is often only there)."""
+    tail = _tail(path, TAIL_LINES) if failed else []
+    if temporary and not tail:
+        path.unlink(missing_ok=True)
+        return
+    if tail:
+        print(f"gemma4u: last lines of the engine log ({path}):", file=sys.stderr)
+        for line in tail:
+            print(f"  {line}", file=sys.stderr)
+        sys.stderr.flush()
