@@ -82,7 +82,7 @@ class Job:
         self.shard = config.shard_index()
         self.reporter = reporter or Reporter("quiet" if config.quiet else "rich")
         self.manifest_extra = dict(manifest_extra or {})
-        self.fingerprint = model_fingerprint(config.model)
+        self.fingerprint = model_fingerprint(config.model, verify_weights=config.verify_weights)
         self.guard = guard_of(config, self.fingerprint)
         self._given = items
         self._items: Iterator[WorkItem] | None = None
@@ -317,10 +317,14 @@ class Job:
                     self._emit(unit)
 
     def _engine_died(self, exc: EngineDied) -> None:
-        """Commit what finished, requeue what was in flight, allow a bounded number of restarts."""
-        self._deaths += 1
+        """Commit what finished, requeue what was in flight, allow a bounded number of restarts.
+        After a stop request (Ctrl-C reaches vLLM's engine process too) a death is part of
+        stopping, not a failure."""
         self.writer.commit()
         lost = self.engine.take_inflight()
+        if self.stop.requested:
+            return
+        self._deaths += 1
         if self._deaths > self.config.engine_restarts:
             last = str(exc).splitlines()[0] if str(exc) else "no message"
             raise EngineFailure(

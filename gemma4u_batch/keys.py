@@ -11,8 +11,6 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -28,9 +26,6 @@ def content_key(*, content: str, prompt: str, model_fingerprint: str, settings: 
     return _digest({"content": content, "prompt": prompt, "model": model_fingerprint, "settings": settings})
 
 
-VERIFY_WEIGHTS_ENV = "GEMMA4U_VERIFY_WEIGHTS"
-"""Set (to 1) while a run fingerprints local model folders by content (`--verify-weights`)."""
-
 MODEL_FILE_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".json", ".jinja", ".model", ".txt",
                        ".tiktoken", ".py")  # fmt: skip
 """The files of a model folder that make the model: weights, configs, tokenizer, chat template."""
@@ -38,20 +33,18 @@ MODEL_FILE_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".json", 
 _notes: dict[str, str] = {}
 
 
-def model_fingerprint(model: str, *, verify_weights: bool | None = None) -> str:
+def model_fingerprint(model: str, *, verify_weights: bool = False) -> str:
     """What identifies the model in keys and in OUT's guard, so a changed checkpoint is redone.
 
     * a local folder: `name@<hash>` of the name, size and mtime_ns of every model file (weights,
-      configs, tokenizer, template) plus config.json's content; with `verify_weights` (default:
-      the GEMMA4U_VERIFY_WEIGHTS environment variable) `name@sha256:<hash>` of their content
+      configs, tokenizer, template) plus config.json's content; with `verify_weights`
+      (`--verify-weights`) `name@sha256:<hash>` of their content
       instead, which reads every byte but survives copies that do not keep mtimes;
     * a hub id: `id@<commit>`, the commit the hub (or, offline, the local cache) resolves it
       to; the bare id when neither can say (see `fingerprint_note`).
     """
     path = Path(os.path.expanduser(model))
     if path.is_dir():
-        if verify_weights is None:
-            verify_weights = os.environ.get(VERIFY_WEIGHTS_ENV, "") not in ("", "0")
         return _folder_fingerprint(path, verify_weights)
     commit = _hub_commit(model)
     return model if commit is None else f"{model}@{commit}"
@@ -120,24 +113,6 @@ def _hub_commit(model: str) -> str | None:
     )
     log.info("gemma4u: %s", _notes[model])
     return None
-
-
-@contextmanager
-def weights_verified(on: bool) -> Iterator[None]:
-    """Within the block, local model folders are fingerprinted by content (`--verify-weights`);
-    an environment variable, so processes started inside (a local Ray cluster) see it too."""
-    if not on:
-        yield
-        return
-    old = os.environ.get(VERIFY_WEIGHTS_ENV)
-    os.environ[VERIFY_WEIGHTS_ENV] = "1"
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop(VERIFY_WEIGHTS_ENV, None)
-        else:
-            os.environ[VERIFY_WEIGHTS_ENV] = old
 
 
 class KeyMaker:

@@ -19,7 +19,7 @@ from rich.console import Console
 from gemma4u_batch.config import JobConfig
 from gemma4u_batch.engine import FakeEngine
 from gemma4u_batch.errors import UsageError
-from gemma4u_batch.job import JobSummary, run_job
+from gemma4u_batch.job import Job, JobSummary, run_job
 from gemma4u_batch.keys import model_fingerprint
 from gemma4u_batch.progress import Reporter
 from gemma4u_batch.writer import OutLayout, iter_committed_records
@@ -215,8 +215,6 @@ def test_local_fingerprint_follows_the_weight_files(model_copy: Path) -> None:
 
 
 def test_verify_weights_fingerprints_content(model_copy: Path, tmp_path: Path) -> None:
-    from gemma4u_batch.keys import weights_verified
-
     weights = model_copy / "model.safetensors"
     verified = model_fingerprint(str(model_copy), verify_weights=True)
     assert verified.startswith("model@sha256:") and verified != model_fingerprint(str(model_copy))
@@ -229,8 +227,8 @@ def test_verify_weights_fingerprints_content(model_copy: Path, tmp_path: Path) -
     data[-1] ^= 0xFF
     weights.write_bytes(bytes(data))
     assert model_fingerprint(str(model_copy), verify_weights=True) != verified
-    with weights_verified(True):  # how --verify-weights reaches the job
-        assert model_fingerprint(str(model_copy)).startswith("model@sha256:")
+    config = JobConfig(input=tmp_path, output=tmp_path / "out", model=str(model_copy), verify_weights=True)
+    assert Job(config).fingerprint == model_fingerprint(str(model_copy), verify_weights=True)  # the flag reaches keys
     assert not model_fingerprint(str(model_copy)).startswith("model@sha256:")
 
 

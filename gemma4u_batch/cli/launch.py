@@ -100,7 +100,6 @@ def run_and_report(config: JobConfig, progress: str, *, verbose: bool = False, l
     """Run the job here or on Ray replicas, then print the summary (or why nothing ran).
     The engine's own log lines are kept off the terminal unless `verbose` (see messages.py)."""
     from ..job import run_job
-    from ..keys import weights_verified
     from ..messages import engine_output
     from ..progress import Reporter
 
@@ -108,7 +107,7 @@ def run_and_report(config: JobConfig, progress: str, *, verbose: bool = False, l
     if config.ray is None and config.replicas > 1:
         raise UsageError("--replicas needs --ray (one engine per process otherwise)")
     reporter = Reporter("quiet" if config.quiet else progress)
-    with engine_output(verbose=verbose, log_file=log_file), weights_verified(config.verify_weights):
+    with engine_output(verbose=verbose, log_file=log_file):
         if config.ray is not None:
             from ..ray_runner import run_on_ray
 

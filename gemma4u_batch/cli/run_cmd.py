@@ -70,7 +70,6 @@ def run(
     ] = None,
 ) -> None:
     """Run the job a recipe file describes (incremental: a rerun only does new or changed items)."""
-    from ..keys import weights_verified
     from ..planning import estimate as run_estimate
     from ..planning import plan, print_estimate, print_plan, print_resolved_config
     from ..recipes import load_recipe
@@ -90,8 +89,7 @@ def run(
     if not out.is_terminal:  # logs and pipes: wide enough that the plan's tables do not wrap
         out.width = max(out.width, 120)
     if dry_run:
-        with weights_verified(config.verify_weights):
-            p = plan(config, sample=sample, recipe=str(recipe))
+        p = plan(config, sample=sample, recipe=str(recipe))
         if json_out:
             print(json.dumps(p.to_dict(), default=str))
         else:
@@ -104,7 +102,7 @@ def run(
         from ..messages import engine_output
 
         err = Console(file=USER_STDERR, highlight=False)
-        with engine_output(verbose=verbose, log_file=log_file), weights_verified(config.verify_weights):
+        with engine_output(verbose=verbose, log_file=log_file):
             est = run_estimate(config, estimate, console=None if json_out else err)
         if json_out:
             print(json.dumps(est.to_dict(), default=str))
