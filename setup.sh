@@ -4,6 +4,7 @@
 #   ./setup.sh           set up (CPU stack, or the CUDA vllm build when nvidia-smi finds a GPU)
 #   ./setup.sh demo      set up, build the tiny checkpoint, caption examples/images
 #   ./setup.sh test      set up, then run the test suite (the README's test command)
+#   ./setup.sh lint      set up, then ruff check, ruff format --check and mypy (CI runs it)
 # The package's dependencies are declared once, in pyproject.toml [project]; see docs/install.md.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -143,11 +144,19 @@ run_tests() {
   "$VENV/bin/python" -m pytest "$@"
 }
 
+lint() {
+  # ruff (lint + format) and mypy, as CI runs them
+  "$VENV/bin/ruff" check .
+  "$VENV/bin/ruff" format --check .
+  "$VENV/bin/mypy" gemma4u_batch
+}
+
 cmd=${1:-setup}
 shift || true
 case "$cmd" in
   setup) setup ;;
   demo) setup; demo ;;
   test) setup; run_tests "$@" ;;
-  *) echo "usage: ./setup.sh [setup|demo|test [pytest args]]" >&2; exit 2 ;;
+  lint) setup; lint ;;
+  *) echo "usage: ./setup.sh [setup|demo|test [pytest args]|lint]" >&2; exit 2 ;;
 esac

@@ -64,13 +64,25 @@ def main() -> None:
                 n_out += len(ids)
                 n_prompt += int(plen)
                 text = processor.tokenizer.decode(ids, skip_special_tokens=True)
-                fh.write(json.dumps({"id": p.name, "text": text, "num_output_tokens": len(ids),
-                                     "num_prompt_tokens": int(plen)}) + "\n")  # fmt: skip
+                fh.write(
+                    json.dumps(
+                        {"id": p.name, "text": text, "num_output_tokens": len(ids), "num_prompt_tokens": int(plen)}
+                    )
+                    + "\n"
+                )
     t_done = time.monotonic()
-    common.write_json(a.timing, {
-        "items": len(paths), "output_tokens": n_out, "prompt_tokens": n_prompt, "ready_at": t_ready,
-        "import_s": t0 - T_PROCESS, "engine_start_s": t_ready - t0, "after_start_s": t_done - t_ready,
-    })  # fmt: skip
+    common.write_json(
+        a.timing,
+        {
+            "items": len(paths),
+            "output_tokens": n_out,
+            "prompt_tokens": n_prompt,
+            "ready_at": t_ready,
+            "import_s": t0 - T_PROCESS,
+            "engine_start_s": t_ready - t0,
+            "after_start_s": t_done - t_ready,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -61,14 +61,32 @@ def main() -> None:
             c = o.outputs[0]
             n_out += len(c.token_ids)
             n_prompt += len(o.prompt_token_ids or [])
-            fh.write(json.dumps({"id": p.name, "text": c.text, "num_output_tokens": len(c.token_ids),
-                                 "num_prompt_tokens": len(o.prompt_token_ids or [])}) + "\n")  # fmt: skip
+            fh.write(
+                json.dumps(
+                    {
+                        "id": p.name,
+                        "text": c.text,
+                        "num_output_tokens": len(c.token_ids),
+                        "num_prompt_tokens": len(o.prompt_token_ids or []),
+                    }
+                )
+                + "\n"
+            )
     t_end = time.monotonic()
-    common.write_json(a.timing, {
-        "items": len(paths), "output_tokens": n_out, "prompt_tokens": n_prompt,
-        "ready_at": t_ready, "import_s": t0 - T_PROCESS, "engine_start_s": t_ready - t0,
-        "decode_s": t_decoded - t_ready, "generate_s": t_done - t_decoded, "after_start_s": t_end - t_ready,
-    })  # fmt: skip
+    common.write_json(
+        a.timing,
+        {
+            "items": len(paths),
+            "output_tokens": n_out,
+            "prompt_tokens": n_prompt,
+            "ready_at": t_ready,
+            "import_s": t0 - T_PROCESS,
+            "engine_start_s": t_ready - t0,
+            "decode_s": t_decoded - t_ready,
+            "generate_s": t_done - t_decoded,
+            "after_start_s": t_end - t_ready,
+        },
+    )
 
 
 if __name__ == "__main__":

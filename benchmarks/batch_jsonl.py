@@ -44,11 +44,13 @@ def read_batch_output(path: Path) -> list[dict]:
         body = resp.get("body") or {}
         usage = body.get("usage") or {}
         choices = body.get("choices") or [{}]
-        rows.append({
-            "id": r.get("custom_id"),
-            "text": (choices[0].get("message") or {}).get("content"),
-            "num_output_tokens": usage.get("completion_tokens"),
-            "num_prompt_tokens": usage.get("prompt_tokens"),
-            "error": r.get("error") or (body if resp.get("status_code", 200) != 200 else None),
-        })  # fmt: skip
+        rows.append(
+            {
+                "id": r.get("custom_id"),
+                "text": (choices[0].get("message") or {}).get("content"),
+                "num_output_tokens": usage.get("completion_tokens"),
+                "num_prompt_tokens": usage.get("prompt_tokens"),
+                "error": r.get("error") or (body if resp.get("status_code", 200) != 200 else None),
+            }
+        )
     return rows

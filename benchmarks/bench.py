@@ -47,9 +47,12 @@ PY = sys.executable
 SYSTEMS = ("gemma4u", "a", "b", "c", "gemma4u-t1", "gemma4u-opt")
 VARIANTS = {  # gemma4u with proposed engine.py changes applied by benchmarks/timed_cli.py (package untouched)
     "gemma4u-t1": {"GEMMA4U_BENCH_FRONTEND_THREADS": "1"},
-    "gemma4u-opt": {"GEMMA4U_BENCH_FRONTEND_THREADS": "1", "GEMMA4U_BENCH_MM_UUIDS": "1",
-                    "GEMMA4U_BENCH_SHUTDOWN_TIMEOUT": "0.5"},
-}  # fmt: skip
+    "gemma4u-opt": {
+        "GEMMA4U_BENCH_FRONTEND_THREADS": "1",
+        "GEMMA4U_BENCH_MM_UUIDS": "1",
+        "GEMMA4U_BENCH_SHUTDOWN_TIMEOUT": "0.5",
+    },
+}
 SYSTEM_NAMES = {
     "gemma4u": "gemma4u CLI",
     "gemma4u-t1": "gemma4u CLI, front-end torch threads = 1 (proposed change, set by the benchmark)",
@@ -133,8 +136,9 @@ def run_proc(
     """(returncode, start, end, peak tree RSS MB, peak main RSS MB); time.monotonic() stamps."""
     with log.open("w") as fh:
         start = time.monotonic()
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env={**common.quiet_env(), **(env or {})},
-                                cwd=REPO)  # fmt: skip
+        proc = subprocess.Popen(
+            cmd, stdout=fh, stderr=subprocess.STDOUT, env={**common.quiet_env(), **(env or {})}, cwd=REPO
+        )
         with TreeRss(proc.pid) as rss:
             try:
                 rc = proc.wait(timeout=timeout)
@@ -161,11 +165,35 @@ def run_gemma4u(
 ) -> None:
     tl_path = out / "timeline.json"
     dest = out / "out"
-    cmd = [PY, "-m", "benchmarks.timed_cli", str(tl_path), "caption", str(images), "-o", str(dest),
-           "--model", str(model), "--dtype", common.DTYPE, "--workers", str(a.workers), "--progress", "quiet",
-           "--max-tokens", str(a.max_tokens), "--max-num-seqs", str(a.max_num_seqs),
-           "--max-model-len", str(common.MAX_MODEL_LEN), "--image-tokens", str(common.IMAGE_TOKENS),
-           "--gpu-memory-utilization", str(common.GPU_MEMORY_UTILIZATION), "--overwrite"]  # fmt: skip
+    cmd = [
+        PY,
+        "-m",
+        "benchmarks.timed_cli",
+        str(tl_path),
+        "caption",
+        str(images),
+        "-o",
+        str(dest),
+        "--model",
+        str(model),
+        "--dtype",
+        common.DTYPE,
+        "--workers",
+        str(a.workers),
+        "--progress",
+        "quiet",
+        "--max-tokens",
+        str(a.max_tokens),
+        "--max-num-seqs",
+        str(a.max_num_seqs),
+        "--max-model-len",
+        str(common.MAX_MODEL_LEN),
+        "--image-tokens",
+        str(common.IMAGE_TOKENS),
+        "--gpu-memory-utilization",
+        str(common.GPU_MEMORY_UTILIZATION),
+        "--overwrite",
+    ]
     rc, start, end, rss, _ = run_proc(cmd, out / "log.txt", env=env)
     run.e2e_s, run.peak_tree_rss_mb = end - start, rss
     if rc != 0 or not tl_path.exists():
@@ -187,8 +215,16 @@ def run_gemma4u(
         run.ok, run.error = False, f"{len(errs)} error records, first: {errs[0].get('error')}"
 
 
-EXTRA_KEYS = ("idle_share", "underfilled_share", "work_window_s", "feeding_window_s", "idle_while_feeding_share",
-              "underfilled_while_feeding_share", "add_seconds", "step_seconds")  # fmt: skip
+EXTRA_KEYS = (
+    "idle_share",
+    "underfilled_share",
+    "work_window_s",
+    "feeding_window_s",
+    "idle_while_feeding_share",
+    "underfilled_while_feeding_share",
+    "add_seconds",
+    "step_seconds",
+)
 
 
 def gemma4u_extra(summary: dict[str, Any]) -> dict[str, Any]:
@@ -197,15 +233,39 @@ def gemma4u_extra(summary: dict[str, Any]) -> dict[str, Any]:
 
 def run_a(images: Path, model: Path, out: Path, a: argparse.Namespace, run: Run) -> None:
     timing = out / "timing.json"
-    cmd = [PY, "-m", "benchmarks.baseline_llm", str(images), str(out / "out.jsonl"), str(timing),
-           "--model", str(model), "--max-tokens", str(a.max_tokens), "--max-num-seqs", str(a.max_num_seqs)]  # fmt: skip
+    cmd = [
+        PY,
+        "-m",
+        "benchmarks.baseline_llm",
+        str(images),
+        str(out / "out.jsonl"),
+        str(timing),
+        "--model",
+        str(model),
+        "--max-tokens",
+        str(a.max_tokens),
+        "--max-num-seqs",
+        str(a.max_num_seqs),
+    ]
     _run_script(cmd, out, timing, run)
 
 
 def run_c(images: Path, model: Path, out: Path, a: argparse.Namespace, run: Run) -> None:
     timing = out / "timing.json"
-    cmd = [PY, "-m", "benchmarks.baseline_hf", str(images), str(out / "out.jsonl"), str(timing),
-           "--model", str(model), "--max-tokens", str(a.max_tokens), "--batch-size", str(a.hf_batch)]  # fmt: skip
+    cmd = [
+        PY,
+        "-m",
+        "benchmarks.baseline_hf",
+        str(images),
+        str(out / "out.jsonl"),
+        str(timing),
+        "--model",
+        str(model),
+        "--max-tokens",
+        str(a.max_tokens),
+        "--batch-size",
+        str(a.hf_batch),
+    ]
     _run_script(cmd, out, timing, run)
 
 
@@ -224,16 +284,40 @@ def _run_script(cmd: list[str], out: Path, timing: Path, run: Run) -> None:
 
 
 def run_b(images: Path, model: Path, out: Path, a: argparse.Namespace, run: Run) -> None:
-    batch = write_batch_jsonl(common.list_images(images), out / "batch.jsonl", str(model), a.max_tokens,
-                              common.instruction())  # fmt: skip
+    batch = write_batch_jsonl(
+        common.list_images(images), out / "batch.jsonl", str(model), a.max_tokens, common.instruction()
+    )
     stamp = out / "stamp.json"
     result = out / "out.jsonl"
-    cmd = [PY, "-m", "benchmarks.timed_run_batch", str(stamp), "-i", str(batch), "-o", str(result),
-           "--model", str(model), "--dtype", common.DTYPE, "--max-model-len", str(common.MAX_MODEL_LEN),
-           "--max-num-seqs", str(a.max_num_seqs), "--gpu-memory-utilization", str(common.GPU_MEMORY_UTILIZATION),
-           "--enforce-eager", "--limit-mm-per-prompt", json.dumps({"image": 1}),
-           "--mm-processor-kwargs", json.dumps({"max_soft_tokens": common.IMAGE_TOKENS}),
-           "--allowed-local-media-path", str(images.resolve()), "--seed", "0"]  # fmt: skip
+    cmd = [
+        PY,
+        "-m",
+        "benchmarks.timed_run_batch",
+        str(stamp),
+        "-i",
+        str(batch),
+        "-o",
+        str(result),
+        "--model",
+        str(model),
+        "--dtype",
+        common.DTYPE,
+        "--max-model-len",
+        str(common.MAX_MODEL_LEN),
+        "--max-num-seqs",
+        str(a.max_num_seqs),
+        "--gpu-memory-utilization",
+        str(common.GPU_MEMORY_UTILIZATION),
+        "--enforce-eager",
+        "--limit-mm-per-prompt",
+        json.dumps({"image": 1}),
+        "--mm-processor-kwargs",
+        json.dumps({"max_soft_tokens": common.IMAGE_TOKENS}),
+        "--allowed-local-media-path",
+        str(images.resolve()),
+        "--seed",
+        "0",
+    ]
     rc, start, end, rss, _ = run_proc(cmd, out / "log.txt")
     run.e2e_s, run.peak_tree_rss_mb = end - start, rss
     if rc != 0 or not result.exists() or not stamp.exists():
@@ -252,8 +336,11 @@ def run_b(images: Path, model: Path, out: Path, a: argparse.Namespace, run: Run)
 
 
 def gemma4u_texts(out: Path) -> dict[str, str]:
-    return {r["id"]: r["text"] for p in sorted((out / "out").glob("part-*.jsonl"))
-            for r in map(json.loads, p.read_text().splitlines())}  # fmt: skip
+    return {
+        r["id"]: r["text"]
+        for p in sorted((out / "out").glob("part-*.jsonl"))
+        for r in map(json.loads, p.read_text().splitlines())
+    }
 
 
 def same_text_share(work: Path, runs: list[Run]) -> dict[str, float]:
@@ -326,15 +413,22 @@ def run_rss(workdir: Path, counts: list[int], workers: int) -> dict[int, dict[st
         res = d / "result.json"
         cmd = [PY, "-m", "benchmarks.rss_job", str(folder), str(d / "out"), str(res), "--workers", str(workers)]
         rc, start, end, tree, main = run_proc(cmd, d / "log.txt")
-        r: dict[str, Any] = {"ok": rc == 0 and res.exists(), "wall_s": end - start, "peak_tree_rss_mb": tree,
-                             "peak_main_rss_sampled_mb": main}  # fmt: skip
+        r: dict[str, Any] = {
+            "ok": rc == 0 and res.exists(),
+            "wall_s": end - start,
+            "peak_tree_rss_mb": tree,
+            "peak_main_rss_sampled_mb": main,
+        }
         if res.exists():
             r.update(json.loads(res.read_text()))
         else:
             r["error"] = _tail(d / "log.txt")
         out[n] = r
-        print(f"  rss {n:>6} items: main peak {r.get('main_peak_rss_mb', 0):.0f} MB, tree peak {tree:.0f} MB, "
-              f"{r['wall_s']:.0f} s", flush=True)  # fmt: skip
+        print(
+            f"  rss {n:>6} items: main peak {r.get('main_peak_rss_mb', 0):.0f} MB, tree peak {tree:.0f} MB, "
+            f"{r['wall_s']:.0f} s",
+            flush=True,
+        )
     return out
 
 
@@ -356,7 +450,11 @@ def pair_ratios(
             tra = [m / t for k in reps if (m := mine[k].after_start_s) and (t := theirs[k].after_start_s)]
             twr = [m / t for k in reps if (m := mine[k].work_s) and (t := theirs[k].work_s)]
             row = {
-                "system": system, "model": model, "set": set_, "baseline": base, "reps": len(reps),
+                "system": system,
+                "model": model,
+                "set": set_,
+                "baseline": base,
+                "reps": len(reps),
                 "gemma4u_e2e_s": statistics.median(mine[k].e2e_s for k in reps),
                 "baseline_e2e_s": statistics.median(theirs[k].e2e_s for k in reps),
                 "gemma4u_after_start_s": statistics.median(mine[k].after_start_s or 0 for k in reps),
@@ -367,7 +465,7 @@ def pair_ratios(
                 "gemma4u_work_s": statistics.median(mine[k].work_s or 0 for k in reps),
                 "baseline_work_s": statistics.median(theirs[k].work_s or 0 for k in reps),
                 "work_ratio": statistics.median(twr) if twr else None,
-            }  # fmt: skip
+            }
             for (b, s), (label, check) in TARGETS.items():
                 if system == "gemma4u" and b == base and s in (None, set_):
                     row["target"], row["met"] = label, bool(check(row))
@@ -376,10 +474,12 @@ def pair_ratios(
 
 
 def markdown(rows: list[dict[str, Any]], runs: list[Run], rss: dict[int, dict[str, Any]], meta: dict) -> str:
-    lines = ["| system | model | set | vs baseline | system e2e s | baseline e2e s | time ratio | items/s ratio | "
-             "after-start s (sys / base) | after-start ratio | work s (sys / base) | work time ratio | "
-             "target | met |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        "| system | model | set | vs baseline | system e2e s | baseline e2e s | time ratio | items/s ratio | "
+        "after-start s (sys / base) | after-start ratio | work s (sys / base) | work time ratio | "
+        "target | met |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         ast = r["after_start_ratio"]
         wr = r.get("work_ratio")
@@ -392,10 +492,13 @@ def markdown(rows: list[dict[str, Any]], runs: list[Run], rss: dict[int, dict[st
             f"{'-' if wr is None else f'{wr:.2f}'} | {r.get('target', '')} | "
             f"{'' if 'met' not in r else ('yes' if r['met'] else 'no')} |"
         )
-    lines += ["", "| model | set | system | rep | items | e2e s | engine start s | after start s | work s "
-              "| items/s e2e | out tok | prompt tok/item | peak tree RSS MB | idle share | under-filled share "
-              "| idle while feeding | under-filled while feeding | add s | step s |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines += [
+        "",
+        "| model | set | system | rep | items | e2e s | engine start s | after start s | work s "
+        "| items/s e2e | out tok | prompt tok/item | peak tree RSS MB | idle share | under-filled share "
+        "| idle while feeding | under-filled while feeding | add s | step s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for run in runs:
         x = run.extra
         fmt = lambda v, f="{:.1f}": "-" if v is None else f.format(v)  # noqa: E731
@@ -406,27 +509,34 @@ def markdown(rows: list[dict[str, Any]], runs: list[Run], rss: dict[int, dict[st
             f"{fmt(run.prompt_tokens_mean)} | {run.peak_tree_rss_mb:.0f} | {fmt(x.get('idle_share'), '{:.3f}')} | "
             f"{fmt(x.get('underfilled_share'), '{:.3f}')} | {fmt(x.get('idle_while_feeding_share'), '{:.3f}')} | "
             f"{fmt(x.get('underfilled_while_feeding_share'), '{:.3f}')} | {fmt(x.get('add_seconds'))} | "
-            f"{fmt(x.get('step_seconds'))} |"
-            + ("" if run.ok else f" FAILED: {(run.error or '')[:200]!r}")
+            f"{fmt(x.get('step_seconds'))} |" + ("" if run.ok else f" FAILED: {(run.error or '')[:200]!r}")
         )
     if rss:
-        lines += ["", "| items (FakeEngine) | main process peak RSS MB (VmHWM) | process tree peak MB (sampled) "
-                  "| wall s |",
-                  "|---|---|---|---|"]  # fmt: skip
+        lines += [
+            "",
+            "| items (FakeEngine) | main process peak RSS MB (VmHWM) | process tree peak MB (sampled) | wall s |",
+            "|---|---|---|---|",
+        ]
         for n, r in sorted(rss.items()):
-            lines.append(f"| {n} | {r.get('main_peak_rss_mb', 0):.1f} | {r['peak_tree_rss_mb']:.1f} | "
-                         f"{r['wall_s']:.1f} |")  # fmt: skip
+            lines.append(
+                f"| {n} | {r.get('main_peak_rss_mb', 0):.1f} | {r['peak_tree_rss_mb']:.1f} | {r['wall_s']:.1f} |"
+            )
         ns = sorted(rss)
         if len(ns) >= 2 and all(rss[n].get("main_peak_rss_mb") for n in ns):
             lo, hi = rss[ns[0]], rss[ns[-1]]
             g_main = hi["main_peak_rss_mb"] / lo["main_peak_rss_mb"] - 1
             g_tree = hi["peak_tree_rss_mb"] / lo["peak_tree_rss_mb"] - 1
-            lines.append(f"\nRSS growth {ns[0]} → {ns[-1]} items: main process {g_main:+.1%}, "
-                         f"process tree {g_tree:+.1%} "
-                         f"(target < +10%: {'met' if max(g_main, g_tree) < 0.10 else 'missed'})")  # fmt: skip
+            lines.append(
+                f"\nRSS growth {ns[0]} → {ns[-1]} items: main process {g_main:+.1%}, "
+                f"process tree {g_tree:+.1%} "
+                f"(target < +10%: {'met' if max(g_main, g_tree) < 0.10 else 'missed'})"
+            )
     if meta.get("same_text_as_gemma4u"):
-        lines += ["", "Experiments vs gemma4u, share of items with identical text: "
-                  + ", ".join(f"{k} {v:.0%}" for k, v in meta["same_text_as_gemma4u"].items())]  # fmt: skip
+        lines += [
+            "",
+            "Experiments vs gemma4u, share of items with identical text: "
+            + ", ".join(f"{k} {v:.0%}" for k, v in meta["same_text_as_gemma4u"].items()),
+        ]
     lines += ["", "```", json.dumps(meta, indent=1), "```"]
     return "\n".join(lines)
 
@@ -454,12 +564,16 @@ def report_only(files: list[Path], work: Path) -> int:
         rss = rss or m
         metas.append(meta)
     rows = pair_ratios(runs) + [row for v in VARIANTS for row in pair_ratios(runs, v, ("gemma4u", "a", "b", "c"))]
-    meta = {"merged_from": [str(f) for f in files], "runs": metas,
-            "same_text_as_gemma4u": same_text_share(files[0].parent, runs)}  # fmt: skip
+    meta = {
+        "merged_from": [str(f) for f in files],
+        "runs": metas,
+        "same_text_as_gemma4u": same_text_share(files[0].parent, runs),
+    }
     md = markdown(rows, runs, rss, meta)
     (work / "report.md").write_text(md + "\n")
-    (work / "report.json").write_text(json.dumps({"ratios": rows, "runs": [r.__dict__ for r in runs], "rss": rss},
-                                                 indent=1))  # fmt: skip
+    (work / "report.json").write_text(
+        json.dumps({"ratios": rows, "runs": [r.__dict__ for r in runs], "rss": rss}, indent=1)
+    )
     print(md)
     return 0
 
@@ -478,12 +592,21 @@ def machine_meta(args: argparse.Namespace, params: dict[str, int]) -> dict[str, 
         "loadavg_at_end": load,
         "versions": package_versions(),
         "model_parameters": params,
-        "settings": {"max_tokens": args.max_tokens, "max_num_seqs": args.max_num_seqs,
-                     "image_tokens": common.IMAGE_TOKENS, "dtype": common.DTYPE, "max_model_len": common.MAX_MODEL_LEN,
-                     "workers": args.workers, "hf_batch": args.hf_batch,
-                     "gpu_memory_utilization": common.GPU_MEMORY_UTILIZATION, "enforce_eager": common.ENFORCE_EAGER,
-                     "phone": args.phone, "small": args.small, "reps": args.reps},
-    }  # fmt: skip
+        "settings": {
+            "max_tokens": args.max_tokens,
+            "max_num_seqs": args.max_num_seqs,
+            "image_tokens": common.IMAGE_TOKENS,
+            "dtype": common.DTYPE,
+            "max_model_len": common.MAX_MODEL_LEN,
+            "workers": args.workers,
+            "hf_batch": args.hf_batch,
+            "gpu_memory_utilization": common.GPU_MEMORY_UTILIZATION,
+            "enforce_eager": common.ENFORCE_EAGER,
+            "phone": args.phone,
+            "small": args.small,
+            "reps": args.reps,
+        },
+    }
 
 
 def main() -> int:
@@ -497,10 +620,20 @@ def main() -> int:
     ap.add_argument("--systems", default=",".join(SYSTEMS))
     ap.add_argument("--reps", type=int, default=1, help="interleaved repetitions (rotating system order)")
     ap.add_argument("--rep-start", type=int, default=0, help="number of the first repetition (sets its system order)")
-    ap.add_argument("--merge", type=Path, action="append", default=[],
-                    help="results.json of an earlier run on the same inputs: its runs join the tables")  # fmt: skip
-    ap.add_argument("--report", type=Path, action="append", default=[],
-                    help="only rebuild the tables from these results.json files (no runs)")  # fmt: skip
+    ap.add_argument(
+        "--merge",
+        type=Path,
+        action="append",
+        default=[],
+        help="results.json of an earlier run on the same inputs: its runs join the tables",
+    )
+    ap.add_argument(
+        "--report",
+        type=Path,
+        action="append",
+        default=[],
+        help="only rebuild the tables from these results.json files (no runs)",
+    )
     ap.add_argument("--variant-models", default="tiny", help="models on which the gemma4u-* experiments run")
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--max-num-seqs", type=int, default=16)
@@ -548,8 +681,11 @@ def main() -> int:
                     run.work_s = work_seconds(system, out)
                     runs.append(run)
                     status = "ok" if run.ok else f"FAILED ({(run.error or '')[-300:]})"
-                    print(f"  rep {rep} {m:>4} {s:>5} {system:>7}: e2e {run.e2e_s:6.1f} s, after start "
-                          f"{run.after_start_s or 0:6.1f} s, {run.items} items, {status}", flush=True)  # fmt: skip
+                    print(
+                        f"  rep {rep} {m:>4} {s:>5} {system:>7}: e2e {run.e2e_s:6.1f} s, after start "
+                        f"{run.after_start_s or 0:6.1f} s, {run.items} items, {status}",
+                        flush=True,
+                    )
                     (work / "runs.json").write_text(json.dumps([r.__dict__ for r in runs], indent=1))
 
     rss = run_rss(work, [int(n) for n in a.rss.split(",") if n], a.workers) if a.rss else {}
@@ -561,8 +697,9 @@ def main() -> int:
     meta = machine_meta(a, params)
     meta["same_text_as_gemma4u"] = same_text_share(work, runs)
     md = markdown(rows, runs, rss, meta)
-    (work / "results.json").write_text(json.dumps({"ratios": rows, "runs": [r.__dict__ for r in runs],
-                                                  "rss": rss, "meta": meta}, indent=1))  # fmt: skip
+    (work / "results.json").write_text(
+        json.dumps({"ratios": rows, "runs": [r.__dict__ for r in runs], "rss": rss, "meta": meta}, indent=1)
+    )
     (work / "results.md").write_text(md + "\n")
     print(md)
     print(f"\nresults: {work}/results.md and results.json", flush=True)

@@ -80,27 +80,40 @@ def main() -> None:
             return im
 
         add("  JPEG draft decode alone (1/4 scale)", _ms(draft_only, a.reps))
-        add("(a) Pillow full decode Image.open().convert('RGB')",
-            _ms(lambda d=data: Image.open(io.BytesIO(d)).convert("RGB"), a.reps))  # fmt: skip
+        add(
+            "(a) Pillow full decode Image.open().convert('RGB')",
+            _ms(lambda d=data: Image.open(io.BytesIO(d)).convert("RGB"), a.reps),
+        )
         full = Image.open(io.BytesIO(data)).convert("RGB")
         small, _ = decode_image(data, opts)
         th, tw = get_aspect_ratio_preserving_size(
-            height=small.size[1], width=small.size[0], patch_size=opts.patch_size,
-            max_patches=opts.image_tokens * opts.pooling_kernel_size**2, pooling_kernel_size=opts.pooling_kernel_size,
-        )  # fmt: skip
+            height=small.size[1],
+            width=small.size[0],
+            patch_size=opts.patch_size,
+            max_patches=opts.image_tokens * opts.pooling_kernel_size**2,
+            pooling_kernel_size=opts.pooling_kernel_size,
+        )
         mismatches += (tw, th) != small.size or small.size != target_size(*small.size, opts)
-        add("HF image processor on the full-size image (resizes)",
-            _ms(lambda im=full: proc(images=[im], return_tensors="pt", max_soft_tokens=280), a.reps))  # fmt: skip
-        add("HF image processor on gemma4u's target-size image (no resize)",
-            _ms(lambda im=small: proc(images=[im], return_tensors="pt", max_soft_tokens=280), a.reps))  # fmt: skip
+        add(
+            "HF image processor on the full-size image (resizes)",
+            _ms(lambda im=full: proc(images=[im], return_tensors="pt", max_soft_tokens=280), a.reps),
+        )
+        add(
+            "HF image processor on gemma4u's target-size image (no resize)",
+            _ms(lambda im=small: proc(images=[im], return_tensors="pt", max_soft_tokens=280), a.reps),
+        )
         add("vLLM mm hash of the full-size image", _ms(lambda im=full: hash_image(im), a.reps))
         add("vLLM mm hash of the target-size image", _ms(lambda im=small: hash_image(im), a.reps))
-        add("pickle the target-size image (worker → main pipe)",
-            _ms(lambda im=small: pickle.loads(pickle.dumps(im, protocol=pickle.HIGHEST_PROTOCOL)), a.reps))  # fmt: skip
+        add(
+            "pickle the target-size image (worker → main pipe)",
+            _ms(lambda im=small: pickle.loads(pickle.dumps(im, protocol=pickle.HIGHEST_PROTOCOL)), a.reps),
+        )
         add("np.asarray(target-size image)", _ms(lambda im=small: np.asarray(im), a.reps))
 
-    print(f"{a.n} phone photos (4032×3024, ~{statistics.mean(len(d) for d in datas) / 1e6:.1f} MB), "
-          f"median of {a.reps} reps each; target {small.size}")  # fmt: skip
+    print(
+        f"{a.n} phone photos (4032×3024, ~{statistics.mean(len(d) for d in datas) / 1e6:.1f} MB), "
+        f"median of {a.reps} reps each; target {small.size}"
+    )
     print("| step | median ms / photo |")
     print("|---|---|")
     for name, vals in rows.items():

@@ -18,8 +18,11 @@ STAGES = [
     ("feed loop (everything after engine start)", "gemma4u_batch/job.py", "_feed"),
     ("engine.add → vLLM add_request (front end)", "gemma4u_batch/engine.py", "add"),
     ("  vLLM InputProcessor.process_inputs", "vllm/v1/engine/input_processor.py", "process_inputs"),
-    ("  HF processor call (_apply_hf_processor_main)", "vllm/multimodal/processing/processor.py",
-     "_apply_hf_processor_main"),
+    (
+        "  HF processor call (_apply_hf_processor_main)",
+        "vllm/multimodal/processing/processor.py",
+        "_apply_hf_processor_main",
+    ),
     ("    Gemma4UnifiedImageProcessor._preprocess", "image_processing_gemma4_unified.py", "_preprocess"),
     ("  multimodal hashing (_get_mm_hashes)", "vllm/multimodal/processing/processor.py", "_get_mm_hashes"),
     ("engine.step → LLMEngine.step (waits for the core)", "gemma4u_batch/engine.py", "step"),
@@ -28,7 +31,7 @@ STAGES = [
     ("RequestBuilder.unsendable (tokenize prompt)", "gemma4u_batch/requests.py", "unsendable"),
     ("emit → record + writer.add", "gemma4u_batch/job.py", "_emit"),
     ("PartWriter.commit", "gemma4u_batch/writer.py", "commit"),
-]  # fmt: skip
+]
 
 
 def main() -> None:

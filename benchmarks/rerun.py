@@ -69,18 +69,33 @@ def main() -> int:
     inp, out = a.workdir / f"in-{a.n}", a.workdir / f"out-{a.n}"
     if not inp.exists():
         make_files(inp, a.n)
-    cmd = [GEMMA4U, "caption", str(inp), "-o", str(out), "--model", str(model), "--progress", "quiet",
-           "--workers", "2", "--commit-every", "1024"]  # fmt: skip
+    cmd = [
+        GEMMA4U,
+        "caption",
+        str(inp),
+        "-o",
+        str(out),
+        "--model",
+        str(model),
+        "--progress",
+        "quiet",
+        "--workers",
+        "2",
+        "--commit-every",
+        "1024",
+    ]
     res: dict[str, object] = {"n": a.n}
     res["first_run"] = {k: v for k, v in timed([*cmd, "--overwrite"]).items() if k != "stdout"}
     res["noop_rerun"] = {k: v for k, v in timed(cmd).items() if k != "stdout"}
     st = timed([GEMMA4U, "status", str(out), "--json", "--no-count-pending"])
     res["status"] = {"wall_s": st["wall_s"], "cpu_s": st["cpu_s"], "records": json.loads(st["stdout"])["records"]}
     files = sorted(inp.rglob("*.png"))
-    for p in files[:: 100]:
+    for p in files[::100]:
         p.write_bytes(b"")  # same size, new mtime: read again, same content, no new record
     res["rerun_1pct_touched"] = {k: v for k, v in timed(cmd).items() if k != "stdout"}
-    data = [p for p in out.rglob("*") if p.is_file() and p.suffix in (".jsonl", ".parquet") and ".gemma4u" not in p.parts]
+    data = [
+        p for p in out.rglob("*") if p.is_file() and p.suffix in (".jsonl", ".parquet") and ".gemma4u" not in p.parts
+    ]
     res["data_files"] = len(data)
     index = out / ".gemma4u" / "index.sqlite"
     res["index_bytes_per_record"] = round(index.stat().st_size / a.n, 1) if index.exists() else None

@@ -49,9 +49,16 @@ def main() -> int:
         reporter=Reporter("quiet"),
     )
     elapsed = time.monotonic() - t0
-    a.result.write_text(json.dumps({
-        "done": summary.done, "errors": summary.errors, "elapsed_s": elapsed, "main_peak_rss_mb": vm_hwm_mb(),
-    }))  # fmt: skip
+    a.result.write_text(
+        json.dumps(
+            {
+                "done": summary.done,
+                "errors": summary.errors,
+                "elapsed_s": elapsed,
+                "main_peak_rss_mb": vm_hwm_mb(),
+            }
+        )
+    )
     return 0 if summary.errors == 0 else 1
 
 

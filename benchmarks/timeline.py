@@ -87,7 +87,8 @@ def summarize(tl: Timeline) -> dict[str, Any]:
     win = work_window(tl.events)
     out: dict[str, Any] = {
         "engine_start_s": (tl.engine_start_end - tl.engine_start_begin)
-        if tl.engine_start_begin is not None and tl.engine_start_end is not None else None,
+        if tl.engine_start_begin is not None and tl.engine_start_end is not None
+        else None,
         "adds": tl.adds,
         "results": tl.results,
         "add_seconds": round(tl.add_seconds, 3),

@@ -30,10 +30,27 @@ from .writer import OutLayout
 log = logging.getLogger(__name__)
 
 RESULT_COLUMNS = (
-    "id", "key", "source", "modality", "task", "prompt", "text", "finish_reason", "num_prompt_tokens",
-    "num_output_tokens", "error", "error_kind", "model", "content_sha256", "segments", "data", "flags",
-    "retried", "run_id", "created_at",
-)  # fmt: skip
+    "id",
+    "key",
+    "source",
+    "modality",
+    "task",
+    "prompt",
+    "text",
+    "finish_reason",
+    "num_prompt_tokens",
+    "num_output_tokens",
+    "error",
+    "error_kind",
+    "model",
+    "content_sha256",
+    "segments",
+    "data",
+    "flags",
+    "retried",
+    "run_id",
+    "created_at",
+)
 FILE_SUFFIXES = (".jsonl", ".parquet", ".csv")
 MEDIA_COLUMNS = {"image": "image", "audio": "audio", "video": "video"}  # modality → column
 DEFAULT_SHARD_BYTES = 500 * 1000**2
@@ -424,7 +441,10 @@ def push_to_hub(folder: Path, repo: str, *, private: bool = False, revision: str
     if revision:
         api.create_branch(repo, branch=revision, repo_type="dataset", exist_ok=True)
     info = api.upload_folder(
-        folder_path=str(folder), repo_id=repo, repo_type="dataset", revision=revision,
+        folder_path=str(folder),
+        repo_id=repo,
+        repo_type="dataset",
+        revision=revision,
         commit_message="gemma4u export",
-    )  # fmt: skip
+    )
     return str(getattr(info, "commit_url", info))

@@ -338,5 +338,3 @@ class _Transaction:
             self.db.execute("COMMIT")
         elif self.db.in_transaction:  # SQLite may already have rolled back (disk full)
             self.db.execute("ROLLBACK")
-
-

@@ -211,9 +211,12 @@ class Job:
     def _decode_and_feed(self, items: Iterator[WorkItem]) -> None:
         c = self.config
         try:
-            with StopSignal() as stop, DecodePool(
-                items, c.decode_options(), workers=c.workers, prefetch=c.prefetch, timeout=c.decode_timeout
-            ) as pool:
+            with (
+                StopSignal() as stop,
+                DecodePool(
+                    items, c.decode_options(), workers=c.workers, prefetch=c.prefetch, timeout=c.decode_timeout
+                ) as pool,
+            ):
                 self.stop = stop
                 self._feed(pool)
             self.writer.close()
@@ -227,8 +230,12 @@ class Job:
         c = self.counters
         stopped = self.stop.requested
         if not stopped:
-            done = {"finished_at": time.time(), "records_this_run": c.done, **c.snapshot(),
-                    "engine_notes": self.engine.notes()}  # fmt: skip
+            done = {
+                "finished_at": time.time(),
+                "records_this_run": c.done,
+                **c.snapshot(),
+                "engine_notes": self.engine.notes(),
+            }
             mark_done(self.layout, self.shard, done)
         return JobSummary(
             done=c.done,

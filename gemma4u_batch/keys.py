@@ -26,8 +26,19 @@ def content_key(*, content: str, prompt: str, model_fingerprint: str, settings: 
     return _digest({"content": content, "prompt": prompt, "model": model_fingerprint, "settings": settings})
 
 
-MODEL_FILE_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".json", ".jinja", ".model", ".txt",
-                       ".tiktoken", ".py")  # fmt: skip
+MODEL_FILE_SUFFIXES = (
+    ".safetensors",
+    ".bin",
+    ".pt",
+    ".pth",
+    ".gguf",
+    ".json",
+    ".jinja",
+    ".model",
+    ".txt",
+    ".tiktoken",
+    ".py",
+)
 """The files of a model folder that make the model: weights, configs, tokenizer, chat template."""
 
 _notes: dict[str, str] = {}

@@ -172,8 +172,13 @@ def engine_output(*, verbose: bool = False, log_file: Path | None = None) -> Ite
             _restore_env(saved_env)
         return
     saved_out, saved_err = saved
-    terminal = os.fdopen(saved_err, "w", buffering=1, encoding=getattr(sys.stderr, "encoding", None) or "utf-8",
-                         errors="backslashreplace")  # fmt: skip
+    terminal = os.fdopen(
+        saved_err,
+        "w",
+        buffering=1,
+        encoding=getattr(sys.stderr, "encoding", None) or "utf-8",
+        errors="backslashreplace",
+    )
     os.dup2(sink, 1)
     os.dup2(sink, 2)
     os.close(sink)

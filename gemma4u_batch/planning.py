@@ -418,12 +418,15 @@ def _modality_table(p: Plan) -> Table:
     for row in p.modalities.values():
         d = row.to_dict()
         m.add_row(
-            row.modality, f"{row.items:,}", str(row.sampled), str(row.sample_errors),
+            row.modality,
+            f"{row.items:,}",
+            str(row.sampled),
+            str(row.sample_errors),
             "-" if d["requests_per_item"] is None else f"{d['requests_per_item']:g}",
             "-" if d["media_tokens_per_item"] is None else f"{d['media_tokens_per_item']:,.0f}",
             "-" if d["tokens_per_item"] is None else f"{d['tokens_per_item']:,.0f}",
             f"{row.estimated_prompt_tokens:,}",
-        )  # fmt: skip
+        )
     return m
 
 
@@ -482,9 +485,17 @@ def estimate(config: JobConfig, n: int, engine: Any = None, console: Console | N
         est.sample_modalities[mod.value] = est.sample_modalities.get(mod.value, 0) + 1
     with tempfile.TemporaryDirectory(prefix="gemma4u-estimate-") as tmp:
         sample_cfg = config.model_copy(
-            update={"output": Path(tmp) / "out", "overwrite": True, "retry_errors": False, "quiet": True,
-                    "subtitles": [], "shard": None, "ray": None, "replicas": 1}
-        )  # fmt: skip
+            update={
+                "output": Path(tmp) / "out",
+                "overwrite": True,
+                "retry_errors": False,
+                "quiet": True,
+                "subtitles": [],
+                "shard": None,
+                "ray": None,
+                "replicas": 1,
+            }
+        )
         if console is not None:
             console.print(f"Running {len(items)} sampled item(s) for real (engine start-up included)…")
         summary, startup_s = _run_sample(sample_cfg, items, engine, Reporter("quiet"))

@@ -274,7 +274,7 @@ class _Driver:
                 "shards": n_shards,
                 "resources": {k: v for k, v in resources.items() if k in ("CPU", "GPU", "memory")},
                 "nodes": [n.get("NodeManagerHostname") for n in ray.nodes() if n.get("Alive")],
-            }
+            },
         }
 
     def _spawn(self) -> Any:

@@ -233,8 +233,11 @@ def _validation_message(exc: ValidationError) -> str:
     if kind in ("value_error", "assertion_error") or expected is None:
         return f"{path}: {msg}"
     got = err.get("input")
-    hint = " (YAML reads yes/no/on/off as true/false: quote the text)" if kind == "string_type" and got in (
-        True, False) and isinstance(got, bool) else ""  # fmt: skip
+    hint = (
+        " (YAML reads yes/no/on/off as true/false: quote the text)"
+        if kind == "string_type" and got in (True, False) and isinstance(got, bool)
+        else ""
+    )
     return f"{path}: expected {expected}, got {_show(got)}{hint}"
 
 

@@ -107,8 +107,16 @@ class RequestBuilder:
             parts = build_parts(d, windowed_audio=windowed, tokens_per_frame_of=self._frame_tokens)
             flags = media_flags(d, windowed_audio=windowed)
         structured = structured_for(self.config, self._schema, task)
-        unit = Unit(decoded=d, key=key, instruction=instruction, rendered=rendered, parts=parts, task=task,
-                    structured=structured, media_flags=flags)  # fmt: skip
+        unit = Unit(
+            decoded=d,
+            key=key,
+            instruction=instruction,
+            rendered=rendered,
+            parts=parts,
+            task=task,
+            structured=structured,
+            media_flags=flags,
+        )
         if error is not None:
             unit.error, unit.error_kind = error
         return unit

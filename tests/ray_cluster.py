@@ -79,20 +79,26 @@ def loopback_env(base: dict[str, str], home: Path, temp_dir: Path) -> dict[str, 
     """`base` with HOME/temp dir moved into the sandbox, everything pinned to loopback,
     and no Ray auth or address settings inherited."""
     env = {k: v for k, v in base.items() if k not in (*AUTH_VARS, "RAY_ADDRESS")}
-    env.update({
-        "HOME": str(home),
-        "RAY_TMPDIR": str(temp_dir),
-        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-        "RAY_USAGE_STATS_ENABLED": "0",
-        "RAY_USAGE_STATS_REPORT_URL": DEAD_URL + "/",
-        "http_proxy": DEAD_URL, "https_proxy": DEAD_URL, "HTTP_PROXY": DEAD_URL, "HTTPS_PROXY": DEAD_URL,
-        "no_proxy": f"{LOOPBACK},localhost", "NO_PROXY": f"{LOOPBACK},localhost",
-        "VLLM_HOST_IP": LOOPBACK,
-        "VLLM_LOOPBACK_IP": LOOPBACK,
-        "VLLM_NO_USAGE_STATS": "1",
-        "DO_NOT_TRACK": "1",
-        "PYTHONUNBUFFERED": "1",
-    })  # fmt: skip
+    env.update(
+        {
+            "HOME": str(home),
+            "RAY_TMPDIR": str(temp_dir),
+            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+            "RAY_USAGE_STATS_ENABLED": "0",
+            "RAY_USAGE_STATS_REPORT_URL": DEAD_URL + "/",
+            "http_proxy": DEAD_URL,
+            "https_proxy": DEAD_URL,
+            "HTTP_PROXY": DEAD_URL,
+            "HTTPS_PROXY": DEAD_URL,
+            "no_proxy": f"{LOOPBACK},localhost",
+            "NO_PROXY": f"{LOOPBACK},localhost",
+            "VLLM_HOST_IP": LOOPBACK,
+            "VLLM_LOOPBACK_IP": LOOPBACK,
+            "VLLM_NO_USAGE_STATS": "1",
+            "DO_NOT_TRACK": "1",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     # The sandbox HOME would hide the user's Hugging Face cache (read only, never ~/.ray).
     env.setdefault("HF_HOME", str(Path(base.get("HOME", str(Path.home()))) / ".cache" / "huggingface"))
     return env
@@ -196,8 +202,9 @@ class RayCluster:
             print("INFO " + json.dumps(info))
             ray.shutdown()
         """)
-        run = subprocess.run([sys.executable, "-c", code, self.address], env=env or self.env, capture_output=True,
-                             text=True, timeout=300)  # fmt: skip
+        run = subprocess.run(
+            [sys.executable, "-c", code, self.address], env=env or self.env, capture_output=True, text=True, timeout=300
+        )
         lines = [ln for ln in run.stdout.splitlines() if ln.startswith("INFO ")]
         assert run.returncode == 0 and lines, run.stderr[-3000:]
         import json
@@ -274,14 +281,38 @@ def start_cluster(root: Path, base: dict[str, str] | None = None, num_cpus: int 
     env.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token})
     port = free_port()
     log = root / "ray-start.log"
-    args = [RAY_BIN, "start", "--head", "--block", "--node-ip-address", LOOPBACK, "--port", str(port),
-            "--ray-client-server-port", str(free_port()), "--num-cpus", str(num_cpus), "--include-dashboard", "false",
-            "--temp-dir", str(temp_dir), "--disable-usage-stats"]  # fmt: skip
+    args = [
+        RAY_BIN,
+        "start",
+        "--head",
+        "--block",
+        "--node-ip-address",
+        LOOPBACK,
+        "--port",
+        str(port),
+        "--ray-client-server-port",
+        str(free_port()),
+        "--num-cpus",
+        str(num_cpus),
+        "--include-dashboard",
+        "false",
+        "--temp-dir",
+        str(temp_dir),
+        "--disable-usage-stats",
+    ]
     outside = {d / ".ray": dir_state(d / ".ray") for d in {Path(base.get("HOME", str(Path.home()))), Path.home()}}
     with log.open("wb") as out:
         proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    cluster = RayCluster(address=f"{LOOPBACK}:{port}", home=home, temp_dir=temp_dir, token=token, env=env, log=log,
-                         proc=proc, outside=outside)  # fmt: skip
+    cluster = RayCluster(
+        address=f"{LOOPBACK}:{port}",
+        home=home,
+        temp_dir=temp_dir,
+        token=token,
+        env=env,
+        log=log,
+        proc=proc,
+        outside=outside,
+    )
     try:
         deadline = time.monotonic() + 180
         while "Ray runtime started." not in log.read_text(errors="replace"):

@@ -94,10 +94,21 @@ def test_batch_jsonl_lines_are_openai_chat_requests(tmp_path: Path) -> None:
     assert url.startswith("file:///") and url.endswith("a%20b.jpg")
     result = tmp_path / "out.jsonl"
     result.write_text(
-        json.dumps({"custom_id": "c.jpg", "response": {"status_code": 200, "body": {
-            "choices": [{"message": {"content": "hi"}}], "usage": {"completion_tokens": 3, "prompt_tokens": 300}}},
-            "error": None}) + "\n"
-    )  # fmt: skip
+        json.dumps(
+            {
+                "custom_id": "c.jpg",
+                "response": {
+                    "status_code": 200,
+                    "body": {
+                        "choices": [{"message": {"content": "hi"}}],
+                        "usage": {"completion_tokens": 3, "prompt_tokens": 300},
+                    },
+                },
+                "error": None,
+            }
+        )
+        + "\n"
+    )
     assert read_batch_output(result) == [
         {"id": "c.jpg", "text": "hi", "num_output_tokens": 3, "num_prompt_tokens": 300, "error": None}
     ]
@@ -107,8 +118,15 @@ def test_ratios_pair_runs_of_the_same_repetition() -> None:
     def run(system: str, rep: int, e2e: float, items: int = 10, set_: str = "phone") -> Run:
         return Run(system=system, model="tiny", set=set_, rep=rep, items=items, e2e_s=e2e, after_start_s=e2e / 2)
 
-    runs = [run("gemma4u", 0, 40.0), run("a", 0, 100.0), run("gemma4u", 1, 80.0), run("a", 1, 100.0),
-            run("b", 0, 100.0), run("c", 1, 30.0), run("a", 2, 1.0)]  # fmt: skip
+    runs = [
+        run("gemma4u", 0, 40.0),
+        run("a", 0, 100.0),
+        run("gemma4u", 1, 80.0),
+        run("a", 1, 100.0),
+        run("b", 0, 100.0),
+        run("c", 1, 30.0),
+        run("a", 2, 1.0),
+    ]
     rows = {r["baseline"]: r for r in pair_ratios(runs)}
     assert rows["a"]["reps"] == 2  # rep 2 has no gemma4u run: not paired
     assert rows["a"]["time_ratio"] == pytest.approx(0.6)  # median of 0.4 and 0.8

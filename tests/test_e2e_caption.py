@@ -20,9 +20,19 @@ from .media import write_image_folder
 pytestmark = pytest.mark.engine
 
 REQUIRED = {
-    "id", "source", "modality", "task", "prompt", "text", "finish_reason",
-    "num_prompt_tokens", "num_output_tokens", "error", "model", "key",
-}  # fmt: skip
+    "id",
+    "source",
+    "modality",
+    "task",
+    "prompt",
+    "text",
+    "finish_reason",
+    "num_prompt_tokens",
+    "num_output_tokens",
+    "error",
+    "model",
+    "key",
+}
 
 
 def gemma4u(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
@@ -33,8 +43,24 @@ def test_cli_caption_folder_with_bad_files(tmp_path: Path, tiny_model: Path) -> 
     root = tmp_path / "images"
     expected = write_image_folder(root)
     out = tmp_path / "out"
-    args = ["caption", str(root), "-o", str(out), "--model", str(tiny_model), "--dtype", "float32",
-            "--max-tokens", "12", "--max-model-len", "4096", "--workers", "2", "--progress", "json"]  # fmt: skip
+    args = [
+        "caption",
+        str(root),
+        "-o",
+        str(out),
+        "--model",
+        str(tiny_model),
+        "--dtype",
+        "float32",
+        "--max-tokens",
+        "12",
+        "--max-model-len",
+        "4096",
+        "--workers",
+        "2",
+        "--progress",
+        "json",
+    ]
     proc = gemma4u(*args)
     assert proc.returncode == documented_code("OK"), proc.stderr[-3000:]
     # By default only gemma4u's own output: no vLLM/torch/Triton lines, stdout left alone.
@@ -92,8 +118,13 @@ def test_greedy_is_default_and_deterministic(tmp_path: Path, tiny_model: Path, s
     write_image_folder(root, with_bad=False)
     outs = []
     for name in ("g1", "g2"):
-        config = JobConfig(input=root, output=tmp_path / name, model=str(tiny_model), workers=0,
-                           sampling=SamplingConfig(max_tokens=10, seed=None))  # fmt: skip
+        config = JobConfig(
+            input=root,
+            output=tmp_path / name,
+            model=str(tiny_model),
+            workers=0,
+            sampling=SamplingConfig(max_tokens=10, seed=None),
+        )
         run_job(config, shared_engine, reporter=Reporter("quiet"))
         outs.append(_texts(tmp_path / name))
     assert outs[0] == outs[1] and len(outs[0]) == 9
@@ -116,8 +147,13 @@ def test_bad_usage_is_one_line(tmp_path: Path, tiny_model: Path, args: list[str]
     (tmp_path / "badmodel").mkdir()
     images = tmp_path / "images"
     write_image_folder(images, with_bad=False)
-    subst = {"EMPTY": tmp_path / "empty", "OUT": tmp_path / "out", "TINY": tiny_model,
-             "IMAGES": images, "BADMODEL": tmp_path / "badmodel"}  # fmt: skip
+    subst = {
+        "EMPTY": tmp_path / "empty",
+        "OUT": tmp_path / "out",
+        "TINY": tiny_model,
+        "IMAGES": images,
+        "BADMODEL": tmp_path / "badmodel",
+    }
     proc = gemma4u(*[str(subst.get(a, a)) for a in args], timeout=120)
     assert proc.returncode == documented_code("USAGE"), proc.stderr
     assert needle in proc.stderr

@@ -26,9 +26,13 @@ EXAMPLES = REPO / "examples"
 
 def _run(shared_engine, tiny_model: Path, inp: Path | None, out: Path, **kw) -> dict[str, dict]:
     config = JobConfig(
-        input=inp, output=out, model=str(tiny_model), workers=kw.pop("workers", 2),
-        sampling=SamplingConfig(max_tokens=kw.pop("max_tokens", 8)), **kw,
-    )  # fmt: skip
+        input=inp,
+        output=out,
+        model=str(tiny_model),
+        workers=kw.pop("workers", 2),
+        sampling=SamplingConfig(max_tokens=kw.pop("max_tokens", 8)),
+        **kw,
+    )
     run_job(config, shared_engine, reporter=Reporter("quiet"))
     recs = list(iter_committed_records(OutLayout(out)))
     by_id = {r["id"]: r for r in recs}
@@ -168,10 +172,29 @@ def test_transcribe_95s_file_cli(tmp_path: Path, tiny_model: Path) -> None:
     shutil.copy(EXAMPLES / "video" / "moving_square.mp4", inp / "with_sound.mp4")
     out = tmp_path / "out"
     proc = subprocess.run(
-        [GEMMA4U, "transcribe", str(inp), "-o", str(out), "--model", str(tiny_model), "--dtype", "float32",
-         "--max-tokens", "8", "--max-model-len", "4096", "--format", "jsonl,srt,vtt,txt", "--progress", "quiet"],
-        capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
+        [
+            GEMMA4U,
+            "transcribe",
+            str(inp),
+            "-o",
+            str(out),
+            "--model",
+            str(tiny_model),
+            "--dtype",
+            "float32",
+            "--max-tokens",
+            "8",
+            "--max-model-len",
+            "4096",
+            "--format",
+            "jsonl,srt,vtt,txt",
+            "--progress",
+            "quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     recs = {r["id"]: r for p in out.glob("*.jsonl") for r in map(json.loads, p.read_text().splitlines())}
     assert sorted(recs) == ["lecture.flac", "with_sound.mp4"]

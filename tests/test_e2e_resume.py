@@ -27,9 +27,27 @@ pytestmark = pytest.mark.engine
 def test_cli_sigkill_then_resume(tmp_path: Path, tiny_model: Path, shared_engine) -> None:
     inp, out = tmp_path / "in", tmp_path / "out"
     make_images(inp, 40)
-    args = [GEMMA4U, "caption", str(inp), "-o", str(out), "--model", str(tiny_model), "--dtype", "float32",
-            "--max-tokens", "24", "--max-model-len", "4096", "--commit-every", "3", "--max-num-seqs", "2",
-            "--progress", "quiet"]  # fmt: skip
+    args = [
+        GEMMA4U,
+        "caption",
+        str(inp),
+        "-o",
+        str(out),
+        "--model",
+        str(tiny_model),
+        "--dtype",
+        "float32",
+        "--max-tokens",
+        "24",
+        "--max-model-len",
+        "4096",
+        "--commit-every",
+        "3",
+        "--max-num-seqs",
+        "2",
+        "--progress",
+        "quiet",
+    ]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     deadline = time.time() + 600
     while time.time() < deadline and len(committed_parts(OutLayout(out))) < 2 and proc.poll() is None:
@@ -70,8 +88,9 @@ def test_engine_core_killed_mid_run_is_restarted_exactly_once(tmp_path: Path, ti
 
     inp, out = tmp_path / "in", tmp_path / "out"
     make_images(inp, 16)
-    config = JobConfig(input=inp, output=out, model=str(tiny_model), commit_every=2,
-                       sampling=SamplingConfig(max_tokens=24))  # fmt: skip
+    config = JobConfig(
+        input=inp, output=out, model=str(tiny_model), commit_every=2, sampling=SamplingConfig(max_tokens=24)
+    )
     killed: list[int] = []
 
     def killer() -> None:

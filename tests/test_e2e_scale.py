@@ -52,8 +52,9 @@ def test_three_shards_add_up_to_one_full_run(inputs: Path, tiny_model: Path, sha
     out = tmp_path / "out"
     sizes = []
     for i in range(3):
-        config = JobConfig(input=inputs, output=out, model=str(tiny_model), shard=f"{i}/3",
-                           sampling=SamplingConfig(max_tokens=12))  # fmt: skip
+        config = JobConfig(
+            input=inputs, output=out, model=str(tiny_model), shard=f"{i}/3", sampling=SamplingConfig(max_tokens=12)
+        )
         summary = run_job(config, shared_engine, reporter=Reporter("quiet"))
         sizes.append(summary.done)
         assert (out / ".gemma4u" / "complete.json").exists() == (i == 2)
@@ -64,8 +65,9 @@ def test_three_shards_add_up_to_one_full_run(inputs: Path, tiny_model: Path, sha
     # A shard rerun finds nothing to do.
     again = run_job(
         JobConfig(input=inputs, output=out, model=str(tiny_model), shard="1/3", sampling=SamplingConfig(max_tokens=12)),
-        shared_engine, reporter=Reporter("quiet"),
-    )  # fmt: skip
+        shared_engine,
+        reporter=Reporter("quiet"),
+    )
     assert again.done == 0
 
 
@@ -177,9 +179,33 @@ def _replica_pids(cluster: RayCluster) -> list[int]:
 @pytest.mark.timeout(1500)
 def test_ray_two_replicas_one_killed_still_exactly_once(inputs, tiny_model, reference, ray_cluster, tmp_path):
     out = tmp_path / "out"
-    args = [GEMMA4U, "caption", str(inputs), "-o", str(out), "--model", str(tiny_model), "--dtype", "float32",
-            "--max-tokens", "12", "--max-model-len", "4096", "--max-num-seqs", "8", "--commit-every", "2",
-            "--workers", "0", "--ray", ray_cluster.address, "--replicas", "2", "--progress", "json"]  # fmt: skip
+    args = [
+        GEMMA4U,
+        "caption",
+        str(inputs),
+        "-o",
+        str(out),
+        "--model",
+        str(tiny_model),
+        "--dtype",
+        "float32",
+        "--max-tokens",
+        "12",
+        "--max-model-len",
+        "4096",
+        "--max-num-seqs",
+        "8",
+        "--commit-every",
+        "2",
+        "--workers",
+        "0",
+        "--ray",
+        ray_cluster.address,
+        "--replicas",
+        "2",
+        "--progress",
+        "json",
+    ]
     # The fixture's HOME, token and loopback settings, for the CLI and (through the cluster) its replicas.
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ray_cluster.env)
     killed = False
@@ -245,9 +271,33 @@ def test_ray_driver_sigterm_commits_exits_130_and_resumes_exactly_once(
     from .cli_checks import documented_code
 
     out = tmp_path / "out"
-    args = [GEMMA4U, "caption", str(inputs), "-o", str(out), "--model", str(tiny_model), "--dtype", "float32",
-            "--max-tokens", "12", "--max-model-len", "4096", "--max-num-seqs", "8", "--commit-every", "1",
-            "--workers", "0", "--ray", ray_cluster.address, "--replicas", "2", "--progress", "quiet"]  # fmt: skip
+    args = [
+        GEMMA4U,
+        "caption",
+        str(inputs),
+        "-o",
+        str(out),
+        "--model",
+        str(tiny_model),
+        "--dtype",
+        "float32",
+        "--max-tokens",
+        "12",
+        "--max-model-len",
+        "4096",
+        "--max-num-seqs",
+        "8",
+        "--commit-every",
+        "1",
+        "--workers",
+        "0",
+        "--ray",
+        ray_cluster.address,
+        "--replicas",
+        "2",
+        "--progress",
+        "quiet",
+    ]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ray_cluster.env)
     deadline = time.time() + 900
     while time.time() < deadline and proc.poll() is None and not committed_parts(OutLayout(out)):

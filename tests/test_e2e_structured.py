@@ -34,8 +34,9 @@ def test_json_schema_and_choices_on_the_real_engine(tmp_path: Path, tiny_model: 
     make_images(inp, 6)
 
     def run(out: str, **kw) -> dict[tuple[str, str], dict]:
-        config = JobConfig(input=inp, output=tmp_path / out, model=str(tiny_model),
-                           sampling=SamplingConfig(max_tokens=160), **kw)  # fmt: skip
+        config = JobConfig(
+            input=inp, output=tmp_path / out, model=str(tiny_model), sampling=SamplingConfig(max_tokens=160), **kw
+        )
         run_job(config, shared_engine, reporter=Reporter("quiet"))
         return {(r["id"], r["task"]): r for r in current_records(OutLayout(tmp_path / out))}
 

@@ -132,8 +132,7 @@ def _engine_core(pid: int) -> int | None:
 def _start_and_wait_for_a_commit(args: list[str], out: Path) -> subprocess.Popen[str]:
     """Start `gemma4u` and return once it committed a part of its own (so it is mid-run)."""
     before = len(committed_parts(OutLayout(out)))
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.time() + 600
     while time.time() < deadline and proc.poll() is None and len(committed_parts(OutLayout(out))) <= before:
         time.sleep(0.05)
@@ -159,9 +158,27 @@ def test_engine_failure_then_sigterm_then_sigint(tmp_path: Path, tiny_model: Pat
     stay off the terminal (--log-file collects them; -v shows them)."""
     inp, out, log = tmp_path / "in", tmp_path / "out", tmp_path / "engine.log"
     make_images(inp, 150)
-    args = [GEMMA4U, "caption", str(inp), "-o", str(out), "--model", str(tiny_model), "--dtype", "float32",
-            "--max-tokens", "24", "--max-model-len", "4096", "--commit-every", "2", "--max-num-seqs", "1",
-            "--progress", "json"]  # fmt: skip
+    args = [
+        GEMMA4U,
+        "caption",
+        str(inp),
+        "-o",
+        str(out),
+        "--model",
+        str(tiny_model),
+        "--dtype",
+        "float32",
+        "--max-tokens",
+        "24",
+        "--max-model-len",
+        "4096",
+        "--commit-every",
+        "2",
+        "--max-num-seqs",
+        "1",
+        "--progress",
+        "json",
+    ]
 
     proc = _start_and_wait_for_a_commit([*args, "--engine-restarts", "0", "--log-file", str(log)], out)
     core = _engine_core(proc.pid)

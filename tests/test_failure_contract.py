@@ -53,8 +53,9 @@ def test_estimate_projects_every_task_of_an_item(tmp_path: Path, monkeypatch: py
         return JobSummary(done=2 * len(items), elapsed_s=10.0), 0.0
 
     monkeypatch.setattr(planning, "_run_sample", sample_run)
-    config = JobConfig(input=EXAMPLES / "images", output=tmp_path / "out", model="fake-model",
-                       tasks=["caption", "tags"], workers=0)  # fmt: skip
+    config = JobConfig(
+        input=EXAMPLES / "images", output=tmp_path / "out", model="fake-model", tasks=["caption", "tags"], workers=0
+    )
     est = planning.estimate(config, 2)
     assert est.records == 4 and est.records_per_item == 2
     assert est.per_record_s == pytest.approx(2.5)
@@ -85,8 +86,9 @@ def test_task_without_an_instruction_for_the_modality_is_an_item_error(tmp_path:
     assert image["error"] is None and image["text"] and "visible in this image" in image["prompt"]
     assert summary.errors == 1 and summary.done == 2
     # A rerun skips it like any other record (same key); a prompt makes the task usable on audio.
-    assert _run(JobConfig(input=inp, output=tmp_path / "out", model="fake-model", task="ocr", workers=0)
-                ).already_complete  # fmt: skip
+    assert _run(
+        JobConfig(input=inp, output=tmp_path / "out", model="fake-model", task="ocr", workers=0)
+    ).already_complete
     _run(JobConfig(input=inp, output=tmp_path / "p", model="fake-model", task="ocr", prompt="Any words?", workers=0))
     assert _records(tmp_path / "p")[("hello.wav", "ocr")]["error"] is None
 
@@ -111,8 +113,7 @@ def test_captioning_long_audio_flags_the_truncation(tmp_path: Path) -> None:
     inp.mkdir()
     _tone(inp / "long.wav", 35.0)
     _tone(inp / "short.wav", 5.0)
-    _run(JobConfig(input=inp, output=tmp_path / "cap", model="fake-model", tasks=["caption", "transcribe"],
-                   workers=0))  # fmt: skip
+    _run(JobConfig(input=inp, output=tmp_path / "cap", model="fake-model", tasks=["caption", "transcribe"], workers=0))
     recs = _records(tmp_path / "cap")
     assert "audio_truncated" in recs[("long.wav", "caption")]["flags"]
     assert "audio_truncated" not in recs[("long.wav", "transcribe")]["flags"]
@@ -165,8 +166,15 @@ def test_limits_are_flags_of_the_job_commands(tmp_path: Path) -> None:
     from gemma4u_batch.cli.options import job_options
     from gemma4u_batch.cli.reference import command_options
 
-    limits = {"decode_timeout": 5.0, "max_input_bytes": 1000, "max_image_pixels": 2000, "max_audio_seconds": 7.0,
-              "max_video_seconds": 8.0, "max_decoded_frames": 90, "engine_restarts": 0}  # fmt: skip
+    limits = {
+        "decode_timeout": 5.0,
+        "max_input_bytes": 1000,
+        "max_image_pixels": 2000,
+        "max_audio_seconds": 7.0,
+        "max_video_seconds": 8.0,
+        "max_decoded_frames": 90,
+        "engine_restarts": 0,
+    }
     for cmd in ("gemma4u caption", "gemma4u transcribe"):
         opts = command_options()[cmd]
         assert {"--" + k.replace("_", "-") for k in limits} <= opts, cmd
@@ -367,7 +375,9 @@ def test_messages_go_above_a_live_progress_bar(capfd) -> None:
     finally:
         set_live_console(None)
     assert live.file.getvalue().splitlines() == [  # type: ignore[attr-defined]
-        "gemma4u: stopping — committing finished work", "engine died (x); restarting"]  # fmt: skip
+        "gemma4u: stopping — committing finished work",
+        "engine died (x); restarting",
+    ]
     assert capfd.readouterr() == ("", "")
 
 

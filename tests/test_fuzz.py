@@ -280,7 +280,7 @@ _row = st.dictionaries(
     st.sampled_from(_KEYS) | st.text(max_size=5),
     st.sampled_from(_PATHS) | st.sampled_from(["image", "audio", "video", "IMAGE", "hologram"]) | _json_value,
     max_size=6,
-)  # fmt: skip
+)
 _jsonl_line = _row.map(json.dumps) | st.text(max_size=40) | st.just("") | st.just('{"path": "a.png", "id": "a"}')
 _csv_cell = st.sampled_from(_PATHS) | st.text(max_size=12) | st.just('"q,uoted"') | st.just('"open')
 _csv_line = st.lists(_csv_cell, min_size=0, max_size=5).map(",".join)

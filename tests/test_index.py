@@ -231,9 +231,10 @@ def test_key_maker_gives_content_key_bytes() -> None:
     settings = {"task": "caption", "sampling": {"max_tokens": 5}, "json_schema": None, "tasks": ["a", "b"]}
     make = KeyMaker("tiny@abc", settings)
     for task in ("caption", "tags"):
-        for content, prompt in (("x" * 64, "<p>\n\u00e9\"q\""), ("unread:/a b", "")):
-            want = content_key(content=content, prompt=prompt, model_fingerprint="tiny@abc",
-                               settings={**settings, "task": task})  # fmt: skip
+        for content, prompt in (("x" * 64, '<p>\n\u00e9"q"'), ("unread:/a b", "")):
+            want = content_key(
+                content=content, prompt=prompt, model_fingerprint="tiny@abc", settings={**settings, "task": task}
+            )
             assert make(content=content, prompt=prompt, task=task) == want
 
 

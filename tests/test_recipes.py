@@ -31,8 +31,13 @@ RECIPES = REPO / "recipes"
 EXAMPLES = REPO / "examples"
 SHIPPED = sorted(RECIPES.glob("*.yaml"))
 REQUIRED = {
-    "image_captions", "alt_text", "tags_json", "podcast_srt", "video_description", "nightly_incremental",
-}  # fmt: skip
+    "image_captions",
+    "alt_text",
+    "tags_json",
+    "podcast_srt",
+    "video_description",
+    "nightly_incremental",
+}
 
 
 def _write(path: Path, text: str) -> Path:
@@ -58,8 +63,9 @@ def test_required_recipes_are_shipped() -> None:
 
 
 @pytest.mark.parametrize("recipe", SHIPPED, ids=[p.stem for p in SHIPPED])
-def test_shipped_recipe_passes_dry_run(recipe: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch,
-                                       tmp_path: Path) -> None:  # fmt: skip
+def test_shipped_recipe_passes_dry_run(
+    recipe: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.chdir(tmp_path)  # relative paths resolve against the recipe, not the working directory
     as_shipped = load_recipe(recipe, model=str(tiny_model))
     assert as_shipped.model == str(tiny_model)
@@ -139,8 +145,9 @@ BROKEN: list[tuple[str, str, list[str]]] = [
 
 
 @pytest.mark.parametrize("name,body,expected", BROKEN, ids=[b[0] for b in BROKEN])
-def test_broken_recipe_is_refused_naming_file_and_field(tmp_path: Path, name: str, body: str,
-                                                         expected: list[str]) -> None:  # fmt: skip
+def test_broken_recipe_is_refused_naming_file_and_field(
+    tmp_path: Path, name: str, body: str, expected: list[str]
+) -> None:
     path = _write(tmp_path / "recipes" / f"{name}.yaml", BASE.format(examples=EXAMPLES / "images", out="out") + body)
     msg = _refusal(path)
     for part in expected:
@@ -199,9 +206,16 @@ def base_recipe(tmp_path: Path) -> Path:
 def test_set_overrides_with_yaml_values(base_recipe: Path) -> None:
     c = load_recipe(
         base_recipe,
-        ["sampling.temperature=0.7", "modalities=[image]", "format=both", "engine.max_num_seqs=4",
-         "subtitles=[]", "retry_flagged={temperature: 0.5}", "choices=[cat, dog]"],
-    )  # fmt: skip
+        [
+            "sampling.temperature=0.7",
+            "modalities=[image]",
+            "format=both",
+            "engine.max_num_seqs=4",
+            "subtitles=[]",
+            "retry_flagged={temperature: 0.5}",
+            "choices=[cat, dog]",
+        ],
+    )
     assert c.sampling.temperature == 0.7 and c.sampling.max_tokens == 256  # siblings keep their defaults
     assert [m.value for m in c.modalities or []] == ["image"]
     assert c.format == "both" and c.engine.max_num_seqs == 4
@@ -287,8 +301,14 @@ def test_recipe_and_flags_resolve_into_the_same_config(tmp_path: Path) -> None:
     from gemma4u_batch.cli.options import job_options
 
     flags = {n: p.default for n, p in inspect.signature(job_options).parameters.items() if n != "progress"}
-    flags.update(input=EXAMPLES / "audio", output=tmp_path / "out", task="transcribe", modality=["audio"],
-                 max_tokens=448, format="jsonl,srt")  # fmt: skip
+    flags.update(
+        input=EXAMPLES / "audio",
+        output=tmp_path / "out",
+        task="transcribe",
+        modality=["audio"],
+        max_tokens=448,
+        format="jsonl,srt",
+    )
     from_flags = config_from_flags(flags)
     recipe = _write(
         tmp_path / "r.yaml",
@@ -312,8 +332,10 @@ def test_plan_counts_per_modality_and_maps_speech_videos(tmp_path: Path) -> None
     assert p.modalities["image"].sampled == 2 and p.modalities["image"].decoded == 2
     assert p.modalities["image"].estimated_prompt_tokens > 0
     assert any("deterministic sample" in n for n in p.notes)
-    speech = plan(JobConfig(input=both, output=tmp_path / "out", task="transcribe", workers=0,
-                            modalities=["audio", "video"]), sample=4)  # fmt: skip
+    speech = plan(
+        JobConfig(input=both, output=tmp_path / "out", task="transcribe", workers=0, modalities=["audio", "video"]),
+        sample=4,
+    )
     assert set(speech.modalities) == {"audio"} and speech.modalities["audio"].items == 3
     assert any("soundtrack" in n for n in speech.notes)
     # the 95 s lecture is cut into windows: more than one request per audio item
@@ -328,8 +350,9 @@ def test_plan_is_deterministic(tmp_path: Path) -> None:
 
 def test_plan_counts_one_request_per_task(tmp_path: Path) -> None:
     one = plan(JobConfig(input=EXAMPLES / "images", output=tmp_path / "o", workers=0), sample=2)
-    two = plan(JobConfig(input=EXAMPLES / "images", output=tmp_path / "o", workers=0, tasks=["caption", "tags"]),
-               sample=2)  # fmt: skip
+    two = plan(
+        JobConfig(input=EXAMPLES / "images", output=tmp_path / "o", workers=0, tasks=["caption", "tags"]), sample=2
+    )
     assert two.tasks == ["caption", "tags"]
     assert two.modalities["image"].requests == 2 * two.modalities["image"].decoded
     assert two.prompt_tokens > 1.8 * one.prompt_tokens
@@ -353,8 +376,9 @@ def test_plan_counts_bad_rows_and_empty_input_is_refused(tmp_path: Path) -> None
 
 
 def test_plan_flags_items_over_max_model_len(tmp_path: Path) -> None:
-    c = JobConfig(input=EXAMPLES / "images", output=tmp_path / "o", workers=0, image_tokens=1120,
-                  engine={"max_model_len": 512})  # fmt: skip
+    c = JobConfig(
+        input=EXAMPLES / "images", output=tmp_path / "o", workers=0, image_tokens=1120, engine={"max_model_len": 512}
+    )
     p = plan(c, sample=2)
     assert p.modalities["image"].over_limit == 2
     assert any("max_model_len=512" in n for n in p.notes)
@@ -419,10 +443,16 @@ def test_estimate_runs_a_sample_and_projects(tmp_path: Path) -> None:
 def test_estimate_on_the_tiny_model(tiny_model: Path, tmp_path: Path) -> None:
     config = load_recipe(
         RECIPES / "image_captions.yaml",
-        [f"output={tmp_path / 'out'}", "engine.dtype=float32", "engine.max_model_len=4096",
-         "engine.max_num_seqs=8", "sampling.max_tokens=8", "workers=1"],
+        [
+            f"output={tmp_path / 'out'}",
+            "engine.dtype=float32",
+            "engine.max_model_len=4096",
+            "engine.max_num_seqs=8",
+            "sampling.max_tokens=8",
+            "workers=1",
+        ],
         model=str(tiny_model),
-    )  # fmt: skip
+    )
     est = estimate(config, 2)
     assert est.records == 2 and est.errors == 0 and est.total_items == 5
     assert est.startup_s > 0 and est.per_item_s > 0
@@ -455,15 +485,21 @@ def _cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
 
 
 def test_cli_dry_run(tiny_model: Path, tmp_path: Path) -> None:
-    r = _cli("run", "recipes/nightly_incremental.yaml", "--dry-run", "--model", str(tiny_model),
-             "--set", f"output={tmp_path / 'nightly'}")  # fmt: skip
+    r = _cli(
+        "run",
+        "recipes/nightly_incremental.yaml",
+        "--dry-run",
+        "--model",
+        str(tiny_model),
+        "--set",
+        f"output={tmp_path / 'nightly'}",
+    )
     assert r.returncode == 0, r.stderr
     assert "gemma4u plan" in r.stdout and "resolved config" in r.stdout
     for mod in ("image", "audio", "video"):
         assert mod in r.stdout
     assert not (tmp_path / "nightly").exists()
-    r = _cli("run", str(RECIPES / "podcast_srt.yaml"), "--dry-run", "--json", "--model", str(tiny_model),
-             cwd=tmp_path)  # fmt: skip
+    r = _cli("run", str(RECIPES / "podcast_srt.yaml"), "--dry-run", "--json", "--model", str(tiny_model), cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     data = json.loads(r.stdout)
     assert data["tasks"] == ["transcribe"] and data["subtitles"] == ["srt"]
@@ -507,8 +543,14 @@ def test_recipe_reference_documents_every_key_and_task() -> None:
 
 def test_scheduling_doc_covers_the_schedulers_and_exit_codes() -> None:
     doc = (REPO / "docs" / "scheduling.md").read_text()
-    for needle in ("crontab", "OnCalendar", "kind: CronJob", "concurrencyPolicy: Forbid",
-                   "recipes/nightly_incremental.yaml", "exit-codes.md"):  # fmt: skip
+    for needle in (
+        "crontab",
+        "OnCalendar",
+        "kind: CronJob",
+        "concurrencyPolicy: Forbid",
+        "recipes/nightly_incremental.yaml",
+        "exit-codes.md",
+    ):
         assert needle in doc, needle
     codes = (REPO / "docs" / "exit-codes.md").read_text()
     for needle in ("| 0 |", "| 2 |", "| 73 |", "| 74 |", "| 75 |", "| 130 |"):

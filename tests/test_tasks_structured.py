@@ -36,8 +36,17 @@ def run(inp: Path, out: Path, engine: FakeEngine | None = None, **kw) -> dict:
 
 
 def test_builtin_tasks_cover_the_issue() -> None:
-    for name in ("caption", "detailed-caption", "alt-text", "tags", "ocr", "transcribe", "translate",
-                 "audio-description", "video-description"):  # fmt: skip
+    for name in (
+        "caption",
+        "detailed-caption",
+        "alt-text",
+        "tags",
+        "ocr",
+        "transcribe",
+        "translate",
+        "audio-description",
+        "video-description",
+    ):
         assert name in TASKS and TASKS[name].instructions
 
 
@@ -91,8 +100,12 @@ def test_quality_flags_and_retry(manifest: Path, tmp_path: Path) -> None:
         seen.append(req.sampling.temperature)
         return text if req.sampling.temperature > 0 else "ha " * 40
 
-    recs = run(manifest, tmp_path / "out", FakeEngine(text_for=loop_unless_retried),
-               retry_flagged=SamplingConfig(temperature=0.8, seed=1))  # fmt: skip
+    recs = run(
+        manifest,
+        tmp_path / "out",
+        FakeEngine(text_for=loop_unless_retried),
+        retry_flagged=SamplingConfig(temperature=0.8, seed=1),
+    )
     assert all(r["retried"] and r["flags"] == [] for r in recs.values())
     assert seen.count(0.0) == 4 and seen.count(0.8) == 4
     recs = run(manifest, tmp_path / "noretry", FakeEngine(text_for=loop_unless_retried))

@@ -95,17 +95,33 @@ def inspect(
     if input is None and dataset is None:
         raise UsageError("give an INPUT (folder, manifest or saved dataset) or --dataset")
     config = config_from_flags(
-        {"input": input, "output": Path("."), "dataset": dataset, "split": split, "column": column,
-         "allow_root": allow_root, "modality": None, "task": task, "image_tokens": image_tokens,
-         "video_frames": video_frames, "fps": fps, "with_audio": with_audio, "format": "jsonl", "workers": workers}
-    )  # fmt: skip
+        {
+            "input": input,
+            "output": Path("."),
+            "dataset": dataset,
+            "split": split,
+            "column": column,
+            "allow_root": allow_root,
+            "modality": None,
+            "task": task,
+            "image_tokens": image_tokens,
+            "video_frames": video_frames,
+            "fps": fps,
+            "with_audio": with_audio,
+            "format": "jsonl",
+            "workers": workers,
+        }
+    )
     source = JobInput(config).open()
     out = Console(highlight=False)
     views = []
     for v in inspect_items(
-        source, config.decode_options(), windowed_audio=is_speech_task(task), workers=workers,
+        source,
+        config.decode_options(),
+        windowed_audio=is_speech_task(task),
+        workers=workers,
         dump_dir=dump,
-    ):  # fmt: skip
+    ):
         views.append(v)
         if json_lines:
             print(json.dumps(v.to_dict(), default=str), flush=True)
@@ -211,9 +227,7 @@ def export_cmd(
     ] = None,
     push_to_hub: Annotated[
         str | None,
-        typer.Option(
-            "--push-to-hub", metavar="REPO", help="Upload the exported folder to this Hub dataset repo."
-        ),
+        typer.Option("--push-to-hub", metavar="REPO", help="Upload the exported folder to this Hub dataset repo."),
     ] = None,
     private: Annotated[bool, typer.Option("--private", help="With --push-to-hub: create the repo private.")] = False,
     revision: Annotated[

@@ -92,12 +92,14 @@ def job_options(
     tensor_parallel_size: Annotated[int, typer.Option(help="Tensor parallel size.", rich_help_panel=H_ENG)] = 1,
     pipeline_parallel_size: Annotated[int, typer.Option(help="Pipeline parallel size.", rich_help_panel=H_ENG)] = 1,
     mm_cache_gb: Annotated[
-        float, typer.Option(help="vLLM multimodal processor cache (GiB; 0 = off: inputs are not repeated).",
-                            rich_help_panel=H_ENG)
+        float,
+        typer.Option(
+            help="vLLM multimodal processor cache (GiB; 0 = off: inputs are not repeated).", rich_help_panel=H_ENG
+        ),
     ] = 0.0,
     max_in_flight: Annotated[
-        int | None, typer.Option(help="Requests kept inside the engine (default 2 × max-num-seqs).",
-                                 rich_help_panel=H_ENG)
+        int | None,
+        typer.Option(help="Requests kept inside the engine (default 2 × max-num-seqs).", rich_help_panel=H_ENG),
     ] = None,
     enforce_eager: Annotated[
         bool, typer.Option(help="Eager mode (no graph capture; faster start).", rich_help_panel=H_ENG)
@@ -124,8 +126,7 @@ def job_options(
         float, typer.Option(help="Video duration in seconds (too_long).", rich_help_panel=H_LIM)
     ] = 4 * 3600.0,
     max_decoded_frames: Annotated[
-        int, typer.Option(help="Frames a video may make the decoder decode (too_large).", min=1,
-                          rich_help_panel=H_LIM)
+        int, typer.Option(help="Frames a video may make the decoder decode (too_large).", min=1, rich_help_panel=H_LIM)
     ] = 500_000,
     decode_timeout: Annotated[
         float, typer.Option(help="Wall-clock decode seconds per item (timeout).", rich_help_panel=H_LIM)
@@ -133,7 +134,8 @@ def job_options(
     engine_restarts: Annotated[
         int,
         typer.Option(
-            help="Engine restarts allowed after it dies mid-run; one more death exits 75.", min=0,
+            help="Engine restarts allowed after it dies mid-run; one more death exits 75.",
+            min=0,
             rich_help_panel=H_LIM,
         ),
     ] = 2,
