@@ -53,6 +53,7 @@ def _recipe(config: dict[str, Any]) -> dict[str, Any]:
 def dataset_card(
     manifest: dict[str, Any], features: Any, result: Any, opts: Any, errors_by_kind: dict[str, int]
 ) -> str:
+    """README.md for the Hub: a YAML header the Hub reads, then the run's facts."""
     import yaml
 
     config = manifest.get("config") or {}
@@ -71,16 +72,31 @@ def dataset_card(
     }
     yaml_text = yaml.safe_dump(header, sort_keys=False, allow_unicode=True)
     license_line = "license: unknown  # TODO: the license of the source media and of these outputs\n"
+    lines = [
+        *_contents(manifest, config, tasks, features, result, opts, errors_by_kind),
+        *_run_and_reproduce(manifest, config, opts),
+    ]
+    return "---\n" + license_line + yaml_text + "---\n\n" + "\n".join(lines)
 
+
+_MEDIA = {
+    "image": "`image`: the original image files (`Image` feature; bytes as they were read)",
+    "audio": "`audio`: the original audio files (`Audio` feature; decoding needs `torchcodec`)",
+    "video": "`video`: the original video files as bytes (`binary`; write them out to play or decode)",
+}
+
+
+def _contents(
+    manifest: dict[str, Any],
+    config: dict[str, Any],
+    tasks: list[str],
+    features: Any,
+    result: Any,
+    opts: Any,
+    errors_by_kind: dict[str, int],
+) -> list[str]:
+    """The card's opening: which model made it, and what the split holds."""
     model = manifest.get("model") or config.get("model") or "?"
-    t0 = manifest.get("started_at")
-    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(t0)) if t0 else "?"
-    sampling = config.get("sampling") or {}
-    media = {
-        "image": "`image`: the original image files (`Image` feature; bytes as they were read)",
-        "audio": "`audio`: the original audio files (`Audio` feature; decoding needs `torchcodec`)",
-        "video": "`video`: the original video files as bytes (`binary`; write them out to play or decode)",
-    }
     lines = [
         "# Dataset card",
         "",
@@ -99,9 +115,7 @@ def dataset_card(
         lines.append("* structured output: `data` (JSON text) and `data_typed` (typed) follow the run's JSON schema")
     if config.get("choices"):
         lines.append(f"* labels: {', '.join(map(str, config['choices']))}")
-    for name, text in media.items():
-        if name in features:
-            lines.append(f"* {text}")
+    lines += [f"* {text}" for name, text in _MEDIA.items() if name in features]
     if result.media_missing:
         lines.append(f"* {result.media_missing} row(s) without media: the file was gone or had changed at export time")
     errs = sum(errors_by_kind.values())
@@ -109,7 +123,17 @@ def dataset_card(
         kinds = ", ".join(f"{k}: {v}" for k, v in sorted(errors_by_kind.items()))
         verb = "included (`error`, `error_kind` columns)" if opts.include_errors else "left out"
         lines.append(f"* items with errors: {errs} ({kinds}), {verb}")
-    lines += [
+    return lines
+
+
+def _run_and_reproduce(manifest: dict[str, Any], config: dict[str, Any], opts: Any) -> list[str]:
+    """The run's facts, a recipe that makes it again, and how to load the result."""
+    import yaml
+
+    t0 = manifest.get("started_at")
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(t0)) if t0 else "?"
+    sampling = config.get("sampling") or {}
+    return [
         "",
         "## Run",
         "",
@@ -135,4 +159,3 @@ def dataset_card(
         "```",
         "",
     ]
-    return "---\n" + license_line + yaml_text + "---\n\n" + "\n".join(lines)

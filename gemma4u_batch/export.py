@@ -346,10 +346,46 @@ def _jsonify_nested(table: Any) -> Any:
     return pa.Table.from_arrays(cols, names=table.column_names)
 
 
-def _export_folder(layout: OutLayout, to: Path, opts: ExportOptions) -> ExportResult:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+class _Shards:
+    """Parquet files of at most `max_bytes` each, rolled over as batches arrive."""
 
+    def __init__(self, folder: Path, schema: Any, max_bytes: int) -> None:
+        self.folder, self.schema, self.max_bytes = folder, schema, max_bytes
+        self.paths: list[Path] = []
+        self._writer: Any = None
+        self._size = 0
+
+    def write(self, batch: list[dict[str, Any]]) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if not batch:
+            return
+        table = pa.Table.from_pylist(batch, schema=self.schema)
+        if self._writer is not None and self._size + table.nbytes > self.max_bytes:
+            self._writer.close()
+            self._writer = None
+        if self._writer is None:
+            self.paths.append(self.folder / f"shard-{len(self.paths):05d}.parquet")
+            self._writer = pq.ParquetWriter(self.paths[-1], self.schema, compression="zstd")
+            self._size = 0
+        self._writer.write_table(table)
+        self._size += table.nbytes
+
+    def close(self) -> list[Path]:
+        """The shard files; an empty split still gets one (so it loads)."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if self._writer is not None:
+            self._writer.close()
+        if not self.paths:
+            self.paths.append(self.folder / "shard-00000.parquet")
+            pq.write_table(pa.Table.from_pylist([], schema=self.schema), self.paths[-1])
+        return self.paths
+
+
+def _export_folder(layout: OutLayout, to: Path, opts: ExportOptions) -> ExportResult:
     result = ExportResult(path=str(to))
     rows, fields, ftypes, data_schema = _table_parts(layout, opts, result)
     media = {MEDIA_COLUMNS[r["modality"]] for r in rows if r.get("modality") in MEDIA_COLUMNS} if opts.media else set()
@@ -360,44 +396,21 @@ def _export_folder(layout: OutLayout, to: Path, opts: ExportOptions) -> ExportRe
     (tmp / "data").mkdir(parents=True)
     stream: Iterator[dict[str, Any]] = _with_media(layout, rows, result) if media else iter(rows)
 
-    shards: list[Path] = []
-    writer: Any = None
-    size = 0
-    batch: list[dict[str, Any]] = []
-
-    def flush() -> None:
-        nonlocal writer, size
-        if not batch:
-            return
-        table = pa.Table.from_pylist(batch, schema=schema)
-        if writer is not None and size + table.nbytes > opts.max_shard_size:
-            writer.close()
-            writer = None
-        if writer is None:
-            shards.append(tmp / "data" / f"shard-{len(shards):05d}.parquet")
-            writer = pq.ParquetWriter(shards[-1], schema, compression="zstd")
-            size = 0
-        writer.write_table(table)
-        size += table.nbytes
-        batch.clear()
-
     try:
+        shards = _Shards(tmp / "data", schema, opts.max_shard_size)
+        batch: list[dict[str, Any]] = []
         for row in stream:
             for name in media:
                 row.setdefault(name, None)
             batch.append(row)
             result.rows += 1
             if len(batch) >= ROWS_PER_GROUP or sum(_row_bytes(r, media) for r in batch) > opts.max_shard_size // 4:
-                flush()
-        flush()
-        if writer is not None:
-            writer.close()
-        if not shards:  # an empty split still loads
-            shards.append(tmp / "data" / "shard-00000.parquet")
-            pq.write_table(pa.Table.from_pylist([], schema=schema), shards[-1])
-        n = len(shards)
-        for i, path in enumerate(shards):
-            final = path.with_name(f"{opts.split}-{i:05d}-of-{n:05d}.parquet")
+                shards.write(batch)
+                batch.clear()
+        shards.write(batch)
+        paths = shards.close()
+        for i, path in enumerate(paths):
+            final = path.with_name(f"{opts.split}-{i:05d}-of-{len(paths):05d}.parquet")
             path.rename(final)
             result.shards.append(f"data/{final.name}")
             result.num_bytes += final.stat().st_size

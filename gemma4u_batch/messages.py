@@ -120,65 +120,70 @@ def _tail(path: Path, n: int) -> list[str]:
 @contextmanager
 def engine_output(*, verbose: bool = False, log_file: Path | None = None) -> Iterator[None]:
     """Route the engine's output for the duration of a run (see the module docstring)."""
-    global _terminal
+    with _engine_env(info=verbose or log_file is not None), _our_warnings_on_terminal():
+        if verbose and log_file is None:
+            yield
+            return
+        temporary = log_file is None
+        path = _temporary_log() if log_file is None else log_file
+        with _diverted_to(path, temporary):
+            yield
+
+
+@contextmanager
+def _engine_env(*, info: bool) -> Iterator[None]:
+    """vLLM prints its logs on stdout unless told otherwise; and INFO when someone will read them."""
     saved_env: dict[str, str | None] = {}
-    # vLLM prints its logs on stdout unless told otherwise; and INFO when someone will read them.
     _set_env({"VLLM_LOGGING_STREAM": "ext://sys.stderr"}, saved_env)
-    if verbose or log_file is not None:
+    if info:
         _set_env({"VLLM_LOGGING_LEVEL": "INFO"}, saved_env, keep_user=("VLLM_LOGGING_LEVEL",))
+    try:
+        yield
+    finally:
+        _restore_env(saved_env)
+
+
+@contextmanager
+def _our_warnings_on_terminal() -> Iterator[None]:
     ours = logging.getLogger("gemma4u_batch")
     handler = _SayHandler()
     handler.setFormatter(logging.Formatter("%(message)s"))
     handler.setLevel(logging.WARNING)
     ours.addHandler(handler)
-    if verbose and log_file is None:
-        try:
-            yield
-        finally:
-            ours.removeHandler(handler)
-            _restore_env(saved_env)
-        return
+    try:
+        yield
+    finally:
+        ours.removeHandler(handler)
 
-    temporary = log_file is None
-    if temporary:
-        fd, name = tempfile.mkstemp(prefix="gemma4u-engine-", suffix=".log")
-        os.close(fd)
-        path = Path(name)
-    else:
-        assert log_file is not None
-        path = log_file
+
+def _temporary_log() -> Path:
+    fd, name = tempfile.mkstemp(prefix="gemma4u-engine-", suffix=".log")
+    os.close(fd)
+    return Path(name)
+
+
+@contextmanager
+def _diverted_to(path: Path, temporary: bool) -> Iterator[None]:
+    """Point fds 1 and 2 (ours and those the engine's processes inherit) at the log; our
+    own messages keep the real terminal through `_terminal`."""
+    global _terminal
     try:
         sink = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     except OSError as exc:
-        ours.removeHandler(handler)
-        _restore_env(saved_env)
         from .errors import UsageError
 
         raise UsageError(f"cannot write the log file {path}: {exc.strerror or exc}") from None
-    for stream in (sys.stdout, sys.stderr):
-        stream.flush()
-    saved: list[int] = []
+    _flush_std()
     try:
-        saved += [os.dup(1), os.dup(2)]
+        saved_out, saved_err = os.dup(1), os.dup(2)
     except OSError:  # no stdout/stderr to divert (a daemon with them closed): leave things alone
-        for fd in (sink, *saved):
-            os.close(fd)
+        os.close(sink)
         if temporary:
             path.unlink(missing_ok=True)
-        try:
-            yield
-        finally:
-            ours.removeHandler(handler)
-            _restore_env(saved_env)
+        yield
         return
-    saved_out, saved_err = saved
-    terminal = os.fdopen(
-        saved_err,
-        "w",
-        buffering=1,
-        encoding=getattr(sys.stderr, "encoding", None) or "utf-8",
-        errors="backslashreplace",
-    )
+    encoding = getattr(sys.stderr, "encoding", None) or "utf-8"
+    terminal = os.fdopen(saved_err, "w", buffering=1, encoding=encoding, errors="backslashreplace")
     os.dup2(sink, 1)
     os.dup2(sink, 2)
     os.close(sink)
@@ -188,20 +193,22 @@ def engine_output(*, verbose: bool = False, log_file: Path | None = None) -> Ite
         yield
         failed = False
     finally:
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except (OSError, ValueError):
-                pass
+        _flush_std()
         _terminal = None
         terminal.flush()
         os.dup2(saved_out, 1)
         os.dup2(saved_err, 2)
         os.close(saved_out)
         terminal.close()
-        ours.removeHandler(handler)
-        _restore_env(saved_env)
         _after(path, temporary=temporary, failed=failed)
+
+
+def _flush_std() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # closed or broken: nothing buffered can reach it anyway
+            continue
 
 
 def _after(path: Path, *, temporary: bool, failed: bool) -> None:

@@ -138,44 +138,10 @@ def _refusal(exc: BaseException, address: str, generic: bool) -> UsageError | No
     if dialed and dialed.group(1) != address:
         where = f"{dialed.group(1)}" if address == "auto" else f"{address} (dialed as {dialed.group(1)})"
     is_auth = any(c.__name__ == "AuthenticationError" for x in chain for c in type(x).__mro__)
-    no_token = "no authentication token was found" in text
-    if is_auth or no_token or "InvalidAuthToken" in text or "Authentication token is missing or incorrect" in text:
-        if no_token:
-            return UsageError(
-                "RAY_AUTH_MODE=token but no Ray auth token is set: set RAY_AUTH_TOKEN to the cluster's token "
-                f"({_TOKEN_FIX}), or RAY_AUTH_TOKEN_PATH to a file holding it"
-            )
-        if os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
-            return UsageError(
-                f"the Ray cluster at {where} requires an auth token and this process sent none "
-                "(RAY_AUTH_MODE is not 'token'): set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN to the cluster's "
-                f"token ({_TOKEN_FIX}), or RAY_AUTH_TOKEN_PATH to a file holding it"
-            )
-        source = _ray_token_source()
-        in_file = not source.startswith("RAY_AUTH_TOKEN")
-        return UsageError(
-            f"the Ray cluster at {where} rejected the auth token from {source}"
-            f"{' (if an earlier local Ray run wrote it, it fits only that run)' if in_file else ''}: set "
-            f"RAY_AUTH_TOKEN to the cluster's token ({_TOKEN_FIX}){' or write it to that file' if in_file else ''}"
-        )
+    if is_auth or any(s in text for s in _AUTH_SIGNS):
+        return _auth_refusal(where, no_token="no authentication token was found" in text)
     if "Version mismatch" in text:
-        v = re.search(
-            r"started with:\s*Ray: (\S+)\s*Python: (\S+).*?started with:\s*Ray: (\S+)\s*Python: (\S+)", text, re.S
-        )
-        if v is None:
-            return UsageError(
-                f"the Ray cluster at {where} runs another Ray or Python version than this environment: "
-                "run gemma4u with the cluster's Ray and Python versions"
-            )
-        ray_c, py_c, ray_me, py_me = v.groups()
-        hint = ""
-        if ray_c == ray_me and py_c.split(".")[:2] == py_me.split(".")[:2]:
-            hint = " (or allow a Python patch difference: RAY_DEFAULT_PYTHON_VERSION_MATCH_LEVEL=minor)"
-        return UsageError(
-            f"the Ray cluster at {where} runs Ray {ray_c} on Python {py_c}, this environment has Ray {ray_me} "
-            f"on Python {py_me}: run gemma4u from an environment with the cluster's versions "
-            f"(pip install 'ray=={ray_c}' on Python {py_c}){hint}"
-        )
+        return _version_refusal(where, text)
     if isinstance(exc, ValueError) and "address" in str(exc).lower():
         if address == "auto" and os.environ.get("RAY_ADDRESS"):
             return UsageError(f"invalid RAY_ADDRESS {os.environ['RAY_ADDRESS']!r}: use HOST:PORT or unset it")
@@ -187,6 +153,58 @@ def _refusal(exc: BaseException, address: str, generic: bool) -> UsageError | No
             f"`ray status --address {address}` works from this machine"
         )
     return None
+
+
+_AUTH_SIGNS = (
+    "no authentication token was found",
+    "InvalidAuthToken",
+    "Authentication token is missing or incorrect",
+)
+
+
+def _auth_refusal(where: str, *, no_token: bool) -> UsageError:
+    """Which token this process sent (or that it sent none), and how to send the right one."""
+    if no_token:
+        return UsageError(
+            "RAY_AUTH_MODE=token but no Ray auth token is set: set RAY_AUTH_TOKEN to the cluster's token "
+            f"({_TOKEN_FIX}), or RAY_AUTH_TOKEN_PATH to a file holding it"
+        )
+    if os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
+        return UsageError(
+            f"the Ray cluster at {where} requires an auth token and this process sent none "
+            "(RAY_AUTH_MODE is not 'token'): set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN to the cluster's "
+            f"token ({_TOKEN_FIX}), or RAY_AUTH_TOKEN_PATH to a file holding it"
+        )
+    source = _ray_token_source()
+    in_file = not source.startswith("RAY_AUTH_TOKEN")
+    return UsageError(
+        f"the Ray cluster at {where} rejected the auth token from {source}"
+        f"{' (if an earlier local Ray run wrote it, it fits only that run)' if in_file else ''}: set "
+        f"RAY_AUTH_TOKEN to the cluster's token ({_TOKEN_FIX}){' or write it to that file' if in_file else ''}"
+    )
+
+
+def _version_refusal(where: str, text: str) -> UsageError:
+    """Both sides' Ray and Python versions, and the install that matches the cluster."""
+    import re
+
+    v = re.search(
+        r"started with:\s*Ray: (\S+)\s*Python: (\S+).*?started with:\s*Ray: (\S+)\s*Python: (\S+)", text, re.S
+    )
+    if v is None:
+        return UsageError(
+            f"the Ray cluster at {where} runs another Ray or Python version than this environment: "
+            "run gemma4u with the cluster's Ray and Python versions"
+        )
+    ray_c, py_c, ray_me, py_me = v.groups()
+    hint = ""
+    if ray_c == ray_me and py_c.split(".")[:2] == py_me.split(".")[:2]:
+        hint = " (or allow a Python patch difference: RAY_DEFAULT_PYTHON_VERSION_MATCH_LEVEL=minor)"
+    return UsageError(
+        f"the Ray cluster at {where} runs Ray {ray_c} on Python {py_c}, this environment has Ray {ray_me} "
+        f"on Python {py_me}: run gemma4u from an environment with the cluster's versions "
+        f"(pip install 'ray=={ray_c}' on Python {py_c}){hint}"
+    )
 
 
 def _check_reachable(address: str) -> None:
