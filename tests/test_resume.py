@@ -228,3 +228,30 @@ def test_stop_file_stops_a_replica_like_a_signal(tmp_path: Path) -> None:
     assert not again.interrupted and again.done == 200 - summary.done
     ids = [r["id"] for r in current_records(OutLayout(out))]
     assert sorted(ids) == sorted(f"img_{i:04d}.png" for i in range(200))
+
+
+def test_a_crashed_shard_rerun_leaves_no_false_complete_marker(tmp_path: Path) -> None:
+    """Shard markers from an earlier, finished run must not complete a rerun in which one
+    shard stopped early: each shard forgets its old done marker when it starts."""
+    from .fake_job import SlowFakeEngine
+
+    inp, out = tmp_path / "in", tmp_path / "out"
+    make_images(inp, 8)
+
+    def shard(i: int, engine: FakeEngine, stop_file: Path | None = None) -> object:
+        config = JobConfig(input=inp, output=out, model="fake-model", workers=0, commit_every=2, shard=f"{i}/2")
+        return run_job(config, engine, reporter=Reporter("quiet"), stop_file=stop_file)
+
+    shard(0, FakeEngine())
+    shard(1, FakeEngine())
+    complete = out / ".gemma4u" / "complete.json"
+    assert complete.exists()
+    make_images(inp, 200, start=8)  # the corpus grew: both shards have work again
+    stop = tmp_path / "stop"
+    stop.touch()
+    assert shard(0, SlowFakeEngine(0.02), stop_file=stop).interrupted  # shard 0 is stopped early
+    assert not complete.exists()
+    assert not shard(1, FakeEngine()).interrupted
+    assert not complete.exists(), "shard 0 has not finished this run"
+    shard(0, FakeEngine())
+    assert complete.exists() and read_status(OutLayout(out)).records == 208
