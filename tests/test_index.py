@@ -3,6 +3,7 @@ never trusts a stale or foreign cache, and no kill leaves index and data disagre
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -263,3 +264,59 @@ def test_last_shard_compacts_and_compact_command(tmp_path: Path) -> None:
     done = subprocess.run([GEMMA4U, "compact", str(out2)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert f"{parts} data part(s) → 1" in done.stderr and len(committed_parts(OutLayout(out2))) == 1
+
+
+def _kill_when(proc, exists, timeout: float = 120.0) -> bool:
+    """SIGKILL the job's process group the moment `exists()` is true; False if it finished first."""
+    import signal
+
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if exists():
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            return True
+        time.sleep(0.0005)
+    proc.wait()
+    return False
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("moment", ["index_update", "compaction"])
+def test_sigkill_during_index_update_or_compaction_then_resume_exactly_once(tmp_path: Path, moment: str) -> None:
+    """A real SIGKILL inside an index transaction (its rollback journal exists) or inside
+    compaction (a compacted file is being written): afterwards index and data agree, and a
+    rerun ends with every id once in few files."""
+    from .test_resume import fake_job
+
+    inp = tmp_path / "in"
+    make_images(inp, 1500)
+    for attempt in range(3):
+        out = tmp_path / f"out{attempt}"
+        meta = out / ".gemma4u"
+        probe = functools.partial(_journal if moment == "index_update" else _compacting, meta)
+        if _kill_when(fake_job(inp, out, "--commit-every", "1", "--step-delay", "0"), probe):
+            break
+    else:
+        pytest.fail(f"the job never reached the {moment} moment in 3 tries")
+    layout = OutLayout(out)
+    committed = [r["id"] for p in committed_parts(layout) for r in _records_of(out, p)]
+    assert len(committed) == len(set(committed))  # readable data is duplicate-free right after the kill
+    assert read_status(layout).records == len(committed)  # the index agrees with the data (caught up)
+    summary = run(inp, out)
+    assert summary.done == 1500 - len(committed)
+    assert sorted(current(out)) == sorted(f"img_{i:04d}.png" for i in range(1500))
+    assert len(data_records(out)) == 1500 and len(committed_parts(layout)) == 1
+    assert not list((meta / "tmp").iterdir())
+
+
+def _journal(meta: Path) -> bool:
+    return (meta / "index.sqlite-journal").exists()
+
+
+def _compacting(meta: Path) -> bool:
+    return any(meta.joinpath("tmp").glob("part-*-c0*.incomplete"))
+
+
+def _records_of(out: Path, part: dict) -> list[dict]:
+    return [json.loads(line) for f in part["files"] for line in (out / f).read_text().splitlines()]
