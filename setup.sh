@@ -105,7 +105,39 @@ print(f"setup: all {count} gemma4u_batch modules import", file=sys.stderr)
 PY
 }
 
+# torchcodec (with which `datasets` decodes Audio columns, e.g. of `gemma4u export` folders) loads
+# the system's FFmpeg shared libraries (major version 4 to 9). Install Debian's ffmpeg when one is
+# missing; it brings all seven.
+FFMPEG_LIBS="avutil avcodec avformat avdevice avfilter swscale swresample"
+ffmpeg_missing() {
+  local lib missing="" found
+  found=$(PATH="$PATH:/usr/sbin:/sbin" ldconfig -p 2>/dev/null || true)
+  for lib in $FFMPEG_LIBS; do
+    grep -q "lib$lib\.so\.[0-9]" <<<"$found" || missing="$missing lib$lib"
+  done
+  echo "${missing# }"
+}
+
+system_deps() {
+  local missing; missing=$(ffmpeg_missing)
+  [ -z "$missing" ] && return 0
+  if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+    echo "setup: the FFmpeg shared libraries ($missing) are missing; install them as root" \
+      "(Debian/Ubuntu: apt-get install ffmpeg) and rerun ./setup.sh" >&2
+    exit 1
+  fi
+  echo "setup: installing ffmpeg (apt-get) for the FFmpeg shared libraries: $missing" >&2
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ffmpeg >/dev/null
+  missing=$(ffmpeg_missing)
+  if [ -n "$missing" ]; then
+    echo "setup: still missing after apt-get install ffmpeg: $missing" >&2
+    exit 1
+  fi
+}
+
 setup() {
+  system_deps
   if [ ! -x "$VENV/bin/python" ]; then
     "$PY" -m venv "$VENV"
   fi

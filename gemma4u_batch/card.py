@@ -81,7 +81,10 @@ def dataset_card(
 
 _MEDIA = {
     "image": "`image`: the original image files (`Image` feature; bytes as they were read)",
-    "audio": "`audio`: the original audio files (`Audio` feature; decoding needs `torchcodec`)",
+    "audio": (
+        "`audio`: the original audio files (`Audio` feature; `datasets` decodes it with `torchcodec`, which needs"
+        " FFmpeg's shared libraries; `Audio(decode=False)` gives the files' bytes)"
+    ),
     "video": "`video`: the original video files as bytes (`binary`; write them out to play or decode)",
 }
 

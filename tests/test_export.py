@@ -1,6 +1,6 @@
 """`gemma4u export` (#15): a Hub-layout folder with the original media that
 `datasets.load_dataset` loads (pictures decode to the original pixels, audio to the original
-bytes), its dataset card from the run manifest, and flat .jsonl/.parquet/.csv files."""
+samples), its dataset card from the run manifest, and flat .jsonl/.parquet/.csv files."""
 
 from __future__ import annotations
 
@@ -118,13 +118,25 @@ def test_shards_respect_max_shard_size_and_no_media(image_out, tmp_path: Path) -
     assert small.media == {} and "image" not in ds.column_names and ds.num_rows == 8
 
 
-def test_audio_export_keeps_the_original_files(tmp_path: Path) -> None:
+def assert_same_audio(decoded: dict, path: Path) -> None:
+    """`decoded` (a row's `audio`, decoded by `datasets` with torchcodec + FFmpeg) holds the file's
+    samples at its sampling rate: exact for PCM up to float rounding, well below one 16-bit step."""
+    import soundfile as sf
+
+    want, sr = sf.read(path, dtype="float32", always_2d=True)
+    assert decoded["sampling_rate"] == sr
+    got = np.asarray(decoded["array"])
+    # datasets averages the channels into one array (the examples are mono)
+    np.testing.assert_allclose(got, want.mean(axis=1), rtol=0, atol=1e-6)
+
+
+def test_audio_export_decodes_to_the_original_files(tmp_path: Path) -> None:
     import datasets
     import soundfile as sf
 
     inp, out = tmp_path / "in", tmp_path / "out"
     inp.mkdir()
-    for p in (EXAMPLES / "audio").iterdir():
+    for p in (EXAMPLES / "audio").iterdir():  # espeak-ng speech: a short wav and a 95 s flac
         shutil.copy(p, inp / p.name)
     run(inp, out, task="transcribe", format="parquet", subtitles=["srt"])
     dest = tmp_path / "asr"
@@ -132,14 +144,23 @@ def test_audio_export_keeps_the_original_files(tmp_path: Path) -> None:
     assert res.media == {"audio": 2}
     ds = load(dest, tmp_path)
     assert isinstance(ds.features["audio"], datasets.Audio)
-    # Decoding Audio needs torchcodec (+ FFmpeg); the stored bytes are the original files.
-    ds = ds.cast_column("audio", datasets.Audio(decode=False))
-    for row in ds:
-        original = (inp / row["id"]).read_bytes()
-        assert row["audio"]["bytes"] == original and row["segments"] and row["text"]
-        got, sr = sf.read(io.BytesIO(row["audio"]["bytes"]))
-        want, sr0 = sf.read(inp / row["id"])
-        assert sr == sr0 and np.array_equal(got, want)
+    assert sorted(ds["id"]) == sorted(p.name for p in inp.iterdir())
+    for row in ds:  # decoded by datasets (torchcodec + the system's FFmpeg libraries)
+        assert row["segments"] and row["text"]
+        audio = row["audio"]
+        assert np.sqrt(np.mean(np.square(audio["array"]))) > 0.01  # speech, not silence
+        assert_same_audio(audio, inp / row["id"])
+    # The check tells the files apart and notices a resampled or requantized copy.
+    first = inp / "hello.wav"
+    want, sr = sf.read(first, dtype="float32")
+    for other in ({"array": want[::2], "sampling_rate": sr // 2}, {"array": want.round(2), "sampling_rate": sr}):
+        with pytest.raises(AssertionError):
+            assert_same_audio(other, first)
+    with pytest.raises(AssertionError):
+        assert_same_audio(next(r["audio"] for r in ds if r["id"] != first.name), first)
+    # The stored bytes are the original files themselves.
+    for row in ds.cast_column("audio", datasets.Audio(decode=False)):
+        assert row["audio"]["bytes"] == (inp / row["id"]).read_bytes()
     header = card_header(dest)
     assert header["task_categories"] == ["automatic-speech-recognition"]
 
