@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from .decode.options import DecodeOptions
 from .records import Modality
+from .tasks import is_speech_task
 
 DEFAULT_MODEL = "google/gemma-4-12B-it"
 IMAGE_TOKEN_BUDGETS = (70, 140, 280, 560, 1120)
@@ -153,5 +154,6 @@ class JobConfig(BaseModel):
             video_frames=self.video_frames,
             video_fps=self.video_fps,
             with_audio=self.with_audio,
+            vad=any(is_speech_task(t) for t in self.task_list()),
             shard=self.shard_index(),
         )

@@ -303,7 +303,7 @@ class Job:
                 continue
             if (why := self.requests.unsendable(unit)) is not None:
                 unit.error, unit.error_kind = why
-            if d.error is not None or unit.error is not None:
+            if d.error is not None or unit.error is not None or unit.no_speech:
                 self._emit(unit)
                 continue
             self._queued.extend(self.requests.requests(unit))
@@ -349,7 +349,7 @@ class Job:
         rec.run_id, rec.created_at = self.run_id, created_now()
         self.writer.add(rec)
         self.counters.add(rec.error_kind, rec.num_output_tokens)
-        if rec.segments and self.config.subtitles:
+        if rec.segments is not None and self.config.subtitles:
             write_transcripts(self.layout.transcripts, rec.id, rec.segments, tuple(self.config.subtitles))
 
 

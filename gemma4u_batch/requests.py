@@ -19,7 +19,7 @@ from .quality import quality_flags
 from .records import DecodedItem, Modality, WorkItem
 from .structured import load_schema, structured_for
 from .tasks import TASKS, resolve_task
-from .units import Unit, build_parts, media_flags, stitch
+from .units import Unit, build_parts, media_flags, no_speech, stitch
 
 
 class PromptCache(Protocol):
@@ -101,11 +101,13 @@ class RequestBuilder:
         key = self.key_of(d.item, d.content_sha256, task, rendered)
         parts = []
         flags: list[str] = []
+        silent = False
         if d.error is None and error is None:
             t = resolve_task(task)
             windowed = bool(t and t.windowed_audio)
             parts = build_parts(d, windowed_audio=windowed, tokens_per_frame_of=self._frame_tokens)
             flags = media_flags(d, windowed_audio=windowed)
+            silent = no_speech(d, windowed_audio=windowed)
         structured = structured_for(self.config, self._schema, task)
         unit = Unit(
             decoded=d,
@@ -116,6 +118,7 @@ class RequestBuilder:
             task=task,
             structured=structured,
             media_flags=flags,
+            no_speech=silent,
         )
         if error is not None:
             unit.error, unit.error_kind = error
@@ -140,7 +143,7 @@ class RequestBuilder:
 
     def unsendable(self, unit: Unit) -> tuple[str, str] | None:
         """(message, kind) when a unit cannot go to the engine: it fails before it is sent."""
-        if unit.decoded.error is not None or unit.error is not None:
+        if unit.decoded.error is not None or unit.error is not None or unit.no_speech:
             return None
         if not unit.parts:
             return "nothing to send for this item", "empty"

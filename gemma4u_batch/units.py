@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from .decode.audio import num_audio_tokens, pad_to_token_multiple, split_windows
+from .decode.vad import speech_windows
 from .errors import ItemError
 from .quality import parse_structured, quality_flags
 from .records import DecodedItem, Generation, Modality, OutputRecord
@@ -48,6 +49,7 @@ class Unit:
     outstanding: int = 0
     retried: bool = False
     media_flags: list[str] = field(default_factory=list)  # e.g. audio_truncated: set when parts are built
+    no_speech: bool = False  # a speech task on audio in which the VAD found no speech: nothing is sent
 
     def __post_init__(self) -> None:
         self.reset()
@@ -92,6 +94,10 @@ def video_tokens(d: DecodedItem, tokens_per_frame_of: Any) -> int:
     return sum(tokens_per_frame_of(f) + 6 for f in v.frames)
 
 
+NO_SPEECH = "no_speech"
+"""Flag of a speech-task record of an audio file in which voice activity detection found no
+speech: empty text, no segments, no request sent (not an error)."""
+
 AUDIO_TRUNCATED = "audio_truncated"
 """Flag of a record whose audio was cut to its first 30 s (one request: captioning audio,
 a video's soundtrack); speech tasks cut long audio into windows instead."""
@@ -108,6 +114,11 @@ def media_flags(d: DecodedItem, *, windowed_audio: bool) -> list[str]:
     return [AUDIO_TRUNCATED] if cut else []
 
 
+def no_speech(d: DecodedItem, *, windowed_audio: bool) -> bool:
+    """Whether the VAD ran on this audio item for a speech task and found no speech."""
+    return windowed_audio and d.video is None and d.audio is not None and d.info.get("speech") == []
+
+
 def build_parts(d: DecodedItem, *, windowed_audio: bool, tokens_per_frame_of: Any) -> list[Part]:
     """Split a decoded item into the media of each request it needs."""
     if d.image is not None:
@@ -122,7 +133,10 @@ def build_parts(d: DecodedItem, *, windowed_audio: bool, tokens_per_frame_of: An
         return [Part(mm, tokens, 0.0, float(d.video.duration))]
     if d.audio is not None:
         x = d.audio
-        if windowed_audio:
+        if windowed_audio and "speech" in d.info:  # the VAD's regions: only speech is sent
+            regions = [(int(s), int(e)) for s, e in d.info["speech"]]
+            spans = speech_windows(x, regions, SAMPLE_RATE, max_seconds=WINDOW_SECONDS)
+        elif windowed_audio:
             spans = split_windows(x, SAMPLE_RATE, max_seconds=WINDOW_SECONDS)
         else:
             spans = [(0, min(x.size, int(WINDOW_SECONDS * SAMPLE_RATE)))]
@@ -173,7 +187,9 @@ def to_record(unit: Unit, model: str) -> OutputRecord:
     text, segments, gen = (None, None, None) if error else stitch(unit)
     data: Any = None
     flags: list[str] = []
-    if text is not None:
+    if text is not None and unit.no_speech:
+        segments, flags = [], [NO_SPEECH]
+    elif text is not None:
         flags = quality_flags(text, gen.finish_reason if gen else None) + unit.media_flags
         if unit.structured is not None:
             try:

@@ -42,10 +42,16 @@ _READY = "ready"
 _MAX_START_FAILURES = 3
 
 
-def _warm_up() -> None:
-    """Import the decoders before saying ready, so decode_timeout measures decoding only."""
+def _warm_up(opts: DecodeOptions) -> None:
+    """Import the decoders (and load the VAD model when speech tasks need it) before saying
+    ready, so decode_timeout measures decoding only."""
     try:
         from .decode import audio, image, video  # noqa: F401
+
+        if opts.vad:
+            from .decode.vad import load_model
+
+            load_model()
     except ImportError:
         pass
 
@@ -55,7 +61,7 @@ def _worker_main(conn: Connection, opts: DecodeOptions, decode_fn: DecodeFn) -> 
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
     _prefer_oom_kill()
-    _warm_up()
+    _warm_up(opts)
     try:
         conn.send(_READY)
     except OSError:

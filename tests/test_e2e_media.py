@@ -202,7 +202,8 @@ def test_transcribe_95s_file_cli(tmp_path: Path, tiny_model: Path) -> None:
     segs = lec["segments"]
     assert len(segs) >= 4 and segs[0]["start"] == 0.0 and abs(segs[-1]["end"] - 95.0) < 0.05
     assert all(0 < s["end"] - s["start"] <= 30.0 for s in segs)
-    assert all(a["end"] == b["start"] for a, b in itertools.pairwise(segs))
+    # Windows are the VAD's speech stretches: in time order, the pauses between them not sent.
+    assert all(a["end"] < b["start"] for a, b in itertools.pairwise(segs))
     assert lec["task"] == "transcribe" and lec["text"]
     assert recs["with_sound.mp4"]["segments"] and recs["with_sound.mp4"]["error"] is None
     srt = (out / "__transcripts__" / "lecture.flac.srt").read_text()

@@ -108,10 +108,12 @@ def _tone(path: Path, seconds: float) -> None:
 
 def test_captioning_long_audio_flags_the_truncation(tmp_path: Path) -> None:
     """Captioning sends the first 30 s of audio: the record says so (`audio_truncated`); speech
-    tasks window the whole file and short files are whole, so neither is flagged."""
+    tasks window the whole file's speech and short files are whole, so neither is flagged. A steady
+    tone holds no speech: its transcription sends nothing and says so (`no_speech`)."""
     inp = tmp_path / "in"
     inp.mkdir()
-    _tone(inp / "long.wav", 35.0)
+    lecture, sr = sf.read(EXAMPLES / "audio" / "lecture_95s.flac", dtype="float32")
+    sf.write(inp / "long.wav", lecture[: 35 * sr], sr)
     _tone(inp / "short.wav", 5.0)
     _run(JobConfig(input=inp, output=tmp_path / "cap", model="fake-model", tasks=["caption", "transcribe"], workers=0))
     recs = _records(tmp_path / "cap")
@@ -119,6 +121,9 @@ def test_captioning_long_audio_flags_the_truncation(tmp_path: Path) -> None:
     assert "audio_truncated" not in recs[("long.wav", "transcribe")]["flags"]
     assert len(recs[("long.wav", "transcribe")]["segments"]) == 2
     assert "audio_truncated" not in recs[("short.wav", "caption")]["flags"]
+    silent = recs[("short.wav", "transcribe")]
+    assert (silent["text"], silent["segments"], silent["error"]) == ("", [], None)
+    assert silent["flags"] == ["no_speech"]
 
 
 def test_video_soundtrack_past_30s_is_flagged(tmp_path: Path) -> None:

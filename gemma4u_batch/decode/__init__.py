@@ -115,6 +115,11 @@ def decode_item(item: WorkItem, opts: DecodeOptions) -> DecodedItem:
             from .audio import decode_audio
 
             out.audio, out.info = decode_audio(data, opts)
+            if opts.vad:
+                from .vad import speech_probabilities, speech_regions
+
+                regions = speech_regions(speech_probabilities(out.audio, opts.sample_rate), len(out.audio))
+                out.info["speech"] = [list(r) for r in regions]
         elif item.modality is Modality.VIDEO:
             from .video import decode_video
 

@@ -30,5 +30,7 @@ class DecodeOptions:
     max_decoded_frames: int = 500_000  # frames a video may make the decoder decode
     max_video_seconds: float = 4 * 3600.0
     with_audio: bool = False
+    # Speech tasks: find the speech regions of audio files (decode/vad.py) so only they are sent
+    vad: bool = False
     # --shard I/N: items whose content hash is not ≡ I (mod N) are hashed but not decoded
     shard: tuple[int, int] | None = None

@@ -1,0 +1,157 @@
+"""Voice activity detection (#16): only speech is sent, segment times are speech times."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from gemma4u_batch.config import JobConfig
+from gemma4u_batch.decode import DecodeOptions, decode_item
+from gemma4u_batch.decode.vad import speech_probabilities, speech_regions, speech_windows
+from gemma4u_batch.engine import FakeEngine
+from gemma4u_batch.job import run_job
+from gemma4u_batch.records import Modality, WorkItem
+from gemma4u_batch.writer import OutLayout, iter_committed_records
+
+from .conftest import REPO
+
+SR = 16_000
+AUDIO = REPO / "examples" / "audio"
+
+
+def _hello() -> np.ndarray:
+    x, sr = sf.read(AUDIO / "hello.wav", dtype="float32")
+    assert sr == SR
+    return x
+
+
+def _quiet(seconds: float, rng: np.random.Generator) -> np.ndarray:
+    return (rng.standard_normal(int(seconds * SR)) * 0.001).astype(np.float32)  # near-silence, -60 dBFS
+
+
+def _tone(seconds: float) -> np.ndarray:
+    t = np.arange(int(seconds * SR)) / SR
+    return (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+
+
+def three_utterances() -> tuple[np.ndarray, list[tuple[float, float]]]:
+    """The issue's case: three short utterances between near-silence and a steady tone, and
+    where each utterance truly is (seconds)."""
+    rng = np.random.default_rng(0)
+    hello = _hello()
+    pieces = [_quiet(4, rng), hello, _quiet(5, rng), _tone(6), hello, _tone(5), _quiet(3, rng), hello, _quiet(4, rng)]
+    truth, pos = [], 0
+    for p in pieces:
+        if p is hello:
+            truth.append((pos / SR, (pos + len(p)) / SR))
+        pos += len(p)
+    return np.concatenate(pieces), truth
+
+
+def _regions_seconds(x: np.ndarray) -> list[tuple[float, float]]:
+    return [(s / SR, e / SR) for s, e in speech_regions(speech_probabilities(x), len(x))]
+
+
+def test_utterances_between_silence_and_tone_are_found_and_nothing_else() -> None:
+    x, truth = three_utterances()
+    found = _regions_seconds(x)
+    assert len(found) == 3, found
+    for (s, e), (ts, te) in zip(found, truth, strict=True):
+        assert abs(s - ts) <= 1.5 and abs(e - te) <= 1.5, (found, truth)
+
+
+def test_silence_and_tone_hold_no_speech() -> None:
+    rng = np.random.default_rng(1)
+    assert _regions_seconds(np.zeros(60 * SR, np.float32)) == []
+    assert _regions_seconds(_quiet(60, rng)) == []
+    assert _regions_seconds(_tone(20)) == []
+
+
+def test_parallel_streams_agree_with_one_stream() -> None:
+    """The batched analysis (many streams, each warmed up) finds the regions one sequential
+    pass finds, to within two frames."""
+    import gemma4u_batch.decode.vad as vad
+
+    x, _ = sf.read(AUDIO / "lecture_95s.flac", dtype="float32")
+    batched = speech_regions(speech_probabilities(x), len(x))
+    saved = vad._MAX_STREAMS
+    vad._MAX_STREAMS = 1
+    try:
+        single = speech_regions(speech_probabilities(x), len(x))
+    finally:
+        vad._MAX_STREAMS = saved
+    assert len(batched) == len(single)
+    for (a, b), (c, d) in zip(batched, single, strict=True):
+        assert abs(a - c) <= 2 * vad.FRAME and abs(b - d) <= 2 * vad.FRAME
+
+
+def test_windows_cover_speech_split_at_the_longest_pause() -> None:
+    x = np.zeros(200 * SR, np.float32)
+    s = SR
+    # Speech 0-10, 11.5-20, 21.8-29, 29.5-40 (longest pause 20-21.8): the 40 s stretch splits there.
+    regions = [(0, 10 * s), (int(11.5 * s), 20 * s), (int(21.8 * s), 29 * s), (int(29.5 * s), 40 * s)]
+    assert speech_windows(x, regions) == [(0, 20 * s), (int(21.8 * s), 40 * s)]
+    # Neighbouring groups are joined while they fit in 30 s; a pause of 2 s or more always splits.
+    assert speech_windows(x, [(0, 5 * s), (6 * s, 12 * s), (13 * s, 20 * s)]) == [(0, 20 * s)]
+    assert speech_windows(x, [(0, 5 * s), (7 * s, 12 * s)]) == [(0, 5 * s), (7 * s, 12 * s)]
+    # A single region longer than 30 s (continuous speech) is cut inside it, ≤ 30 s each.
+    rng = np.random.default_rng(2)
+    x[100 * s : 170 * s] = rng.standard_normal(70 * s).astype(np.float32) * 0.1
+    wins = speech_windows(x, [(100 * s, 170 * s)])
+    assert wins[0][0] == 100 * s and wins[-1][1] == 170 * s
+    assert all(e - b <= 30 * s for b, e in wins) and len(wins) == 3
+    assert speech_windows(x, []) == []
+
+
+def test_decode_workers_attach_speech_regions_for_speech_tasks() -> None:
+    x, _ = three_utterances()
+    item = WorkItem(id="a.wav", source="a.wav", modality=Modality.AUDIO, data=_wav_bytes(x))
+    assert "speech" not in decode_item(item, DecodeOptions()).info
+    d = decode_item(item, DecodeOptions(vad=True))
+    assert d.error is None and len(d.info["speech"]) == 3
+    assert JobConfig(input=Path("."), output=Path("o"), task="transcribe").decode_options().vad
+    assert not JobConfig(input=Path("."), output=Path("o"), task="caption").decode_options().vad
+
+
+def _wav_bytes(x: np.ndarray) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    sf.write(buf, x, SR, format="WAV")
+    return buf.getvalue()
+
+
+def _records(out: Path) -> dict[str, dict]:
+    return {r["id"]: r for r in iter_committed_records(OutLayout(out))}
+
+
+def test_transcription_sends_only_speech(tmp_path: Path) -> None:
+    """Segments are the utterances' times (within 1.5 s), none holds only silence or tone,
+    10 minutes of near-silence gives an empty record flagged `no_speech`, and subtitle files
+    are written for both."""
+    inp = tmp_path / "in"
+    inp.mkdir()
+    x, truth = three_utterances()
+    sf.write(inp / "three.wav", x, SR)
+    sf.write(inp / "silence.flac", _quiet(600, np.random.default_rng(3)), SR)
+    engine = FakeEngine()
+    out = tmp_path / "out"
+    run_job(
+        JobConfig(input=inp, output=out, model="fake-model", task="transcribe", workers=0, subtitles=["srt"]),
+        engine=engine,
+    )
+    recs = _records(out)
+    three = recs["three.wav"]
+    assert three["error"] is None and three["text"]
+    segs = three["segments"]
+    assert len(segs) == 3, segs
+    for seg, (ts, te) in zip(segs, truth, strict=True):
+        assert abs(seg["start"] - ts) <= 1.5 and abs(seg["end"] - te) <= 1.5, (segs, truth)
+    silent = recs["silence.flac"]
+    assert silent["text"] == "" and silent["segments"] == [] and silent["flags"] == ["no_speech"]
+    assert silent["error"] is None and silent["num_output_tokens"] is None
+    assert (out / "__transcripts__" / "silence.flac.srt").read_text() == ""
+    assert json.dumps(three)  # plain JSON
