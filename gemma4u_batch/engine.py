@@ -31,6 +31,7 @@ class EngineRequest:
     sampling: SamplingConfig
     payload: Any = None  # the runner's context for this request, returned untouched
     structured: dict[str, Any] | None = None  # {"json": schema} or {"choice": [...]}
+    params: Any = None  # vLLM SamplingParams used as given instead of `sampling` (run-batch)
 
 
 @dataclass
@@ -39,6 +40,7 @@ class EngineResult:
     generation: Generation | None = None
     error: str | None = None
     error_kind: str | None = None
+    output: Any = None  # vLLM's RequestOutput as returned (every choice, logprobs); None from FakeEngine
 
 
 class Engine(Protocol):
@@ -225,7 +227,7 @@ class VllmEngine:
         from vllm.sampling_params import StructuredOutputsParams
 
         s = request.sampling
-        params = SamplingParams(
+        params = request.params or SamplingParams(
             max_tokens=s.max_tokens,
             temperature=s.temperature,
             top_p=s.top_p,
@@ -274,6 +276,7 @@ class VllmEngine:
                         num_prompt_tokens=len(out.prompt_token_ids or []),
                         num_output_tokens=len(comp.token_ids),
                     ),
+                    output=out,
                 )
             )
         return results

@@ -14,6 +14,7 @@ from ..config import JobConfig
 from ..errors import EngineFailure, ExitCode, OutputError, OutputLocked, UsageError
 from .launch import config_from_flags, err, fail, job_command
 from .options import make_job_command
+from .run_batch_cmd import run_batch
 from .run_cmd import run as run_recipe
 from .verify_cmd import verify
 
@@ -67,6 +68,7 @@ app.command("transcribe")(
 
 
 app.command("run")(run_recipe)
+app.command("run-batch")(run_batch)
 
 
 @app.command("inspect")

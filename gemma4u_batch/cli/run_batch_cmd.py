@@ -1,0 +1,124 @@
+"""`gemma4u run-batch -i IN.jsonl -o OUT.jsonl --model M`: a drop-in for `vllm run-batch`
+(OpenAI Batch format, /v1/chat/completions), resumable. The work lives in batchrun.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..errors import ExitCode
+from .launch import err
+
+
+def run_batch(
+    input_file: Annotated[
+        Path, typer.Option("--input-file", "-i", help="OpenAI batch input (JSONL: custom_id, method, url, body).")
+    ],
+    output_file: Annotated[
+        Path, typer.Option("--output-file", "-o", help="Batch output (JSONL), written atomically at the end.")
+    ],
+    model: Annotated[str, typer.Option("--model", help="Model path or HF id.")],
+    served_model_name: Annotated[
+        list[str] | None,
+        typer.Option("--served-model-name", help="Name(s) a line's body.model may use (default: --model). Repeatable."),
+    ] = None,
+    dtype: Annotated[str, typer.Option("--dtype", help="auto, bfloat16, float16 or float32.")] = "auto",
+    max_model_len: Annotated[int | None, typer.Option("--max-model-len", help="Context length.")] = 8192,
+    max_num_seqs: Annotated[int, typer.Option("--max-num-seqs", help="Sequences per engine step.")] = 32,
+    gpu_memory_utilization: Annotated[
+        float | None, typer.Option("--gpu-memory-utilization", help="Share of (GPU or CPU KV) memory.")
+    ] = None,
+    tensor_parallel_size: Annotated[int, typer.Option("--tensor-parallel-size", "-tp", help="GPUs per engine.")] = 1,
+    seed: Annotated[int, typer.Option("--seed", help="Engine seed (a line's body.seed wins for that line).")] = 0,
+    allowed_local_media_path: Annotated[
+        Path | None,
+        typer.Option("--allowed-local-media-path", help="file:// media is read only under this folder."),
+    ] = None,
+    allow_network_media: Annotated[
+        bool, typer.Option("--allow-network-media", help="Fetch http(s) media (off by default).")
+    ] = False,
+    media_timeout: Annotated[float, typer.Option(help="Seconds per http(s) media fetch.")] = 10.0,
+    max_media_bytes: Annotated[int, typer.Option(help="Largest media item, in bytes.")] = 64 * 1024**2,
+    image_tokens: Annotated[int, typer.Option(help="Soft tokens per image: 70, 140, 280, 560 or 1120.")] = 280,
+    limit_mm_per_prompt: Annotated[
+        str,
+        typer.Option("--limit-mm-per-prompt", help="Media items per line, as JSON, e.g. '{\"image\": 4}'."),
+    ] = '{"image": 1, "audio": 1, "video": 1}',
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Show vLLM's and torch's own log lines too.")
+    ] = False,
+) -> None:
+    """Run an OpenAI batch file like `vllm run-batch` (same flags and lines), resumable: a rerun
+    sends only lines without an answer."""
+    from ..batchapi import MediaPolicy
+    from ..batchrun import BatchRun, BatchSettings
+    from ..config import EngineConfig
+    from ..decode import DecodeOptions
+    from ..engine import VllmEngine
+    from ..messages import engine_output
+
+    limits = _limits(limit_mm_per_prompt)
+    settings = BatchSettings(
+        input=input_file,
+        output=output_file,
+        model=model,
+        served_model_names=list(served_model_name or []),
+        engine=EngineConfig(
+            dtype=dtype,
+            max_model_len=max_model_len,
+            max_num_seqs=max_num_seqs,
+            gpu_memory_utilization=gpu_memory_utilization,
+            tensor_parallel_size=tensor_parallel_size,
+        ),
+        image_tokens=image_tokens,
+        seed=seed,
+        limit_mm=dict(limits),
+        media=MediaPolicy(
+            allowed_local_media_path=allowed_local_media_path,
+            allow_network=allow_network_media,
+            timeout_s=media_timeout,
+            max_bytes=max_media_bytes,
+            decode=DecodeOptions(image_tokens=image_tokens),
+        ),
+    )
+    run = BatchRun(settings)
+    with engine_output(verbose=verbose):
+        if run.complete():
+            summary = run.run(None)
+        else:  # the tokenizer and the engine load only when a line is sent
+            engine = VllmEngine(
+                model=model, engine=settings.engine, image_tokens=image_tokens, limit_mm=limits, seed=seed
+            ).start()
+            try:
+                summary = run.run(engine)
+            finally:
+                engine.shutdown()
+    for problem in summary.problems:
+        err.print(f"[bold red]error:[/] {problem}", soft_wrap=True, highlight=False)
+    if summary.already_complete:
+        err.print(f"Nothing to do: {output_file} already answers every line of {input_file}.")
+    else:
+        err.print(
+            f"{summary.lines} lines: {summary.done} answered now, {summary.reused} from the checkpoint, "
+            f"{summary.errors} error lines → {output_file}"
+        )
+    if summary.interrupted:
+        raise typer.Exit(ExitCode.INTERRUPTED)
+    if summary.problems:
+        raise typer.Exit(ExitCode.ITEM_ERRORS)
+
+
+def _limits(text: str) -> dict[str, int | dict[str, int]]:
+    import json
+
+    from ..errors import UsageError
+
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"--limit-mm-per-prompt is not JSON: {exc.msg}") from None
+    if not isinstance(value, dict) or not all(isinstance(v, int) and v >= 0 for v in value.values()):
+        raise UsageError('--limit-mm-per-prompt wants a JSON object of counts, e.g. {"image": 2}')
+    return {"image": 1, "audio": 1, "video": 1, **value}
