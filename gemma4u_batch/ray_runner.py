@@ -313,11 +313,10 @@ class _Driver:
         except OSError as exc:
             raise OutputError(f"cannot write to output folder {layout.root}: {exc.strerror or exc}") from exc
         counters = Counters()
-        while queue or self.running:
+        while self.running or (queue and not stop.requested):
             if stop.requested and not stop_file.exists():
-                queue.clear()
                 stop_file.touch()
-            while queue and self.idle:
+            while queue and self.idle and not stop.requested:
                 actor = self.idle.pop()
                 shard = queue.popleft()
                 ref = actor.run_shard.remote(shard, self.n_shards, self.extra, str(stop_file))
@@ -338,9 +337,11 @@ class _Driver:
         """A finished shard's result; a dead replica's shard is requeued; a replica's
         usage, output or engine failure is the job's (one line and its exit code)."""
         actor, shard = self.running.pop(ref)
+        x = self.ray.exceptions
         try:
             result: dict[str, Any] = self.ray.get(ref)
-        except self.ray.exceptions.RayActorError:
+        except (x.RayActorError, x.OutOfMemoryError, x.WorkerCrashedError, x.NodeDiedError):
+            # The replica's process (or node) is gone, an OOM kill included: its shard goes back.
             self.replacements += 1
             if self.replacements > MAX_REPLACEMENTS:
                 raise EngineFailure(

@@ -70,7 +70,9 @@ def test_cli_sigkill_then_resume(tmp_path: Path, tiny_model: Path, shared_engine
     run_job(config, shared_engine, reporter=Reporter("quiet"))
     expected = {r["id"]: r["text"] for r in iter_committed_records(OutLayout(ref))}
     assert {r["id"]: r["text"] for r in recs} == expected
-    status = subprocess.run([GEMMA4U, "status", str(out), "--json"], capture_output=True, text=True, timeout=120)
+    status = subprocess.run(
+        [GEMMA4U, "status", str(out), "--json", "--count-pending"], capture_output=True, text=True, timeout=120
+    )
     st = json.loads(status.stdout)
     assert st["records"] == 40 and st["pending"] == 0 and st["complete"] and not st["active"]
 
