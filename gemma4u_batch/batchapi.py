@@ -164,6 +164,8 @@ def check_line(line: BatchLine, served_names: list[str]) -> tuple[Any | None, di
         return None, error_output(line.custom_id, STREAM_REFUSED)
     if body.use_beam_search:
         return None, error_output(line.custom_id, "beam search is not supported by gemma4u run-batch")
+    if body.tools:
+        return None, error_output(line.custom_id, "tools are not supported by gemma4u run-batch")
     return body, None
 
 

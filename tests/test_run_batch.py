@@ -114,6 +114,7 @@ def test_bad_bodies_and_endpoints(tmp_path: Path) -> None:
         chat("embed", "s", url="/v1/embeddings"),
         chat("bad-temp", "s", temperature="hot"),
         chat("served", "s", model="alias"),
+        chat("tools", "s", model="alias", tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}]),
     ]
     inp = write_lines(tmp_path / "in.jsonl", lines)
     BatchRun(settings(tmp_path, inp, served_model_names=["alias"])).run(FakeEngine())
@@ -124,6 +125,7 @@ def test_bad_bodies_and_endpoints(tmp_path: Path) -> None:
     assert outs["bad-temp"]["error"].startswith("invalid body: temperature")
     assert outs["served"]["error"] is None  # a --served-model-name is a valid alias...
     assert outs["served"]["response"]["body"]["model"] == "alias"
+    assert outs["tools"]["error"] == "tools are not supported by gemma4u run-batch"
 
 
 def test_conversation_media_and_policy(tmp_path: Path) -> None:

@@ -24,6 +24,7 @@ from gemma4u_batch.batchrun import BatchRun, BatchSettings
 from gemma4u_batch.decode import DecodeOptions
 
 from .media import photo, png_bytes
+from .test_decode_video import _make_video
 
 pytestmark = pytest.mark.engine
 
@@ -177,7 +178,7 @@ def test_conversation_matches_vllm_chat_utils(tmp_path: Path, tiny_model: Path, 
 
 def test_per_line_sampling(tmp_path: Path, tiny_model: Path, shared_engine) -> None:
     """Sampling from each body, through vLLM's to_sampling_params: n, logprobs/top_logprobs,
-    max_completion_tokens, stop, seed, response_format json_schema."""
+    max_completion_tokens, seed, top_k, min_p, response_format json_schema; and a video line."""
     from vllm.entrypoints.launchers.run_batch import BatchRequestOutput
 
     user = [{"role": "user", "content": "Hello world!"}]
@@ -195,6 +196,10 @@ def test_per_line_sampling(tmp_path: Path, tiny_model: Path, shared_engine) -> N
             response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": schema}},
         ),
     ]
+    video = _make_video(tmp_path / "v.mp4", "mp4", "mpeg4")
+    video_uri = "data:video/mp4;base64," + base64.b64encode(video).decode()
+    part = {"type": "video_url", "video_url": {"url": video_uri}}
+    lines.append(_line("video", str(tiny_model), [{"role": "user", "content": [part, {"type": "text", "text": "?"}]}]))
     inp = tmp_path / "in.jsonl"
     inp.write_text("".join(json.dumps(x) + "\n" for x in lines))
     settings = BatchSettings(
@@ -212,6 +217,7 @@ def test_per_line_sampling(tmp_path: Path, tiny_model: Path, shared_engine) -> N
     assert outs["lp"]["usage"]["completion_tokens"] == len(content)
     texts = [outs[k]["choices"][0]["message"]["content"] for k in ("seeded-a", "seeded-b")]
     assert texts[0] == texts[1]  # the same seed, the same sample
+    assert outs["video"]["usage"]["prompt_tokens"] > 8 * 70  # 8 sampled frames of 70 soft tokens
     answer = outs["json"]["choices"][0]
     if answer["finish_reason"] == "stop":  # a random model may run out of tokens first
         assert isinstance(json.loads(answer["message"]["content"])["a"], int)
