@@ -69,7 +69,11 @@ class JobConfig(BaseModel):
     video_frames: int = Field(8, ge=1, le=32)
     video_fps: float | None = Field(None, gt=0)
     with_audio: bool = False
-    subtitles: list[Literal["txt", "srt", "vtt"]] = Field(default_factory=list)
+    subtitles: list[Literal["txt", "srt", "vtt", "tsv", "json"]] = Field(default_factory=list)
+    # SRT/VTT cue shape (subtitles.py)
+    max_cue_seconds: float = Field(7.0, gt=0)
+    max_line_width: int = Field(42, ge=10)
+    max_lines: int = Field(2, ge=1)
     sampling: SamplingConfig = SamplingConfig()
     engine: EngineConfig = EngineConfig()
     image_tokens: int = 280

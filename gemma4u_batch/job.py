@@ -35,7 +35,7 @@ from .records import DecodedItem, WorkItem
 from .requests import RequestBuilder
 from .schema import COLUMN_DOCS, data_schema_metadata
 from .signals import StopSignal
-from .subtitles import write_transcripts
+from .subtitles import CueLimits, write_transcripts
 from .units import Unit, to_record
 from .workers import DecodePool
 from .writer import OutLayout, PartWriter, cleanup_orphans, created_now
@@ -350,7 +350,9 @@ class Job:
         self.writer.add(rec)
         self.counters.add(rec.error_kind, rec.num_output_tokens)
         if rec.segments is not None and self.config.subtitles:
-            write_transcripts(self.layout.transcripts, rec.id, rec.segments, tuple(self.config.subtitles))
+            c = self.config
+            limits = CueLimits(c.max_cue_seconds, c.max_line_width, c.max_lines)
+            write_transcripts(self.layout.transcripts, rec.id, rec.segments, tuple(c.subtitles), limits)
 
 
 def run_job(

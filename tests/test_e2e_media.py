@@ -9,12 +9,14 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import pysubs2
 import pytest
 import soundfile as sf
 
 from gemma4u_batch.config import JobConfig, SamplingConfig
 from gemma4u_batch.job import run_job
 from gemma4u_batch.progress import Reporter
+from gemma4u_batch.subtitles import clean_text
 from gemma4u_batch.writer import OutLayout, iter_committed_records
 
 from .conftest import GEMMA4U, REPO
@@ -187,7 +189,11 @@ def test_transcribe_95s_file_cli(tmp_path: Path, tiny_model: Path) -> None:
             "--max-model-len",
             "4096",
             "--format",
-            "jsonl,srt,vtt,txt",
+            "jsonl,srt,vtt,txt,tsv,json",
+            "--max-cue-seconds",
+            "5",
+            "--max-lines",
+            "1",
             "--progress",
             "quiet",
         ],
@@ -210,3 +216,10 @@ def test_transcribe_95s_file_cli(tmp_path: Path, tiny_model: Path) -> None:
     assert srt.startswith("1\n00:00:00,000 --> ") and "\n\n4\n" in srt
     assert (out / "__transcripts__" / "lecture.flac.vtt").read_text().startswith("WEBVTT")
     assert (out / "__transcripts__" / "lecture.flac.txt").read_text().strip()
+    for fmt in ("srt", "vtt"):  # a third-party parser reads them; the cue limits hold
+        subs = pysubs2.load(str(out / "__transcripts__" / f"lecture.flac.{fmt}"))
+        assert len(subs) >= 4 and all(ev.end - ev.start <= 5000 for ev in subs)
+        assert all("\n" not in ev.plaintext and len(ev.plaintext) <= 42 for ev in subs)
+    tsv = (out / "__transcripts__" / "lecture.flac.tsv").read_text().splitlines()
+    assert tsv[0] == "start\tend\ttext" and len(tsv) == 1 + sum(1 for s in segs if clean_text(s["text"]))
+    assert len(json.loads((out / "__transcripts__" / "lecture.flac.json").read_text())["segments"]) == len(segs)

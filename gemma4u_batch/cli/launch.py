@@ -17,7 +17,7 @@ from ..messages import USER_STDERR
 err = Console(file=USER_STDERR, highlight=False)
 
 DATA_FORMATS = ("jsonl", "parquet", "both")
-SUBTITLE_FORMATS = ("txt", "srt", "vtt")
+SUBTITLE_FORMATS = ("txt", "srt", "vtt", "tsv", "json")
 PROGRESS_MODES = ("rich", "json", "quiet")
 DISPLAY_FLAGS = ("progress", "verbose", "log_file")
 """Flags about what the user sees: not part of the job's config."""
@@ -61,7 +61,9 @@ def _split_format(value: str) -> tuple[str, list[str]]:
     subs = [p for p in parts if p in SUBTITLE_FORMATS]
     unknown = [p for p in parts if p not in DATA_FORMATS + SUBTITLE_FORMATS]
     if unknown or len(data) > 1:
-        raise UsageError(f"invalid --format {value!r}: use one of jsonl, parquet, both, plus any of txt, srt, vtt")
+        raise UsageError(
+            f"invalid --format {value!r}: use one of jsonl, parquet, both, plus any of {', '.join(SUBTITLE_FORMATS)}"
+        )
     return (data[0] if data else "jsonl"), subs
 
 

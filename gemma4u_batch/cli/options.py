@@ -143,10 +143,18 @@ def job_options(
         str,
         typer.Option(
             "--format",
-            help="jsonl, parquet or both; for transcripts add txt,srt,vtt (comma list).",
+            help="jsonl, parquet or both; for transcripts add txt,srt,vtt,tsv,json (comma list).",
             rich_help_panel=H_OUT,
         ),
     ] = "jsonl",
+    max_cue_seconds: Annotated[
+        float,
+        typer.Option(help="Longest SRT/VTT cue on screen, in seconds.", min=0.5, rich_help_panel=H_OUT),
+    ] = 7.0,
+    max_line_width: Annotated[
+        int, typer.Option(help="Characters per SRT/VTT cue line.", min=10, rich_help_panel=H_OUT)
+    ] = 42,
+    max_lines: Annotated[int, typer.Option(help="Lines per SRT/VTT cue.", min=1, rich_help_panel=H_OUT)] = 2,
     commit_every: Annotated[
         int, typer.Option(help="Commit a part file every N records (also every 30 s).", rich_help_panel=H_OUT)
     ] = 64,
