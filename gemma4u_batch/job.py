@@ -301,6 +301,7 @@ class Job:
             if prev is not None and prev[0] == unit.key and not (self.config.retry_errors and prev[1]):
                 self.counters.skipped += 1
                 continue
+            unit.supersedes = prev[0] if prev is not None else None
             if (why := self.requests.unsendable(unit)) is not None:
                 unit.error, unit.error_kind = why
             if d.error is not None or unit.error is not None or unit.no_speech:
@@ -343,9 +344,7 @@ class Job:
 
     def _emit(self, unit: Unit) -> None:
         rec = to_record(unit, self.config.model)
-        prev = self.index.get(rec.id, rec.task)
-        if prev is not None:
-            rec.supersedes = prev[0]
+        rec.supersedes = unit.supersedes
         rec.run_id, rec.created_at = self.run_id, created_now()
         self.writer.add(rec)
         self.counters.add(rec.error_kind, rec.num_output_tokens)

@@ -176,13 +176,15 @@ class _Scan:
 
 
 def _done_ids(config: JobConfig) -> set[str] | None:
-    from .ledger import current_records
+    """Ids with a current record, from OUT's index (no data file is read)."""
+    from .index import OutIndex
     from .writer import OutLayout
 
     layout = OutLayout(config.output)
     if config.overwrite or not layout.meta.is_dir():
         return None
-    return {rec["id"] for rec in current_records(layout, ("id",))}
+    with OutIndex(layout) as index:
+        return set(index.ids())
 
 
 def _scan(config: JobConfig, per_modality: int, overall: int = 0) -> _Scan:

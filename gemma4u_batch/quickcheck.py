@@ -22,6 +22,7 @@ CHUNK_ITEMS = 128
 CHUNK_INLINE_BYTES = 64 * 1024**2  # dataset rows carry their bytes: bound what a chunk holds
 
 Known = tuple[str | None, bool]  # (content sha256, a video's soundtrack was decoded)
+Records = dict[tuple[str, str], tuple[str, bool]]  # (id, task) → (key, failed) of its current record
 
 
 class QuickCheck:
@@ -33,22 +34,21 @@ class QuickCheck:
     def pending(self, items: Iterator[WorkItem], skipped: Callable[[int], None]) -> Iterator[WorkItem]:
         """The items that need reading; `skipped(n)` counts the units found done."""
         for chunk in _chunks(items):
-            known = self._known(chunk)
+            records = self.index.get_many([(item.id, t) for item in chunk for t in self.requests.tasks_of(item)])
+            known = self._known(chunk, records)
             for i, item in enumerate(chunk):
-                done = self._done(item, known[i]) if i in known else None
+                done = self._done(item, known[i], records) if i in known else None
                 if done is None:
                     yield item
                 elif done:
                     skipped(len(self.requests.tasks_of(item)))
 
-    def _known(self, chunk: list[WorkItem]) -> dict[int, Known]:
+    def _known(self, chunk: list[WorkItem], records: Records) -> dict[int, Known]:
         """Content hashes known without reading, for the chunk's items that have records."""
-        pairs = [(item.id, t) for item in chunk for t in self.requests.tasks_of(item)]
-        self._records = self.index.get_many(pairs)
         recorded = [
             i
             for i, item in enumerate(chunk)
-            if all(self._usable(self._records.get((item.id, t))) for t in self.requests.tasks_of(item))
+            if all(self._usable(records.get((item.id, t))) for t in self.requests.tasks_of(item))
         ]
         known: dict[int, Known] = {}
         stats: dict[int, tuple[str, FileStat]] = {}
@@ -74,13 +74,13 @@ class QuickCheck:
     def _video_audio(self, item: WorkItem) -> bool:
         return item.modality is Modality.VIDEO and self.config.with_audio
 
-    def _done(self, item: WorkItem, known: Known) -> bool | None:
-        """True: done (or another shard's); None: must be read."""
+    def _done(self, item: WorkItem, known: Known, records: Records) -> bool | None:
+        """True: done; False: another shard's (neither read nor counted); None: must be read."""
         sha, has_audio = known
         if not self.requests.in_shard_of(item, sha):
             return False  # another shard's item: neither read nor counted
         for task in self.requests.tasks_of(item):
-            prev = self._records.get((item.id, task))
+            prev = records.get((item.id, task))
             _, rendered, _ = self.requests.prompt(item, task, has_audio)
             if prev is None or self.requests.key_of(item, sha, task, rendered) != prev[0]:
                 return None

@@ -50,6 +50,7 @@ class Unit:
     retried: bool = False
     media_flags: list[str] = field(default_factory=list)  # e.g. audio_truncated: set when parts are built
     no_speech: bool = False  # a speech task on audio in which the VAD found no speech: nothing is sent
+    supersedes: str | None = None  # key of the (id, task)'s current record, looked up once when admitted
 
     def __post_init__(self) -> None:
         self.reset()
