@@ -207,18 +207,23 @@ def test_ray_two_replicas_one_killed_still_exactly_once(inputs, tiny_model, refe
         "json",
     ]
     # The fixture's HOME, token and loopback settings, for the CLI and (through the cluster) its replicas.
+    # Replicas of earlier tests' jobs may still be winding down on the shared cluster: only this job's count.
+    earlier = set(_replica_pids(ray_cluster))
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ray_cluster.env)
     killed = False
     off_loopback: list = []
     deadline = time.time() + 900
     while time.time() < deadline and proc.poll() is None:
         if not killed and len(committed_parts(OutLayout(out))) >= 2:
-            pids = _replica_pids(ray_cluster)
+            pids = [pid for pid in _replica_pids(ray_cluster) if pid not in earlier]
             if pids:
                 # Mid-run (driver, both replicas and their engines up): every socket on loopback.
                 off_loopback = ray_cluster.off_loopback(extra_pids=(proc.pid,))
-                os.kill(pids[0], signal.SIGKILL)  # a replica dies mid-run (its engine with it)
-                killed = True
+                try:
+                    os.kill(pids[0], signal.SIGKILL)  # a replica dies mid-run (its engine with it)
+                    killed = True
+                except ProcessLookupError:  # it exited between the listing and the kill: try the next one
+                    earlier.add(pids[0])
         time.sleep(0.2)
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err[-3000:]
