@@ -17,10 +17,13 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
 from .config import EngineConfig, JobConfig, SamplingConfig
-from .errors import EngineDied, UsageError
+from .errors import EngineDied, EngineFailure, UsageError
 from .records import Generation
+from .vllm_inputs import vllm_prompt
 
 log = logging.getLogger(__name__)
+
+SHUTDOWN_GRACE_S = 0.3
 
 
 @dataclass
@@ -48,6 +51,7 @@ class Engine(Protocol):
     its owner (`open_engine`, a Ray replica, a test fixture) does."""
 
     startup_s: float  # seconds spent starting so far (tokenizer, then the engine on first use)
+    accepts_patches: bool  # images may come as decode.patches.ImagePatches (the workers patchify)
 
     @property
     def model_name(self) -> str: ...
@@ -112,6 +116,8 @@ class VllmEngine:
     _inflight: dict[str, EngineRequest] = field(default_factory=dict)
     restarts: int = 0
     startup_s: float = 0.0
+    accepts_patches: bool = False  # images may come as decode.patches.ImagePatches (decided in start)
+    patches_note: str = ""
 
     @property
     def model_name(self) -> str:
@@ -122,6 +128,11 @@ class VllmEngine:
         rerun with nothing to do pays for neither."""
         _quiet_vllm()
         check_model_path(self.model)
+        from .vllm_inputs import patches_unsupported
+
+        why_not = patches_unsupported(self.model)
+        self.accepts_patches = why_not is None
+        self.patches_note = why_not or "images are patchified in the decode workers"
         return self
 
     @property
@@ -159,6 +170,15 @@ class VllmEngine:
         from vllm.config import StructuredOutputsConfig
         from vllm.v1.engine.llm_engine import LLMEngine
 
+        if self.accepts_patches:
+            from .vllm_plugin import processed
+
+            if not processed.register():  # this process renders the requests; the plugin may not have run yet
+                raise EngineFailure(
+                    f"gemma4u's image input path failed ({processed.reason()}); "
+                    f"set {processed.DISABLE_ENV}=1 to let vLLM preprocess images"
+                )
+
         mem = self.engine.gpu_memory_utilization or (0.15 if on_cpu else 0.9)
         args = EngineArgs(
             model=self.model,
@@ -178,12 +198,17 @@ class VllmEngine:
             structured_outputs_config=StructuredOutputsConfig(backend="xgrammar", disable_any_whitespace=True),
             seed=self.seed,
             disable_log_stats=True,
+            enable_mm_embeds=self.accepts_patches,  # vLLM's switch for inputs that skip its processor
         )
         try:
             self._llm = LLMEngine.from_engine_args(args)
         except (OSError, ValueError) as exc:
             raise UsageError(f"cannot load model {self.model}: {str(exc).splitlines()[0]}") from exc
         self.startup_s += time.monotonic() - t0
+        if os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING", "1") != "0":
+            import torch
+
+            torch.set_num_threads(1)  # the engine core has its own process; here torch only prepares requests
         self._warn_plugin()
 
     def _warn_plugin(self) -> None:
@@ -202,7 +227,10 @@ class VllmEngine:
         from .vllm_plugin import describe, plugin_status
 
         status = plugin_status(self._llm)
-        notes: dict[str, Any] = {"bidi_plugin": {**status, "summary": describe(status)}}
+        notes: dict[str, Any] = {
+            "bidi_plugin": {**status, "summary": describe(status)},
+            "image_input": self.patches_note,
+        }
         if self.engine.batch_invariant:
             notes["batch_invariant"] = os.environ.get("VLLM_BATCH_INVARIANT") == "1"
         return notes
@@ -236,9 +264,7 @@ class VllmEngine:
         )
         if self._llm is None:
             self._start_engine()
-        prompt: dict[str, Any] = {"prompt": request.prompt}
-        if request.multi_modal_data:
-            prompt["multi_modal_data"] = request.multi_modal_data
+        prompt = vllm_prompt(request.prompt, request.multi_modal_data)
         try:
             self._llm.add_request(request.request_id, prompt, params)
         except Exception as exc:
@@ -315,9 +341,12 @@ class VllmEngine:
         return reqs
 
     def shutdown(self) -> None:
+        """Stop the engine processes. Everything is committed before this runs, so the core gets
+        SHUTDOWN_GRACE_S, not vLLM's 5 s (on CPU it never exits within them: every run waited
+        the whole grace and was then killed)."""
         if self._llm is not None:
             try:
-                self._llm.engine_core.shutdown()
+                self._llm.engine_core.shutdown(timeout=SHUTDOWN_GRACE_S)
             except (RuntimeError, OSError) as exc:  # best effort at exit
                 log.debug("engine shutdown: %s", exc)
             self._llm = None
@@ -361,6 +390,7 @@ class FakeEngine:
     added: int = 0
     startup_s: float = 0.0
     max_model_len: int | None = None
+    accepts_patches: bool = False
 
     def notes(self) -> dict[str, Any]:
         return {}

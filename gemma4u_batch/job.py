@@ -15,7 +15,7 @@ import sqlite3
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -210,12 +210,12 @@ class Job:
 
     def _decode_and_feed(self, items: Iterator[WorkItem]) -> None:
         c = self.config
+        # Images leave the workers as the model's patches when the engine takes them.
+        opts = replace(c.decode_options(), patches=self.engine.accepts_patches)
         try:
             with (
                 StopSignal() as stop,
-                DecodePool(
-                    items, c.decode_options(), workers=c.workers, prefetch=c.prefetch, timeout=c.decode_timeout
-                ) as pool,
+                DecodePool(items, opts, workers=c.workers, prefetch=c.prefetch, timeout=c.decode_timeout) as pool,
             ):
                 self.stop = stop
                 self._feed(pool)

@@ -54,7 +54,7 @@ class DecodedItem:
 
     item: WorkItem
     content_sha256: str | None = None
-    image: Any | None = None  # PIL.Image.Image, RGB, already at the processor's size
+    image: Any | None = None  # PIL.Image.Image, RGB, at the processor's size; or decode.patches.ImagePatches
     audio: np.ndarray | None = None  # float32 mono 16 kHz, padded to 640-sample multiples
     video: VideoFrames | None = None
     error: str | None = None

@@ -52,6 +52,10 @@ def _warm_up(opts: DecodeOptions) -> None:
             from .decode.vad import load_model
 
             load_model()
+        if opts.patches:
+            from .decode.patches import warm_up
+
+            warm_up()
     except ImportError:
         pass
 

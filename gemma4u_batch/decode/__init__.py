@@ -111,6 +111,17 @@ def decode_item(item: WorkItem, opts: DecodeOptions) -> DecodedItem:
             from .image import decode_image
 
             out.image, out.info = decode_image(data, opts)
+            if opts.patches:
+                from .patches import image_patches
+
+                out.image = image_patches(
+                    out.image,
+                    budget=opts.image_tokens,
+                    patch_size=opts.patch_size,
+                    pooling=opts.pooling_kernel_size,
+                    content_id=out.content_sha256,
+                )
+                out.info["num_tokens"] = out.image.num_tokens
         elif item.modality is Modality.AUDIO:
             from .audio import decode_audio
 

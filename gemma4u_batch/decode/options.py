@@ -32,5 +32,7 @@ class DecodeOptions:
     with_audio: bool = False
     # Speech tasks: find the speech regions of audio files (decode/vad.py) so only they are sent
     vad: bool = False
+    # Images leave the worker as the model's patches (decode/patches.py): set when the engine takes them
+    patches: bool = False
     # --shard I/N: items whose content hash is not ≡ I (mod N) are hashed but not decoded
     shard: tuple[int, int] | None = None

@@ -67,6 +67,10 @@ def register() -> None:
     except Exception as exc:  # a plugin must not take the engine down
         _state["reason"] = f"patch failed: {exc!r}"
         log.error("gemma4u_bidi: could not patch vLLM's CPU attention backend: %r", exc)
+    if version_supported(_vllm_version()):  # on every platform: the front end's work is the same on a GPU host
+        from . import processed
+
+        processed.register()
 
 
 def _register() -> None:

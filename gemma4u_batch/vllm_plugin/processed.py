@@ -1,0 +1,145 @@
+"""Let vLLM take Gemma 4 Unified images already patchified by gemma4u's decode workers.
+
+vLLM 0.32 runs the HF image processor inside `add_request`, in the process that feeds the
+engine, and has no input for Gemma 4's processed tensors. This registers, for
+`Gemma4UnifiedForConditionalGeneration`, vLLM's own Gemma 4 processor with two additions:
+an image item may be a dict `{"gemma4u_patches": uint8 (n, T, 6912), "pixel_position_ids":
+int64 (n, T, 2)}` (made by `decode/patches.py`), which is rescaled here with the model's
+own image processor and passed on as `pixel_values` without calling the HF processor; and
+its placeholder is sized from the positions (the rows that are not padding). PIL images
+still take vLLM's usual path. The engine must run with `enable_mm_embeds=True`, vLLM's
+switch for inputs that skip its processor.
+
+Registered by the plugin entry point in every vLLM process (the front end is the one that
+uses it); written for vLLM 0.32.x like the attention patch, and off elsewhere.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+
+log = logging.getLogger("vllm.gemma4u_bidi")
+
+PATCHES_KEY = "gemma4u_patches"
+DISABLE_ENV = "GEMMA4U_DISABLE_PROCESSED_INPUTS"
+
+_state: dict[str, Any] = {"registered": False, "reason": "not registered"}
+
+
+def disabled() -> bool:
+    return os.environ.get(DISABLE_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def active() -> bool:
+    """Whether this process's vLLM takes gemma4u's patches (registered without problems)."""
+    return bool(_state["registered"])
+
+
+def reason() -> str:
+    return str(_state["reason"])
+
+
+def processor_compatible(processor_config: Mapping[str, Any]) -> str | None:
+    """Why a model's image processor settings are not the ones the workers reproduce, or None.
+
+    The workers patchify with transformers' Gemma 4 Unified functions and resize with bicubic
+    interpolation; the engine side rescales. Normalising per channel cannot be applied to
+    patches, so a processor that normalises keeps vLLM's own path."""
+    image = processor_config.get("image_processor", processor_config)
+    wanted = {"patch_size": 16, "pooling_kernel_size": 3, "resample": 3, "do_normalize": False}
+    for key, value in wanted.items():
+        if key in image and image[key] != value:
+            return f"image processor {key}={image[key]!r} (gemma4u's workers reproduce {value!r})"
+    return None
+
+
+def _fields_factory(data: Mapping[str, Any]) -> Mapping[str, Any]:
+    from vllm.multimodal.inputs import MultiModalFieldConfig
+
+    return {
+        "pixel_values": MultiModalFieldConfig.batched("image"),
+        "pixel_position_ids": MultiModalFieldConfig.batched("image"),
+    }
+
+
+def _classes() -> tuple[Any, Any]:
+    """(processor, info) subclasses of vLLM's Gemma 4 Unified ones (imported on demand)."""
+    from vllm.model_executor.models.gemma4_mm import Gemma4MultiModalProcessor
+    from vllm.model_executor.models.gemma4_unified import Gemma4UnifiedProcessingInfo
+    from vllm.multimodal.parse import DictEmbeddingItems, MultiModalDataParser
+    from vllm.multimodal.processing import PromptReplacement, PromptUpdateDetails
+
+    class Parser(MultiModalDataParser):
+        """vLLM's own parser for this model (its settings copied, not restated), plus one image form."""
+
+        def __init__(self, base: MultiModalDataParser, rescale: Any) -> None:
+            self.__dict__.update(base.__dict__)
+            self._rescale = rescale
+
+        def _parse_image_data(self, data: Any) -> Any:
+            if isinstance(data, dict) and PATCHES_KEY in data:
+                pixels = self._rescale(data[PATCHES_KEY])
+                items = {"pixel_values": pixels, "pixel_position_ids": data["pixel_position_ids"]}
+                return DictEmbeddingItems(
+                    items,
+                    modality="image",
+                    required_fields={"pixel_values", "pixel_position_ids"},
+                    fields_factory=_fields_factory,
+                )
+            return super()._parse_image_data(data)
+
+    class Info(Gemma4UnifiedProcessingInfo):
+        def get_data_parser(self) -> Any:
+            ip = self.get_hf_processor().image_processor
+
+            def rescale(patches: Any) -> Any:  # the processor's own arithmetic, after patchifying
+                return ip.rescale_and_normalize(patches, True, ip.rescale_factor, False, ip.image_mean, ip.image_std)
+
+            return Parser(super().get_data_parser(), rescale)
+
+    class Processor(Gemma4MultiModalProcessor):
+        def _get_prompt_updates(self, mm_items: Any, hf_processor_mm_kwargs: Any, out_mm_kwargs: Any) -> Any:
+            updates = list(super()._get_prompt_updates(mm_items, hf_processor_mm_kwargs, out_mm_kwargs))
+            images = mm_items.get("image")
+            if not isinstance(images, DictEmbeddingItems):
+                return updates
+            hf = self.info.get_hf_processor(**hf_processor_mm_kwargs)
+            config = self.info.get_hf_config()
+
+            def replacement(i: int) -> Any:
+                n = int((images.get(i)["pixel_position_ids"][..., 0] >= 0).sum())
+                ids = [config.boi_token_id] + [hf.image_token_id] * n + [config.eoi_token_id]
+                return PromptUpdateDetails.select_token_id(ids, hf.image_token_id)
+
+            image_update = PromptReplacement(modality="image", target=[hf.image_token_id], replacement=replacement)
+            return [u for u in updates if u.modality != "image"] + [image_update]
+
+    return Processor, Info
+
+
+def register() -> bool:
+    """Put the processor on vLLM's Gemma 4 Unified model class. Idempotent; never raises."""
+    if _state["registered"]:
+        return True
+    if disabled():
+        _state["reason"] = f"disabled by {DISABLE_ENV}"
+        return False
+    try:
+        from vllm.model_executor.models.gemma4_mm import Gemma4DummyInputsBuilder
+        from vllm.model_executor.models.gemma4_unified import Gemma4UnifiedForConditionalGeneration
+        from vllm.multimodal import MULTIMODAL_REGISTRY
+
+        processor, info = _classes()
+        model_cls: Any = Gemma4UnifiedForConditionalGeneration
+        if "_processor_factory" in model_cls.__dict__:  # replaced on purpose: no "overwritten" warning
+            del model_cls._processor_factory
+        MULTIMODAL_REGISTRY.register_processor(processor, info=info, dummy_inputs=Gemma4DummyInputsBuilder)(model_cls)
+    except (ImportError, AttributeError, TypeError) as exc:
+        _state["reason"] = f"cannot register gemma4u's processed-input processor: {exc!r}"
+        log.warning("gemma4u: %s; images are preprocessed by vLLM in the front end", _state["reason"])
+        return False
+    _state["registered"], _state["reason"] = True, "registered"
+    return True

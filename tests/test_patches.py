@@ -1,0 +1,112 @@
+"""Images patchified in the decode workers (decode/patches.py) are exactly what vLLM's own
+processor makes, and the engine gives the same text for them as for the image."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from gemma4u_batch.decode import decode_item
+from gemma4u_batch.decode.image import target_size
+from gemma4u_batch.decode.options import DecodeOptions
+from gemma4u_batch.decode.patches import ImagePatches, image_patches
+from gemma4u_batch.records import Modality, WorkItem
+from gemma4u_batch.vllm_plugin import processed
+
+from .media import jpeg_bytes, photo
+
+BUDGETS = (70, 140, 280, 560, 1120)
+SIZES = ((512, 512), (4032, 3024), (333, 97), (50, 700), (1, 1), (7001, 13))
+
+
+@pytest.fixture(scope="module")
+def hf_image_processor(tiny_model: Path):
+    from transformers import AutoProcessor
+
+    return AutoProcessor.from_pretrained(tiny_model).image_processor
+
+
+def _rescaled(proc, patches: ImagePatches) -> torch.Tensor:
+    """What the plugin's parser does with the patches (the processor's own rescale)."""
+    t = torch.from_numpy(patches.patches)
+    return proc.rescale_and_normalize(t, True, proc.rescale_factor, False, proc.image_mean, proc.image_std)
+
+
+@pytest.mark.parametrize("budget", BUDGETS)
+def test_patches_equal_the_processor_output(hf_image_processor, budget: int) -> None:
+    """For every token budget and odd sizes (including those the processor resizes again),
+    pixel values, positions and token counts equal vLLM's processor call, bit for bit."""
+    base = photo()
+    opts = DecodeOptions(image_tokens=budget)
+    for w, h in SIZES:
+        img = base.resize((w, h)).resize(target_size(w, h, opts))  # what the decoder hands on
+        ref = hf_image_processor(images=[img], max_soft_tokens=budget, return_tensors="pt")
+        got = image_patches(img, budget=budget, patch_size=16, pooling=3, content_id="c")
+        assert got.patches.dtype == np.uint8 and got.patches.shape == tuple(ref["pixel_values"][0].shape)
+        assert torch.equal(_rescaled(hf_image_processor, got), ref["pixel_values"][0]), (budget, w, h)
+        assert torch.equal(torch.from_numpy(got.positions), ref["image_position_ids"][0]), (budget, w, h)
+        assert got.num_tokens == int(ref["num_soft_tokens_per_image"][0])
+
+
+def test_decode_item_sends_patches_with_an_id_of_content_and_settings(tmp_path: Path) -> None:
+    path = tmp_path / "a.jpg"
+    path.write_bytes(jpeg_bytes(photo().resize((640, 480))))
+    item = WorkItem(id="a.jpg", source=str(path), modality=Modality.IMAGE, path=path)
+    plain = decode_item(item, DecodeOptions())
+    d = decode_item(item, DecodeOptions(patches=True))
+    assert isinstance(plain.image, Image.Image) and isinstance(d.image, ImagePatches)
+    assert d.info["num_tokens"] == d.image.num_tokens == int((d.image.positions[:, 0] >= 0).sum())
+    assert d.image.uuid.startswith(f"gemma4u-image:{d.content_sha256}:") and d.image.uuid.endswith(":280:v1")
+    other = decode_item(item, DecodeOptions(patches=True, image_tokens=70))
+    assert other.image.uuid != d.image.uuid  # another budget is another input to the engine
+
+
+def test_processor_settings_the_workers_do_not_reproduce_keep_vllms_path(tiny_model: Path) -> None:
+    config = json.loads((tiny_model / "processor_config.json").read_text())
+    assert processed.processor_compatible(config) is None
+    changed = {**config, "image_processor": {**config["image_processor"], "do_normalize": True}}
+    assert "do_normalize=True" in str(processed.processor_compatible(changed))
+
+
+def test_disabled_or_other_models_use_vllms_processor(tiny_model: Path, tmp_path: Path, monkeypatch) -> None:
+    from gemma4u_batch.vllm_inputs import patches_unsupported
+
+    assert patches_unsupported(str(tiny_model)) is None
+    monkeypatch.setenv(processed.DISABLE_ENV, "1")
+    assert "disabled by" in str(patches_unsupported(str(tiny_model)))
+    monkeypatch.delenv(processed.DISABLE_ENV)
+    other = tmp_path / "m"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps({"model_type": "gemma3"}))
+    assert "is not gemma4_unified" in str(patches_unsupported(str(other)))
+
+
+@pytest.mark.engine
+def test_engine_gives_the_same_tokens_for_patches_and_for_the_image(shared_engine) -> None:
+    """The plugin's processed-input path through the real engine: same prompt length
+    (placeholder sized from the positions) and the same greedy tokens as vLLM's own path."""
+    from gemma4u_batch.config import SamplingConfig
+    from gemma4u_batch.engine import EngineRequest
+
+    assert shared_engine.accepts_patches
+    msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe."}]}]
+    prompt = shared_engine.render_prompt(msgs)
+    sampling = SamplingConfig(max_tokens=12, temperature=0.0)
+    images = [photo().resize(target_size(w, h, DecodeOptions())) for w, h in ((640, 480), (333, 97), (97, 333))]
+    for i, img in enumerate(images):
+        patches = image_patches(img, budget=280, patch_size=16, pooling=3, content_id=f"t{i}")
+        for rid, media in ((f"pil{i}", img), (f"patches{i}", patches)):
+            assert shared_engine.add(EngineRequest(rid, prompt, {"image": media}, sampling)) is None
+    results = {}
+    while shared_engine.has_unfinished():
+        for r in shared_engine.step():
+            results[r.request.request_id] = r.output
+    for i in range(len(images)):
+        a, b = results[f"pil{i}"], results[f"patches{i}"]
+        assert list(a.prompt_token_ids) == list(b.prompt_token_ids)
+        assert list(a.outputs[0].token_ids) == list(b.outputs[0].token_ids)
