@@ -2,14 +2,6 @@
 
 usage: python -m benchmarks.timed_cli TIMELINE.json caption IN -o OUT --model ... (gemma4u's own args)
 
-With GEMMA4U_BENCH_FRONTEND_THREADS=N it sets torch's intra-op threads of this (the
-front-end) process to N once the engine is up: an experiment for a proposed change (the
-engine core runs in its own process and is not affected).
-With GEMMA4U_BENCH_MM_UUIDS=1 each image request carries `multi_modal_uuids` (the file's
-sha256 and the image size), so vLLM hashes that string instead of the pixels.
-With GEMMA4U_BENCH_SHUTDOWN_TIMEOUT=S the engine core gets S seconds (vLLM's default: 5)
-to exit on shutdown before it is killed; all records are committed before that point.
-These three are experiments for proposed changes to engine.py (see BENCHMARKS.md).
 With GEMMA4U_BENCH_PROFILE=FILE it also runs cProfile in this (the front-end) process from
 the moment the engine is up to the end, and writes the stats to FILE.
 
@@ -37,57 +29,28 @@ def instrument(tl: Timeline, profiler: cProfile.Profile | None = None) -> None:
     start_engine = VllmEngine._start_engine
     add = VllmEngine.add
     step = VllmEngine.step
-    shutdown = VllmEngine.shutdown
-    use_uuids = os.environ.get("GEMMA4U_BENCH_MM_UUIDS") == "1"
-    shutdown_timeout = os.environ.get("GEMMA4U_BENCH_SHUTDOWN_TIMEOUT")
-    current: dict[str, str | None] = {"uuid": None}
-    if use_uuids:
-        from vllm.v1.engine.llm_engine import LLMEngine
+    import gemma4u_batch.job as job_module
 
-        add_request = LLMEngine.add_request
+    mark_done = job_module.mark_done
 
-        @functools.wraps(add_request)
-        def _add_request(self, request_id, prompt, *args, **kwargs):  # type: ignore[no-untyped-def]
-            if current["uuid"] and isinstance(prompt, dict) and "image" in (prompt.get("multi_modal_data") or {}):
-                prompt = {**prompt, "multi_modal_uuids": {"image": [current["uuid"]]}}
-            return add_request(self, request_id, prompt, *args, **kwargs)
+    @functools.wraps(mark_done)
+    def _mark_done(*args, **kwargs):  # type: ignore[no-untyped-def]
+        result = mark_done(*args, **kwargs)
+        tl.done_wall = time.time()  # every record and the complete marker are committed
+        return result
 
-        LLMEngine.add_request = _add_request  # type: ignore[method-assign]
-
-    def _uuid_of(request) -> str | None:  # type: ignore[no-untyped-def]
-        try:
-            unit, _ = request.payload
-            image = (request.multi_modal_data or {}).get("image")
-            sha = unit.decoded.content_sha256
-        except (AttributeError, TypeError, ValueError):
-            return None
-        if image is None or not sha:
-            return None
-        return f"sha256:{sha}:{image.size[0]}x{image.size[1]}"
-
-    @functools.wraps(shutdown)
-    def _shutdown(self):  # type: ignore[no-untyped-def]
-        if shutdown_timeout and self._llm is not None:
-            self._llm.engine_core.shutdown(timeout=float(shutdown_timeout))
-            self._llm = None
-            return None
-        return shutdown(self)
-
-    VllmEngine.shutdown = _shutdown  # type: ignore[method-assign]
+    job_module.mark_done = _mark_done  # type: ignore[assignment]
 
     @functools.wraps(start_engine)
     def _start_engine(self):  # type: ignore[no-untyped-def]
         tl.engine_start_begin = time.monotonic()
+        cpu0 = time.process_time()
         try:
             return start_engine(self)
         finally:
             tl.engine_start_end = time.monotonic()
             tl.max_num_seqs = self.engine.max_num_seqs
-            threads = os.environ.get("GEMMA4U_BENCH_FRONTEND_THREADS")
-            if threads:
-                import torch
-
-                torch.set_num_threads(int(threads))
+            tl.engine_start_cpu += time.process_time() - cpu0
             if profiler is not None:
                 profiler.enable()
 
@@ -95,8 +58,6 @@ def instrument(tl: Timeline, profiler: cProfile.Profile | None = None) -> None:
     def _add(self, request):  # type: ignore[no-untyped-def]
         if self._llm is None:  # the lazy engine start is not front-end time
             self._start_engine()
-        if use_uuids:
-            current["uuid"] = _uuid_of(request)
         t0 = time.monotonic()
         rejected = add(self, request)
         t1 = time.monotonic()
@@ -128,6 +89,7 @@ def main() -> None:
     profiler = cProfile.Profile() if profile_to else None
     instrument(tl, profiler)
     atexit.register(tl.save, out)
+    atexit.register(lambda: setattr(tl, "cpu_total", time.process_time()))  # runs before the save (LIFO)
     if profiler is not None:
 
         def _dump() -> None:

@@ -22,6 +22,9 @@ class Timeline:
     adds: int = 0
     results: int = 0
     max_num_seqs: int | None = None
+    engine_start_cpu: float = 0.0  # this process's CPU seconds inside the engine start
+    cpu_total: float | None = None  # this process's CPU seconds (all its threads, no children) at exit
+    done_wall: float | None = None  # time.time() when the job's complete marker was written
 
     def record(self, inflight: int, now: float | None = None) -> None:
         self.events.append((time.monotonic() if now is None else now, inflight))

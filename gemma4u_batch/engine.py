@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -19,7 +20,7 @@ from typing import Any, Protocol, cast
 from .config import EngineConfig, JobConfig, SamplingConfig
 from .errors import EngineDied, EngineFailure, UsageError
 from .records import Generation
-from .vllm_inputs import vllm_prompt
+from .vllm_inputs import render, vllm_prompt
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,7 @@ class Engine(Protocol):
     def has_unfinished(self) -> bool: ...
     def take_inflight(self) -> list[EngineRequest]: ...
     def shutdown(self) -> None: ...
+    def prestart(self) -> None: ...
 
 
 def _quiet_vllm() -> None:
@@ -118,6 +120,8 @@ class VllmEngine:
     startup_s: float = 0.0
     accepts_patches: bool = False  # images may come as decode.patches.ImagePatches (decided in start)
     patches_note: str = ""
+    _starting: threading.Thread | None = None
+    _start_error: BaseException | None = None
 
     @property
     def model_name(self) -> str:
@@ -151,7 +155,48 @@ class VllmEngine:
             self.startup_s += time.monotonic() - t0
         return self._tokenizer
 
+    def prestart(self) -> None:
+        """Begin starting the engine in the background: a job calls this when its first item
+        needs generation, so the engine's processes start while the input is scanned and
+        decoded. vLLM and the tokenizer are imported here first, in the calling thread
+        (transformers' lazy imports are not safe from two threads at once)."""
+        if self._llm is not None or self._starting is not None:
+            return
+        try:
+            args = self._engine_args()
+            self.tokenizer  # noqa: B018 (loaded now, before the thread starts)
+        except BaseException as exc:  # raised at the first add, as without prestart
+            self._start_error = exc
+            self._starting = threading.Thread(target=lambda: None)
+            self._starting.start()
+            return
+
+        def launch() -> None:
+            try:
+                self._launch(args)
+            except BaseException as exc:  # handed to the first add, raised there
+                self._start_error = exc
+
+        self._starting = threading.Thread(target=launch, name="gemma4u-engine-start", daemon=True)
+        self._starting.start()
+
+    def _ensure_started(self) -> None:
+        """The engine, started now or by `prestart` (whose failure is raised here)."""
+        if self._starting is not None:
+            self._starting.join()
+            self._starting = None
+            if self._start_error is not None:
+                exc, self._start_error = self._start_error, None
+                raise exc
+            self._started()
+        if self._llm is None:
+            self._start_engine()
+
     def _start_engine(self) -> None:
+        self._launch(self._engine_args())
+        self._started()
+
+    def _engine_args(self) -> Any:
         t0 = time.monotonic()
         from vllm.platforms import current_platform
 
@@ -168,7 +213,6 @@ class VllmEngine:
             os.environ["VLLM_BATCH_INVARIANT"] = "1"
         from vllm import EngineArgs
         from vllm.config import StructuredOutputsConfig
-        from vllm.v1.engine.llm_engine import LLMEngine
 
         if self.accepts_patches:
             from .vllm_plugin import processed
@@ -200,11 +244,21 @@ class VllmEngine:
             disable_log_stats=True,
             enable_mm_embeds=self.accepts_patches,  # vLLM's switch for inputs that skip its processor
         )
+        self.startup_s += time.monotonic() - t0
+        return args
+
+    def _launch(self, args: Any) -> None:
+        t0 = time.monotonic()
+        from vllm.v1.engine.llm_engine import LLMEngine
+
         try:
             self._llm = LLMEngine.from_engine_args(args)
         except (OSError, ValueError) as exc:
             raise UsageError(f"cannot load model {self.model}: {str(exc).splitlines()[0]}") from exc
         self.startup_s += time.monotonic() - t0
+
+    def _started(self) -> None:
+        """In the calling thread, once the engine is up."""
         if os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING", "1") != "0":
             import torch
 
@@ -262,11 +316,10 @@ class VllmEngine:
             seed=s.seed,
             structured_outputs=StructuredOutputsParams(**request.structured) if request.structured else None,
         )
-        if self._llm is None:
-            self._start_engine()
+        self._ensure_started()
         prompt = vllm_prompt(request.prompt, request.multi_modal_data)
         try:
-            self._llm.add_request(request.request_id, prompt, params)
+            self._llm.add_request(request.request_id, render(self._llm, prompt), params)
         except Exception as exc:
             if _engine_dead(exc):
                 raise EngineDied(str(exc)) from exc
@@ -344,6 +397,9 @@ class VllmEngine:
         """Stop the engine processes. Everything is committed before this runs, so the core gets
         SHUTDOWN_GRACE_S, not vLLM's 5 s (on CPU it never exits within them: every run waited
         the whole grace and was then killed)."""
+        if self._starting is not None:  # a background start must finish before it can be stopped
+            self._starting.join()
+            self._starting = None
         if self._llm is not None:
             try:
                 self._llm.engine_core.shutdown(timeout=SHUTDOWN_GRACE_S)
@@ -394,6 +450,9 @@ class FakeEngine:
 
     def notes(self) -> dict[str, Any]:
         return {}
+
+    def prestart(self) -> None:
+        """Nothing to start."""
 
     def render_prompt(self, messages: list[dict[str, Any]]) -> str:
         parts = []

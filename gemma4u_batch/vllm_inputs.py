@@ -63,6 +63,17 @@ def patches_unsupported(model: str, revision: str | None = None) -> str | None:
     return processed.processor_compatible(proc)
 
 
+def render(llm: Any, prompt: dict[str, Any]) -> Any:
+    """The prompt rendered by vLLM's renderer (tokenised, media processed), ready for
+    `add_request`: what `add_request` does itself with a raw prompt, which vLLM 0.32 warns
+    is deprecated."""
+    from vllm.renderers.inputs.preprocess import parse_model_prompt
+
+    renderer = llm.renderer
+    (engine_input,) = renderer.render_cmpl([parse_model_prompt(llm.model_config, prompt)])
+    return engine_input
+
+
 def vllm_prompt(prompt: str, media: dict[str, Any] | None) -> dict[str, Any]:
     """vLLM's prompt dict: patches become the plugin's dict input and carry their id."""
     out: dict[str, Any] = {"prompt": prompt}

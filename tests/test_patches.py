@@ -32,9 +32,14 @@ def hf_image_processor(tiny_model: Path):
 
 
 def _rescaled(proc, patches: ImagePatches) -> torch.Tensor:
-    """What the plugin's parser does with the patches (the processor's own rescale)."""
-    t = torch.from_numpy(patches.patches)
-    return proc.rescale_and_normalize(t, True, proc.rescale_factor, False, proc.image_mean, proc.image_std)
+    return processed.rescale_patches(proc, torch.from_numpy(patches.patches))
+
+
+def test_rescaling_patches_gives_the_processors_value_for_every_byte(hf_image_processor) -> None:
+    every = torch.arange(256, dtype=torch.uint8).reshape(1, 256)
+    expected = hf_image_processor.rescale(every, hf_image_processor.rescale_factor)  # what it does to uint8 pixels
+    assert expected.dtype == torch.float32
+    assert torch.equal(processed.rescale_patches(hf_image_processor, every), expected)
 
 
 @pytest.mark.parametrize("budget", BUDGETS)

@@ -16,6 +16,7 @@ uses it); written for vLLM 0.32.x like the attention patch, and off elsewhere.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Mapping
@@ -56,6 +57,17 @@ def processor_compatible(processor_config: Mapping[str, Any]) -> str | None:
     return None
 
 
+def rescale_patches(image_processor: Any, patches: Any) -> Any:
+    """The image processor's own rescale, applied to uint8 patches instead of the uint8 image
+    (a patch is a permutation of pixels). Converted to float32 first: the same value for
+    every uint8 (tested), and torch's uint8 × float path is ~5× slower."""
+    import torch
+
+    image = patches.to(torch.float32)
+    ip = image_processor
+    return ip.rescale_and_normalize(image, True, ip.rescale_factor, False, ip.image_mean, ip.image_std)
+
+
 def _fields_factory(data: Mapping[str, Any]) -> Mapping[str, Any]:
     from vllm.multimodal.inputs import MultiModalFieldConfig
 
@@ -93,12 +105,8 @@ def _classes() -> tuple[Any, Any]:
 
     class Info(Gemma4UnifiedProcessingInfo):
         def get_data_parser(self) -> Any:
-            ip = self.get_hf_processor().image_processor
-
-            def rescale(patches: Any) -> Any:  # the processor's own arithmetic, after patchifying
-                return ip.rescale_and_normalize(patches, True, ip.rescale_factor, False, ip.image_mean, ip.image_std)
-
-            return Parser(super().get_data_parser(), rescale)
+            image_processor = self.get_hf_processor().image_processor
+            return Parser(super().get_data_parser(), functools.partial(rescale_patches, image_processor))
 
     class Processor(Gemma4MultiModalProcessor):
         def _get_prompt_updates(self, mm_items: Any, hf_processor_mm_kwargs: Any, out_mm_kwargs: Any) -> Any:

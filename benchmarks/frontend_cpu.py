@@ -1,0 +1,112 @@
+"""Main-process CPU per item, and time from the last commit to exit, of the real CLI (issue #18).
+
+usage: python -m benchmarks.frontend_cpu [--set phone|small|audio] [--sizes 12,60] [--reps 1]
+                                         [--workdir DIR] [--model DIR] [--code DIR]
+
+Runs `gemma4u caption` (`transcribe` for --set audio) through `benchmarks.timed_cli` on N
+items for each N in --sizes, each into a fresh OUT, and reads back this process's own CPU
+time (all its threads, not its children: the decode workers and vLLM's engine core are
+children) minus the CPU spent starting the engine. The marginal cost per item is the
+difference between two sizes divided by the difference in items, so what every run pays
+once (imports, tokenizer, engine start, shutdown) cancels out. This figure carries over to
+a GPU host (the work is the same Python and torch code); absolute wall times do not.
+
+"shutdown" is the wall time from the moment the job's complete marker was written (every
+record committed) to the CLI process's exit, as the parent sees it.
+
+--code DIR runs the CLI from another checkout (e.g. the code before a change) with the
+same inputs and model; the default model is the tiny random checkpoint (meaningless text).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from benchmarks.inputs import make_phone_photos, make_small_images
+from benchmarks.timeline import Timeline
+
+
+def make_audio(folder: Path, n: int, seconds: float = 8.0) -> list[Path]:
+    """Short 16 kHz WAVs: an amplitude-modulated chirp with noise (distinct per file)."""
+    import numpy as np
+    import soundfile as sf
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    t = np.arange(int(16000 * seconds)) / 16000
+    for i in range(n):
+        p = folder / f"clip_{i:05d}.wav"
+        if not p.exists():
+            rng = np.random.default_rng(i)
+            x = 0.3 * np.sin(2 * np.pi * (180 + 40 * i % 200) * t * (1 + 0.2 * t)) * (0.6 + 0.4 * np.sin(3 * t))
+            sf.write(p, (x + 0.01 * rng.standard_normal(t.size)).astype("float32"), 16000)
+        paths.append(p)
+    return paths
+
+
+def make_set(kind: str, folder: Path, n: int) -> None:
+    {"phone": make_phone_photos, "small": make_small_images, "audio": make_audio}[kind](folder, n)
+
+
+def run_once(kind: str, items: Path, model: Path, work: Path, code: Path | None) -> dict[str, float]:
+    out, tl_path = work / "out", work / "timeline.json"
+    subprocess.run(["rm", "-rf", str(out)], check=True)
+    command = "transcribe" if kind == "audio" else "caption"
+    args = [sys.executable, "-m", "benchmarks.timed_cli", str(tl_path), command, str(items), "-o", str(out)]
+    args += ["--model", str(model), "--dtype", "float32", "--max-tokens", "32", "--max-model-len", "4096"]
+    args += ["--progress", "quiet", "--workers", "2"]
+    env = dict(os.environ)
+    root = Path(__file__).resolve().parent.parent
+    env["PYTHONPATH"] = os.pathsep.join([str(code), str(root)] if code else [str(root)])
+    proc = subprocess.Popen(args, env=env, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _, err = proc.communicate()
+    exited = time.time()
+    if proc.returncode != 0:
+        raise SystemExit(f"gemma4u failed ({proc.returncode}):\n{err[-3000:]}")
+    tl = Timeline.load(tl_path)
+    assert tl.cpu_total is not None and tl.done_wall is not None
+    return {"cpu": tl.cpu_total - tl.engine_start_cpu, "shutdown": exited - tl.done_wall, "add": tl.add_seconds}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--set", dest="kind", choices=("phone", "small", "audio"), default="phone")
+    ap.add_argument("--sizes", default="12,60")
+    ap.add_argument("--reps", type=int, default=1)
+    ap.add_argument("--workdir", type=Path, default=Path("/tmp/gemma4u-frontend"))
+    ap.add_argument("--model", type=Path, default=None, help="default: the tiny checkpoint, built once")
+    ap.add_argument("--code", type=Path, default=None, help="run the CLI from this checkout instead")
+    a = ap.parse_args()
+    sizes = sorted(int(s) for s in a.sizes.split(","))
+    model = a.model
+    if model is None:
+        from gemma4u_batch.tiny_model import build_tiny_checkpoint
+
+        model = a.workdir / "tiny"
+        if not (model / "config.json").exists():
+            build_tiny_checkpoint(model, seed=0)
+    rows = []
+    for rep in range(a.reps):
+        runs = {}
+        for n in sizes:
+            items = a.workdir / f"{a.kind}_{n}"
+            make_set(a.kind, items, n)
+            runs[n] = run_once(a.kind, items, model, a.workdir, a.code)
+        lo, hi = sizes[0], sizes[-1]
+        per_item_ms = 1000 * (runs[hi]["cpu"] - runs[lo]["cpu"]) / (hi - lo)
+        row = {"rep": rep, "set": a.kind, "per_item_cpu_ms": round(per_item_ms, 2)}
+        row |= {f"shutdown_s_{n}": round(r["shutdown"], 2) for n, r in runs.items()}
+        row |= {f"cpu_s_{n}": round(r["cpu"], 2) for n, r in runs.items()}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
