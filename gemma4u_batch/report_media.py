@@ -30,6 +30,7 @@ STRIP_PX = 64
 WAVE_SECONDS = 30.0
 CLIP_SECONDS = 5.0
 CLIP_BITRATE = 16_000
+MAX_PREVIEW_BYTES = 512 * 2**20  # read whole into memory, as the decoders take bytes
 # Small decodes: ~70 soft tokens' worth of pixels is still larger than a thumbnail.
 _OPTS = DecodeOptions(image_tokens=70, video_frames=STRIP_FRAMES, max_video_frames=STRIP_FRAMES)
 
@@ -138,7 +139,12 @@ def media_view(rec: dict[str, Any], found: tuple[Path | None, bytes | None] | No
     path, data = found
     try:
         if data is None and path is not None:
+            if Path(path).stat().st_size > MAX_PREVIEW_BYTES:
+                return MediaView(note=f"no preview: the file is over {MAX_PREVIEW_BYTES // 2**20} MB")
             data = Path(path).read_bytes()
+    except OSError as exc:
+        return MediaView(note=f"cannot read the media file {path}: {exc.strerror or exc}")
+    try:
         if not data:
             return MediaView(note="media file is empty")
         view = make(data)
