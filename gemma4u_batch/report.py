@@ -24,7 +24,9 @@ from .report_media import MediaView, locate_media, media_view
 from .report_plots import bar_chart, cumulative_chart, histogram, segment_timeline
 from .writer import OutLayout
 
-DEFAULT_NAME = "_report.html"  # "_": table readers (pyarrow, pandas) skip it inside OUT
+# Inside OUT, in a folder that table readers skip (pyarrow and pandas skip "_…", `datasets`
+# skips "__…" folders but would try to read a loose file as data).
+DEFAULT_PATH = ("__report__", "report.html")
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,8 @@ def card(rec: dict[str, Any], media: MediaView) -> dict[str, Any]:
         for s in rec.get("segments") or ()
     ]
     data = rec.get("data")
+    if rec.get("error") is not None and not (media.thumb or media.waveform):
+        media.note = None  # the record's error already says why there is no picture
     return {
         "id": str(rec.get("id")),
         "task": rec.get("task"),
@@ -151,14 +155,16 @@ def build_page(layout: OutLayout, opts: ReportOptions, started: float) -> tuple[
 
 
 def write_report(out: Path, dest: Path | None = None, opts: ReportOptions | None = None) -> ReportResult:
-    """Write OUT's report page to `dest` (default OUT/_report.html), atomically."""
+    """Write OUT's report page to `dest` (default OUT/__report__/report.html), atomically."""
     started = time.monotonic()
     layout = OutLayout(out)
     opts = opts or ReportOptions()
     page, d = build_page(layout, opts, started)
-    dest = dest or layout.root / DEFAULT_NAME
     payload = page.encode("utf-8")
     try:
+        if dest is None:
+            dest = layout.root.joinpath(*DEFAULT_PATH)
+            dest.parent.mkdir(exist_ok=True)
         write_atomic(dest, lambda fh: fh.write(payload))
     except OSError as exc:
         raise OutputError(f"cannot write the report to {dest}: {exc.strerror or exc}") from exc

@@ -99,7 +99,7 @@ def cumulative_chart(points: Sequence[tuple[float, int]], title: str) -> Markup:
     return _frame(body, title)
 
 
-def segment_timeline(segments: Sequence[dict[str, object]], width: int = 600, height: int = 26) -> Markup:
+def segment_timeline(segments: Sequence[dict[str, object]], width: int = 220, height: int = 26) -> Markup:
     """A transcript's segments along the file's time axis; each segment's text as its tooltip."""
     spans = [(float(s.get("start") or 0.0), float(s.get("end") or 0.0), s.get("text") or "") for s in segments]  # type: ignore[arg-type]
     end = max([e for _, e, _ in spans] + [1e-6])
@@ -115,5 +115,5 @@ def segment_timeline(segments: Sequence[dict[str, object]], width: int = 600, he
     body.append(f'<text x="{width}" y="{height - 1}" font-size="9" text-anchor="end" fill="#555">{end:.1f} s</text>')
     return Markup(
         f'<svg xmlns="http://www.w3.org/2000/svg" class="timeline" width="100%" height="{height}" '
-        f'viewBox="0 0 {width} {height}" preserveAspectRatio="none">' + "".join(body) + "</svg>"
+        f'viewBox="0 0 {width} {height}">' + "".join(body) + "</svg>"
     )

@@ -58,6 +58,7 @@ def run_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = base / "out"
     config = JobConfig(input=manifest, output=out, model="fake-model", workers=0, commit_every=4)
     run_job(config, FakeEngine(text_for=_text_for), reporter=Reporter("quiet"))
+    (media / "wide.png").unlink()  # captioned, then gone: its card says so instead of a picture
     return out
 
 
@@ -102,7 +103,8 @@ def test_page_in_a_real_browser(run_out: Path, tmp_path: Path) -> None:
     assert imgs and all(w > 0 for _, w in imgs), imgs
     kinds = Counter(c for c, _ in imgs)
     ok_images = sum(1 for r in recs if r["modality"] == "image" and r["error"] is None)
-    assert kinds["thumb"] == ok_images + 1 and kinds["strip"] == 1 and kinds["wave"] == 1  # + video poster
+    # wide.png is gone; the video's poster is a thumb too
+    assert kinds["thumb"] == ok_images - 1 + 1 and kinds["strip"] == 1 and kinds["wave"] == 1
     # Captions are present, as text: the markup in one shows literally and never became an element.
     for r in recs:
         if r["error"] is None and r["task"] == "caption":
@@ -115,7 +117,8 @@ def test_page_in_a_real_browser(run_out: Path, tmp_path: Path) -> None:
     assert flags == {"empty": 1}
     hello = next(r for r in recs if r["id"] == "hello")
     assert segs == len(hello["segments"]) >= 1
-    assert "missing" in notes and notes["missing"] and "missing.jpg" not in (captions.get("missing") or "")
+    assert "cannot read the media file" in notes["wide.png"] and captions["wide.png"]
+    assert notes["missing"] is None  # a failed record: its error says why there is no picture
 
 
 def test_sample_is_seeded_and_filtered(run_out: Path, tmp_path: Path) -> None:
@@ -143,3 +146,22 @@ def test_bad_usage_is_one_line(tmp_path: Path) -> None:
     res = subprocess.run([GEMMA4U, "report", str(tmp_path)], capture_output=True, text=True)
     assert res.returncode != 0
     assert "not a gemma4u output folder" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_default_page_leaves_out_a_table(tmp_path: Path) -> None:
+    """Written into OUT by default, in a folder the table readers skip."""
+    import datasets
+    import pandas
+
+    root = tmp_path / "in"
+    root.mkdir()
+    shutil.copy(REPO / "examples" / "images" / "sunset.jpg", root / "sunset.jpg")
+    shutil.copy(REPO / "examples" / "images" / "shapes.png", root / "shapes.png")
+    out = tmp_path / "out"
+    config = JobConfig(input=root, output=out, model="fake-model", workers=0, format="parquet")
+    run_job(config, FakeEngine(), reporter=Reporter("quiet"))
+    res = write_report(out)
+    assert res.path == out / "__report__" / "report.html" and res.sampled == 2
+    assert "data:image/webp;base64," in res.path.read_text()  # a folder input's media, found by id
+    assert len(pandas.read_parquet(out)) == 2
+    assert datasets.load_dataset("parquet", data_dir=str(out), split="train").num_rows == 2

@@ -290,7 +290,8 @@ def compact_cmd(out: Annotated[Path, typer.Argument(help="Output folder of a gem
 def report_cmd(
     out: Annotated[Path, typer.Argument(help="Output folder of a gemma4u job.")],
     output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="The HTML file to write (default: OUT/_report.html).")
+        Path | None,
+        typer.Option("--output", "-o", help="The HTML file to write (default: OUT/__report__/report.html)."),
     ] = None,
     sample: Annotated[int, typer.Option(help="Items in the grid (a seeded sample of the current records).")] = 200,
     seed: Annotated[int, typer.Option(help="Sample seed: the same seed shows the same items.")] = 0,
