@@ -161,11 +161,14 @@ def write_report(out: Path, dest: Path | None = None, opts: ReportOptions | None
     opts = opts or ReportOptions()
     page, d = build_page(layout, opts, started)
     payload = page.encode("utf-8")
+    target = dest or layout.root.joinpath(*DEFAULT_PATH)
     try:
         if dest is None:
-            dest = layout.root.joinpath(*DEFAULT_PATH)
-            dest.parent.mkdir(exist_ok=True)
-        write_atomic(dest, lambda fh: fh.write(payload))
+            target.parent.mkdir(exist_ok=True)
+        write_atomic(target, lambda fh: fh.write(payload))
     except OSError as exc:
-        raise OutputError(f"cannot write the report to {dest}: {exc.strerror or exc}") from exc
-    return ReportResult(dest, len(d.sample), d.matched, d.agg.records, len(payload), time.monotonic() - started)
+        hint = "" if target.parent.exists() else " (its folder does not exist)"
+        raise OutputError(
+            f"cannot write the report to {target}: {exc.strerror or exc}{hint}; choose another -o FILE"
+        ) from exc
+    return ReportResult(target, len(d.sample), d.matched, d.agg.records, len(payload), time.monotonic() - started)

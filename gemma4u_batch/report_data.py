@@ -147,19 +147,14 @@ def _read_json(path: Any) -> dict[str, Any]:
     return obj if isinstance(obj, dict) else {}
 
 
-def commit_timeline(layout: OutLayout) -> list[tuple[float, int]]:
-    """(committed_at, records) of every part, from the index (no data file is read)."""
-    with OutIndex(layout) as index:
-        rows = index.db.execute("SELECT committed_at, records FROM parts ORDER BY committed_at, part").fetchall()
-    return [(float(at or 0.0), int(n or 0)) for at, n in rows]
-
-
 def read_report_data(layout: OutLayout, opts: ReportOptions) -> ReportData:
     """Everything the page needs: the run's facts, whole-run aggregates and the sample."""
     if not layout.meta.exists():
         raise UsageError(f"{layout.root} is not a gemma4u output folder")
     preds = [parse_filter(f) for f in opts.filters]
     status = read_status(layout)
+    with OutIndex(layout) as index:
+        timeline = index.commit_times()
     agg, sampler, matched = Aggregates(), Sampler(opts.sample, opts.seed), 0
     for rec in current_records(layout):
         agg.add(rec)
@@ -170,7 +165,7 @@ def read_report_data(layout: OutLayout, opts: ReportOptions) -> ReportData:
         manifest=_read_json(layout.run_manifest),
         finished=_read_json(layout.complete_marker),
         status=status,
-        timeline=commit_timeline(layout),
+        timeline=timeline,
         agg=agg,
         sample=sampler.records(),
         matched=matched,

@@ -82,8 +82,13 @@ def cumulative_chart(points: Sequence[tuple[float, int]], title: str) -> Markup:
         return _frame([_text(W / 2, H / 2, "no commits"), _text(W / 2, H - 6, title, size=11)], title)
     t0, t1 = points[0][0], max(points[-1][0], points[0][0] + 1e-6)
     total = max(sum(n for _, n in points), 1)
-    xs = lambda t: PAD_L + (W - PAD_L - PAD_R) * (t - t0) / (t1 - t0)  # noqa: E731
-    ys = lambda c: H - PAD_B - (H - PAD_T - PAD_B) * c / total  # noqa: E731
+
+    def xs(t: float) -> float:
+        return PAD_L + (W - PAD_L - PAD_R) * (t - t0) / (t1 - t0)
+
+    def ys(c: int) -> float:
+        return H - PAD_B - (H - PAD_T - PAD_B) * c / total
+
     path, run = [f"M{xs(t0):.1f},{ys(0):.1f}"], 0
     for t, n in points:
         run += n

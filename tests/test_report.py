@@ -165,3 +165,20 @@ def test_default_page_leaves_out_a_table(tmp_path: Path) -> None:
     assert "data:image/webp;base64," in res.path.read_text()  # a folder input's media, found by id
     assert len(pandas.read_parquet(out)) == 2
     assert datasets.load_dataset("parquet", data_dir=str(out), split="train").num_rows == 2
+
+
+def test_structured_data_is_shown_escaped(tmp_path: Path) -> None:
+    """`data` (here a --choices label carrying markup) is pretty-printed as text, never as HTML."""
+    root = tmp_path / "in"
+    root.mkdir()
+    shutil.copy(REPO / "examples" / "images" / "shapes.png", root / "shapes.png")
+    out = tmp_path / "out"
+    labels = ["<b>shapes</b>", "<img src=x onerror=alert(1)>"]
+    config = JobConfig(input=root, output=out, model="fake-model", workers=0, choices=labels)
+    run_job(config, FakeEngine(), reporter=Reporter("quiet"))
+    (rec,) = _records(out)
+    assert rec["data"] in labels
+    html = write_report(out, tmp_path / "r.html").path.read_text()
+    shown = html.split('class="data">', 1)[1].split("</pre>", 1)[0]
+    assert shown.startswith("&#34;&lt;") and shown.endswith("&gt;&#34;")  # json.dumps of the label, escaped
+    assert "<b>shapes" not in html and "<img src=x" not in html
