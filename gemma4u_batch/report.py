@@ -20,7 +20,7 @@ from .atomic import write_atomic
 from .errors import OutputError
 from .report_data import Group, ReportData, ReportOptions, read_report_data
 from .report_html import render_page
-from .report_media import MediaView, locate_media, media_view
+from .report_media import MediaView, locate_media, media_view, preview_options
 from .report_plots import bar_chart, cumulative_chart, histogram, segment_timeline
 from .writer import OutLayout
 
@@ -110,8 +110,6 @@ def card(rec: dict[str, Any], media: MediaView) -> dict[str, Any]:
         for s in rec.get("segments") or ()
     ]
     data = rec.get("data")
-    if rec.get("error") is not None and not (media.thumb or media.waveform):
-        media.note = None  # the record's error already says why there is no picture
     return {
         "id": str(rec.get("id")),
         "task": rec.get("task"),
@@ -131,8 +129,9 @@ def card(rec: dict[str, Any], media: MediaView) -> dict[str, Any]:
 
 def build_page(layout: OutLayout, opts: ReportOptions, started: float) -> tuple[str, ReportData]:
     d = read_report_data(layout, opts)
-    found = locate_media(d.manifest, layout.root, [str(r.get("id")) for r in d.sample])
-    cards = [card(r, media_view(r, found.get(str(r.get("id"))))) for r in d.sample]
+    found = locate_media(d.manifest, layout.root, [str(r.get("id")) for r in d.sample if r.get("error") is None])
+    popts = preview_options(d.manifest.get("limits") or {})
+    cards = [card(r, media_view(r, found.get(str(r.get("id"))), popts)) for r in d.sample]
     page = render_page(
         {
             "title": str(layout.root),

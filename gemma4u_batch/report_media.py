@@ -14,7 +14,7 @@ import hashlib
 import io
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,13 @@ CLIP_BITRATE = 16_000
 MAX_PREVIEW_BYTES = 512 * 2**20  # read whole into memory, as the decoders take bytes
 # Small decodes: ~70 soft tokens' worth of pixels is still larger than a thumbnail.
 _OPTS = DecodeOptions(image_tokens=70, video_frames=STRIP_FRAMES, max_video_frames=STRIP_FRAMES)
+_LIMITS = ("max_image_pixels", "max_input_bytes", "max_audio_seconds", "max_video_seconds", "max_decoded_frames")
+
+
+def preview_options(limits: dict[str, Any]) -> DecodeOptions:
+    """The small-decode options under the run's own per-item limits (run.json `limits`)."""
+    kept = {k: limits[k] for k in _LIMITS if isinstance(limits.get(k), int | float)}
+    return replace(_OPTS, **kept)
 
 
 @dataclass
@@ -59,20 +66,20 @@ def webp(img: Any, box: tuple[int, int], quality: int = 60) -> str:
     return data_uri("image/webp", buf.getvalue())
 
 
-def image_view(data: bytes) -> MediaView:
+def image_view(data: bytes, opts: DecodeOptions) -> MediaView:
     from .decode.image import decode_image
 
-    img, _info = decode_image(data, _OPTS)
+    img, _info = decode_image(data, opts)
     return MediaView(thumb=webp(img, (THUMB_PX, THUMB_PX)))
 
 
-def video_view(data: bytes) -> MediaView:
+def video_view(data: bytes, opts: DecodeOptions) -> MediaView:
     """The first sampled frame as the poster, and the sampled frames as a strip."""
     from PIL import Image
 
     from .decode.video import decode_video
 
-    frames, _audio, _info = decode_video(data, _OPTS)
+    frames, _audio, _info = decode_video(data, opts)
     tiles = [f.copy() for f in frames.frames[:STRIP_FRAMES]]
     for t in tiles:
         t.thumbnail((STRIP_PX * 2, STRIP_PX))
@@ -118,43 +125,53 @@ def opus_clip(x: np.ndarray, rate: int) -> str:
     return data_uri("audio/ogg", buf.getvalue())
 
 
-def audio_view(data: bytes) -> MediaView:
+def audio_view(data: bytes, opts: DecodeOptions) -> MediaView:
     from .decode.audio import decode_audio_track
 
-    x, _info = decode_audio_track(data, _OPTS, WAVE_SECONDS)
-    clip = x[: int(CLIP_SECONDS * _OPTS.sample_rate)]
-    return MediaView(waveform=waveform_png(x), clip=opus_clip(clip, _OPTS.sample_rate))
+    x, _info = decode_audio_track(data, opts, WAVE_SECONDS)
+    clip = x[: int(CLIP_SECONDS * opts.sample_rate)]
+    return MediaView(waveform=waveform_png(x), clip=opus_clip(clip, opts.sample_rate))
 
 
 _VIEWS = {"image": image_view, "video": video_view, "audio": audio_view}
 
 
-def media_view(rec: dict[str, Any], found: tuple[Path | None, bytes | None] | None) -> MediaView:
-    """The view of one record's media; a placeholder naming the reason when there is none."""
+def _read(path: Path | None, data: bytes | None, limit: int) -> tuple[bytes | None, str | None]:
+    """The item's bytes, or why there are none."""
+    if data is not None or path is None:
+        return data, None
+    try:
+        if Path(path).stat().st_size > limit:
+            return None, f"no preview: the file is over {limit // 2**20} MB"
+        return Path(path).read_bytes(), None
+    except OSError as exc:
+        return None, f"cannot read the media file {path}: {exc.strerror or exc}"
+
+
+def media_view(rec: dict[str, Any], found: tuple[Path | None, bytes | None] | None, opts: DecodeOptions) -> MediaView:
+    """The view of one record's media; a placeholder naming the reason when there is none.
+
+    Only media the run decoded without error, and unchanged since (same sha256), is decoded
+    again: a file that failed (too large, a decoder crash or hang) or was swapped since is
+    never fed to a decoder in this process."""
     make = _VIEWS.get(rec.get("modality") or "")
+    if rec.get("error") is not None:
+        return MediaView()
     if make is None:
         return MediaView(note="no media (modality unknown)")
     if found is None:
         return MediaView(note="media not found: the item is no longer in the run's input")
-    path, data = found
-    try:
-        if data is None and path is not None:
-            if Path(path).stat().st_size > MAX_PREVIEW_BYTES:
-                return MediaView(note=f"no preview: the file is over {MAX_PREVIEW_BYTES // 2**20} MB")
-            data = Path(path).read_bytes()
-    except OSError as exc:
-        return MediaView(note=f"cannot read the media file {path}: {exc.strerror or exc}")
-    try:
-        if not data:
-            return MediaView(note="media file is empty")
-        view = make(data)
-    except Exception as exc:  # hostile or odd files: the reason goes on the page, the report goes on
-        log.debug("report: no preview for %s", rec.get("id"), exc_info=True)
-        return MediaView(note=f"no preview: {type(exc).__name__}: {str(exc)[:200]}")
+    data, why = _read(*found, min(MAX_PREVIEW_BYTES, opts.max_input_bytes))
+    if not data:
+        return MediaView(note=why or "media file is empty")
     sha = rec.get("content_sha256")
     if sha and hashlib.sha256(data).hexdigest() != sha:
-        view.note = "the file changed since this record was made"
-    return view
+        return MediaView(note="no preview: the file changed since this record was made")
+    try:
+        return make(data, opts)
+    except Exception as exc:  # odd files: the reason goes on the page, the report goes on
+        log.debug("report: no preview for %s", rec.get("id"), exc_info=True)
+        return MediaView(note=f"no preview: {type(exc).__name__}: {str(exc)[:200]}")
 
 
 def _folder_items(folder: Path, ids: set[str]) -> dict[str, tuple[Path | None, bytes | None]]:

@@ -59,6 +59,7 @@ def run_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
     config = JobConfig(input=manifest, output=out, model="fake-model", workers=0, commit_every=4)
     run_job(config, FakeEngine(text_for=_text_for), reporter=Reporter("quiet"))
     (media / "wide.png").unlink()  # captioned, then gone: its card says so instead of a picture
+    shutil.copy(media / "astronaut.jpg", media / "cmyk.jpg")  # changed since: not previewed either
     return out
 
 
@@ -103,8 +104,8 @@ def test_page_in_a_real_browser(run_out: Path, tmp_path: Path) -> None:
     assert imgs and all(w > 0 for _, w in imgs), imgs
     kinds = Counter(c for c, _ in imgs)
     ok_images = sum(1 for r in recs if r["modality"] == "image" and r["error"] is None)
-    # wide.png is gone; the video's poster is a thumb too
-    assert kinds["thumb"] == ok_images - 1 + 1 and kinds["strip"] == 1 and kinds["wave"] == 1
+    # wide.png is gone, cmyk.jpg changed; the video's poster is a thumb too
+    assert kinds["thumb"] == ok_images - 2 + 1 and kinds["strip"] == 1 and kinds["wave"] == 1
     # Captions are present, as text: the markup in one shows literally and never became an element.
     for r in recs:
         if r["error"] is None and r["task"] == "caption":
@@ -118,6 +119,7 @@ def test_page_in_a_real_browser(run_out: Path, tmp_path: Path) -> None:
     hello = next(r for r in recs if r["id"] == "hello")
     assert segs == len(hello["segments"]) >= 1
     assert "cannot read the media file" in notes["wide.png"] and captions["wide.png"]
+    assert "changed since" in notes["cmyk.jpg"] and captions["cmyk.jpg"]
     assert notes["missing"] is None  # a failed record: its error says why there is no picture
 
 
