@@ -85,6 +85,10 @@ def test_page_in_a_real_browser(run_out: Path, tmp_path: Path) -> None:
             "[c.dataset.id, c.querySelector('.caption') ? c.querySelector('.caption').textContent : null]))"
         )
         scripts = b.eval("document.querySelectorAll('script').length")
+        external = b.eval(
+            "[...document.querySelectorAll('[src],[href]')].map(e => e.getAttribute('src') || "
+            "e.getAttribute('href')).filter(u => !u.startsWith('data:'))"
+        )
         groups = b.eval(
             "Object.fromEntries([...document.querySelectorAll('#errors tr.group')].map(r => "
             "[r.dataset.name, Number(r.querySelector('.count').textContent)]))"
@@ -111,7 +115,7 @@ def test_page_in_a_real_browser(run_out: Path, tmp_path: Path) -> None:
         if r["error"] is None and r["task"] == "caption":
             assert captions[r["id"]] == r["text"]
     assert captions["astronaut.jpg"].startswith(XSS)
-    assert scripts == 0 and not dialogs
+    assert scripts == 0 and not dialogs and external == []  # nothing to run, nothing to fetch
     # Error groups and flags count what the records say.
     assert groups == dict(Counter(r["error_kind"] for r in recs if r["error"] is not None))
     assert {"empty", "not_an_image", "corrupt"} <= set(groups)
