@@ -67,6 +67,7 @@ def _records(out: Path) -> list[dict]:
     return list(iter_committed_records(OutLayout(out)))
 
 
+@pytest.mark.timeout(180)  # a hung browser fails here, not at the suite's timeout
 def test_page_in_a_real_browser(run_out: Path, tmp_path: Path) -> None:
     exe = chromium_or_skip()
     page = tmp_path / "report.html"
