@@ -351,7 +351,7 @@ class Job:
         if rec.segments is not None and self.config.subtitles:
             c = self.config
             limits = CueLimits(c.max_cue_seconds, c.max_line_width, c.max_lines)
-            write_transcripts(self.layout.transcripts, rec.id, rec.segments, tuple(c.subtitles), limits)
+            write_transcripts(self.layout.transcripts, rec.id, rec.segments, tuple(c.subtitles), limits, rec.language)
 
 
 def run_job(
