@@ -176,3 +176,16 @@ def test_the_real_model_identifies_from_the_allowed_codes(tmp_path: Path, tiny_m
             assert rec["language"] == rec["segments"][0]["language"]
         else:
             assert rec["language"] == "fr" and {s["language"] for s in rec["segments"]} == {"fr"}
+
+
+def test_the_plan_counts_the_identification_requests(tmp_path: Path) -> None:
+    from gemma4u_batch.planning import plan
+
+    inp = _three(tmp_path)
+    counts = {}
+    for given in (None, "fr"):
+        config = JobConfig(input=inp, output=tmp_path / "o", task="transcribe", workers=0, language=given)
+        counts[given] = plan(config, sample=4).modalities["audio"]
+    assert counts["fr"].requests == 3  # three.wav's windows; the silent file sends nothing
+    assert counts[None].requests == 2 * counts["fr"].requests
+    assert counts[None].media_tokens == 2 * counts["fr"].media_tokens
