@@ -103,14 +103,25 @@ def test_auto_identifies_each_window_and_records_where_they_disagree(tmp_path: P
     assert silent["flags"] == ["no_speech"] and silent["language"] is None  # nothing to identify
 
 
-def test_auto_answers_are_allowed_codes_and_a_rerun_costs_nothing(tmp_path: Path) -> None:
+def test_auto_answers_are_allowed_codes_and_a_rerun_costs_nothing(tmp_path: Path, monkeypatch) -> None:
+    """Rerun with the same setting: the quick check finds every record done without opening a
+    file or sending a request."""
+    import gemma4u_batch.decode as decode_mod
+
+    from .test_index import aged
+
     inp, out = _three(tmp_path), tmp_path / "out"
+    aged(inp)
     engine = FakeEngine()
     _run(inp, out, engine)
     rec = _records(out)["three.wav"]
     assert rec["language"] in DETECT_CODES and all(s["language"] in DETECT_CODES for s in rec["segments"])
+    reads: list[str] = []
+    real = decode_mod.read_input
+    monkeypatch.setattr(decode_mod, "read_input", lambda item, opts: reads.append(item.id) or real(item, opts))
+    sent = engine.steps
     again = _run(inp, out, engine)
-    assert again.done == 0 and again.skipped == 2  # type: ignore[attr-defined]
+    assert again.done == 0 and again.skipped == 2 and reads == [] and engine.steps == sent  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize("given", ["fr", "French", "fra"])
