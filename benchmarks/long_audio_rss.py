@@ -1,11 +1,12 @@
 """Peak memory of a long audio file on its way to the engine, stage by stage, for a speech
-task: decode (read + decode + resample to 16 kHz float32) with voice activity detection, as
-a decode worker does; the hand-over to the main process (pickling, as the worker pool does);
-and the request windows the request builder cuts from it.
+task: decode (read + decode + resample to 16 kHz float32) with voice activity detection in the
+real decode pool (one worker process, which loads the VAD model when it starts), the hand-over
+to the main process, the request windows the request builder cuts from it, and what the main
+process then holds: with the waveform, and (as the job keeps it) with the windows' clips only.
 
-Each stage's peak is the process's VmHWM (peak RSS) after it, in a fresh process that has
-imported everything and loaded the VAD model first (the baseline). The input is the 95-s
-example lecture repeated to the requested length, written as 16 kHz mono FLAC.
+Reported: the worker's peak RSS (VmHWM), the main process's peak after receiving the item and
+after cutting the windows, and its RSS now with and without the waveform. The input is the
+95-s example lecture repeated to the requested length, written as 16 kHz mono FLAC.
 
 usage: python -m benchmarks.long_audio_rss [--hours 2] [--keep DIR]
 """
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import pickle
 import subprocess
 import sys
 import tempfile
@@ -24,10 +24,11 @@ from pathlib import Path
 LECTURE = Path(__file__).resolve().parent.parent / "examples" / "audio" / "lecture_95s.flac"
 
 
-def vm_hwm_mb() -> float:
+def vm_hwm_mb(field: str = "VmHWM") -> float:
+    """Peak RSS (VmHWM) or, with field="VmRSS", the RSS now."""
     with open("/proc/self/status") as fh:
         for line in fh:
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     return 0.0
 
@@ -47,30 +48,41 @@ def make(path: Path, hours: float) -> None:
             done += len(block)
 
 
+def _pid_hwm_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def measure(path: Path) -> dict[str, float]:
-    """The stages in this (fresh) process; VmHWM after each."""
+    """The stages through the real decode pool (one worker process) and request builder."""
     from gemma4u_batch.config import JobConfig
-    from gemma4u_batch.decode import decode_item
-    from gemma4u_batch.decode.vad import load_model
     from gemma4u_batch.records import Modality, WorkItem
     from gemma4u_batch.units import build_parts
+    from gemma4u_batch.workers import DecodePool
 
     config = JobConfig(input=path.parent, output=path.parent / "out", task="transcribe")
-    opts = config.decode_options()
-    load_model()
-    out = {"baseline_mb": vm_hwm_mb(), "file_mb": path.stat().st_size / 2**20}
+    item = WorkItem(id=path.name, source=str(path), path=path, modality=Modality.AUDIO)
+    out: dict[str, float] = {"main_baseline_mb": vm_hwm_mb(), "file_mb": path.stat().st_size / 2**20}
     t0 = time.perf_counter()
-    d = decode_item(WorkItem(id=path.name, source=str(path), path=path, modality=Modality.AUDIO), opts)
-    assert d.error is None, d.error
-    out["decode_and_vad_seconds"] = round(time.perf_counter() - t0, 1)
-    out["waveform_mb"] = d.audio.nbytes / 2**20 if d.audio is not None else 0.0
-    out["after_decode_and_vad_mb"] = vm_hwm_mb()
-    blob = pickle.dumps(d, protocol=pickle.HIGHEST_PROTOCOL)
-    out["after_pickling_mb"] = vm_hwm_mb()
-    del blob
+    with DecodePool(iter([item]), config.decode_options(), workers=1, timeout=3600) as pool:
+        got: list = []
+        while not got:
+            got = pool.poll(1.0)
+        out["decode_and_vad_seconds"] = time.perf_counter() - t0
+        out["worker_peak_mb"] = _pid_hwm_mb(pool._workers[0].process.pid)
+    d = got[0]
+    assert d.error is None and d.audio is not None, d.error
+    out["waveform_mb"] = d.audio.nbytes / 2**20
+    out["main_after_receiving_mb"] = vm_hwm_mb()
     parts = build_parts(d, windowed_audio=True, tokens_per_frame_of=None)
     out["windows"] = len(parts)
-    out["after_windows_mb"] = vm_hwm_mb()
+    out["main_after_windows_mb"] = vm_hwm_mb()
+    out["main_held_with_waveform_mb"] = vm_hwm_mb("VmRSS")
+    d.audio = None  # as the job does once the item's parts are built
+    out["main_held_windows_only_mb"] = vm_hwm_mb("VmRSS")
     return {k: round(v, 1) if isinstance(v, float) else v for k, v in out.items()}
 
 

@@ -296,7 +296,9 @@ class Job:
         self.quick.remember(d)
         if not self.requests.in_shard(d):
             return
-        for unit in self.requests.units(d):
+        units = self.requests.units(d)
+        d.audio = None  # every part holds its own clip: the whole waveform is not kept while they are answered
+        for unit in units:
             prev = self.index.get(d.item.id, unit.task)
             if prev is not None and prev[0] == unit.key and not (self.config.retry_errors and prev[1]):
                 self.counters.skipped += 1

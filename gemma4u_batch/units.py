@@ -130,7 +130,7 @@ def build_parts(d: DecodedItem, *, windowed_audio: bool, tokens_per_frame_of: An
         mm: dict[str, Any] = {"video": (list(d.video.frames), _video_metadata(d))}
         tokens = video_tokens(d, tokens_per_frame_of)
         if d.audio is not None and d.audio.size:
-            clip = pad_to_token_multiple(d.audio[: int(WINDOW_SECONDS * SAMPLE_RATE)])
+            clip = pad_to_token_multiple(np.array(d.audio[: int(WINDOW_SECONDS * SAMPLE_RATE)], dtype=np.float32))
             mm["audio"] = (clip, SAMPLE_RATE)
             tokens += num_audio_tokens(clip.size) + 2
         return [Part(mm, tokens, 0.0, float(d.video.duration))]
@@ -144,8 +144,8 @@ def build_parts(d: DecodedItem, *, windowed_audio: bool, tokens_per_frame_of: An
         else:
             spans = [(0, min(x.size, int(WINDOW_SECONDS * SAMPLE_RATE)))]
         parts = []
-        for s, e in spans:
-            clip = pad_to_token_multiple(np.ascontiguousarray(x[s:e], dtype=np.float32))
+        for s, e in spans:  # a copy, not a view: the job drops the whole waveform once the parts are built
+            clip = pad_to_token_multiple(np.array(x[s:e], dtype=np.float32))
             parts.append(
                 Part({"audio": (clip, SAMPLE_RATE)}, num_audio_tokens(clip.size) + 2, s / SAMPLE_RATE, e / SAMPLE_RATE)
             )
