@@ -70,6 +70,8 @@ def dataset_card(
         "size_categories": [_size_category(result.rows)],
         "tags": ["gemma4u", "synthetic"],
     }
+    if config.get("language"):  # the Hub's dataset-card key (ISO 639-1 codes where they exist)
+        header["language"] = [config["language"]]
     yaml_text = yaml.safe_dump(header, sort_keys=False, allow_unicode=True)
     license_line = "license: unknown  # TODO: the license of the source media and of these outputs\n"
     lines = [
@@ -118,6 +120,8 @@ def _contents(
         lines.append("* structured output: `data` (JSON text) and `data_typed` (typed) follow the run's JSON schema")
     if config.get("choices"):
         lines.append(f"* labels: {', '.join(map(str, config['choices']))}")
+    if any(t in ("transcribe", "translate") for t in tasks):
+        lines.append(_language_line(config.get("language")))
     lines += [f"* {text}" for name, text in _MEDIA.items() if name in features]
     if result.media_missing:
         lines.append(f"* {result.media_missing} row(s) without media: the file was gone or had changed at export time")
@@ -127,6 +131,18 @@ def _contents(
         verb = "included (`error`, `error_kind` columns)" if opts.include_errors else "left out"
         lines.append(f"* items with errors: {errs} ({kinds}), {verb}")
     return lines
+
+
+def _language_line(code: str | None) -> str:
+    """What `language` (and `segments[].language`) hold in a speech export."""
+    if code:
+        from .languages import language_name
+
+        return f"* spoken language: `{code}` ({language_name(code)}), given; in `language` and `segments[].language`"
+    return (
+        "* spoken language: identified by the model (a constrained choice of ISO codes) per speech window, in "
+        "`segments[].language`; `language` is the first speech window's"
+    )
 
 
 def _run_and_reproduce(manifest: dict[str, Any], config: dict[str, Any], opts: Any) -> list[str]:

@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .decode.options import DecodeOptions
+from .languages import normalise_language
 from .records import Modality
 from .tasks import is_speech_task
 
@@ -58,7 +59,7 @@ class JobConfig(BaseModel):
     tasks: list[str] | None = None  # several tasks per item, sharing one decode
     prompt: str | None = None  # a Jinja template over row fields when it contains {{ }}
     system_prompt: str | None = None
-    language: str | None = None
+    language: str | None = None  # canonical ISO code (languages.py); None: auto, detect it per window
     translate_to: str | None = None
     # Structured output: a JSON schema (inline or a file) or a label list
     json_schema: dict[str, Any] | Path | None = None
@@ -105,6 +106,12 @@ class JobConfig(BaseModel):
         if v not in IMAGE_TOKEN_BUDGETS:
             raise ValueError(f"must be one of {', '.join(map(str, IMAGE_TOKEN_BUDGETS))}")
         return v
+
+    @field_validator("language", mode="before")
+    @classmethod
+    def _language(cls, v: Any) -> str | None:
+        """One form for every spelling (fr, fra, fre, French), so keys and OUT's guard agree."""
+        return normalise_language(None if v is None else str(v))
 
     @model_validator(mode="before")
     @classmethod

@@ -296,7 +296,9 @@ class Job:
         self.quick.remember(d)
         if not self.requests.in_shard(d):
             return
-        for unit in self.requests.units(d):
+        units = self.requests.units(d)
+        d.audio = None  # every part holds its own clip: the whole waveform is not kept while they are answered
+        for unit in units:
             prev = self.index.get(d.item.id, unit.task)
             if prev is not None and prev[0] == unit.key and not (self.config.retry_errors and prev[1]):
                 self.counters.skipped += 1
@@ -351,7 +353,7 @@ class Job:
         if rec.segments is not None and self.config.subtitles:
             c = self.config
             limits = CueLimits(c.max_cue_seconds, c.max_line_width, c.max_lines)
-            write_transcripts(self.layout.transcripts, rec.id, rec.segments, tuple(c.subtitles), limits)
+            write_transcripts(self.layout.transcripts, rec.id, rec.segments, tuple(c.subtitles), limits, rec.language)
 
 
 def run_job(

@@ -96,6 +96,7 @@ class OutputRecord:
     content_sha256: str | None
     decode_seconds: float | None
     segments: list[dict[str, Any]] | None = None
+    language: str | None = None  # speech tasks: ISO 639-1 (else 639-3) code, given or identified
     data: Any = None
     flags: list[str] = field(default_factory=list)
     retried: bool = False

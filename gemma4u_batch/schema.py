@@ -21,7 +21,14 @@ COLUMN_DOCS: dict[str, str] = {
     "model": "model path or id",
     "content_sha256": "sha256 of the input bytes",
     "decode_seconds": "time spent decoding the media",
-    "segments": "transcription windows: list of {start, end, text} (seconds); null otherwise",
+    "segments": (
+        "transcription windows: list of {start, end, text, language} (seconds; the window's language code); "
+        "null otherwise"
+    ),
+    "language": (
+        "speech tasks: the spoken language as an ISO 639-1 code (639-3 where none), given by --language or "
+        "identified by the model in the first speech window (auto); null otherwise"
+    ),
     "data": (
         "structured output: the parsed JSON object (--json-schema) or the chosen label (--choices); "
         "a JSON string in Parquet"
@@ -64,8 +71,18 @@ def arrow_schema(data_schema: dict[str, Any] | None = None) -> Any:
             ("decode_seconds", pa.float64()),
             (
                 "segments",
-                pa.list_(pa.struct([("start", pa.float64()), ("end", pa.float64()), ("text", pa.string())])),
+                pa.list_(
+                    pa.struct(
+                        [
+                            ("start", pa.float64()),
+                            ("end", pa.float64()),
+                            ("text", pa.string()),
+                            ("language", pa.string()),
+                        ]
+                    )
+                ),
             ),
+            ("language", pa.string()),
             ("data", pa.string()),
             *typed,
             ("flags", pa.list_(pa.string())),

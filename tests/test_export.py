@@ -21,6 +21,7 @@ from gemma4u_batch.engine import FakeEngine
 from gemma4u_batch.errors import UsageError
 from gemma4u_batch.export import ExportOptions, export
 from gemma4u_batch.job import run_job
+from gemma4u_batch.languages import DETECT_CODES
 from gemma4u_batch.progress import Reporter
 
 from .conftest import REPO
@@ -147,6 +148,7 @@ def test_audio_export_decodes_to_the_original_files(tmp_path: Path) -> None:
     assert sorted(ds["id"]) == sorted(p.name for p in inp.iterdir())
     for row in ds:  # decoded by datasets (torchcodec + the system's FFmpeg libraries)
         assert row["segments"] and row["text"]
+        assert row["language"] in DETECT_CODES and all(s["language"] in DETECT_CODES for s in row["segments"])
         audio = row["audio"]
         assert np.sqrt(np.mean(np.square(audio["array"]))) > 0.01  # speech, not silence
         assert_same_audio(audio, inp / row["id"])
@@ -163,6 +165,7 @@ def test_audio_export_decodes_to_the_original_files(tmp_path: Path) -> None:
         assert row["audio"]["bytes"] == (inp / row["id"]).read_bytes()
     header = card_header(dest)
     assert header["task_categories"] == ["automatic-speech-recognition"]
+    assert "spoken language: identified by the model" in (dest / "README.md").read_text()
 
 
 def test_export_joins_manifest_columns(tmp_path: Path) -> None:

@@ -51,7 +51,7 @@ def fail(message: str, code: int = ExitCode.USAGE) -> None:
 def validation_message(exc: ValidationError) -> str:
     first = exc.errors()[0]
     loc = ".".join(str(p) for p in first["loc"])
-    return f"invalid value for {loc}: {first['msg']}"
+    return f"invalid value for {loc}: {str(first['msg']).removeprefix('Value error, ')}"
 
 
 def _split_format(value: str) -> tuple[str, list[str]]:

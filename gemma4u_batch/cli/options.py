@@ -64,7 +64,14 @@ def job_options(
         str | None,
         typer.Option(help="Constrain output to one of these labels: a,b,c (into `data`).", rich_help_panel=H_TASK),
     ] = None,
-    language: Annotated[str | None, typer.Option(help="Spoken language hint.", rich_help_panel=H_TASK)] = None,
+    language: Annotated[
+        str,
+        typer.Option(
+            help="Spoken language of speech tasks: an ISO 639-1/639-3 code or English name (fr, fra, French), "
+            "or auto: the model identifies it per window.",
+            rich_help_panel=H_TASK,
+        ),
+    ] = "auto",
     translate_to: Annotated[
         str | None, typer.Option(help="Translate speech into this language.", rich_help_panel=H_TASK)
     ] = None,
