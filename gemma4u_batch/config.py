@@ -39,6 +39,49 @@ class EngineConfig(BaseModel):
     mm_cache_gb: float = 0.0
     max_in_flight: int | None = None  # requests kept in the engine; default 2 × max_num_seqs
     batch_invariant: bool = False  # VLLM_BATCH_INVARIANT=1: results independent of batching (GPU only)
+    # The rest of vLLM's surface (engineargs.py): what changes outputs joins OUT's guard and the keys.
+    quantization: str | None = None  # weight quantization method (awq, gptq, fp8, bitsandbytes, ...)
+    kv_cache_dtype: str = "auto"  # fp8 variants break exact bidirectional image attention on CPU
+    revision: str | None = None  # the model's hub revision (branch, tag or commit)
+    tokenizer: str | None = None  # another tokenizer (path or hub id) than the model's
+    download_dir: str | None = None  # where hub weights are downloaded (changes nothing else)
+    lora: str | None = None  # a PEFT LoRA adapter folder applied to every request
+    engine_args: dict[str, Any] = Field(default_factory=dict)  # any other EngineArgs field (checked)
+
+    @field_validator("engine_args")
+    @classmethod
+    def _engine_args(cls, v: dict[str, Any]) -> dict[str, Any]:
+        """Known EngineArgs fields only, none that a dedicated option sets (checked before any engine starts)."""
+        if not v:
+            return v
+        from .engineargs import check_engine_args
+        from .errors import UsageError
+
+        try:
+            return check_engine_args(v)
+        except UsageError as exc:
+            raise ValueError(str(exc)) from None
+
+    @field_validator("lora")
+    @classmethod
+    def _lora(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        from .engineargs import lora_rank
+        from .errors import UsageError
+
+        try:
+            lora_rank(v)
+        except UsageError as exc:
+            raise ValueError(str(exc)) from None
+        return v
+
+    def stable_dump(self) -> dict[str, Any]:
+        """model_dump without the options added for #14 while they are at their defaults, so
+        what was keyed on the whole engine config before they existed keeps its keys."""
+        new = ("quantization", "kv_cache_dtype", "revision", "tokenizer", "download_dir", "lora", "engine_args")
+        default = EngineConfig()
+        return {k: v for k, v in self.model_dump().items() if k not in new or v != getattr(default, k)}
 
 
 class JobConfig(BaseModel):

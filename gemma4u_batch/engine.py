@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
 from .config import EngineConfig, JobConfig, SamplingConfig
 from .errors import EngineDied, UsageError
@@ -131,9 +131,13 @@ class VllmEngine:
             from transformers import AutoTokenizer
 
             try:
-                tok = AutoTokenizer.from_pretrained(self.model)
+                tok = AutoTokenizer.from_pretrained(
+                    self.engine.tokenizer or self.model,
+                    revision=self.engine.revision if self.engine.tokenizer is None else None,
+                )
             except (OSError, ValueError) as exc:
-                raise UsageError(f"cannot load the tokenizer of {self.model}: {str(exc).splitlines()[0]}") from exc
+                name = self.engine.tokenizer or self.model
+                raise UsageError(f"cannot load the tokenizer {name}: {str(exc).splitlines()[0]}") from exc
             if not getattr(tok, "chat_template", None):
                 raise UsageError(f"model {self.model} has no chat template")
             self._tokenizer = tok
@@ -156,35 +160,65 @@ class VllmEngine:
             # Read by vLLM (and its engine processes, which inherit it) when the engine starts.
             os.environ["VLLM_BATCH_INVARIANT"] = "1"
         from vllm import EngineArgs
-        from vllm.config import StructuredOutputsConfig
         from vllm.v1.engine.llm_engine import LLMEngine
 
-        mem = self.engine.gpu_memory_utilization or (0.15 if on_cpu else 0.9)
-        args = EngineArgs(
-            model=self.model,
-            dtype=cast(Any, self.engine.dtype),
-            max_model_len=cast(Any, self.engine.max_model_len),
-            max_num_seqs=self.engine.max_num_seqs,
-            gpu_memory_utilization=mem,
-            tensor_parallel_size=self.engine.tensor_parallel_size,
-            pipeline_parallel_size=self.engine.pipeline_parallel_size,
-            enforce_eager=self.engine.enforce_eager,
-            limit_mm_per_prompt=dict(self.limit_mm),
-            mm_processor_kwargs={"max_soft_tokens": self.image_tokens},
-            mm_processor_cache_gb=self.engine.mm_cache_gb,
-            disable_chunked_mm_input=True,
-            # Compact JSON under guided decoding: a weak or sampled model cannot loop on
-            # whitespace inside the object (engine-wide in vLLM 0.32; needs xgrammar/guidance).
-            structured_outputs_config=StructuredOutputsConfig(backend="xgrammar", disable_any_whitespace=True),
-            seed=self.seed,
-            disable_log_stats=True,
-        )
+        from .engineargs import exactness_warnings
+        from .messages import say
+
+        for warning in exactness_warnings(self.engine, on_cpu):
+            log.info("gemma4u: %s", warning)
+            say(f"gemma4u: WARNING: {warning}")
+        args = EngineArgs(**self._engine_kwargs(on_cpu))
         try:
             self._llm = LLMEngine.from_engine_args(args)
         except (OSError, ValueError) as exc:
             raise UsageError(f"cannot load model {self.model}: {str(exc).splitlines()[0]}") from exc
         self.startup_s += time.monotonic() - t0
         self._warn_plugin()
+
+    def _engine_kwargs(self, on_cpu: bool) -> dict[str, Any]:
+        """EngineArgs: gemma4u's own settings, the dedicated flags, then --engine-arg extras
+        (which never name a key set here: engineargs.check_engine_args refuses those)."""
+        from vllm.config import StructuredOutputsConfig
+
+        e = self.engine
+        kw: dict[str, Any] = dict(
+            model=self.model,
+            dtype=e.dtype,
+            max_model_len=e.max_model_len,
+            max_num_seqs=e.max_num_seqs,
+            gpu_memory_utilization=e.gpu_memory_utilization or (0.15 if on_cpu else 0.9),
+            tensor_parallel_size=e.tensor_parallel_size,
+            pipeline_parallel_size=e.pipeline_parallel_size,
+            enforce_eager=e.enforce_eager,
+            limit_mm_per_prompt=dict(self.limit_mm),
+            mm_processor_kwargs={"max_soft_tokens": self.image_tokens},
+            mm_processor_cache_gb=e.mm_cache_gb,
+            disable_chunked_mm_input=True,
+            # Compact JSON under guided decoding: a weak or sampled model cannot loop on
+            # whitespace inside the object (engine-wide in vLLM 0.32; needs xgrammar/guidance).
+            structured_outputs_config=StructuredOutputsConfig(backend="xgrammar", disable_any_whitespace=True),
+            seed=self.seed,
+            disable_log_stats=True,
+            quantization=e.quantization,
+            kv_cache_dtype=e.kv_cache_dtype,
+            revision=e.revision,
+            tokenizer=e.tokenizer,
+            download_dir=e.download_dir,
+        )
+        if e.lora:
+            from .engineargs import lora_rank, vllm_lora_rank
+
+            kw.update(enable_lora=True, max_loras=1, max_lora_rank=vllm_lora_rank(lora_rank(e.lora)))
+        return {**kw, **e.engine_args}
+
+    def _lora_request(self) -> Any:
+        """The adapter every request runs with (--lora), or None."""
+        if not self.engine.lora:
+            return None
+        from vllm.lora.request import LoRARequest
+
+        return LoRARequest("gemma4u-lora", 1, os.path.abspath(os.path.expanduser(self.engine.lora)))
 
     def _warn_plugin(self) -> None:
         """Say loudly when image attention on this backend does not match the model."""
@@ -240,7 +274,7 @@ class VllmEngine:
         if request.multi_modal_data:
             prompt["multi_modal_data"] = request.multi_modal_data
         try:
-            self._llm.add_request(request.request_id, prompt, params)
+            self._llm.add_request(request.request_id, prompt, params, lora_request=self._lora_request())
         except Exception as exc:
             if _engine_dead(exc):
                 raise EngineDied(str(exc)) from exc

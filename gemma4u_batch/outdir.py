@@ -33,8 +33,11 @@ LIMIT_KEYS = (
 
 def guarded_settings(config: JobConfig) -> dict[str, Any]:
     """Settings that change what a record means: part of every key, and a rerun into
-    OUT with others is refused."""
-    return {
+    OUT with others is refused. Options added later join only when set, so the keys of
+    OUT folders made before they existed stay the same."""
+    from .engineargs import output_settings
+
+    settings: dict[str, Any] = {
         "task": config.task,
         "prompt": config.prompt,
         "system_prompt": config.system_prompt,
@@ -50,6 +53,10 @@ def guarded_settings(config: JobConfig) -> dict[str, Any]:
         "choices": config.choices,
         "retry_flagged": config.retry_flagged.model_dump() if config.retry_flagged else None,
     }
+    engine = output_settings(config.engine)
+    if engine:
+        settings["engine"] = engine
+    return settings
 
 
 def guard_of(config: JobConfig, fingerprint: str) -> dict[str, Any]:
@@ -65,7 +72,7 @@ def guard_refusal(layout: OutLayout, guard: dict[str, Any]) -> str | None:
         return None
     except (OSError, ValueError):
         old = {}
-    diffs = [k for k in guard if old.get(k) != guard[k]]
+    diffs = [k for k in {**old, **guard} if old.get(k) != guard.get(k)]
     if not diffs:
         return None
     names = ", ".join("model" if d == "model_fingerprint" else d for d in diffs)

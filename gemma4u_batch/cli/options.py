@@ -22,6 +22,47 @@ H_OUT = "Output and resume"
 H_LIM = "Limits (per item; see docs/limits.md)"
 H_LOG = "Messages"
 
+# The engine's wider surface (engineargs.py), shared by caption/transcribe, run and run-batch.
+Quantization = Annotated[
+    str | None,
+    typer.Option(
+        help="Weight quantization method (vLLM's --quantization: awq, gptq, fp8, bitsandbytes, …).",
+        rich_help_panel=H_ENG,
+    ),
+]
+KvCacheDtype = Annotated[
+    str,
+    typer.Option(
+        help="KV cache dtype (auto, bfloat16, fp8, fp8_e4m3, fp8_e5m2); fp8 makes image attention inexact on CPU.",
+        rich_help_panel=H_ENG,
+    ),
+]
+Revision = Annotated[
+    str | None, typer.Option(help="Model revision on the hub (branch, tag or commit).", rich_help_panel=H_ENG)
+]
+Tokenizer = Annotated[
+    str | None, typer.Option(help="Tokenizer path or HF id (default: the model's).", rich_help_panel=H_ENG)
+]
+DownloadDir = Annotated[str | None, typer.Option(help="Folder hub weights are downloaded to.", rich_help_panel=H_ENG)]
+Lora = Annotated[
+    str | None,
+    typer.Option(
+        "--lora", metavar="PATH", help="PEFT LoRA adapter folder applied to every request.", rich_help_panel=H_ENG
+    ),
+]
+EngineArg = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--engine-arg",
+        metavar="KEY=VALUE",
+        help="Any other vLLM EngineArgs field (value parsed as JSON, else text), e.g. "
+        "--engine-arg enable_prefix_caching=false. Repeatable.",
+        rich_help_panel=H_ENG,
+    ),
+]
+ENGINE_SURFACE = ("quantization", "kv_cache_dtype", "revision", "tokenizer", "download_dir", "lora", "engine_arg")
+"""The parameters above, by name (run and run-batch take them too)."""
+
 
 def job_options(
     input: Annotated[
@@ -113,6 +154,13 @@ def job_options(
         ),
     ] = False,
     workers: Annotated[int, typer.Option(help="Decode worker processes (0 = inline).", rich_help_panel=H_ENG)] = 2,
+    quantization: Quantization = None,
+    kv_cache_dtype: KvCacheDtype = "auto",
+    revision: Revision = None,
+    tokenizer: Tokenizer = None,
+    download_dir: DownloadDir = None,
+    lora: Lora = None,
+    engine_arg: EngineArg = None,
     max_input_bytes: Annotated[
         int, typer.Option(help="Bytes read per item (else error too_large).", min=1, rich_help_panel=H_LIM)
     ] = 2 * 1024**3,
