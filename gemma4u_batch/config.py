@@ -22,6 +22,27 @@ class SamplingConfig(BaseModel):
     temperature: float = Field(0.0, ge=0.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     seed: int | None = 0
+    top_k: int = Field(0, ge=0)  # 0 = all tokens
+    min_p: float = Field(0.0, ge=0.0, le=1.0)
+    stop: list[str] = Field(default_factory=list)  # stop strings (not included in the text)
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    repetition_penalty: float = Field(1.0, gt=0.0, le=2.0)
+    logprobs: int | None = Field(None, ge=0, le=20)  # record each token's log-probability and N alternatives
+
+    @field_validator("stop")
+    @classmethod
+    def _stop(cls, v: list[str]) -> list[str]:
+        if any(s == "" for s in v):
+            raise ValueError("a stop string cannot be empty")
+        return v
+
+    def stable_dump(self) -> dict[str, Any]:
+        """model_dump without the settings added for #14 while at their defaults, so content
+        keys made before they existed stay the same (a set one changes every key)."""
+        base = ("max_tokens", "temperature", "top_p", "seed")
+        default = SamplingConfig()
+        return {k: v for k, v in self.model_dump().items() if k in base or v != getattr(default, k)}
 
 
 class EngineConfig(BaseModel):

@@ -66,6 +66,32 @@ class Engine(Protocol):
     def shutdown(self) -> None: ...
 
 
+def token_logprobs(completion: Any, n: int) -> list[dict[str, Any]]:
+    """--logprobs N: each generated token, its log-probability and the N most likely tokens at
+    that step (vLLM's raw log-probabilities: before temperature, top-k/p and penalties)."""
+    out: list[dict[str, Any]] = []
+    for token_id, step in zip(completion.token_ids, completion.logprobs or [], strict=False):
+        chosen = step.get(token_id)
+        top = sorted(step.values(), key=_rank)[:n]  # vLLM adds the sampled token when it is not in the top n
+        out.append(
+            {
+                "token": chosen.decoded_token if chosen is not None else None,
+                "logprob": chosen.logprob if chosen is not None else None,
+                "top": [{"token": lp.decoded_token, "logprob": lp.logprob} for lp in top],
+            }
+        )
+    return out
+
+
+def _wanted_logprobs(req: EngineRequest, completion: Any) -> list[dict[str, Any]] | None:
+    n = req.sampling.logprobs
+    return token_logprobs(completion, n) if req.params is None and n is not None else None
+
+
+def _rank(lp: Any) -> int:
+    return lp.rank if lp.rank is not None else 1 << 30
+
+
 def _quiet_vllm() -> None:
     """Environment for vLLM and the libraries below it, before they are imported (the engine's
     processes inherit it). What reaches the terminal is decided by `messages.engine_output`."""
@@ -266,6 +292,14 @@ class VllmEngine:
             temperature=s.temperature,
             top_p=s.top_p,
             seed=s.seed,
+            top_k=s.top_k,
+            min_p=s.min_p,
+            stop=list(s.stop) or None,
+            presence_penalty=s.presence_penalty,
+            frequency_penalty=s.frequency_penalty,
+            repetition_penalty=s.repetition_penalty,
+            # the sampled tokens' log-probabilities, always (mean_logprob; see BENCHMARKS.md for the cost)
+            logprobs=s.logprobs if s.logprobs is not None else 0,
             structured_outputs=StructuredOutputsParams(**request.structured) if request.structured else None,
         )
         if self._llm is None:
@@ -301,18 +335,15 @@ class VllmEngine:
             if req is None:
                 continue
             comp = out.outputs[0]
-            results.append(
-                EngineResult(
-                    req,
-                    Generation(
-                        text=comp.text,
-                        finish_reason=comp.finish_reason,
-                        num_prompt_tokens=len(out.prompt_token_ids or []),
-                        num_output_tokens=len(comp.token_ids),
-                    ),
-                    output=out,
-                )
+            generation = Generation(
+                text=comp.text,
+                finish_reason=comp.finish_reason,
+                num_prompt_tokens=len(out.prompt_token_ids or []),
+                num_output_tokens=len(comp.token_ids),
+                cumulative_logprob=comp.cumulative_logprob,
+                token_logprobs=_wanted_logprobs(req, comp),
             )
+            results.append(EngineResult(req, generation, output=out))
         return results
 
     def _wait_for_output(self) -> None:
@@ -441,7 +472,7 @@ class FakeEngine:
                     text = json.dumps({"tags": [digest[:4], *mm]})
                 if self.text_for is not None:
                     text = self.text_for(req, text)
-                done.append(EngineResult(req, Generation(text, "stop", len(req.prompt), 3)))
+                done.append(EngineResult(req, _fake_generation(req, text, digest)))
             else:
                 self._inflight[rid] = (req, n + 1)
         return done
@@ -456,3 +487,13 @@ class FakeEngine:
 
     def shutdown(self) -> None:
         self._inflight.clear()
+
+
+def _fake_generation(req: EngineRequest, text: str, digest: str) -> Generation:
+    """FakeEngine's answer: 3 tokens, each with a log-probability drawn from the prompt's digest."""
+    lp = -(int(digest[:4], 16) % 1000) / 1000
+    per_token = None
+    if req.sampling.logprobs is not None:
+        top = [{"token": "x", "logprob": lp}][: req.sampling.logprobs]
+        per_token = [{"token": "x", "logprob": lp, "top": top} for _ in range(3)]
+    return Generation(text, "stop", len(req.prompt), 3, cumulative_logprob=3 * lp, token_logprobs=per_token)

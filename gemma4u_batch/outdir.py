@@ -43,7 +43,7 @@ def guarded_settings(config: JobConfig) -> dict[str, Any]:
         "system_prompt": config.system_prompt,
         "language": config.language,
         "translate_to": config.translate_to,
-        "sampling": config.sampling.model_dump(),
+        "sampling": config.sampling.stable_dump(),
         "image_tokens": config.image_tokens,
         "video_frames": config.video_frames,
         "video_fps": config.video_fps,
@@ -51,7 +51,7 @@ def guarded_settings(config: JobConfig) -> dict[str, Any]:
         "tasks": config.tasks,
         "json_schema": str(config.json_schema) if isinstance(config.json_schema, Path) else config.json_schema,
         "choices": config.choices,
-        "retry_flagged": config.retry_flagged.model_dump() if config.retry_flagged else None,
+        "retry_flagged": config.retry_flagged.stable_dump() if config.retry_flagged else None,
     }
     engine = output_settings(config.engine)
     if engine:

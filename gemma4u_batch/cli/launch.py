@@ -79,6 +79,7 @@ def config_from_flags(kw: dict[str, Any]) -> JobConfig:
     fmt, subtitles = _split_format(kw.pop("format"))
     kw["engine_args"] = parse_engine_args(kw.pop("engine_arg", None) or [])
     sampling = {k: kw.pop(k) for k in list(kw) if k in SamplingConfig.model_fields}
+    sampling["stop"] = sampling.get("stop") or []
     engine = {k: v for k in list(kw) if k in EngineConfig.model_fields and (v := kw.pop(k)) is not None}
     kw["allow_roots"] = kw.pop("allow_root") or []
     kw["modalities"] = kw.pop("modality") or None

@@ -123,6 +123,35 @@ def job_options(
     temperature: Annotated[float, typer.Option(help="0 = greedy (default).", rich_help_panel=H_GEN)] = 0.0,
     top_p: Annotated[float, typer.Option(help="Nucleus sampling.", rich_help_panel=H_GEN)] = 1.0,
     seed: Annotated[int, typer.Option(help="Sampling seed (same seed → same text).", rich_help_panel=H_GEN)] = 0,
+    top_k: Annotated[
+        int, typer.Option(help="Sample from the K most likely tokens (0 = all).", min=0, rich_help_panel=H_GEN)
+    ] = 0,
+    min_p: Annotated[
+        float,
+        typer.Option(help="Drop tokens below this share of the top token's probability.", rich_help_panel=H_GEN),
+    ] = 0.0,
+    stop: Annotated[
+        list[str] | None,
+        typer.Option(help="Stop generating at this string (not kept in the text). Repeatable.", rich_help_panel=H_GEN),
+    ] = None,
+    presence_penalty: Annotated[
+        float, typer.Option(help="Penalise tokens already generated (-2 to 2).", rich_help_panel=H_GEN)
+    ] = 0.0,
+    frequency_penalty: Annotated[
+        float, typer.Option(help="Penalise tokens by how often they were generated (-2 to 2).", rich_help_panel=H_GEN)
+    ] = 0.0,
+    repetition_penalty: Annotated[
+        float,
+        typer.Option(help="Penalise tokens of the prompt and output (> 1 discourages repeats).", rich_help_panel=H_GEN),
+    ] = 1.0,
+    logprobs: Annotated[
+        int | None,
+        typer.Option(
+            help="Record each generated token's log-probability and its N most likely alternatives "
+            "(`logprobs` field, 0-20). Every record has `mean_logprob` anyway.",
+            rich_help_panel=H_GEN,
+        ),
+    ] = None,
     dtype: Annotated[str, typer.Option(help="auto, bfloat16, float16, float32.", rich_help_panel=H_ENG)] = "auto",
     max_model_len: Annotated[int, typer.Option(help="Max model length.", rich_help_panel=H_ENG)] = 8192,
     max_num_seqs: Annotated[int, typer.Option(help="Max concurrent sequences.", rich_help_panel=H_ENG)] = 32,
