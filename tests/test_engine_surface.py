@@ -232,6 +232,23 @@ def test_recipe_engine_section(tmp_path: Path) -> None:
     assert "unknown engine argument 'nonsense'" in str(info.value) and "\n" not in str(info.value)
 
 
+def test_run_flags_override_the_recipe(tmp_path: Path) -> None:
+    """`gemma4u run`'s engine flags: a flag overrides the recipe's key, --engine-arg keys join the
+    recipe's engine_args, a flag left at its default keeps the recipe's value."""
+    from gemma4u_batch.cli.launch import engine_overrides
+
+    recipe = EngineConfig(kv_cache_dtype="bfloat16", revision="v1", engine_args={"block_size": 16, "hf_overrides": {}})
+    flags = dict.fromkeys(("quantization", "revision", "tokenizer", "download_dir", "lora", "engine_arg"))
+    kept = engine_overrides(recipe, {**flags, "kv_cache_dtype": "auto"})
+    assert kept == recipe
+    over = engine_overrides(
+        recipe, {**flags, "kv_cache_dtype": "auto", "revision": "v2", "engine_arg": ["block_size=32"]}
+    )
+    assert over.revision == "v2" and over.engine_args == {"block_size": 32, "hf_overrides": {}}
+    with pytest.raises(UsageError, match="unknown engine argument 'nonsense'"):
+        engine_overrides(recipe, {**flags, "kv_cache_dtype": "auto", "engine_arg": ["nonsense=1"]})
+
+
 def test_cli_unknown_engine_arg_fails_before_the_engine(tmp_path: Path) -> None:
     """The real CLI: one line, the usage exit code, no model load (the model does not even exist)."""
     (tmp_path / "in").mkdir()
@@ -253,7 +270,7 @@ def test_cli_unknown_engine_arg_fails_before_the_engine(tmp_path: Path) -> None:
 
 
 @pytest.mark.engine
-def test_lora_applies_to_every_request(tmp_path: Path, tiny_model: Path, shared_engine) -> None:
+def test_lora_applies_to_every_request(tmp_path: Path, tiny_model: Path, shared_engine, capfd) -> None:
     """One small engine of its own (LoRA needs enable_lora at start): greedy outputs differ from
     the base model's on the same items, the adapter is in the manifest and the guard, the
     --engine-arg extras reach vLLM, and OUT refuses a rerun without the adapter."""
@@ -286,6 +303,10 @@ def test_lora_applies_to_every_request(tmp_path: Path, tiny_model: Path, shared_
     with open_engine(with_lora) as engine:  # its own engine, shut down at the end
         run_job(with_lora, engine, reporter=Reporter("quiet"))
         assert engine._llm.vllm_config.scheduler_config.max_num_batched_tokens == 4096
+    warned = [line for line in capfd.readouterr().err.splitlines() if "gemma4u: WARNING:" in line]
+    assert warned == [
+        "gemma4u: WARNING: --lora: image attention stays bidirectional, but LoRA outputs are not parity-checked"
+    ]
     base = {r["id"]: r["text"] for r in iter_committed_records(OutLayout(tmp_path / "base"))}
     adapted = {r["id"]: r["text"] for r in iter_committed_records(OutLayout(tmp_path / "lora"))}
     assert base.keys() == adapted.keys() == {"astronaut.jpg", "coffee.jpg"}
