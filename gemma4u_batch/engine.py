@@ -103,6 +103,20 @@ def _quiet_vllm() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 
+def _reason(exc: BaseException) -> str:
+    """One line saying why vLLM refused its settings (a pydantic error's own message, not its header)."""
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        try:
+            first = errors()[0]
+        except (TypeError, IndexError):
+            first = None
+        if isinstance(first, dict) and first.get("msg"):
+            return " ".join(str(first["msg"]).removeprefix("Value error, ").split())
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def _engine_dead(exc: BaseException) -> bool:
     """vLLM's EngineDeadError, or the broken pipes of a core process that vanished."""
     name = type(exc).__name__
@@ -198,7 +212,16 @@ class VllmEngine:
         try:
             self._llm = LLMEngine.from_engine_args(args)
         except (OSError, ValueError) as exc:
-            raise UsageError(f"cannot load model {self.model}: {str(exc).splitlines()[0]}") from exc
+            raise UsageError(f"cannot load model {self.model}: {_reason(exc)}") from exc
+        except RuntimeError as exc:  # the engine's processes failed to start
+            from .engineargs import options_set
+
+            if not (given := options_set(self.engine)):
+                raise
+            raise UsageError(
+                f"the engine did not start with {given}: vLLM on this platform may not support it "
+                "(the engine log says why)"
+            ) from exc
         self.startup_s += time.monotonic() - t0
         self._warn_plugin()
 

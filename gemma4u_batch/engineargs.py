@@ -190,6 +190,19 @@ def output_settings(engine: Any) -> dict[str, Any]:
     return out
 
 
+def options_set(engine: Any) -> str:
+    """The engine options beyond the basics that this run sets, as flags ('' when none)."""
+    parts = [
+        f"--{name.replace('_', '-')} {value}"
+        for name in ("quantization", "revision", "tokenizer", "lora")
+        if (value := getattr(engine, name))
+    ]
+    if engine.kv_cache_dtype != "auto":
+        parts.append(f"--kv-cache-dtype {engine.kv_cache_dtype}")
+    parts += [f"--engine-arg {k}={json.dumps(v)}" for k, v in sorted(engine.engine_args.items())]
+    return ", ".join(parts)
+
+
 def exactness_warnings(engine: Any, on_cpu: bool) -> list[str]:
     """Settings known to break, or not verified for, exact bidirectional image attention
     (one line each; the table in docs/parity.md says the same)."""

@@ -200,6 +200,15 @@ def test_exactness_warnings(tmp_path: Path) -> None:
     assert "attention_backend" in other
 
 
+def test_options_set_names_what_the_engine_was_given() -> None:
+    """What an engine that fails to start is said to have been started with (one line, exit 2)."""
+    from gemma4u_batch.engineargs import options_set
+
+    assert options_set(EngineConfig(download_dir="/x")) == ""
+    given = options_set(EngineConfig(quantization="fp8", kv_cache_dtype="fp8", engine_args={"block_size": 32}))
+    assert given == "--quantization fp8, --kv-cache-dtype fp8, --engine-arg block_size=32"
+
+
 def test_engine_kwargs(tmp_path: Path) -> None:
     """What the engine is started with: the flags, LoRA sized from the adapter, the extras."""
     from gemma4u_batch.engine import VllmEngine

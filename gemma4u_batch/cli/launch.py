@@ -8,6 +8,7 @@ from typing import Any, cast
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 
 from ..config import EngineConfig, JobConfig, SamplingConfig
 from ..engineargs import parse_engine_args
@@ -45,7 +46,7 @@ def check_progress(progress: str) -> None:
 
 
 def fail(message: str, code: int = ExitCode.USAGE) -> None:
-    err.print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    err.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     raise typer.Exit(code)
 
 
