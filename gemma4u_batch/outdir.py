@@ -31,6 +31,10 @@ LIMIT_KEYS = (
 )
 
 
+OPTIONAL_GUARD_KEYS = ("engine",)
+"""Guard keys present only when a setting is made (so older OUT folders keep their keys)."""
+
+
 def guarded_settings(config: JobConfig) -> dict[str, Any]:
     """Settings that change what a record means: part of every key, and a rerun into
     OUT with others is refused. Options added later join only when set, so the keys of
@@ -72,7 +76,9 @@ def guard_refusal(layout: OutLayout, guard: dict[str, Any]) -> str | None:
         return None
     except (OSError, ValueError):
         old = {}
-    diffs = [k for k in {**old, **guard} if old.get(k) != guard.get(k)]
+    # "engine" is in a guard only when set: OUT made with it differs from a run without it too
+    keys = [*guard, *(k for k in OPTIONAL_GUARD_KEYS if k in old and k not in guard)]
+    diffs = [k for k in keys if old.get(k) != guard.get(k)]
     if not diffs:
         return None
     names = ", ".join("model" if d == "model_fingerprint" else d for d in diffs)
