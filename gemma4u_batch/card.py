@@ -50,6 +50,18 @@ def _recipe(config: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _shown_sampling(sampling: dict[str, Any]) -> dict[str, Any]:
+    """The run's sampling settings; those added later only when set."""
+    from pydantic import ValidationError
+
+    from .config import SamplingConfig
+
+    try:
+        return SamplingConfig(**sampling).stable_dump()
+    except ValidationError:  # a manifest from another version: as recorded
+        return sampling
+
+
 def dataset_card(
     manifest: dict[str, Any], features: Any, result: Any, opts: Any, errors_by_kind: dict[str, int]
 ) -> str:
@@ -123,6 +135,11 @@ def _contents(
     if any(t in ("transcribe", "translate") for t in tasks):
         lines.append(_language_line(config.get("language")))
     lines += [f"* {text}" for name, text in _MEDIA.items() if name in features]
+    if "mean_logprob" in features:
+        lines.append(
+            "* `mean_logprob`: the mean log-probability of each output's tokens (≤ 0, nearer 0 = more confident; "
+            "filter on it to drop doubtful rows)"
+        )
     if result.media_missing:
         lines.append(f"* {result.media_missing} row(s) without media: the file was gone or had changed at export time")
     errs = sum(errors_by_kind.values())
@@ -151,7 +168,8 @@ def _run_and_reproduce(manifest: dict[str, Any], config: dict[str, Any], opts: A
 
     t0 = manifest.get("started_at")
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(t0)) if t0 else "?"
-    sampling = config.get("sampling") or {}
+    sampling = _shown_sampling(config.get("sampling") or {})
+    engine = (manifest.get("guard") or {}).get("engine") or {}
     return [
         "",
         "## Run",
@@ -159,6 +177,7 @@ def _run_and_reproduce(manifest: dict[str, Any], config: dict[str, Any], opts: A
         f"* run id: `{manifest.get('run_id', '?')}`, started {started}",
         f"* input: `{config.get('dataset') or config.get('input')}`",
         f"* sampling: {', '.join(f'{k}={v}' for k, v in sampling.items() if v is not None) or 'defaults'}",
+        *([f"* engine: {', '.join(f'{k}={v}' for k, v in engine.items())}"] if engine else []),
         f"* versions: {', '.join(f'{k} {v}' for k, v in (manifest.get('versions') or {}).items())}",
         "",
         "## How to reproduce",

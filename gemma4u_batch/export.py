@@ -47,6 +47,8 @@ RESULT_COLUMNS = (
     "segments",
     "language",
     "data",
+    "mean_logprob",
+    "logprobs",
     "flags",
     "retried",
     "run_id",
@@ -191,6 +193,9 @@ def _features(fields: dict[str, str], ftypes: dict[str, str], data_schema: Any, 
     seg = {"start": hf.Value("float64"), "end": hf.Value("float64"), "text": s, "language": s}
     feats["segments"] = hf.List(seg)
     feats["flags"] = hf.List(s)
+    feats["mean_logprob"] = hf.Value("float64")
+    alt = {"token": s, "logprob": hf.Value("float64")}
+    feats["logprobs"] = hf.List({**alt, "top": hf.List(alt)})
     if data_schema is not None:
         import pyarrow as pa
 

@@ -82,7 +82,9 @@ class Job:
         self.shard = config.shard_index()
         self.reporter = reporter or Reporter("quiet" if config.quiet else "rich")
         self.manifest_extra = dict(manifest_extra or {})
-        self.fingerprint = model_fingerprint(config.model, verify_weights=config.verify_weights)
+        self.fingerprint = model_fingerprint(
+            config.model, verify_weights=config.verify_weights, revision=config.engine.revision
+        )
         self.guard = guard_of(config, self.fingerprint)
         self._given = items
         self._items: Iterator[WorkItem] | None = None

@@ -33,6 +33,13 @@ COLUMN_DOCS: dict[str, str] = {
         "structured output: the parsed JSON object (--json-schema) or the chosen label (--choices); "
         "a JSON string in Parquet"
     ),
+    "mean_logprob": (
+        "mean log-probability of the generated tokens (≤ 0; nearer 0 = more confident): threshold it to "
+        "find doubtful outputs; null on error"
+    ),
+    "logprobs": (
+        "with --logprobs N: per generated token {token, logprob, top: [{token, logprob}] × N}; null otherwise"
+    ),
     "flags": "quality flags: token_cap (hit --max-tokens), empty, repetition",
     "retried": "true when a flagged output was regenerated with retry_flagged sampling",
     "supersedes": "key of the earlier record of this id that this one replaces (changed input, --retry-errors)",
@@ -85,6 +92,8 @@ def arrow_schema(data_schema: dict[str, Any] | None = None) -> Any:
             ("language", pa.string()),
             ("data", pa.string()),
             *typed,
+            ("mean_logprob", pa.float64()),
+            ("logprobs", logprobs_arrow_type()),
             ("flags", pa.list_(pa.string())),
             ("retried", pa.bool_()),
             ("supersedes", pa.string()),
@@ -93,6 +102,14 @@ def arrow_schema(data_schema: dict[str, Any] | None = None) -> Any:
             ("created_at", pa.timestamp("us", tz="UTC")),
         ]
     )
+
+
+def logprobs_arrow_type() -> Any:
+    """`logprobs`: list<struct<token, logprob, top: list<struct<token, logprob>>>>."""
+    import pyarrow as pa
+
+    alt = pa.struct([("token", pa.string()), ("logprob", pa.float64())])
+    return pa.list_(pa.struct([("token", pa.string()), ("logprob", pa.float64()), ("top", pa.list_(alt))]))
 
 
 def data_schema_metadata(json_schema: Any) -> dict[str, str]:

@@ -203,11 +203,15 @@ def stitch(unit: Unit) -> tuple[str, list[dict[str, Any]] | None, Generation | N
         segments.append({"start": start, "end": end, "text": text, "language": lang})
         if text:
             texts.append(text)
+    cumulative = [g.cumulative_logprob for g in gens]
+    per_token = [g.token_logprobs for g in gens]
     total = Generation(
         text=" ".join(texts),
         finish_reason="length" if any(g.finish_reason == "length" for g in gens) else gens[-1].finish_reason,
         num_prompt_tokens=sum(g.num_prompt_tokens for g in gens),
         num_output_tokens=sum(g.num_output_tokens for g in gens),
+        cumulative_logprob=None if None in cumulative else sum(c for c in cumulative if c is not None),
+        token_logprobs=None if None in per_token else [t for p in per_token for t in p or []],
     )
     if unit.decoded.item.modality is Modality.VIDEO:
         return total.text, None, total
@@ -249,6 +253,8 @@ def to_record(unit: Unit, model: str) -> OutputRecord:
         decode_seconds=round(d.decode_seconds, 6),
         segments=segments,
         data=data,
+        mean_logprob=gen.mean_logprob() if gen else None,
+        logprobs=gen.token_logprobs if gen else None,
         flags=flags,
         retried=unit.retried,
         fields=dict(d.item.fields),

@@ -61,6 +61,7 @@ def test_parquet_table_reads_in_every_reader(tmp_path: Path, fmt: str) -> None:
     df = pd.read_parquet(out)
     check_rows(list(df["id"]), expected)
     assert df["run_id"].nunique() == 2 and str(df["created_at"].dtype).startswith("datetime64")
+    assert str(df["mean_logprob"].dtype) == "float64" and (df["mean_logprob"] <= 0).all()
     table = pads.dataset(out).to_table()
     check_rows(table.column("id").to_pylist(), expected)
     assert table.schema.field("segments").type == pa.list_(

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 
 from ..config import JobConfig
 from ..errors import EngineFailure, ExitCode, OutputError, OutputLocked, UsageError
@@ -357,7 +358,7 @@ def main() -> None:
         rc = app(standalone_mode=False)
         sys.exit(rc if isinstance(rc, int) else 0)
     except (UsageError, OutputError, EngineFailure) as exc:
-        err.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)  # text in [] is not markup
         sys.exit(_exit_code(exc))
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
@@ -367,6 +368,6 @@ def main() -> None:
     except Exception as exc:
         # Click's usage errors (typer vendors click, so match by shape, not by class).
         if callable(getattr(exc, "format_message", None)) and isinstance(getattr(exc, "exit_code", None), int):
-            err.print(f"[bold red]error:[/] {exc.format_message()}", soft_wrap=True)  # type: ignore[attr-defined]
+            err.print(f"[bold red]error:[/] {escape(exc.format_message())}", soft_wrap=True)  # type: ignore[attr-defined]
             sys.exit(exc.exit_code)  # type: ignore[attr-defined]
         raise
