@@ -3,7 +3,7 @@
 # only when the lock files or pyproject.toml changed.
 #   ./setup.sh           set up (CPU stack, or the CUDA vllm build when nvidia-smi finds a GPU)
 #   ./setup.sh demo      set up, build the tiny checkpoint, caption examples/images
-#   ./setup.sh test      set up, then run the test suite (the README's test command)
+#   ./setup.sh test      set up (+ Debian chromium for the report test), then run the test suite
 #   ./setup.sh lint      set up, then ruff check, ruff format --check and mypy (CI runs it)
 # The package's dependencies are declared once, in pyproject.toml [project]; see docs/install.md.
 set -euo pipefail
@@ -136,6 +136,26 @@ system_deps() {
   fi
 }
 
+# tests/test_report.py opens `gemma4u report` pages in a real headless browser. For the test
+# command only, install Debian's chromium when no Chromium is on PATH; where that cannot be done
+# (not root, no apt-get) say so and go on: that test then skips, naming the reason.
+browser_deps() {
+  local b
+  for b in chromium chromium-browser google-chrome google-chrome-stable; do
+    command -v "$b" >/dev/null 2>&1 && return 0
+  done
+  if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+    echo "setup: no Chromium on PATH and cannot install it here (needs root and apt-get):" \
+      "the report browser test will be skipped (Debian/Ubuntu: apt-get install chromium)" >&2
+    return 0
+  fi
+  echo "setup: installing chromium (apt-get) for the report browser test" >&2
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null || true
+  if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; then
+    echo "setup: apt-get install chromium failed: the report browser test will be skipped" >&2
+  fi
+}
+
 setup() {
   system_deps
   if [ ! -x "$VENV/bin/python" ]; then
@@ -188,7 +208,7 @@ shift || true
 case "$cmd" in
   setup) setup ;;
   demo) setup; demo ;;
-  test) setup; run_tests "$@" ;;
+  test) setup; browser_deps; run_tests "$@" ;;
   lint) setup; lint ;;
   *) echo "usage: ./setup.sh [setup|demo|test [pytest args]|lint]" >&2; exit 2 ;;
 esac

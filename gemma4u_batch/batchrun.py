@@ -61,15 +61,22 @@ class BatchSettings:
         return self.served_model_names or [self.model]
 
     def guard(self) -> dict[str, Any]:
-        """What an answer depends on besides its line."""
-        return {
+        """What an answer depends on besides its line (the engine options that change outputs
+        by content: a LoRA adapter or tokenizer by its files' fingerprint)."""
+        from .engineargs import output_settings
+
+        guard = {
             "model": self.model,
             "served_model_names": self.names(),
-            "engine": self.engine.model_dump(),
+            "engine": self.engine.stable_dump(),
             "image_tokens": self.image_tokens,
             "seed": self.seed,
             "limit_mm_per_prompt": self.limit_mm,
         }
+        outputs = output_settings(self.engine)
+        if outputs:
+            guard["engine_outputs"] = outputs
+        return guard
 
 
 @dataclass

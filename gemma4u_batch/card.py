@@ -50,6 +50,18 @@ def _recipe(config: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _shown_sampling(sampling: dict[str, Any]) -> dict[str, Any]:
+    """The run's sampling settings; those added later only when set."""
+    from pydantic import ValidationError
+
+    from .config import SamplingConfig
+
+    try:
+        return SamplingConfig(**sampling).stable_dump()
+    except ValidationError:  # a manifest from another version: as recorded
+        return sampling
+
+
 def dataset_card(
     manifest: dict[str, Any], features: Any, result: Any, opts: Any, errors_by_kind: dict[str, int]
 ) -> str:
@@ -70,6 +82,8 @@ def dataset_card(
         "size_categories": [_size_category(result.rows)],
         "tags": ["gemma4u", "synthetic"],
     }
+    if config.get("language"):  # the Hub's dataset-card key (ISO 639-1 codes where they exist)
+        header["language"] = [config["language"]]
     yaml_text = yaml.safe_dump(header, sort_keys=False, allow_unicode=True)
     license_line = "license: unknown  # TODO: the license of the source media and of these outputs\n"
     lines = [
@@ -118,7 +132,14 @@ def _contents(
         lines.append("* structured output: `data` (JSON text) and `data_typed` (typed) follow the run's JSON schema")
     if config.get("choices"):
         lines.append(f"* labels: {', '.join(map(str, config['choices']))}")
+    if any(t in ("transcribe", "translate") for t in tasks):
+        lines.append(_language_line(config.get("language")))
     lines += [f"* {text}" for name, text in _MEDIA.items() if name in features]
+    if "mean_logprob" in features:
+        lines.append(
+            "* `mean_logprob`: the mean log-probability of each output's tokens (≤ 0, nearer 0 = more confident; "
+            "filter on it to drop doubtful rows)"
+        )
     if result.media_missing:
         lines.append(f"* {result.media_missing} row(s) without media: the file was gone or had changed at export time")
     errs = sum(errors_by_kind.values())
@@ -129,13 +150,26 @@ def _contents(
     return lines
 
 
+def _language_line(code: str | None) -> str:
+    """What `language` (and `segments[].language`) hold in a speech export."""
+    if code:
+        from .languages import language_name
+
+        return f"* spoken language: `{code}` ({language_name(code)}), given; in `language` and `segments[].language`"
+    return (
+        "* spoken language: identified by the model (a constrained choice of ISO codes) per speech window, in "
+        "`segments[].language`; `language` is the first speech window's"
+    )
+
+
 def _run_and_reproduce(manifest: dict[str, Any], config: dict[str, Any], opts: Any) -> list[str]:
     """The run's facts, a recipe that makes it again, and how to load the result."""
     import yaml
 
     t0 = manifest.get("started_at")
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(t0)) if t0 else "?"
-    sampling = config.get("sampling") or {}
+    sampling = _shown_sampling(config.get("sampling") or {})
+    engine = (manifest.get("guard") or {}).get("engine") or {}
     return [
         "",
         "## Run",
@@ -143,6 +177,7 @@ def _run_and_reproduce(manifest: dict[str, Any], config: dict[str, Any], opts: A
         f"* run id: `{manifest.get('run_id', '?')}`, started {started}",
         f"* input: `{config.get('dataset') or config.get('input')}`",
         f"* sampling: {', '.join(f'{k}={v}' for k, v in sampling.items() if v is not None) or 'defaults'}",
+        *([f"* engine: {', '.join(f'{k}={v}' for k, v in engine.items())}"] if engine else []),
         f"* versions: {', '.join(f'{k} {v}' for k, v in (manifest.get('versions') or {}).items())}",
         "",
         "## How to reproduce",

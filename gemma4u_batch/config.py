@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .decode.options import DecodeOptions
+from .languages import normalise_language
 from .records import Modality
 from .tasks import is_speech_task
 
@@ -22,6 +23,27 @@ class SamplingConfig(BaseModel):
     temperature: float = Field(0.0, ge=0.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     seed: int | None = 0
+    top_k: int = Field(0, ge=0)  # 0 = all tokens
+    min_p: float = Field(0.0, ge=0.0, le=1.0)
+    stop: list[str] = Field(default_factory=list)  # stop strings (not included in the text)
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    repetition_penalty: float = Field(1.0, gt=0.0, le=2.0)
+    logprobs: int | None = Field(None, ge=0, le=20)  # record each token's log-probability and N alternatives
+
+    @field_validator("stop")
+    @classmethod
+    def _stop(cls, v: list[str]) -> list[str]:
+        if any(s == "" for s in v):
+            raise ValueError("a stop string cannot be empty")
+        return v
+
+    def stable_dump(self) -> dict[str, Any]:
+        """model_dump without the settings added for #14 while at their defaults, so content
+        keys made before they existed stay the same (a set one changes every key)."""
+        base = ("max_tokens", "temperature", "top_p", "seed")
+        default = SamplingConfig()
+        return {k: v for k, v in self.model_dump().items() if k in base or v != getattr(default, k)}
 
 
 class EngineConfig(BaseModel):
@@ -39,6 +61,49 @@ class EngineConfig(BaseModel):
     mm_cache_gb: float = 0.0
     max_in_flight: int | None = None  # requests kept in the engine; default 2 × max_num_seqs
     batch_invariant: bool = False  # VLLM_BATCH_INVARIANT=1: results independent of batching (GPU only)
+    # The rest of vLLM's surface (engineargs.py): what changes outputs joins OUT's guard and the keys.
+    quantization: str | None = None  # weight quantization method (awq, gptq, fp8, bitsandbytes, ...)
+    kv_cache_dtype: str = "auto"  # fp8 variants break exact bidirectional image attention on CPU
+    revision: str | None = None  # the model's hub revision (branch, tag or commit)
+    tokenizer: str | None = None  # another tokenizer (path or hub id) than the model's
+    download_dir: str | None = None  # where hub weights are downloaded (changes nothing else)
+    lora: str | None = None  # a PEFT LoRA adapter folder applied to every request
+    engine_args: dict[str, Any] = Field(default_factory=dict)  # any other EngineArgs field (checked)
+
+    @field_validator("engine_args")
+    @classmethod
+    def _engine_args(cls, v: dict[str, Any]) -> dict[str, Any]:
+        """Known EngineArgs fields only, none that a dedicated option sets (checked before any engine starts)."""
+        if not v:
+            return v
+        from .engineargs import check_engine_args
+        from .errors import UsageError
+
+        try:
+            return check_engine_args(v)
+        except UsageError as exc:
+            raise ValueError(str(exc)) from None
+
+    @field_validator("lora")
+    @classmethod
+    def _lora(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        from .engineargs import lora_rank
+        from .errors import UsageError
+
+        try:
+            lora_rank(v)
+        except UsageError as exc:
+            raise ValueError(str(exc)) from None
+        return v
+
+    def stable_dump(self) -> dict[str, Any]:
+        """model_dump without the options added for #14 while they are at their defaults, so
+        what was keyed on the whole engine config before they existed keeps its keys."""
+        new = ("quantization", "kv_cache_dtype", "revision", "tokenizer", "download_dir", "lora", "engine_args")
+        default = EngineConfig()
+        return {k: v for k, v in self.model_dump().items() if k not in new or v != getattr(default, k)}
 
 
 class JobConfig(BaseModel):
@@ -58,7 +123,7 @@ class JobConfig(BaseModel):
     tasks: list[str] | None = None  # several tasks per item, sharing one decode
     prompt: str | None = None  # a Jinja template over row fields when it contains {{ }}
     system_prompt: str | None = None
-    language: str | None = None
+    language: str | None = None  # canonical ISO code (languages.py); None: auto, detect it per window
     translate_to: str | None = None
     # Structured output: a JSON schema (inline or a file) or a label list
     json_schema: dict[str, Any] | Path | None = None
@@ -105,6 +170,12 @@ class JobConfig(BaseModel):
         if v not in IMAGE_TOKEN_BUDGETS:
             raise ValueError(f"must be one of {', '.join(map(str, IMAGE_TOKEN_BUDGETS))}")
         return v
+
+    @field_validator("language", mode="before")
+    @classmethod
+    def _language(cls, v: Any) -> str | None:
+        """One form for every spelling (fr, fra, fre, French), so keys and OUT's guard agree."""
+        return normalise_language(None if v is None else str(v))
 
     @model_validator(mode="before")
     @classmethod

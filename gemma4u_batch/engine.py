@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
 from .config import EngineConfig, JobConfig, SamplingConfig
 from .errors import EngineDied, EngineFailure, UsageError
@@ -72,6 +72,32 @@ class Engine(Protocol):
     def prestart(self) -> None: ...
 
 
+def token_logprobs(completion: Any, n: int) -> list[dict[str, Any]]:
+    """--logprobs N: each generated token, its log-probability and the N most likely tokens at
+    that step (vLLM's raw log-probabilities: before temperature, top-k/p and penalties)."""
+    out: list[dict[str, Any]] = []
+    for token_id, step in zip(completion.token_ids, completion.logprobs or [], strict=False):
+        chosen = step.get(token_id)
+        top = sorted(step.values(), key=_rank)[:n]  # vLLM adds the sampled token when it is not in the top n
+        out.append(
+            {
+                "token": chosen.decoded_token if chosen is not None else None,
+                "logprob": chosen.logprob if chosen is not None else None,
+                "top": [{"token": lp.decoded_token, "logprob": lp.logprob} for lp in top],
+            }
+        )
+    return out
+
+
+def _wanted_logprobs(req: EngineRequest, completion: Any) -> list[dict[str, Any]] | None:
+    n = req.sampling.logprobs
+    return token_logprobs(completion, n) if req.params is None and n is not None else None
+
+
+def _rank(lp: Any) -> int:
+    return lp.rank if lp.rank is not None else 1 << 30
+
+
 def _quiet_vllm() -> None:
     """Environment for vLLM and the libraries below it, before they are imported (the engine's
     processes inherit it). What reaches the terminal is decided by `messages.engine_output`."""
@@ -81,6 +107,20 @@ def _quiet_vllm() -> None:
     os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+
+def _reason(exc: BaseException) -> str:
+    """One line saying why vLLM refused its settings (a pydantic error's own message, not its header)."""
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        try:
+            first = errors()[0]
+        except (TypeError, IndexError):
+            first = None
+        if isinstance(first, dict) and first.get("msg"):
+            return " ".join(str(first["msg"]).removeprefix("Value error, ").split())
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _engine_dead(exc: BaseException) -> bool:
@@ -146,9 +186,13 @@ class VllmEngine:
             from transformers import AutoTokenizer
 
             try:
-                tok = AutoTokenizer.from_pretrained(self.model)
+                tok = AutoTokenizer.from_pretrained(
+                    self.engine.tokenizer or self.model,
+                    revision=self.engine.revision if self.engine.tokenizer is None else None,
+                )
             except (OSError, ValueError) as exc:
-                raise UsageError(f"cannot load the tokenizer of {self.model}: {str(exc).splitlines()[0]}") from exc
+                name = self.engine.tokenizer or self.model
+                raise UsageError(f"cannot load the tokenizer {name}: {str(exc).splitlines()[0]}") from exc
             if not getattr(tok, "chat_template", None):
                 raise UsageError(f"model {self.model} has no chat template")
             self._tokenizer = tok
@@ -197,6 +241,7 @@ class VllmEngine:
         self._started()
 
     def _engine_args(self) -> Any:
+        """vLLM's EngineArgs for this engine; what must be refused is refused here, first."""
         t0 = time.monotonic()
         from vllm.platforms import current_platform
 
@@ -212,8 +257,13 @@ class VllmEngine:
             # Read by vLLM (and its engine processes, which inherit it) when the engine starts.
             os.environ["VLLM_BATCH_INVARIANT"] = "1"
         from vllm import EngineArgs
-        from vllm.config import StructuredOutputsConfig
 
+        from .engineargs import exactness_warnings
+        from .messages import say
+
+        for warning in exactness_warnings(self.engine, on_cpu):
+            log.info("gemma4u: %s", warning)
+            say(f"gemma4u: WARNING: {warning}")
         if self.accepts_patches:
             from .vllm_plugin import processed
 
@@ -222,39 +272,28 @@ class VllmEngine:
                     f"gemma4u's image input path failed ({processed.reason()}); "
                     f"set {processed.DISABLE_ENV}=1 to let vLLM preprocess images"
                 )
-
-        mem = self.engine.gpu_memory_utilization or (0.15 if on_cpu else 0.9)
-        args = EngineArgs(
-            model=self.model,
-            dtype=cast(Any, self.engine.dtype),
-            max_model_len=cast(Any, self.engine.max_model_len),
-            max_num_seqs=self.engine.max_num_seqs,
-            gpu_memory_utilization=mem,
-            tensor_parallel_size=self.engine.tensor_parallel_size,
-            pipeline_parallel_size=self.engine.pipeline_parallel_size,
-            enforce_eager=self.engine.enforce_eager,
-            limit_mm_per_prompt=dict(self.limit_mm),
-            mm_processor_kwargs={"max_soft_tokens": self.image_tokens},
-            mm_processor_cache_gb=self.engine.mm_cache_gb,
-            disable_chunked_mm_input=True,
-            # Compact JSON under guided decoding: a weak or sampled model cannot loop on
-            # whitespace inside the object (engine-wide in vLLM 0.32; needs xgrammar/guidance).
-            structured_outputs_config=StructuredOutputsConfig(backend="xgrammar", disable_any_whitespace=True),
-            seed=self.seed,
-            disable_log_stats=True,
-            enable_mm_embeds=self.accepts_patches,  # vLLM's switch for inputs that skip its processor
-        )
+        args = EngineArgs(**self._engine_kwargs(on_cpu))
         self.startup_s += time.monotonic() - t0
         return args
 
     def _launch(self, args: Any) -> None:
+        """Start vLLM's engine (its processes): the part `prestart` runs in the background."""
         t0 = time.monotonic()
         from vllm.v1.engine.llm_engine import LLMEngine
 
         try:
             self._llm = LLMEngine.from_engine_args(args)
         except (OSError, ValueError) as exc:
-            raise UsageError(f"cannot load model {self.model}: {str(exc).splitlines()[0]}") from exc
+            raise UsageError(f"cannot load model {self.model}: {_reason(exc)}") from exc
+        except RuntimeError as exc:  # the engine's processes failed to start
+            from .engineargs import options_set
+
+            if not (given := options_set(self.engine)):
+                raise
+            raise UsageError(
+                f"the engine did not start with {given}: vLLM on this platform may not support it "
+                "(the engine log says why)"
+            ) from exc
         self.startup_s += time.monotonic() - t0
 
     def _started(self) -> None:
@@ -264,6 +303,51 @@ class VllmEngine:
 
             torch.set_num_threads(1)  # the engine core has its own process; here torch only prepares requests
         self._warn_plugin()
+
+    def _engine_kwargs(self, on_cpu: bool) -> dict[str, Any]:
+        """EngineArgs: gemma4u's own settings, the dedicated flags, then --engine-arg extras
+        (which never name a key set here: engineargs.check_engine_args refuses those)."""
+        from vllm.config import StructuredOutputsConfig
+
+        e = self.engine
+        kw: dict[str, Any] = dict(
+            model=self.model,
+            dtype=e.dtype,
+            max_model_len=e.max_model_len,
+            max_num_seqs=e.max_num_seqs,
+            gpu_memory_utilization=e.gpu_memory_utilization or (0.15 if on_cpu else 0.9),
+            tensor_parallel_size=e.tensor_parallel_size,
+            pipeline_parallel_size=e.pipeline_parallel_size,
+            enforce_eager=e.enforce_eager,
+            limit_mm_per_prompt=dict(self.limit_mm),
+            mm_processor_kwargs={"max_soft_tokens": self.image_tokens},
+            mm_processor_cache_gb=e.mm_cache_gb,
+            disable_chunked_mm_input=True,
+            # Compact JSON under guided decoding: a weak or sampled model cannot loop on
+            # whitespace inside the object (engine-wide in vLLM 0.32; needs xgrammar/guidance).
+            structured_outputs_config=StructuredOutputsConfig(backend="xgrammar", disable_any_whitespace=True),
+            seed=self.seed,
+            disable_log_stats=True,
+            quantization=e.quantization,
+            kv_cache_dtype=e.kv_cache_dtype,
+            revision=e.revision,
+            tokenizer=e.tokenizer,
+            download_dir=e.download_dir,
+            enable_mm_embeds=self.accepts_patches,  # vLLM's switch for inputs that skip its processor
+        )
+        if e.lora:
+            from .engineargs import lora_rank, vllm_lora_rank
+
+            kw.update(enable_lora=True, max_loras=1, max_lora_rank=vllm_lora_rank(lora_rank(e.lora)))
+        return {**kw, **e.engine_args}
+
+    def _lora_request(self) -> Any:
+        """The adapter every request runs with (--lora), or None."""
+        if not self.engine.lora:
+            return None
+        from vllm.lora.request import LoRARequest
+
+        return LoRARequest("gemma4u-lora", 1, os.path.abspath(os.path.expanduser(self.engine.lora)))
 
     def _warn_plugin(self) -> None:
         """Say loudly when image attention on this backend does not match the model."""
@@ -314,12 +398,21 @@ class VllmEngine:
             temperature=s.temperature,
             top_p=s.top_p,
             seed=s.seed,
+            top_k=s.top_k,
+            min_p=s.min_p,
+            stop=list(s.stop) or None,
+            presence_penalty=s.presence_penalty,
+            frequency_penalty=s.frequency_penalty,
+            repetition_penalty=s.repetition_penalty,
+            # the sampled tokens' log-probabilities, always (mean_logprob; see BENCHMARKS.md for the cost)
+            logprobs=s.logprobs if s.logprobs is not None else 0,
             structured_outputs=StructuredOutputsParams(**request.structured) if request.structured else None,
         )
         self._ensure_started()
         prompt = vllm_prompt(request.prompt, request.multi_modal_data)
         try:
-            self._llm.add_request(request.request_id, render(self._llm, prompt), params)
+            engine_input = render(self._llm, prompt)
+            self._llm.add_request(request.request_id, engine_input, params, lora_request=self._lora_request())
         except Exception as exc:
             if _engine_dead(exc):
                 raise EngineDied(str(exc)) from exc
@@ -346,18 +439,15 @@ class VllmEngine:
             if req is None:
                 continue
             comp = out.outputs[0]
-            results.append(
-                EngineResult(
-                    req,
-                    Generation(
-                        text=comp.text,
-                        finish_reason=comp.finish_reason,
-                        num_prompt_tokens=len(out.prompt_token_ids or []),
-                        num_output_tokens=len(comp.token_ids),
-                    ),
-                    output=out,
-                )
+            generation = Generation(
+                text=comp.text,
+                finish_reason=comp.finish_reason,
+                num_prompt_tokens=len(out.prompt_token_ids or []),
+                num_output_tokens=len(comp.token_ids),
+                cumulative_logprob=comp.cumulative_logprob,
+                token_logprobs=_wanted_logprobs(req, comp),
             )
+            results.append(EngineResult(req, generation, output=out))
         return results
 
     def _wait_for_output(self) -> None:
@@ -496,7 +586,7 @@ class FakeEngine:
                     text = json.dumps({"tags": [digest[:4], *mm]})
                 if self.text_for is not None:
                     text = self.text_for(req, text)
-                done.append(EngineResult(req, Generation(text, "stop", len(req.prompt), 3)))
+                done.append(EngineResult(req, _fake_generation(req, text, digest)))
             else:
                 self._inflight[rid] = (req, n + 1)
         return done
@@ -511,3 +601,13 @@ class FakeEngine:
 
     def shutdown(self) -> None:
         self._inflight.clear()
+
+
+def _fake_generation(req: EngineRequest, text: str, digest: str) -> Generation:
+    """FakeEngine's answer: 3 tokens, each with a log-probability drawn from the prompt's digest."""
+    lp = -(int(digest[:4], 16) % 1000) / 1000
+    per_token = None
+    if req.sampling.logprobs is not None:
+        top = [{"token": "x", "logprob": lp}][: req.sampling.logprobs]
+        per_token = [{"token": "x", "logprob": lp, "top": top} for _ in range(3)]
+    return Generation(text, "stop", len(req.prompt), 3, cumulative_logprob=3 * lp, token_logprobs=per_token)

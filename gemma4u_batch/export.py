@@ -45,7 +45,10 @@ RESULT_COLUMNS = (
     "model",
     "content_sha256",
     "segments",
+    "language",
     "data",
+    "mean_logprob",
+    "logprobs",
     "flags",
     "retried",
     "run_id",
@@ -162,6 +165,8 @@ def _flat_row(rec: dict[str, Any], fields: dict[str, str], ftypes: dict[str, str
     if data_schema is not None:
         row["data_typed"] = coerce_to_schema(rec.get("data"), data_schema)
     row["flags"] = list(rec.get("flags") or [])
+    if row["segments"] is not None:  # records written before segments had a language
+        row["segments"] = [{"language": None, **seg} for seg in row["segments"]]
     if isinstance(row["created_at"], str):
         row["created_at"] = datetime.fromisoformat(row["created_at"])
     values = rec.get("fields") or {}
@@ -185,9 +190,12 @@ def _features(fields: dict[str, str], ftypes: dict[str, str], data_schema: Any, 
     feats: dict[str, Any] = {c: s for c in RESULT_COLUMNS}
     feats.update(num_prompt_tokens=i, num_output_tokens=i, retried=hf.Value("bool"))
     feats["created_at"] = hf.Value("timestamp[us, tz=UTC]")
-    seg = {"start": hf.Value("float64"), "end": hf.Value("float64"), "text": s}
+    seg = {"start": hf.Value("float64"), "end": hf.Value("float64"), "text": s, "language": s}
     feats["segments"] = hf.List(seg)
     feats["flags"] = hf.List(s)
+    feats["mean_logprob"] = hf.Value("float64")
+    alt = {"token": s, "logprob": hf.Value("float64")}
+    feats["logprobs"] = hf.List({**alt, "top": hf.List(alt)})
     if data_schema is not None:
         import pyarrow as pa
 

@@ -275,6 +275,11 @@ class OutIndex:
             "writers": writers,
         }
 
+    def commit_times(self) -> list[tuple[float, int]]:
+        """(committed_at, records) of every part, in commit order (the report's timeline)."""
+        rows = self.db.execute("SELECT committed_at, records FROM parts ORDER BY committed_at, part").fetchall()
+        return [(float(at or 0.0), int(n or 0)) for at, n in rows]
+
     # ------------------------------------------------------------------------ files
 
     def file_facts_many(self, stats: dict[str, FileStat]) -> dict[str, FileFacts]:

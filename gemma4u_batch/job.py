@@ -82,7 +82,9 @@ class Job:
         self.shard = config.shard_index()
         self.reporter = reporter or Reporter("quiet" if config.quiet else "rich")
         self.manifest_extra = dict(manifest_extra or {})
-        self.fingerprint = model_fingerprint(config.model, verify_weights=config.verify_weights)
+        self.fingerprint = model_fingerprint(
+            config.model, verify_weights=config.verify_weights, revision=config.engine.revision
+        )
         self.guard = guard_of(config, self.fingerprint)
         self._given = items
         self._items: Iterator[WorkItem] | None = None
@@ -303,7 +305,9 @@ class Job:
         self.quick.remember(d)
         if not self.requests.in_shard(d):
             return
-        for unit in self.requests.units(d):
+        units = self.requests.units(d)
+        d.audio = None  # every part holds its own clip: the whole waveform is not kept while they are answered
+        for unit in units:
             prev = self.index.get(d.item.id, unit.task)
             if prev is not None and prev[0] == unit.key and not (self.config.retry_errors and prev[1]):
                 self.counters.skipped += 1
@@ -358,7 +362,7 @@ class Job:
         if rec.segments is not None and self.config.subtitles:
             c = self.config
             limits = CueLimits(c.max_cue_seconds, c.max_line_width, c.max_lines)
-            write_transcripts(self.layout.transcripts, rec.id, rec.segments, tuple(c.subtitles), limits)
+            write_transcripts(self.layout.transcripts, rec.id, rec.segments, tuple(c.subtitles), limits, rec.language)
 
 
 def run_job(

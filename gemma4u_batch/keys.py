@@ -44,7 +44,7 @@ MODEL_FILE_SUFFIXES = (
 _notes: dict[str, str] = {}
 
 
-def model_fingerprint(model: str, *, verify_weights: bool = False) -> str:
+def model_fingerprint(model: str, *, verify_weights: bool = False, revision: str | None = None) -> str:
     """What identifies the model in keys and in OUT's guard, so a changed checkpoint is redone.
 
     * a local folder: `name@<hash>` of the name, size and mtime_ns of every model file (weights,
@@ -52,13 +52,15 @@ def model_fingerprint(model: str, *, verify_weights: bool = False) -> str:
       (`--verify-weights`) `name@sha256:<hash>` of their content
       instead, which reads every byte but survives copies that do not keep mtimes;
     * a hub id: `id@<commit>`, the commit the hub (or, offline, the local cache) resolves it
-      to; the bare id when neither can say (see `fingerprint_note`).
+      (or its `revision`, `--revision`) to; the bare id when neither can say (see `fingerprint_note`).
     """
     path = Path(os.path.expanduser(model))
     if path.is_dir():
         return _folder_fingerprint(path, verify_weights)
-    commit = _hub_commit(model)
-    return model if commit is None else f"{model}@{commit}"
+    commit = _hub_commit(model, revision)
+    if commit is None:
+        return model if revision is None else f"{model}@{revision}"
+    return f"{model}@{commit}"
 
 
 def fingerprint_note(model: str) -> str | None:
@@ -91,7 +93,7 @@ def _folder_fingerprint(path: Path, verify_weights: bool) -> str:
 
 
 @lru_cache(maxsize=32)
-def _hub_commit(model: str) -> str | None:
+def _hub_commit(model: str, revision: str | None = None) -> str | None:
     """The commit a hub id resolves to: asked of the hub, or of the local cache when offline
     (HF_HUB_OFFLINE) or when the hub cannot be reached. None (and a note) when neither knows."""
     try:
@@ -107,13 +109,13 @@ def _hub_commit(model: str) -> str | None:
         try:
             from huggingface_hub import HfApi
 
-            sha = HfApi().model_info(model).sha
+            sha = HfApi().model_info(model, revision=revision).sha
             if sha:
                 return sha
         except Exception as exc:  # no network, unknown or gated repo: the cache may still know
             why = f"the hub could not be asked ({type(exc).__name__})"
     try:
-        cached = try_to_load_from_cache(model, "config.json")
+        cached = try_to_load_from_cache(model, "config.json", revision=revision)
     except Exception:
         cached = None
     if isinstance(cached, str):

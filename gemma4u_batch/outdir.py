@@ -31,16 +31,23 @@ LIMIT_KEYS = (
 )
 
 
+OPTIONAL_GUARD_KEYS = ("engine",)
+"""Guard keys present only when a setting is made (so older OUT folders keep their keys)."""
+
+
 def guarded_settings(config: JobConfig) -> dict[str, Any]:
     """Settings that change what a record means: part of every key, and a rerun into
-    OUT with others is refused."""
-    return {
+    OUT with others is refused. Options added later join only when set, so the keys of
+    OUT folders made before they existed stay the same."""
+    from .engineargs import output_settings
+
+    settings: dict[str, Any] = {
         "task": config.task,
         "prompt": config.prompt,
         "system_prompt": config.system_prompt,
         "language": config.language,
         "translate_to": config.translate_to,
-        "sampling": config.sampling.model_dump(),
+        "sampling": config.sampling.stable_dump(),
         "image_tokens": config.image_tokens,
         "video_frames": config.video_frames,
         "video_fps": config.video_fps,
@@ -48,8 +55,12 @@ def guarded_settings(config: JobConfig) -> dict[str, Any]:
         "tasks": config.tasks,
         "json_schema": str(config.json_schema) if isinstance(config.json_schema, Path) else config.json_schema,
         "choices": config.choices,
-        "retry_flagged": config.retry_flagged.model_dump() if config.retry_flagged else None,
+        "retry_flagged": config.retry_flagged.stable_dump() if config.retry_flagged else None,
     }
+    engine = output_settings(config.engine)
+    if engine:
+        settings["engine"] = engine
+    return settings
 
 
 def guard_of(config: JobConfig, fingerprint: str) -> dict[str, Any]:
@@ -65,7 +76,9 @@ def guard_refusal(layout: OutLayout, guard: dict[str, Any]) -> str | None:
         return None
     except (OSError, ValueError):
         old = {}
-    diffs = [k for k in guard if old.get(k) != guard[k]]
+    # "engine" is in a guard only when set: OUT made with it differs from a run without it too
+    keys = [*guard, *(k for k in OPTIONAL_GUARD_KEYS if k in old and k not in guard)]
+    diffs = [k for k in keys if old.get(k) != guard.get(k)]
     if not diffs:
         return None
     names = ", ".join("model" if d == "model_fingerprint" else d for d in diffs)

@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .config import JobConfig
+from .decode.audio import num_audio_tokens
 from .errors import ItemError, UsageError
 from .inputs import JobInput, is_speech_job
 from .job import Job, run_job
@@ -291,7 +292,19 @@ def _count_requests(row: ModalityPlan, job: Job, d: Any) -> bool:
         for part in parts:
             row.media_tokens += part.mm_tokens
             too_long = too_long or bool(limit and text + part.mm_tokens >= limit)
+        if windowed and job.config.language is None:  # --language auto: one identification request a window
+            _count_identification(row, job.config, parts)
     return too_long
+
+
+def _count_identification(row: ModalityPlan, config: JobConfig, parts: list[Any]) -> None:
+    """The language-identification requests of a window list (requests.py): same audio, another question."""
+    from .requests import LANGUAGE_INSTRUCTION
+
+    audio = [p for p in parts if "audio" in p.mm]
+    row.requests += len(audio)
+    row.text_tokens += request_text_tokens(config, LANGUAGE_INSTRUCTION) * len(audio)
+    row.media_tokens += sum(num_audio_tokens(p.mm["audio"][0].size) + 2 for p in audio)
 
 
 def _add_notes(p: Plan, scan: _Scan) -> None:

@@ -7,6 +7,7 @@ from typing import Any
 
 from .config import JobConfig
 from .errors import ItemError, UsageError
+from .languages import language_name
 from .records import Modality, WorkItem
 from .tasks import instruction_for, resolve_task
 
@@ -63,4 +64,5 @@ def item_instruction(config: JobConfig, item: WorkItem, task: str) -> str:
     if resolve_task(task) is None:
         raise UsageError(f"unknown task '{task}'")
     modality = item.modality or Modality.IMAGE
-    return instruction_for(task, modality, language=config.language, target=config.translate_to)
+    language = language_name(config.language) if config.language else None
+    return instruction_for(task, modality, language=language, target=config.translate_to)

@@ -357,7 +357,8 @@ def _resolve_one(value: Any, base: Path) -> Any:
 
 
 def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
-    """Relative input/output/allow_roots/json_schema/model-folder paths → absolute against `base`."""
+    """Relative input/output/allow_roots/json_schema/model-folder (and engine lora/download_dir/
+    tokenizer-folder) paths → absolute against `base`."""
     out = dict(data)
     for key in PATH_FIELDS:
         if key in out:
@@ -371,6 +372,12 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
     model = out.get("model")
     if isinstance(model, str) and model.startswith(("./", "../", "~")):
         out["model"] = str(_resolve_one(model, base))
+    if isinstance(out.get("engine"), dict):
+        engine = out["engine"] = dict(out["engine"])
+        for key in ("lora", "download_dir", "tokenizer"):  # folders (a tokenizer may be a hub id)
+            value = engine.get(key)
+            if isinstance(value, str) and (key != "tokenizer" or value.startswith(("./", "../", "~"))):
+                engine[key] = str(_resolve_one(value, base))
     return out
 
 

@@ -74,6 +74,14 @@ class Generation:
     finish_reason: str | None
     num_prompt_tokens: int
     num_output_tokens: int
+    cumulative_logprob: float | None = None  # sum of the generated tokens' log-probabilities
+    token_logprobs: list[dict[str, Any]] | None = None  # with --logprobs N: per token, its N alternatives
+
+    def mean_logprob(self) -> float | None:
+        """Mean log-probability of the generated tokens (≤ 0; closer to 0 = more confident)."""
+        if self.cumulative_logprob is None or self.num_output_tokens <= 0:
+            return None
+        return round(self.cumulative_logprob / self.num_output_tokens, 6)
 
 
 @dataclass
@@ -96,7 +104,10 @@ class OutputRecord:
     content_sha256: str | None
     decode_seconds: float | None
     segments: list[dict[str, Any]] | None = None
+    language: str | None = None  # speech tasks: ISO 639-1 (else 639-3) code, given or identified
     data: Any = None
+    mean_logprob: float | None = None
+    logprobs: list[dict[str, Any]] | None = None
     flags: list[str] = field(default_factory=list)
     retried: bool = False
     supersedes: str | None = None

@@ -7,19 +7,28 @@ import hashlib
 import json
 from typing import Any, Protocol
 
-from .config import JobConfig
+from .config import JobConfig, SamplingConfig
 from .decode import DecodeOptions, in_shard
 from .decode.image import num_image_tokens
 from .engine import Engine, EngineRequest
 from .errors import ItemError, UsageError
 from .keys import KeyMaker
+from .languages import DETECT_CODES
 from .outdir import guarded_settings
 from .prompts import check_template, item_instruction
 from .quality import quality_flags
 from .records import DecodedItem, Modality, WorkItem
 from .structured import load_schema, structured_for
 from .tasks import TASKS, resolve_task
-from .units import Unit, build_parts, media_flags, no_speech, stitch
+from .units import Unit, add_language_parts, build_parts, media_flags, no_speech, stitch
+
+LANGUAGE_INSTRUCTION = (
+    "Which language is spoken in this audio? Answer with its ISO 639-1 code (ISO 639-3 where it has none), e.g. en."
+)
+"""What a language-identification request asks; its answer is constrained to DETECT_CODES."""
+
+LANGUAGE_SAMPLING = SamplingConfig(max_tokens=8, temperature=0.0, top_p=1.0, seed=0)
+"""Greedy and short: the longest code is three letters, and the choice ends the answer."""
 
 
 class PromptCache(Protocol):
@@ -40,6 +49,7 @@ class RequestBuilder:
         self.key = KeyMaker(fingerprint, guarded_settings(config))
         self._rendered: dict[tuple[Any, ...], str] = {}
         self._seq = 0
+        self._language_rendered: str | None = None
         self._frame_opts = DecodeOptions(image_tokens=70)
         for task in config.task_list():
             if resolve_task(task) is None and config.prompt is None:
@@ -94,7 +104,24 @@ class RequestBuilder:
         return rendered
 
     def key_of(self, item: WorkItem, content_sha256: str | None, task: str, rendered: str) -> str:
+        """The content key; a speech task under `--language auto` also hashes what identifies
+        the language (its instruction, codes and sampling), since its records carry the answer."""
+        if self._identifies(task):
+            rendered = json.dumps([rendered, LANGUAGE_INSTRUCTION, DETECT_CODES, LANGUAGE_SAMPLING.model_dump()])
         return self.key(content=content_sha256 or f"unread:{item.source}", prompt=rendered, task=task)
+
+    def _identifies(self, task: str) -> bool:
+        """Whether this task's windows get a language-identification request each."""
+        t = resolve_task(task)
+        return self.config.language is None and t is not None and t.windowed_audio
+
+    def _language_prompt(self) -> str:
+        """The identification prompt: the transcription's messages (system prompt, then the
+        audio) with another question, so the two share their prefix up to the audio's end."""
+        if self._language_rendered is None:
+            messages = self._messages(Modality.AUDIO, False, LANGUAGE_INSTRUCTION)
+            self._language_rendered = self._render(messages)
+        return self._language_rendered
 
     def _unit(self, d: DecodedItem, task: str) -> Unit:
         instruction, rendered, error = self.prompt(d.item, task, d.audio is not None)
@@ -119,10 +146,18 @@ class RequestBuilder:
             structured=structured,
             media_flags=flags,
             no_speech=silent,
+            language=self.config.language if self._speech(task) else None,
         )
         if error is not None:
             unit.error, unit.error_kind = error
+        elif self._identifies(task) and not silent:
+            add_language_parts(unit)
         return unit
+
+    @staticmethod
+    def _speech(task: str) -> bool:
+        t = resolve_task(task)
+        return t is not None and t.windowed_audio
 
     def _messages(self, modality: Modality | None, with_audio: bool, instruction: str) -> list[dict[str, Any]]:
         msgs: list[dict[str, Any]] = []
@@ -165,14 +200,15 @@ class RequestBuilder:
         reqs = []
         for i, part in enumerate(unit.parts):
             self._seq += 1
+            identify = part.detects is not None
             reqs.append(
                 EngineRequest(
                     request_id=f"r{self._seq}",
-                    prompt=unit.rendered,
+                    prompt=self._language_prompt() if identify else unit.rendered,
                     multi_modal_data=part.mm,
-                    sampling=sampling,
+                    sampling=LANGUAGE_SAMPLING if identify else sampling,
                     payload=(unit, i),
-                    structured=unit.structured,
+                    structured={"choice": list(DETECT_CODES)} if identify else unit.structured,
                 )
             )
         return reqs

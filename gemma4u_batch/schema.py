@@ -21,10 +21,24 @@ COLUMN_DOCS: dict[str, str] = {
     "model": "model path or id",
     "content_sha256": "sha256 of the input bytes",
     "decode_seconds": "time spent decoding the media",
-    "segments": "transcription windows: list of {start, end, text} (seconds); null otherwise",
+    "segments": (
+        "transcription windows: list of {start, end, text, language} (seconds; the window's language code); "
+        "null otherwise"
+    ),
+    "language": (
+        "speech tasks: the spoken language as an ISO 639-1 code (639-3 where none), given by --language or "
+        "identified by the model in the first speech window (auto); null otherwise"
+    ),
     "data": (
         "structured output: the parsed JSON object (--json-schema) or the chosen label (--choices); "
         "a JSON string in Parquet"
+    ),
+    "mean_logprob": (
+        "mean log-probability of the generated tokens (≤ 0; nearer 0 = more confident): threshold it to "
+        "find doubtful outputs; null on error"
+    ),
+    "logprobs": (
+        "with --logprobs N: per generated token {token, logprob, top: [{token, logprob}] × N}; null otherwise"
     ),
     "flags": "quality flags: token_cap (hit --max-tokens), empty, repetition",
     "retried": "true when a flagged output was regenerated with retry_flagged sampling",
@@ -64,10 +78,22 @@ def arrow_schema(data_schema: dict[str, Any] | None = None) -> Any:
             ("decode_seconds", pa.float64()),
             (
                 "segments",
-                pa.list_(pa.struct([("start", pa.float64()), ("end", pa.float64()), ("text", pa.string())])),
+                pa.list_(
+                    pa.struct(
+                        [
+                            ("start", pa.float64()),
+                            ("end", pa.float64()),
+                            ("text", pa.string()),
+                            ("language", pa.string()),
+                        ]
+                    )
+                ),
             ),
+            ("language", pa.string()),
             ("data", pa.string()),
             *typed,
+            ("mean_logprob", pa.float64()),
+            ("logprobs", logprobs_arrow_type()),
             ("flags", pa.list_(pa.string())),
             ("retried", pa.bool_()),
             ("supersedes", pa.string()),
@@ -76,6 +102,14 @@ def arrow_schema(data_schema: dict[str, Any] | None = None) -> Any:
             ("created_at", pa.timestamp("us", tz="UTC")),
         ]
     )
+
+
+def logprobs_arrow_type() -> Any:
+    """`logprobs`: list<struct<token, logprob, top: list<struct<token, logprob>>>>."""
+    import pyarrow as pa
+
+    alt = pa.struct([("token", pa.string()), ("logprob", pa.float64())])
+    return pa.list_(pa.struct([("token", pa.string()), ("logprob", pa.float64()), ("top", pa.list_(alt))]))
 
 
 def data_schema_metadata(json_schema: Any) -> dict[str, str]:

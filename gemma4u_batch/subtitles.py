@@ -175,13 +175,21 @@ def to_tsv(segments: list[dict[str, Any]], limits: CueLimits = CueLimits()) -> s
     return "\n".join(rows) + "\n"
 
 
-def to_json(segments: list[dict[str, Any]], limits: CueLimits = CueLimits()) -> str:
-    """Whisper's JSON: the whole text and the segments (id, start, end, text; seconds)."""
+def to_json(segments: list[dict[str, Any]], limits: CueLimits = CueLimits(), language: str | None = None) -> str:
+    """Whisper's JSON: the whole text, the language (an ISO code, as Whisper's) and the
+    segments (id, start, end, text; seconds; plus each window's language code)."""
     segs = [
-        {"id": i, "start": float(s["start"]), "end": float(s["end"]), "text": str(s.get("text") or "")}
+        {
+            "id": i,
+            "start": float(s["start"]),
+            "end": float(s["end"]),
+            "text": str(s.get("text") or ""),
+            "language": s.get("language"),
+        }
         for i, s in enumerate(segments)
     ]
-    return json.dumps({"text": to_txt(segments).strip(), "segments": segs}, ensure_ascii=False) + "\n"
+    doc = {"text": to_txt(segments).strip(), "language": language, "segments": segs}
+    return json.dumps(doc, ensure_ascii=False) + "\n"
 
 
 _RENDER = {"txt": to_txt, "srt": to_srt, "vtt": to_vtt, "tsv": to_tsv, "json": to_json}
@@ -193,11 +201,13 @@ def write_transcripts(
     segments: list[dict[str, Any]],
     formats: tuple[str, ...],
     limits: CueLimits = CueLimits(),
+    language: str | None = None,
 ) -> None:
     """Write <folder>/<id>.<fmt> atomically (ids may contain folders); the job's folder is
-    OUT/__transcripts__/, which table readers skip."""
+    OUT/__transcripts__/, which table readers skip. `language` goes into the json format."""
     base = folder / item_id
     base.parent.mkdir(parents=True, exist_ok=True)
     for fmt in formats:
         dest = base.with_name(base.name + f".{fmt}")
-        write_atomic(dest, functools.partial(_write_bytes, _RENDER[fmt](segments, limits).encode("utf-8")))
+        text = to_json(segments, limits, language) if fmt == "json" else _RENDER[fmt](segments, limits)
+        write_atomic(dest, functools.partial(_write_bytes, text.encode("utf-8")))

@@ -30,6 +30,7 @@ class Part:
     mm_tokens: int
     start: float | None = None
     end: float | None = None
+    detects: int | None = None  # a language-identification request for the window part at this index
 
 
 @dataclass
@@ -51,6 +52,7 @@ class Unit:
     media_flags: list[str] = field(default_factory=list)  # e.g. audio_truncated: set when parts are built
     no_speech: bool = False  # a speech task on audio in which the VAD found no speech: nothing is sent
     supersedes: str | None = None  # key of the (id, task)'s current record, looked up once when admitted
+    language: str | None = None  # the given language (a canonical code); None: detected per window
 
     def __post_init__(self) -> None:
         self.reset()
@@ -128,7 +130,7 @@ def build_parts(d: DecodedItem, *, windowed_audio: bool, tokens_per_frame_of: An
         mm: dict[str, Any] = {"video": (list(d.video.frames), _video_metadata(d))}
         tokens = video_tokens(d, tokens_per_frame_of)
         if d.audio is not None and d.audio.size:
-            clip = pad_to_token_multiple(d.audio[: int(WINDOW_SECONDS * SAMPLE_RATE)])
+            clip = pad_to_token_multiple(np.array(d.audio[: int(WINDOW_SECONDS * SAMPLE_RATE)], dtype=np.float32))
             mm["audio"] = (clip, SAMPLE_RATE)
             tokens += num_audio_tokens(clip.size) + 2
         return [Part(mm, tokens, 0.0, float(d.video.duration))]
@@ -142,8 +144,8 @@ def build_parts(d: DecodedItem, *, windowed_audio: bool, tokens_per_frame_of: An
         else:
             spans = [(0, min(x.size, int(WINDOW_SECONDS * SAMPLE_RATE)))]
         parts = []
-        for s, e in spans:
-            clip = pad_to_token_multiple(np.ascontiguousarray(x[s:e], dtype=np.float32))
+        for s, e in spans:  # a copy, not a view: the job drops the whole waveform once the parts are built
+            clip = pad_to_token_multiple(np.array(x[s:e], dtype=np.float32))
             parts.append(
                 Part({"audio": (clip, SAMPLE_RATE)}, num_audio_tokens(clip.size) + 2, s / SAMPLE_RATE, e / SAMPLE_RATE)
             )
@@ -151,29 +153,65 @@ def build_parts(d: DecodedItem, *, windowed_audio: bool, tokens_per_frame_of: An
     return []
 
 
+def add_language_parts(unit: Unit) -> None:
+    """With `--language auto`, one language-identification request per speech window (the
+    window's audio alone, answered with a constrained choice of codes; see requests.py)."""
+    for i, part in enumerate(list(unit.parts)):
+        audio = part.mm.get("audio")
+        if part.detects is None and audio is not None:
+            tokens = num_audio_tokens(audio[0].size) + 2
+            unit.parts.append(Part({"audio": audio}, tokens, part.start, part.end, detects=i))
+    unit.reset()
+
+
+def window_languages(unit: Unit) -> list[str | None]:
+    """Each window part's language: the given one, or what its identification request chose."""
+    windows = [p for p in unit.parts if p.detects is None]
+    found: dict[int, str] = {}
+    for part, gen in zip(unit.parts, unit.results, strict=True):
+        if part.detects is not None and gen is not None and gen.text.strip():
+            found[part.detects] = gen.text.strip()
+    return [unit.language or found.get(i) for i in range(len(windows))]
+
+
+def record_language(unit: Unit) -> str | None:
+    """The record's language: the given one, else the first speech window's identified one."""
+    if unit.language is not None:
+        return unit.language
+    return next((lang for lang in window_languages(unit) if lang), None)
+
+
 def stitch(unit: Unit) -> tuple[str, list[dict[str, Any]] | None, Generation | None]:
-    """(text, segments, a representative generation) for a finished unit.
+    """(text, segments, a representative generation) for a finished unit; language
+    identification requests are not part of the text nor of the token counts.
 
     Windows do not overlap (cuts fall in the quietest stretch between 20 and 30 s), so
     stitching is concatenation in time order; nothing needs de-duplicating.
     """
-    gens = [g for g in unit.results if g is not None]
+    pairs = [(p, g) for p, g in zip(unit.parts, unit.results, strict=True) if p.detects is None]
+    gens = [g for _, g in pairs if g is not None]
     if not gens:
         return "", None, None
-    if len(unit.parts) == 1 and unit.parts[0].start is None:
+    if len(pairs) == 1 and pairs[0][0].start is None:
         return gens[0].text, None, gens[0]
     segments = []
     texts = []
-    for part, gen in zip(unit.parts, unit.results, strict=True):
+    languages = window_languages(unit)
+    for (part, gen), lang in zip(pairs, languages, strict=True):
         text = gen.text.strip() if gen is not None else ""
-        segments.append({"start": round(part.start or 0.0, 3), "end": round(part.end or 0.0, 3), "text": text})
+        start, end = round(part.start or 0.0, 3), round(part.end or 0.0, 3)
+        segments.append({"start": start, "end": end, "text": text, "language": lang})
         if text:
             texts.append(text)
+    cumulative = [g.cumulative_logprob for g in gens]
+    per_token = [g.token_logprobs for g in gens]
     total = Generation(
         text=" ".join(texts),
         finish_reason="length" if any(g.finish_reason == "length" for g in gens) else gens[-1].finish_reason,
         num_prompt_tokens=sum(g.num_prompt_tokens for g in gens),
         num_output_tokens=sum(g.num_output_tokens for g in gens),
+        cumulative_logprob=None if None in cumulative else sum(c for c in cumulative if c is not None),
+        token_logprobs=None if None in per_token else [t for p in per_token for t in p or []],
     )
     if unit.decoded.item.modality is Modality.VIDEO:
         return total.text, None, total
@@ -215,7 +253,10 @@ def to_record(unit: Unit, model: str) -> OutputRecord:
         decode_seconds=round(d.decode_seconds, 6),
         segments=segments,
         data=data,
+        mean_logprob=gen.mean_logprob() if gen else None,
+        logprobs=gen.token_logprobs if gen else None,
         flags=flags,
         retried=unit.retried,
         fields=dict(d.item.fields),
+        language=None if error else record_language(unit),
     )

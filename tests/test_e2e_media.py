@@ -15,6 +15,7 @@ import soundfile as sf
 
 from gemma4u_batch.config import JobConfig, SamplingConfig
 from gemma4u_batch.job import run_job
+from gemma4u_batch.languages import DETECT_CODES
 from gemma4u_batch.progress import Reporter
 from gemma4u_batch.subtitles import clean_text
 from gemma4u_batch.writer import OutLayout, iter_committed_records
@@ -222,4 +223,8 @@ def test_transcribe_95s_file_cli(tmp_path: Path, tiny_model: Path) -> None:
         assert all("\n" not in ev.plaintext and len(ev.plaintext) <= 42 for ev in subs)
     tsv = (out / "__transcripts__" / "lecture.flac.tsv").read_text().splitlines()
     assert tsv[0] == "start\tend\ttext" and len(tsv) == 1 + sum(1 for s in segs if clean_text(s["text"]))
-    assert len(json.loads((out / "__transcripts__" / "lecture.flac.json").read_text())["segments"]) == len(segs)
+    doc = json.loads((out / "__transcripts__" / "lecture.flac.json").read_text())
+    assert len(doc["segments"]) == len(segs)
+    # --language auto (the default): each window's language identified, one of the allowed codes
+    assert lec["language"] in DETECT_CODES and doc["language"] == lec["language"] == segs[0]["language"]
+    assert all(s["language"] in DETECT_CODES for s in segs) and recs["with_sound.mp4"]["language"] in DETECT_CODES

@@ -21,6 +21,7 @@ from gemma4u_batch.engine import FakeEngine
 from gemma4u_batch.errors import UsageError
 from gemma4u_batch.export import ExportOptions, export
 from gemma4u_batch.job import run_job
+from gemma4u_batch.languages import DETECT_CODES
 from gemma4u_batch.progress import Reporter
 
 from .conftest import REPO
@@ -82,6 +83,7 @@ def test_image_folder_export_loads_with_original_pixels(image_out, tmp_path: Pat
             assert row["image"].mode == upright.mode and row["image"].size == upright.size
             assert np.array_equal(np.asarray(row["image"]), np.asarray(upright)), row["id"]
         assert row["text"].startswith("fake ") and row["run_id"]
+        assert row["mean_logprob"] <= 0 and row["logprobs"] is None  # per-token ones only with --logprobs
 
     header = card_header(dest)
     assert header["configs"][0]["data_files"][0] == {"split": "train", "path": "data/train-*"}
@@ -93,6 +95,7 @@ def test_image_folder_export_loads_with_original_pixels(image_out, tmp_path: Pat
     man = json.loads((out / ".gemma4u" / "run.json").read_text())
     assert "`fake-model`" in card and man["run_id"] in card and "gemma4u run recipe.yaml" in card
     assert "items with errors: 1 (" in card and "left out" in card
+    assert "`mean_logprob`" in card and names["mean_logprob"]["dtype"] == "float64"
     raw = load(dest, tmp_path).cast_column("image", datasets.Image(decode=False))
     assert all(r["image"] is None or r["image"]["bytes"] == (inp / r["id"]).read_bytes() for r in raw)
 
@@ -147,6 +150,7 @@ def test_audio_export_decodes_to_the_original_files(tmp_path: Path) -> None:
     assert sorted(ds["id"]) == sorted(p.name for p in inp.iterdir())
     for row in ds:  # decoded by datasets (torchcodec + the system's FFmpeg libraries)
         assert row["segments"] and row["text"]
+        assert row["language"] in DETECT_CODES and all(s["language"] in DETECT_CODES for s in row["segments"])
         audio = row["audio"]
         assert np.sqrt(np.mean(np.square(audio["array"]))) > 0.01  # speech, not silence
         assert_same_audio(audio, inp / row["id"])
@@ -163,6 +167,7 @@ def test_audio_export_decodes_to_the_original_files(tmp_path: Path) -> None:
         assert row["audio"]["bytes"] == (inp / row["id"]).read_bytes()
     header = card_header(dest)
     assert header["task_categories"] == ["automatic-speech-recognition"]
+    assert "spoken language: identified by the model" in (dest / "README.md").read_text()
 
 
 def test_export_joins_manifest_columns(tmp_path: Path) -> None:
@@ -190,14 +195,15 @@ def test_flat_file_exports_through_the_cli(image_out, tmp_path: Path) -> None:
     runner = CliRunner()
     for suffix in (".jsonl", ".parquet", ".csv"):
         dest = tmp_path / f"table{suffix}"
-        r = runner.invoke(app, ["export", str(out), "--to", str(dest), "--columns", "id,text,segments"])
+        r = runner.invoke(app, ["export", str(out), "--to", str(dest), "--columns", "id,text,segments,mean_logprob"])
         assert r.exit_code == 0, r.output
         df = {
             ".jsonl": lambda p: pd.read_json(p, lines=True),
             ".parquet": pd.read_parquet,
             ".csv": pd.read_csv,
         }[suffix](dest)
-        assert list(df.columns) == ["id", "text", "segments"] and len(df) == 8
+        assert list(df.columns) == ["id", "text", "segments", "mean_logprob"] and len(df) == 8
+        assert (df["mean_logprob"] <= 0).all()
     r = runner.invoke(app, ["export", str(out), "--to", str(tmp_path / "x.csv"), "--columns", "nope"])
     assert isinstance(r.exception, UsageError) and "no column nope" in str(r.exception)  # main() exits 2
     r = runner.invoke(app, ["export", str(out), "--to", str(tmp_path / "f.csv"), "--push-to-hub", "me/x"])
@@ -233,3 +239,21 @@ def test_structured_output_exports_typed_and_refuses_a_folder_inside_out(tmp_pat
     assert any(f["name"] == "data_typed" for f in card_header(tmp_path / "ds")["dataset_info"]["features"])
     with pytest.raises(UsageError, match="inside"):
         export(out, out / "export")
+
+
+def test_per_token_logprobs_export(tmp_path: Path) -> None:
+    """--logprobs N: the `logprobs` column (list of structs) survives Parquet, the flat export and datasets."""
+    import pyarrow.parquet as pq
+
+    inp, out = tmp_path / "in", tmp_path / "out"
+    make_images(inp, 2)
+    run(inp, out, format="parquet", sampling={"max_tokens": 8, "logprobs": 1})
+    (part,) = [p for p in out.iterdir() if p.suffix == ".parquet"]
+    rows = pq.read_table(part).to_pylist()
+    assert all(len(r["logprobs"]) == 3 and r["logprobs"][0]["top"][0]["logprob"] <= 0 for r in rows)
+    export(out, tmp_path / "flat.parquet")
+    flat = pq.read_table(tmp_path / "flat.parquet").to_pylist()
+    assert [r["logprobs"] for r in flat] == [r["logprobs"] for r in rows]
+    export(out, tmp_path / "ds")
+    ds = load(tmp_path / "ds", tmp_path)
+    assert ds[0]["logprobs"][0].keys() == {"token", "logprob", "top"}

@@ -14,6 +14,7 @@ from PIL import Image
 from gemma4u_batch.config import JobConfig
 from gemma4u_batch.engine import FakeEngine
 from gemma4u_batch.job import run_job
+from gemma4u_batch.languages import DETECT_CODES
 from gemma4u_batch.progress import Reporter
 
 from .conftest import REPO
@@ -60,11 +61,13 @@ def test_parquet_table_reads_in_every_reader(tmp_path: Path, fmt: str) -> None:
     df = pd.read_parquet(out)
     check_rows(list(df["id"]), expected)
     assert df["run_id"].nunique() == 2 and str(df["created_at"].dtype).startswith("datetime64")
+    assert str(df["mean_logprob"].dtype) == "float64" and (df["mean_logprob"] <= 0).all()
     table = pads.dataset(out).to_table()
     check_rows(table.column("id").to_pylist(), expected)
     assert table.schema.field("segments").type == pa.list_(
-        pa.struct([("start", pa.float64()), ("end", pa.float64()), ("text", pa.string())])
+        pa.struct([("start", pa.float64()), ("end", pa.float64()), ("text", pa.string()), ("language", pa.string())])
     )
+    assert table.schema.field("language").type == pa.string()
     check_rows(pl.scan_parquet(f"{out}/**/*.parquet").collect()["id"].to_list(), expected)
     check_rows([r[0] for r in duckdb.sql(f"SELECT id FROM read_parquet('{out}/**/*.parquet')").fetchall()], expected)
     ds = datasets.load_dataset("parquet", data_dir=str(out), split="train", cache_dir=str(tmp_path / "hf"))
@@ -103,7 +106,8 @@ def test_transcripts_sit_beside_the_table(tmp_path: Path) -> None:
     run(inp, out, task="transcribe", format="parquet", subtitles=["srt", "vtt", "txt"])
     assert (out / "__transcripts__" / "hello.wav.srt").read_text().startswith("1\n")
     df = pd.read_parquet(out)
-    assert list(df["id"]) == ["hello.wav"] and list(df["segments"][0][0]) == ["start", "end", "text"]
+    assert list(df["id"]) == ["hello.wav"] and list(df["segments"][0][0]) == ["start", "end", "text", "language"]
+    assert df["language"][0] in DETECT_CODES and df["segments"][0][0]["language"] == df["language"][0]
     ds = datasets.load_dataset("parquet", data_dir=str(out), split="train", cache_dir=str(tmp_path / "hf"))
     assert ds["id"] == ["hello.wav"]
 

@@ -155,3 +155,45 @@ def test_transcription_sends_only_speech(tmp_path: Path) -> None:
     assert silent["error"] is None and silent["num_output_tokens"] is None
     assert (out / "__transcripts__" / "silence.flac.srt").read_text() == ""
     assert json.dumps(three)  # plain JSON
+
+
+def _two_hours_with_three_utterances(path: Path) -> list[tuple[float, float]]:
+    """A 2-hour 16 kHz FLAC, silent but for `hello.wav` at 5 min, 1 h and 1 h 59 min, written
+    block by block; where each utterance is (seconds)."""
+    hello = _hello()
+    at = [300.0, 3600.0, 7140.0]
+    block = np.zeros(60 * SR, dtype=np.float32)
+    with sf.SoundFile(path, "w", samplerate=SR, channels=1, format="FLAC") as fh:
+        for minute in range(120):
+            block[:] = 0.0
+            for t in at:
+                if int(t // 60) == minute:
+                    s = int((t - minute * 60) * SR)
+                    block[s : s + len(hello)] = hello
+            fh.write(block)
+    return [(t, t + len(hello) / SR) for t in at]
+
+
+def test_a_two_hour_file_is_transcribed_in_windows_of_its_speech(tmp_path: Path) -> None:
+    """The 2-hour case, through a decode worker process: only the three utterances are sent,
+    each in its own ≤30 s window at its true time, with its language identified."""
+    from gemma4u_batch.languages import DETECT_CODES
+
+    inp = tmp_path / "in"
+    inp.mkdir()
+    truth = _two_hours_with_three_utterances(inp / "two_hours.flac")
+    engine = FakeEngine()
+    out = tmp_path / "out"
+    config = JobConfig(
+        input=inp, output=out, model="fake-model", task="transcribe", workers=1, decode_timeout=600, subtitles=["tsv"]
+    )
+    run_job(config, engine=engine)
+    rec = _records(out)["two_hours.flac"]
+    assert rec["error"] is None and rec["flags"] == [] and rec["text"]
+    segs = rec["segments"]
+    assert len(segs) == 3, segs
+    for seg, (ts, te) in zip(segs, truth, strict=True):
+        assert abs(seg["start"] - ts) <= 1.5 and abs(seg["end"] - te) <= 1.5, (segs, truth)
+        assert 0 < seg["end"] - seg["start"] <= 30.0 and seg["language"] in DETECT_CODES
+    assert rec["language"] == segs[0]["language"]
+    assert len((out / "__transcripts__" / "two_hours.flac.tsv").read_text().splitlines()) == 4

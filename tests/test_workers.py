@@ -201,3 +201,28 @@ def test_close_kills_a_stuck_worker_quickly() -> None:
     pool.close()
     assert time.monotonic() - started < 10
     assert not proc.is_alive()
+
+
+def test_a_long_waveform_comes_back_whole_and_exact(tmp_path) -> None:
+    """A waveform over 16 MB travels from the worker as raw bytes, not pickled: the main process
+    gets exactly what decoding inline gives, and the item's other fields with it."""
+    import numpy as np
+    import soundfile as sf
+
+    from gemma4u_batch.decode import decode_item
+
+    rng = np.random.default_rng(5)
+    path = tmp_path / "long.flac"
+    sf.write(path, (rng.standard_normal(16_000 * 300) * 0.1).astype(np.float32), 16_000)  # 5 min: 19 MB
+    items = [WorkItem(id=f"{i}.flac", source=str(path), path=path, modality=Modality.AUDIO) for i in range(2)]
+    got: list[DecodedItem] = []
+    with DecodePool(iter(items), OPTS, workers=1, timeout=120) as pool:
+        deadline = time.monotonic() + 120
+        while len(got) < 2 and time.monotonic() < deadline:
+            got += pool.poll(0.5)
+    inline = decode_item(items[0], OPTS)
+    assert [d.item.id for d in got] == ["0.flac", "1.flac"]
+    for d in got:
+        assert d.error is None and d.audio is not None and d.audio.nbytes > 16 * 2**20
+        assert np.array_equal(d.audio, inline.audio) and d.content_sha256 == inline.content_sha256
+        assert d.info == inline.info

@@ -9,6 +9,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 
 from ..config import JobConfig
 from ..errors import EngineFailure, ExitCode, OutputError, OutputLocked, UsageError
@@ -286,6 +287,38 @@ def compact_cmd(out: Annotated[Path, typer.Argument(help="Output folder of a gem
     err.print(f"{out}: {res.parts_before} data part(s) → {res.parts_after}; {removed}.", soft_wrap=True)
 
 
+@app.command("report")
+def report_cmd(
+    out: Annotated[Path, typer.Argument(help="Output folder of a gemma4u job.")],
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="The HTML file to write (default: OUT/__report__/report.html)."),
+    ] = None,
+    sample: Annotated[int, typer.Option(help="Items in the grid (a seeded sample of the current records).")] = 200,
+    seed: Annotated[int, typer.Option(help="Sample seed: the same seed shows the same items.")] = 0,
+    filter: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--filter",
+            help="Sample only records matching: error, error=KIND, flag, flag=NAME, task=NAME, modality=NAME "
+            "(repeat to combine).",
+        ),
+    ] = None,
+) -> None:
+    """Write one self-contained HTML page to review a run: its facts, plots, errors and flags grouped,
+    and a sampled grid of items (thumbnails, waveforms, captions, transcripts)."""
+    from ..report import ReportOptions, write_report
+
+    if sample < 0:
+        raise UsageError("--sample must be 0 or more")
+    res = write_report(out, output, ReportOptions(sample=sample, seed=seed, filters=tuple(filter or ())))
+    err.print(
+        f"Wrote {res.path} ({res.bytes / 1e6:.1f} MB): {res.sampled} of {res.matched} matching records "
+        f"shown, {res.records} in all, in {res.seconds:.1f} s.",
+        soft_wrap=True,
+    )
+
+
 @model_app.command("tiny")
 def model_tiny(
     out_dir: Annotated[Path, typer.Argument(help="Folder to write the checkpoint into.")],
@@ -341,7 +374,7 @@ def main() -> None:
         rc = app(standalone_mode=False)
         _leave(rc if isinstance(rc, int) else 0)
     except (UsageError, OutputError, EngineFailure) as exc:
-        err.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)  # text in [] is not markup
         _leave(_exit_code(exc))
     except typer.Exit as exc:
         _leave(exc.exit_code)
@@ -351,6 +384,6 @@ def main() -> None:
     except Exception as exc:
         # Click's usage errors (typer vendors click, so match by shape, not by class).
         if callable(getattr(exc, "format_message", None)) and isinstance(getattr(exc, "exit_code", None), int):
-            err.print(f"[bold red]error:[/] {exc.format_message()}", soft_wrap=True)  # type: ignore[attr-defined]
+            err.print(f"[bold red]error:[/] {escape(exc.format_message())}", soft_wrap=True)  # type: ignore[attr-defined]
             _leave(exc.exit_code)  # type: ignore[attr-defined]
         raise

@@ -8,8 +8,10 @@ from typing import Any, cast
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 
 from ..config import EngineConfig, JobConfig, SamplingConfig
+from ..engineargs import parse_engine_args
 from ..errors import ExitCode, UsageError
 from ..messages import USER_STDERR
 
@@ -44,14 +46,15 @@ def check_progress(progress: str) -> None:
 
 
 def fail(message: str, code: int = ExitCode.USAGE) -> None:
-    err.print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    err.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     raise typer.Exit(code)
 
 
 def validation_message(exc: ValidationError) -> str:
     first = exc.errors()[0]
     loc = ".".join(str(p) for p in first["loc"])
-    return f"invalid value for {loc}: {first['msg']}"
+    msg = str(first["msg"]).removeprefix("Value error, ")
+    return msg if msg.startswith("--") else f"invalid value for {loc}: {msg}"
 
 
 def _split_format(value: str) -> tuple[str, list[str]]:
@@ -75,7 +78,9 @@ def config_from_flags(kw: dict[str, Any]) -> JobConfig:
     for name in DISPLAY_FLAGS:
         kw.pop(name, None)
     fmt, subtitles = _split_format(kw.pop("format"))
+    kw["engine_args"] = parse_engine_args(kw.pop("engine_arg", None) or [])
     sampling = {k: kw.pop(k) for k in list(kw) if k in SamplingConfig.model_fields}
+    sampling["stop"] = sampling.get("stop") or []
     engine = {k: v for k in list(kw) if k in EngineConfig.model_fields and (v := kw.pop(k)) is not None}
     kw["allow_roots"] = kw.pop("allow_root") or []
     kw["modalities"] = kw.pop("modality") or None
@@ -94,6 +99,19 @@ def config_from_flags(kw: dict[str, Any]) -> JobConfig:
             subtitles=cast(Any, subtitles),
             **kw,
         )
+    except ValidationError as exc:
+        raise UsageError(validation_message(exc)) from None
+
+
+def engine_overrides(engine: EngineConfig, flags: dict[str, Any]) -> EngineConfig:
+    """`run`'s and `run-batch`'s engine flags over an EngineConfig: a flag left at its default
+    keeps the recipe's value; --engine-arg keys join (and override) the recipe's engine_args."""
+    update = {k: v for k, v in flags.items() if k != "engine_arg" and v is not None and v != "auto"}
+    extra = parse_engine_args(flags.get("engine_arg") or [])
+    if extra:
+        update["engine_args"] = {**engine.engine_args, **extra}
+    try:
+        return EngineConfig(**{**engine.model_dump(), **update})
     except ValidationError as exc:
         raise UsageError(validation_message(exc)) from None
 

@@ -22,6 +22,47 @@ H_OUT = "Output and resume"
 H_LIM = "Limits (per item; see docs/limits.md)"
 H_LOG = "Messages"
 
+# The engine's wider surface (engineargs.py), shared by caption/transcribe, run and run-batch.
+Quantization = Annotated[
+    str | None,
+    typer.Option(
+        help="Weight quantization method (vLLM's --quantization: awq, gptq, fp8, bitsandbytes, …).",
+        rich_help_panel=H_ENG,
+    ),
+]
+KvCacheDtype = Annotated[
+    str,
+    typer.Option(
+        help="KV cache dtype (auto, bfloat16, fp8, fp8_e4m3, fp8_e5m2); fp8 makes image attention inexact on CPU.",
+        rich_help_panel=H_ENG,
+    ),
+]
+Revision = Annotated[
+    str | None, typer.Option(help="Model revision on the hub (branch, tag or commit).", rich_help_panel=H_ENG)
+]
+Tokenizer = Annotated[
+    str | None, typer.Option(help="Tokenizer path or HF id (default: the model's).", rich_help_panel=H_ENG)
+]
+DownloadDir = Annotated[str | None, typer.Option(help="Folder hub weights are downloaded to.", rich_help_panel=H_ENG)]
+Lora = Annotated[
+    str | None,
+    typer.Option(
+        "--lora", metavar="PATH", help="PEFT LoRA adapter folder applied to every request.", rich_help_panel=H_ENG
+    ),
+]
+EngineArg = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--engine-arg",
+        metavar="KEY=VALUE",
+        help="Any other vLLM EngineArgs field (value parsed as JSON, else text), e.g. "
+        "--engine-arg enable_prefix_caching=false. Repeatable.",
+        rich_help_panel=H_ENG,
+    ),
+]
+ENGINE_SURFACE = ("quantization", "kv_cache_dtype", "revision", "tokenizer", "download_dir", "lora", "engine_arg")
+"""The parameters above, by name (run and run-batch take them too)."""
+
 
 def job_options(
     input: Annotated[
@@ -64,7 +105,14 @@ def job_options(
         str | None,
         typer.Option(help="Constrain output to one of these labels: a,b,c (into `data`).", rich_help_panel=H_TASK),
     ] = None,
-    language: Annotated[str | None, typer.Option(help="Spoken language hint.", rich_help_panel=H_TASK)] = None,
+    language: Annotated[
+        str,
+        typer.Option(
+            help="Spoken language of speech tasks: an ISO 639-1/639-3 code or English name (fr, fra, French), "
+            "or auto: the model identifies it per window.",
+            rich_help_panel=H_TASK,
+        ),
+    ] = "auto",
     translate_to: Annotated[
         str | None, typer.Option(help="Translate speech into this language.", rich_help_panel=H_TASK)
     ] = None,
@@ -82,6 +130,35 @@ def job_options(
     temperature: Annotated[float, typer.Option(help="0 = greedy (default).", rich_help_panel=H_GEN)] = 0.0,
     top_p: Annotated[float, typer.Option(help="Nucleus sampling.", rich_help_panel=H_GEN)] = 1.0,
     seed: Annotated[int, typer.Option(help="Sampling seed (same seed → same text).", rich_help_panel=H_GEN)] = 0,
+    top_k: Annotated[
+        int, typer.Option(help="Sample from the K most likely tokens (0 = all).", min=0, rich_help_panel=H_GEN)
+    ] = 0,
+    min_p: Annotated[
+        float,
+        typer.Option(help="Drop tokens below this share of the top token's probability.", rich_help_panel=H_GEN),
+    ] = 0.0,
+    stop: Annotated[
+        list[str] | None,
+        typer.Option(help="Stop generating at this string (not kept in the text). Repeatable.", rich_help_panel=H_GEN),
+    ] = None,
+    presence_penalty: Annotated[
+        float, typer.Option(help="Penalise tokens already generated (-2 to 2).", rich_help_panel=H_GEN)
+    ] = 0.0,
+    frequency_penalty: Annotated[
+        float, typer.Option(help="Penalise tokens by how often they were generated (-2 to 2).", rich_help_panel=H_GEN)
+    ] = 0.0,
+    repetition_penalty: Annotated[
+        float,
+        typer.Option(help="Penalise tokens of the prompt and output (> 1 discourages repeats).", rich_help_panel=H_GEN),
+    ] = 1.0,
+    logprobs: Annotated[
+        int | None,
+        typer.Option(
+            help="Record each generated token's log-probability and its N most likely alternatives "
+            "(`logprobs` field, 0-20). Every record has `mean_logprob` anyway.",
+            rich_help_panel=H_GEN,
+        ),
+    ] = None,
     dtype: Annotated[str, typer.Option(help="auto, bfloat16, float16, float32.", rich_help_panel=H_ENG)] = "auto",
     max_model_len: Annotated[int, typer.Option(help="Max model length.", rich_help_panel=H_ENG)] = 8192,
     max_num_seqs: Annotated[int, typer.Option(help="Max concurrent sequences.", rich_help_panel=H_ENG)] = 32,
@@ -113,6 +190,13 @@ def job_options(
         ),
     ] = False,
     workers: Annotated[int, typer.Option(help="Decode worker processes (0 = inline).", rich_help_panel=H_ENG)] = 2,
+    quantization: Quantization = None,
+    kv_cache_dtype: KvCacheDtype = "auto",
+    revision: Revision = None,
+    tokenizer: Tokenizer = None,
+    download_dir: DownloadDir = None,
+    lora: Lora = None,
+    engine_arg: EngineArg = None,
     max_input_bytes: Annotated[
         int, typer.Option(help="Bytes read per item (else error too_large).", min=1, rich_help_panel=H_LIM)
     ] = 2 * 1024**3,

@@ -4,12 +4,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from ..errors import ExitCode
-from .launch import err
+from .launch import engine_overrides, err
+from .options import DownloadDir, EngineArg, KvCacheDtype, Lora, Quantization, Revision, Tokenizer
 
 
 def run_batch(
@@ -49,47 +50,28 @@ def run_batch(
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="Show vLLM's and torch's own log lines too.")
     ] = False,
+    quantization: Quantization = None,
+    kv_cache_dtype: KvCacheDtype = "auto",
+    revision: Revision = None,
+    tokenizer: Tokenizer = None,
+    download_dir: DownloadDir = None,
+    lora: Lora = None,
+    engine_arg: EngineArg = None,
 ) -> None:
     """Run an OpenAI batch file like `vllm run-batch` (same flags and lines), resumable: a rerun
     sends only lines without an answer."""
-    from ..batchapi import MediaPolicy
-    from ..batchrun import BatchRun, BatchSettings
-    from ..config import EngineConfig
-    from ..decode import DecodeOptions
+    from ..batchrun import BatchRun
     from ..engine import VllmEngine
     from ..messages import engine_output
 
-    limits = _limits(limit_mm_per_prompt)
-    settings = BatchSettings(
-        input=input_file,
-        output=output_file,
-        model=model,
-        served_model_names=list(served_model_name or []),
-        engine=EngineConfig(
-            dtype=dtype,
-            max_model_len=max_model_len,
-            max_num_seqs=max_num_seqs,
-            gpu_memory_utilization=gpu_memory_utilization,
-            tensor_parallel_size=tensor_parallel_size,
-        ),
-        image_tokens=image_tokens,
-        seed=seed,
-        limit_mm=dict(limits),
-        media=MediaPolicy(
-            allowed_local_media_path=allowed_local_media_path,
-            allow_network=allow_network_media,
-            timeout_s=media_timeout,
-            max_bytes=max_media_bytes,
-            decode=DecodeOptions(image_tokens=image_tokens),
-        ),
-    )
+    settings = _settings(dict(locals()))
     run = BatchRun(settings)
     with engine_output(verbose=verbose):
         if run.complete():
             summary = run.run(None)
         else:  # the tokenizer and the engine load only when a line is sent
             engine = VllmEngine(
-                model=model, engine=settings.engine, image_tokens=image_tokens, limit_mm=limits, seed=seed
+                model=model, engine=settings.engine, image_tokens=image_tokens, limit_mm=settings.limit_mm, seed=seed
             ).start()
             try:
                 summary = run.run(engine)
@@ -108,6 +90,40 @@ def run_batch(
         raise typer.Exit(ExitCode.INTERRUPTED)
     if summary.problems:
         raise typer.Exit(ExitCode.ITEM_ERRORS)
+
+
+def _settings(a: dict[str, Any]) -> Any:
+    """run-batch's flags (its parameters, by name) → BatchSettings, checked before any engine starts."""
+    from ..batchapi import MediaPolicy
+    from ..batchrun import BatchSettings
+    from ..config import EngineConfig
+    from ..decode import DecodeOptions
+    from .options import ENGINE_SURFACE
+
+    engine = EngineConfig(
+        dtype=a["dtype"],
+        max_model_len=a["max_model_len"],
+        max_num_seqs=a["max_num_seqs"],
+        gpu_memory_utilization=a["gpu_memory_utilization"],
+        tensor_parallel_size=a["tensor_parallel_size"],
+    )
+    return BatchSettings(
+        input=a["input_file"],
+        output=a["output_file"],
+        model=a["model"],
+        served_model_names=list(a["served_model_name"] or []),
+        engine=engine_overrides(engine, {k: a[k] for k in ENGINE_SURFACE}),
+        image_tokens=a["image_tokens"],
+        seed=a["seed"],
+        limit_mm=dict(_limits(a["limit_mm_per_prompt"])),
+        media=MediaPolicy(
+            allowed_local_media_path=a["allowed_local_media_path"],
+            allow_network=a["allow_network_media"],
+            timeout_s=a["media_timeout"],
+            max_bytes=a["max_media_bytes"],
+            decode=DecodeOptions(image_tokens=a["image_tokens"]),
+        ),
+    )
 
 
 def _limits(text: str) -> dict[str, int | dict[str, int]]:

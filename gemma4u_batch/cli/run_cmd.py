@@ -15,7 +15,8 @@ from rich.console import Console
 
 from ..errors import ExitCode, UsageError
 from ..messages import USER_STDERR
-from .launch import check_progress, run_and_report
+from .launch import check_progress, engine_overrides, run_and_report
+from .options import ENGINE_SURFACE, DownloadDir, EngineArg, KvCacheDtype, Lora, Quantization, Revision, Tokenizer
 
 
 def run(
@@ -68,6 +69,13 @@ def run(
     log_file: Annotated[
         Path | None, typer.Option(help="Append vLLM's and torch's log lines (INFO and up) to this file.")
     ] = None,
+    quantization: Quantization = None,
+    kv_cache_dtype: KvCacheDtype = "auto",
+    revision: Revision = None,
+    tokenizer: Tokenizer = None,
+    download_dir: DownloadDir = None,
+    lora: Lora = None,
+    engine_arg: EngineArg = None,
 ) -> None:
     """Run the job a recipe file describes (incremental: a rerun only does new or changed items)."""
     from ..planning import estimate as run_estimate
@@ -83,6 +91,10 @@ def run(
         raise UsageError("--json applies to --dry-run and --estimate (use --progress json for a run)")
 
     config = load_recipe(recipe, set_ or [], model)
+    flags = locals()
+    config = config.model_copy(
+        update={"engine": engine_overrides(config.engine, {k: flags[k] for k in ENGINE_SURFACE})}
+    )
     if strict:
         config = config.model_copy(update={"strict": True})
     out = Console(highlight=False)

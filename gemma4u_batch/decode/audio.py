@@ -84,6 +84,11 @@ class _MonoSink:
         cap_seconds = min(expected_seconds, limit_seconds, 600.0) if expected_seconds > 0 else 10.0
         self._buf = np.empty(int(cap_seconds * out_rate) + 4096, dtype=np.float32)
         self._n = 0
+        # Once the first 10 min are real, grow straight to the declared length: one copy of
+        # 10 min instead of doubling (whose last step held 1.5-2× the waveform), and no
+        # trimming copy at the end. Pages a lying header reserves are never touched, so they
+        # cost address space, not memory.
+        self._declared = int(min(expected_seconds, limit_seconds) * out_rate) + 4096 if expected_seconds > 0 else 0
 
     @property
     def source_seconds(self) -> float:
@@ -94,7 +99,8 @@ class _MonoSink:
             return
         need = self._n + len(y)
         if need > len(self._buf):
-            grown = np.empty(max(need, 2 * len(self._buf)), dtype=np.float32)
+            size = self._declared if self._declared >= need else max(need, 2 * len(self._buf))
+            grown = np.empty(size, dtype=np.float32)
             grown[: self._n] = self._buf[: self._n]
             self._buf = grown
         self._buf[self._n : need] = y
