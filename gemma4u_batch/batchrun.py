@@ -313,8 +313,8 @@ class _Feeder:
     def _defaults(self) -> dict[str, Any]:
         if self.defaults is None:
             llm = getattr(self.engine, "_llm", None)
-            if llm is None and hasattr(self.engine, "_start_engine"):
-                self.engine._start_engine()
+            if llm is None and hasattr(self.engine, "_ensure_started"):
+                self.engine._ensure_started()
                 llm = getattr(self.engine, "_llm", None)
             cfg = getattr(llm, "model_config", None)
             self.defaults = dict(cfg.get_diff_sampling_param()) if cfg is not None else {}

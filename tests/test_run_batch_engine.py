@@ -163,8 +163,7 @@ def test_conversation_matches_vllm_chat_utils(tmp_path: Path, tiny_model: Path, 
     """gemma4u's conversation is what vLLM's chat utilities make of the same messages."""
     from vllm.renderers.chat_utils import parse_chat_messages
 
-    if shared_engine._llm is None:
-        shared_engine._start_engine()
+    shared_engine._ensure_started()
     model_config = shared_engine._llm.model_config
     policy = MediaPolicy(allowed_local_media_path=tmp_path / "media")
     for line in _batch(tmp_path, str(tiny_model))[:-1]:
