@@ -142,7 +142,7 @@ class JobConfig(BaseModel):
     sampling: SamplingConfig = SamplingConfig()
     engine: EngineConfig = EngineConfig()
     image_tokens: int = 280
-    workers: int = Field(2, ge=0)
+    workers: int | Literal["auto"] = "auto"  # decode worker processes; see worker_count()
     prefetch: int = Field(8, ge=1)
     format: Literal["jsonl", "parquet", "both"] = "jsonl"
     commit_every: int = Field(64, ge=1)
@@ -216,6 +216,25 @@ class JobConfig(BaseModel):
 
     def task_list(self) -> list[str]:
         return list(self.tasks) if self.tasks else [self.task]
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _workers(cls, v: Any) -> Any:
+        text = str(v).strip().lower()
+        if text == "auto":
+            return "auto"
+        if isinstance(v, bool) or not text.isdigit():
+            raise ValueError(f"--workers takes a number (0 or more) or auto, not {v!r}")
+        return int(text)
+
+    def worker_count(self) -> int:
+        """Decode worker processes for this job: the number given, or for `auto` the cores left
+        after the engine's processes and this one (see workers.auto_workers)."""
+        if self.workers != "auto":
+            return int(self.workers)
+        from .workers import auto_workers
+
+        return auto_workers(1 + self.engine.tensor_parallel_size * self.engine.pipeline_parallel_size)
 
     def decode_options(self) -> DecodeOptions:
         """The per-item limits and media settings the decode workers apply."""

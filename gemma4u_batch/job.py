@@ -157,20 +157,15 @@ class Job:
         self._count_total()
         self.reporter.start(None)
         try:
-            self._decode_and_feed(self._starting_engine(self.quick.pending(self._items, self._skipped)))
+            # The engine starts in the background once an item surely needs it, while the rest is
+            # scanned and decoded (a rerun with nothing to do never starts it).
+            self._decode_and_feed(self.quick.pending(self._items, self._skipped, self.engine.prestart))
             self.reporter.update(self.counters, force=True)
         finally:
             self.reporter.stop()
         summary = self._finish(started)
         self._compact()
         return summary
-
-    def _starting_engine(self, pending: Iterator[WorkItem]) -> Iterator[WorkItem]:
-        """The items to decode; the first one starts the engine in the background, so its start
-        overlaps scanning and decoding (a rerun with nothing to do never starts it)."""
-        for item in pending:
-            self.engine.prestart()
-            yield item
 
     def _new_writer(self) -> PartWriter:
         c = self.config
@@ -224,7 +219,9 @@ class Job:
         try:
             with (
                 StopSignal() as stop,
-                DecodePool(items, opts, workers=c.workers, prefetch=c.prefetch, timeout=c.decode_timeout) as pool,
+                DecodePool(
+                    items, opts, workers=c.worker_count(), prefetch=c.prefetch, timeout=c.decode_timeout
+                ) as pool,
             ):
                 self.stop = stop
                 self._feed(pool)

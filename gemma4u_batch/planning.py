@@ -259,7 +259,7 @@ def _measure(p: Plan, job: Job, samples: list[WorkItem]) -> None:
     from .workers import DecodePool
 
     c = job.config
-    workers = min(c.workers, len(samples))
+    workers = min(c.worker_count(), len(samples))
     opts = c.decode_options()
     with DecodePool(iter(samples), opts, workers=workers, prefetch=c.prefetch, timeout=c.decode_timeout) as pool:
         while not pool.done:
@@ -423,7 +423,7 @@ def _settings_rows(t: Table, c: JobConfig) -> None:
         else "incremental (skip items already done)" + (", retry errors" if c.retry_errors else ""),
     )
     commits = f"commit every {c.commit_every} records or {c.commit_seconds:g} s"
-    t.add_row("workers", f"{c.workers} decode worker(s); {commits}")
+    t.add_row("workers", f"{c.worker_count()} decode worker(s) (--workers {c.workers}); {commits}")
 
 
 def _modality_table(p: Plan) -> Table:

@@ -31,25 +31,27 @@ class QuickCheck:
         self.index = index
         self.requests = requests
 
-    def pending(self, items: Iterator[WorkItem], skipped: Callable[[int], None]) -> Iterator[WorkItem]:
-        """The items that need reading; `skipped(n)` counts the units found done."""
+    def pending(
+        self, items: Iterator[WorkItem], skipped: Callable[[int], None], new_work: Callable[[], None]
+    ) -> Iterator[WorkItem]:
+        """The items that need reading; `skipped(n)` counts the units found done; `new_work()` is
+        called for an item known to need generation without reading it (no current record, or
+        one made with another key), not for one that must be read to know (a racy stat)."""
         for chunk in _chunks(items):
             records = self.index.get_many([(item.id, t) for item in chunk for t in self.requests.tasks_of(item)])
             known = self._known(chunk, records)
             for i, item in enumerate(chunk):
                 done = self._done(item, known[i], records) if i in known else None
                 if done is None:
+                    if i in known or not self._recorded(item, records):
+                        new_work()
                     yield item
                 elif done:
                     skipped(len(self.requests.tasks_of(item)))
 
     def _known(self, chunk: list[WorkItem], records: Records) -> dict[int, Known]:
         """Content hashes known without reading, for the chunk's items that have records."""
-        recorded = [
-            i
-            for i, item in enumerate(chunk)
-            if all(self._usable(records.get((item.id, t))) for t in self.requests.tasks_of(item))
-        ]
+        recorded = [i for i, item in enumerate(chunk) if self._recorded(item, records)]
         known: dict[int, Known] = {}
         stats: dict[int, tuple[str, FileStat]] = {}
         for i in recorded:
@@ -67,6 +69,9 @@ class QuickCheck:
             if f is not None and not (self._video_audio(chunk[i]) and f.has_audio is None):
                 known[i] = (f.sha256, bool(self._video_audio(chunk[i]) and f.has_audio))
         return known
+
+    def _recorded(self, item: WorkItem, records: Records) -> bool:
+        return all(self._usable(records.get((item.id, t))) for t in self.requests.tasks_of(item))
 
     def _usable(self, prev: tuple[str, bool] | None) -> bool:
         return prev is not None and not (self.config.retry_errors and prev[1])

@@ -25,6 +25,22 @@ from .records import DecodedItem, WorkItem
 DecodeFn = Callable[[WorkItem, DecodeOptions], DecodedItem]
 
 
+AUTO_MAX_WORKERS = 32
+WORKER_MEMORY = 1 << 30  # what one worker may take at peak (torch loaded, a 12 MP photo or 30 min of audio)
+
+
+def auto_workers(engine_processes: int) -> int:
+    """`--workers auto`: the cores this process may run on, less one for itself (it feeds the
+    engine) and one per engine process (vLLM's engine core drives the accelerator; each
+    tensor/pipeline-parallel worker needs a core too); at most one per GiB of available
+    memory and AUTO_MAX_WORKERS; at least 1."""
+    import psutil
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    by_memory = int(psutil.virtual_memory().available // WORKER_MEMORY)
+    return max(1, min(cores - 1 - engine_processes, by_memory, AUTO_MAX_WORKERS))
+
+
 def _prefer_oom_kill() -> None:
     """Make the kernel's OOM killer pick this worker (one item) before the engine (the run)."""
     try:

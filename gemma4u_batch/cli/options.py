@@ -189,7 +189,14 @@ def job_options(
             rich_help_panel=H_ENG,
         ),
     ] = False,
-    workers: Annotated[int, typer.Option(help="Decode worker processes (0 = inline).", rich_help_panel=H_ENG)] = 2,
+    workers: Annotated[
+        str,
+        typer.Option(
+            help="Decode worker processes: a number (0 = decode in this process) or auto: the cores left "
+            "after the engine's processes and this one, at most one per GiB of free memory.",
+            rich_help_panel=H_ENG,
+        ),
+    ] = "auto",
     quantization: Quantization = None,
     kv_cache_dtype: KvCacheDtype = "auto",
     revision: Revision = None,
