@@ -58,14 +58,14 @@ def processor_compatible(processor_config: Mapping[str, Any]) -> str | None:
 
 
 def rescale_patches(image_processor: Any, patches: Any) -> Any:
-    """The image processor's own rescale, applied to uint8 patches instead of the uint8 image
-    (a patch is a permutation of pixels). Converted to float32 first: the same value for
-    every uint8 (tested), and torch's uint8 × float path is ~5× slower."""
+    """The image processor's rescale (`image * rescale_factor`; processor_compatible ruled out
+    normalising), applied to uint8 patches instead of the uint8 image: a patch is a
+    permutation of pixels. Done on a float32 copy, in place: the same value for every uint8
+    (tested), one 7.7 MB allocation instead of two, and ~5× faster than torch's uint8 × float."""
     import torch
 
     image = patches.to(torch.float32)
-    ip = image_processor
-    return ip.rescale_and_normalize(image, True, ip.rescale_factor, False, ip.image_mean, ip.image_std)
+    return image.mul_(image_processor.rescale_factor)
 
 
 def _fields_factory(data: Mapping[str, Any]) -> Mapping[str, Any]:
