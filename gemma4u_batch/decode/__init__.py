@@ -14,6 +14,7 @@ import time
 from ..errors import ItemError
 from ..records import DecodedItem, Modality, WorkItem
 from .options import DecodeOptions
+from .spill import SpilledAudio
 
 __all__ = ["DecodeOptions", "decode_item", "read_input", "read_input_bytes"]
 
@@ -92,6 +93,14 @@ def in_shard(basis_sha256: str, shard: tuple[int, int]) -> bool:
     return int(basis_sha256[:16], 16) % shard[1] == shard[0]
 
 
+def _drop_media(out: DecodedItem) -> None:
+    """A failed item carries no media; long audio's spill file goes with it (the VAD may
+    fail after decoding wrote it)."""
+    if isinstance(out.audio, SpilledAudio):
+        out.audio.file.unlink()
+    out.image = out.audio = out.video = None
+
+
 def decode_item(item: WorkItem, opts: DecodeOptions) -> DecodedItem:
     """Read, hash and decode one item. Never raises for a bad input."""
     started = time.perf_counter()
@@ -128,14 +137,14 @@ def decode_item(item: WorkItem, opts: DecodeOptions) -> DecodedItem:
             raise ItemError("unsupported", "unknown modality (unsupported file extension)")
     except ItemError as exc:
         out.error, out.error_kind = exc.message, exc.kind
-        out.image = out.audio = out.video = None
+        _drop_media(out)
     except MemoryError:
         out.error, out.error_kind = "ran out of memory while decoding", "too_large"
-        out.image = out.audio = out.video = None
+        _drop_media(out)
     except Exception as exc:  # a decoder bug must cost this item, not the run
         text = " ".join(str(exc).split())[:300]
         out.error = f"unexpected {type(exc).__name__} while decoding{': ' + text if text else ''}"
         out.error_kind = "decode_error"
-        out.image = out.audio = out.video = None
+        _drop_media(out)
     out.decode_seconds = time.perf_counter() - started
     return out

@@ -16,6 +16,7 @@ import soxr
 
 from ..errors import ItemError
 from .options import DecodeOptions
+from .spill import SpillWriter, Waveform
 
 __all__ = [
     "decode_audio",
@@ -66,12 +67,37 @@ def _too_long(seconds: float, limit: float) -> ItemError:
     return ItemError("too_long", f"audio is {seconds:.1f} s long, over the max_audio_seconds limit of {limit:g} s")
 
 
+class _Spill:
+    """Where and past which length a decode writes its samples to a spill file (spill.py);
+    remembers the file so a failed decode can remove it."""
+
+    def __init__(self, folder: str, seconds: float) -> None:
+        self.folder, self.seconds = folder, seconds
+        self.writer: SpillWriter | None = None
+
+    def open(self) -> SpillWriter:
+        self.writer = SpillWriter(self.folder)
+        return self.writer
+
+    def discard(self) -> None:
+        if self.writer is not None:
+            self.writer.discard()
+            self.writer = None
+
+
 class _MonoSink:
     """Takes mono float chunks at any source rate, resamples them with soxr (HQ, streamed:
     identical to one-shot `soxr.resample`) into one growing float32 buffer and enforces the
     length limit on what was actually decoded, since headers can lie."""
 
-    def __init__(self, out_rate: int, limit_seconds: float, truncate: bool, expected_seconds: float = 0.0) -> None:
+    def __init__(
+        self,
+        out_rate: int,
+        limit_seconds: float,
+        truncate: bool,
+        expected_seconds: float = 0.0,
+        spill: _Spill | None = None,
+    ) -> None:
         self.out_rate = out_rate
         self.limit = limit_seconds
         self.truncate = truncate
@@ -80,15 +106,22 @@ class _MonoSink:
         self.full = False
         self._rate: int | None = None
         self._stream: soxr.ResampleStream | None = None
+        # With a spill folder, past `spill_seconds` of output the samples go to a file
+        # instead (spill.py): the buffer never holds more than that.
+        self._spill_plan = spill
+        self._spill_at = int(spill.seconds * out_rate) if spill else 0
+        self._writer: SpillWriter | None = None
+        in_memory = min(limit_seconds, spill.seconds) if spill else limit_seconds
         # A header's length is only a hint (it can lie): start at most 10 min, then grow.
-        cap_seconds = min(expected_seconds, limit_seconds, 600.0) if expected_seconds > 0 else 10.0
+        cap_seconds = min(expected_seconds, in_memory, 600.0) if expected_seconds > 0 else 10.0
         self._buf = np.empty(int(cap_seconds * out_rate) + 4096, dtype=np.float32)
         self._n = 0
         # Once the first 10 min are real, grow straight to the declared length: one copy of
         # 10 min instead of doubling (whose last step held 1.5-2× the waveform), and no
         # trimming copy at the end. Pages a lying header reserves are never touched, so they
         # cost address space, not memory.
-        self._declared = int(min(expected_seconds, limit_seconds) * out_rate) + 4096 if expected_seconds > 0 else 0
+        self._declared = int(min(expected_seconds, in_memory) * out_rate) + 4096 if expected_seconds > 0 else 0
+        self._max = self._spill_at + 4096 if spill else 0
 
     @property
     def source_seconds(self) -> float:
@@ -97,9 +130,17 @@ class _MonoSink:
     def _append(self, y: np.ndarray) -> None:
         if not len(y):
             return
+        if self._writer is None and self._spill_plan is not None and self._n + len(y) > self._spill_at:
+            self._writer = self._spill_plan.open()
+            self._spill(self._buf[: self._n])
+            self._buf, self._n = np.empty(0, dtype=np.float32), 0
+        if self._writer is not None:
+            self._spill(y)
+            return
         need = self._n + len(y)
         if need > len(self._buf):
             size = self._declared if self._declared >= need else max(need, 2 * len(self._buf))
+            size = max(min(size, self._max), need) if self._max else size  # spilling: never past its length
             grown = np.empty(size, dtype=np.float32)
             grown[: self._n] = self._buf[: self._n]
             self._buf = grown
@@ -140,8 +181,15 @@ class _MonoSink:
             self._append(self._stream.resample_chunk(mono, last=False))
         return not self.full
 
-    def finish(self) -> np.ndarray:
+    def _spill(self, y: np.ndarray) -> None:
+        assert self._writer is not None
+        # Clipped as finish() clips the in-memory buffer; in place (y is this sink's own array).
+        self._writer.write(np.clip(y, -1.0, 1.0, out=y if y.flags.writeable else None))
+
+    def finish(self) -> Waveform:
         self._flush()
+        if self._writer is not None:
+            return self._writer.finish()
         out = self._buf[: self._n]
         if len(self._buf) > self._n + self._n // 4 + 65536:
             out = out.copy()  # don't keep a mostly empty buffer alive
@@ -197,7 +245,7 @@ def _mono_from_frame(frame: av.AudioFrame) -> np.ndarray:
     return arr.mean(axis=0, dtype=np.float32) if arr.shape[0] > 1 else arr[0]
 
 
-def _decode_soundfile(data: bytes, opts: DecodeOptions) -> tuple[np.ndarray, dict] | None:
+def _decode_soundfile(data: bytes, opts: DecodeOptions, spill: _Spill | None) -> tuple[Waveform, dict] | None:
     """WAV/FLAC/OGG/AIFF... through libsndfile; None when it can't open the bytes."""
     limit = opts.max_audio_seconds
     trunc = _riff_truncation(data)
@@ -226,7 +274,7 @@ def _decode_soundfile(data: bytes, opts: DecodeOptions) -> tuple[np.ndarray, dic
             return None
         if frames / sr > limit:
             raise _too_long(frames / sr, limit)
-        sink = _MonoSink(opts.sample_rate, limit, truncate=False, expected_seconds=frames / sr)
+        sink = _MonoSink(opts.sample_rate, limit, truncate=False, expected_seconds=frames / sr, spill=spill)
         block = max(4096, 2**20 // channels)
         got = 0
         while True:
@@ -254,7 +302,9 @@ def _decode_soundfile(data: bytes, opts: DecodeOptions) -> tuple[np.ndarray, dic
     return out, info
 
 
-def _decode_av(data: bytes, opts: DecodeOptions, limit: float, truncate: bool) -> tuple[np.ndarray, dict]:
+def _decode_av(
+    data: bytes, opts: DecodeOptions, limit: float, truncate: bool, spill: _Spill | None = None
+) -> tuple[Waveform, dict]:
     """Compressed audio and audio tracks of video containers through FFmpeg (PyAV).
 
     With `truncate`, keep the first `limit` seconds instead of refusing longer input."""
@@ -280,7 +330,7 @@ def _decode_av(data: bytes, opts: DecodeOptions, limit: float, truncate: bool) -
         ctx = stream.codec_context
         if ctx is None:
             raise ItemError("corrupt", "audio could not be decoded: no decoder for this audio codec")
-        sink = _MonoSink(opts.sample_rate, limit, truncate, expected_seconds=declared)
+        sink = _MonoSink(opts.sample_rate, limit, truncate, expected_seconds=declared, spill=spill)
         first_rate = 0
         try:
             for frame in container.decode(stream):
@@ -304,15 +354,23 @@ def _decode_av(data: bytes, opts: DecodeOptions, limit: float, truncate: bool) -
     return out, info
 
 
-def decode_audio(data: bytes, opts: DecodeOptions) -> tuple[np.ndarray, dict]:
-    """Decode bytes to the full float32 mono signal at opts.sample_rate (not padded).
+def decode_audio(data: bytes, opts: DecodeOptions) -> tuple[Waveform, dict]:
+    """Decode bytes to the full float32 mono signal at opts.sample_rate (not padded): an
+    array, or with `opts.spill_dir` and more than `opts.spill_seconds` of it, a SpilledAudio
+    (written to a file there while decoding; removed again if decoding fails).
 
-    Raises ItemError: `empty`, `not_audio`, `too_long`, `corrupt`."""
+    Raises ItemError: `empty`, `not_audio`, `too_long`, `corrupt`, `disk_full`, `spill_failed`."""
     if not data:
         raise ItemError("empty", "file is empty (0 bytes)")
-    result = _decode_soundfile(data, opts)
-    if result is None:
-        result = _decode_av(data, opts, opts.max_audio_seconds, truncate=False)
+    spill = _Spill(opts.spill_dir, opts.spill_seconds) if opts.spill_dir else None
+    try:
+        result = _decode_soundfile(data, opts, spill)
+        if result is None:
+            result = _decode_av(data, opts, opts.max_audio_seconds, truncate=False, spill=spill)
+    except BaseException:
+        if spill is not None:
+            spill.discard()
+        raise
     out, info = result
     if not len(out):
         raise ItemError("empty", "audio has no samples")
@@ -325,6 +383,7 @@ def decode_audio_track(data: bytes, opts: DecodeOptions, max_seconds: float) -> 
     if not data:
         raise ItemError("empty", "file is empty (0 bytes)")
     out, info = _decode_av(data, opts, max_seconds, truncate=True)
+    assert isinstance(out, np.ndarray)  # never spilled: at most the first 30 s are kept
     if not len(out):
         raise ItemError("empty", "audio has no samples")
     return out, info
@@ -345,13 +404,14 @@ def pad_to_token_multiple(x: np.ndarray, samples_per_token: int = 640) -> np.nda
 
 
 def split_windows(
-    x: np.ndarray, sr: int, max_seconds: float = 30.0, min_seconds: float = 20.0, overlap_seconds: float = 0.0
+    x: Waveform, sr: int, max_seconds: float = 30.0, min_seconds: float = 20.0, overlap_seconds: float = 0.0
 ) -> list[tuple[int, int]]:
     """(start, end) sample ranges of at most max_seconds covering the whole signal, for a
     model that takes at most 30 s per request. Each cut goes at the quietest point between
     start+min_seconds and start+max_seconds (middle of the quietest stretch, measured as
     the mean power over ~80 ms around each 20-ms step) so words are not split.
-    With overlap, each window after the first starts overlap_seconds before the last cut."""
+    With overlap, each window after the first starts overlap_seconds before the last cut.
+    Reads about 10 s of the signal at a time (spilled long audio is never read whole)."""
     n = len(x)
     if sr <= 0:
         raise ValueError("sr must be positive")

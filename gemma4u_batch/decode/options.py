@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .spill import SPILL_SECONDS
+
 
 @dataclass(frozen=True)
 class DecodeOptions:
@@ -22,6 +24,10 @@ class DecodeOptions:
     samples_per_token: int = 640
     max_audio_tokens: int = 750
     max_audio_seconds: float = 4 * 3600.0
+    # Decoded audio longer than spill_seconds goes to a file in spill_dir (spill.py). None:
+    # in memory. DecodePool sets its own folder here (under the folder given to it).
+    spill_dir: str | None = None
+    spill_seconds: float = SPILL_SECONDS
     # Video
     video_frames: int = 8
     video_fps: float | None = None
