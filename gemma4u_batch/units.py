@@ -161,7 +161,7 @@ class PendingClip:
 
     def __init__(self, audio: SpilledAudio) -> None:
         self.audio = audio
-        self.size = -(-len(audio) // 640) * 640 if len(audio) else 0
+        self.size = num_audio_tokens(len(audio)) * 640  # as pad_to_token_multiple pads it
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         clip = pad_to_token_multiple(np.asarray(self.audio, dtype=np.float32))

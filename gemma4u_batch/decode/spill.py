@@ -177,7 +177,7 @@ def _spill_error(folder: str, exc: OSError) -> ItemError:
         return ItemError(
             "disk_full",
             f"no space to hold the decoded audio on disk ({why}) in {folder}: "
-            "free space there or lower --max-audio-seconds, then rerun to retry this item",
+            "free space there (or lower --max-audio-seconds), then rerun with --retry-errors",
         )
     return ItemError("spill_failed", f"cannot write the decoded audio to {folder}: {why}")
 
