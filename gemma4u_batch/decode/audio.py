@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import struct
+from typing import BinaryIO, cast
 
 import av
 import numpy as np
@@ -41,9 +43,10 @@ _UNKNOWN_FRAMES = 2**62
 _AV_OPEN_OPTIONS = {"protocol_whitelist": "none"}
 
 
-def open_container(data: bytes) -> av.container.InputContainer:
-    """PyAV container over in-memory bytes that cannot reach any other file or URL."""
-    return av.open(io.BytesIO(data), mode="r", metadata_errors="ignore", options=dict(_AV_OPEN_OPTIONS))
+def open_container(data: bytes | BinaryIO) -> av.container.InputContainer:
+    """PyAV container over in-memory bytes (or an open file) that cannot reach any other file or URL."""
+    source = io.BytesIO(data) if isinstance(data, bytes) else data
+    return av.open(source, mode="r", metadata_errors="ignore", options=dict(_AV_OPEN_OPTIONS))
 
 
 def looks_like_media(data: bytes) -> bool:
@@ -209,20 +212,55 @@ class _SeekSafeBytesIO(io.BytesIO):
             return self.tell()
 
 
-def _riff_truncation(data: bytes) -> tuple[float, float] | None:
+class _SeekSafeFileIO(io.FileIO):
+    """The same for an open file (long input, decoded without reading it into memory)."""
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        try:
+            return super().seek(offset, whence)
+        except (OSError, ValueError):
+            return self.tell()
+
+
+class AudioInput:
+    """An audio file's bytes: in memory, or an open regular file that is read as it is
+    decoded (decode_item passes a large file this way, so the worker never holds it whole)."""
+
+    def __init__(self, data: bytes | BinaryIO) -> None:
+        self._data = data if isinstance(data, bytes) else None
+        self._fd = -1 if isinstance(data, bytes) else data.fileno()
+        self.size = len(data) if isinstance(data, bytes) else os.fstat(self._fd).st_size
+
+    def read_at(self, pos: int, n: int) -> bytes:
+        if self._data is not None:
+            return self._data[pos : pos + n]
+        return os.pread(self._fd, n, pos)
+
+    def open(self) -> BinaryIO:
+        """A fresh seekable reader from the start (closing it leaves the file open)."""
+        if self._data is not None:
+            return _SeekSafeBytesIO(self._data)
+        f = _SeekSafeFileIO(self._fd, "rb", closefd=False)
+        f.seek(0)  # the fd's offset is shared: hashing left it at the end
+        return cast(BinaryIO, f)
+
+
+def _riff_truncation(src: AudioInput) -> tuple[float, float] | None:
     """(declared, present) seconds of a RIFF/WAVE `data` chunk whose size field claims more
     bytes than the file holds. libsndfile silently trusts the file length instead, which
     would turn a cut-off or lying WAV into a short "valid" one."""
-    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+    head = src.read_at(0, 12)
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
         return None
     pos, byte_rate, block_align = 12, 0, 1
-    while pos + 8 <= len(data):
-        cid, size = data[pos : pos + 4], struct.unpack("<I", data[pos + 4 : pos + 8])[0]
+    while pos + 8 <= src.size:
+        chunk = src.read_at(pos, 22)
+        cid, size = chunk[:4], struct.unpack("<I", chunk[4:8])[0]
         body = pos + 8
-        if cid == b"fmt " and size >= 16 and body + 16 <= len(data):
-            byte_rate, block_align = struct.unpack("<IH", data[body + 8 : body + 14])
+        if cid == b"fmt " and size >= 16 and body + 16 <= src.size:
+            byte_rate, block_align = struct.unpack("<IH", chunk[16:22])
         elif cid == b"data":
-            present = len(data) - body
+            present = src.size - body
             if size in (0, 0xFFFFFFFF) or byte_rate <= 0 or size <= present + max(block_align, 1):
                 return None  # streaming placeholder, or complete
             return size / byte_rate, present / byte_rate
@@ -245,10 +283,10 @@ def _mono_from_frame(frame: av.AudioFrame) -> np.ndarray:
     return arr.mean(axis=0, dtype=np.float32) if arr.shape[0] > 1 else arr[0]
 
 
-def _decode_soundfile(data: bytes, opts: DecodeOptions, spill: _Spill | None) -> tuple[Waveform, dict] | None:
+def _decode_soundfile(src: AudioInput, opts: DecodeOptions, spill: _Spill | None) -> tuple[Waveform, dict] | None:
     """WAV/FLAC/OGG/AIFF... through libsndfile; None when it can't open the bytes."""
     limit = opts.max_audio_seconds
-    trunc = _riff_truncation(data)
+    trunc = _riff_truncation(src)
     if trunc is not None:
         declared, present = trunc
         if declared > limit:
@@ -258,7 +296,7 @@ def _decode_soundfile(data: bytes, opts: DecodeOptions, spill: _Spill | None) ->
             f"audio could not be decoded: truncated WAV (header declares {declared:.1f} s, file holds {present:.1f} s)",
         )
     try:
-        f = sf.SoundFile(_SeekSafeBytesIO(data))
+        f = sf.SoundFile(src.open())
     except Exception:
         return None
     with f:
@@ -303,15 +341,15 @@ def _decode_soundfile(data: bytes, opts: DecodeOptions, spill: _Spill | None) ->
 
 
 def _decode_av(
-    data: bytes, opts: DecodeOptions, limit: float, truncate: bool, spill: _Spill | None = None
+    src: AudioInput, opts: DecodeOptions, limit: float, truncate: bool, spill: _Spill | None = None
 ) -> tuple[Waveform, dict]:
     """Compressed audio and audio tracks of video containers through FFmpeg (PyAV).
 
     With `truncate`, keep the first `limit` seconds instead of refusing longer input."""
     try:
-        container = open_container(data)
+        container = open_container(src.open())
     except av.FFmpegError as exc:
-        if looks_like_media(data):
+        if looks_like_media(src.read_at(0, 189)):
             raise ItemError("corrupt", f"audio could not be decoded: {exc}") from exc
         raise ItemError("not_audio", "not a recognised audio format") from exc
     with container:
@@ -354,19 +392,21 @@ def _decode_av(
     return out, info
 
 
-def decode_audio(data: bytes, opts: DecodeOptions) -> tuple[Waveform, dict]:
+def decode_audio(data: bytes | BinaryIO, opts: DecodeOptions) -> tuple[Waveform, dict]:
     """Decode bytes to the full float32 mono signal at opts.sample_rate (not padded): an
     array, or with `opts.spill_dir` and more than `opts.spill_seconds` of it, a SpilledAudio
     (written to a file there while decoding; removed again if decoding fails).
 
+    `data` may be an open regular file (AudioInput), read as it is decoded.
     Raises ItemError: `empty`, `not_audio`, `too_long`, `corrupt`, `disk_full`, `spill_failed`."""
-    if not data:
+    src = AudioInput(data)
+    if not src.size:
         raise ItemError("empty", "file is empty (0 bytes)")
     spill = _Spill(opts.spill_dir, opts.spill_seconds) if opts.spill_dir else None
     try:
-        result = _decode_soundfile(data, opts, spill)
+        result = _decode_soundfile(src, opts, spill)
         if result is None:
-            result = _decode_av(data, opts, opts.max_audio_seconds, truncate=False, spill=spill)
+            result = _decode_av(src, opts, opts.max_audio_seconds, truncate=False, spill=spill)
     except BaseException:
         if spill is not None:
             spill.discard()
@@ -382,7 +422,7 @@ def decode_audio_track(data: bytes, opts: DecodeOptions, max_seconds: float) -> 
     opts.sample_rate. Same errors as decode_audio, except longer input is cut, not refused."""
     if not data:
         raise ItemError("empty", "file is empty (0 bytes)")
-    out, info = _decode_av(data, opts, max_seconds, truncate=True)
+    out, info = _decode_av(AudioInput(data), opts, max_seconds, truncate=True)
     assert isinstance(out, np.ndarray)  # never spilled: at most the first 30 s are kept
     if not len(out):
         raise ItemError("empty", "audio has no samples")

@@ -16,6 +16,9 @@ class DecodeOptions:
     image_tokens: int = 280
     max_image_pixels: int = 180_000_000
     max_input_bytes: int = 2 * 1024**3
+    # An audio file larger than this is decoded from the open file, never read whole (32 MiB:
+    # about 17 min of 16 kHz 16-bit WAV, 35 min of FLAC); smaller files are read into memory.
+    stream_input_bytes: int = 32 * 1024**2
     # Gemma 4 Unified geometry: 16 px patches merged 3×3 into 48 px model patches.
     patch_size: int = 16
     pooling_kernel_size: int = 3

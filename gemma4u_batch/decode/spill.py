@@ -10,6 +10,9 @@ answered (retries, engine restarts). Reads are plain `pread`s into fresh arrays 
 a long-lived `np.memmap`: a mapping keeps every page it touched resident (and counted in the
 process's RSS) until it is closed, so walking a 2-hour file through one would grow to the file.
 
+(The input file itself is not held either when it is over `DecodeOptions.stream_input_bytes`:
+decode_item hashes it in chunks and decodes it from the open file.)
+
 Where the files live and when they go:
 - `DecodePool` owns a folder `spill-<pid>-<random>/` under OUT's `.gemma4u/tmp` (a job) or
   the system temp folder, locked (flock) while the pool lives, removed when it closes;
