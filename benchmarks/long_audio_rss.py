@@ -1,12 +1,13 @@
 """Peak memory of a long audio file on its way to the engine, stage by stage, for a speech
-task: decode (read + decode + resample to 16 kHz float32) with voice activity detection in the
-real decode pool (one worker process, which loads the VAD model when it starts), the hand-over
-to the main process, the request windows the request builder cuts from it, and what the main
-process then holds: with the waveform, and (as the job keeps it) with the windows' clips only.
+task: decode (read + decode + resample to 16 kHz float32, spilled to a file past 5 min) with
+voice activity detection in the real decode pool (one worker process, which loads the VAD model
+when it starts), the hand-over to the main process, the request windows the request builder
+cuts, what the main process holds while they wait, and each window read for the engine.
 
-Reported: the worker's peak RSS (VmHWM), the main process's peak after receiving the item and
-after cutting the windows, and its RSS now with and without the waveform. The input is the
-95-s example lecture repeated to the requested length, written as 16 kHz mono FLAC.
+Reported: the worker's peak RSS (VmHWM), the main process's peak after receiving the item,
+after cutting the windows and after reading every window's samples, and its RSS while the
+windows wait. The input is the 95-s example lecture repeated to the requested length, written
+as 16 kHz mono FLAC; spill files go next to it.
 
 usage: python -m benchmarks.long_audio_rss [--hours 2] [--keep DIR]
 """
@@ -57,32 +58,43 @@ def _pid_hwm_mb(pid: int) -> float:
 
 
 def measure(path: Path) -> dict[str, float]:
-    """The stages through the real decode pool (one worker process) and request builder."""
+    """The stages through the real decode pool (one worker process) and request builder,
+    then each window read for the engine one at a time (as the job sends them)."""
+    import numpy as np
+
     from gemma4u_batch.config import JobConfig
     from gemma4u_batch.records import Modality, WorkItem
-    from gemma4u_batch.units import build_parts
+    from gemma4u_batch.units import build_parts, engine_media
     from gemma4u_batch.workers import DecodePool
 
     config = JobConfig(input=path.parent, output=path.parent / "out", task="transcribe")
-    item = WorkItem(id=path.name, source=str(path), path=path, modality=Modality.AUDIO)
+    items = [WorkItem(id=p.name, source=str(p), path=p, modality=Modality.AUDIO) for p in (LECTURE, path)]
     out: dict[str, float] = {"main_baseline_mb": vm_hwm_mb(), "file_mb": path.stat().st_size / 2**20}
-    t0 = time.perf_counter()
-    with DecodePool(iter([item]), config.decode_options(), workers=1, timeout=3600) as pool:
+    with DecodePool(iter(items), config.decode_options(), workers=1, timeout=3600, spill_root=path.parent) as pool:
         got: list = []
+        while not got:  # the 95-s lecture first: the worker's peak with the VAD model run once
+            got = pool.poll(1.0)
+        out["worker_peak_after_short_item_mb"] = _pid_hwm_mb(pool._workers[0].process.pid)
+        t0 = time.perf_counter()
+        got = []
         while not got:
             got = pool.poll(1.0)
         out["decode_and_vad_seconds"] = time.perf_counter() - t0
         out["worker_peak_mb"] = _pid_hwm_mb(pool._workers[0].process.pid)
-    d = got[0]
-    assert d.error is None and d.audio is not None, d.error
-    out["waveform_mb"] = d.audio.nbytes / 2**20
-    out["main_after_receiving_mb"] = vm_hwm_mb()
-    parts = build_parts(d, windowed_audio=True, tokens_per_frame_of=None)
-    out["windows"] = len(parts)
-    out["main_after_windows_mb"] = vm_hwm_mb()
-    out["main_held_with_waveform_mb"] = vm_hwm_mb("VmRSS")
-    d.audio = None  # as the job does once the item's parts are built
-    out["main_held_windows_only_mb"] = vm_hwm_mb("VmRSS")
+        d = got[0]
+        assert d.error is None and d.audio is not None, d.error
+        out["waveform_mb"] = d.audio.size * 4 / 2**20
+        out["waveform_in_main_mb"] = d.audio.nbytes / 2**20 if isinstance(d.audio, np.ndarray) else 0.0
+        out["main_after_receiving_mb"] = vm_hwm_mb()
+        parts = build_parts(d, windowed_audio=True, tokens_per_frame_of=None)
+        out["windows"] = len(parts)
+        out["main_after_windows_mb"] = vm_hwm_mb()
+        d.audio = None  # as the job does once the item's parts are built
+        out["main_held_windows_pending_mb"] = vm_hwm_mb("VmRSS")
+        for part in parts:  # each window's samples, read when its request goes to the engine
+            mm = engine_media(part.mm)
+            assert mm is not None and np.asarray(mm["audio"][0]).size == part.mm["audio"][0].size
+        out["main_after_sending_mb"] = vm_hwm_mb()
     return {k: round(v, 1) if isinstance(v, float) else v for k, v in out.items()}
 
 

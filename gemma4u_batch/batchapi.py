@@ -322,9 +322,12 @@ def _add_image(conv: Conversation, data: bytes, media: MediaPolicy) -> None:
 
 
 def _add_audio(conv: Conversation, data: bytes, media: MediaPolicy) -> None:
+    import numpy as np
+
     from .decode.audio import decode_audio, num_audio_tokens, pad_to_token_multiple
 
     wave, _ = decode_audio(data, media.decode)
+    assert isinstance(wave, np.ndarray)  # no spill folder is given here: decoded in memory
     if wave.size > AUDIO_MAX_SECONDS * media.decode.sample_rate:
         seconds = wave.size / media.decode.sample_rate
         raise ItemError("too_long", f"audio of {seconds:.1f} s: the model takes at most 30 s per audio item")

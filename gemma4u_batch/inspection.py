@@ -18,6 +18,7 @@ import numpy as np
 from .atomic import write_atomic, write_json_atomic
 from .decode import DecodeOptions
 from .decode.image import num_image_tokens
+from .decode.spill import SpilledAudio
 from .records import DecodedItem, Modality
 from .units import SAMPLE_RATE, build_parts
 from .workers import DecodePool
@@ -121,6 +122,8 @@ def inspect_items(
                 v, parts = view(d, windowed_audio)
                 if dump_dir is not None:
                     dump(dump_dir, v, d, parts)
+                if isinstance(d.audio, SpilledAudio):  # long audio: its windows are described (and dumped)
+                    d.audio.file.unlink()
                 yield v
 
 

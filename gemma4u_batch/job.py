@@ -22,6 +22,7 @@ from typing import Any
 from . import __version__
 from .compact import compact
 from .config import JobConfig
+from .decode.spill import SpilledAudio
 from .engine import Engine, EngineRequest, open_engine
 from .errors import EngineDied, EngineFailure, OutputError, UsageError
 from .index import OutIndex
@@ -32,7 +33,7 @@ from .progress import Counters, Reporter
 from .prompts import item_instruction
 from .quickcheck import QuickCheck
 from .records import DecodedItem, WorkItem
-from .requests import RequestBuilder
+from .requests import RequestBuilder, for_engine
 from .schema import COLUMN_DOCS, data_schema_metadata
 from .signals import StopSignal
 from .subtitles import CueLimits, write_transcripts
@@ -220,7 +221,12 @@ class Job:
             with (
                 StopSignal() as stop,
                 DecodePool(
-                    items, opts, workers=c.worker_count(), prefetch=c.prefetch, timeout=c.decode_timeout
+                    items,
+                    opts,
+                    workers=c.worker_count(),
+                    prefetch=c.prefetch,
+                    timeout=c.decode_timeout,
+                    spill_root=self.layout.tmp,
                 ) as pool,
             ):
                 self.stop = stop
@@ -286,7 +292,7 @@ class Job:
                 continue
             req = self._queued.popleft()
             try:
-                rejected = self.engine.add(req)
+                rejected = self.engine.add(for_engine(req))
             except EngineDied as exc:
                 self._queued.appendleft(req)
                 self._engine_died(exc)
@@ -301,13 +307,20 @@ class Job:
         once (it cannot be sent) or queued for the engine."""
         self.quick.remember(d)
         if not self.requests.in_shard(d):
+            if isinstance(d.audio, SpilledAudio):
+                d.audio.file.unlink()
             return
         units = self.requests.units(d)
+        if isinstance(d.audio, SpilledAudio):  # long audio: its file stays until every unit is finished
+            d.audio.file.hold(len(units))
+            for unit in units:
+                unit.spill = d.audio.file
         d.audio = None  # every part holds its own clip: the whole waveform is not kept while they are answered
         for unit in units:
             prev = self.index.get(d.item.id, unit.task)
             if prev is not None and prev[0] == unit.key and not (self.config.retry_errors and prev[1]):
                 self.counters.skipped += 1
+                self._release(unit)
                 continue
             unit.supersedes = prev[0] if prev is not None else None
             if (why := self.requests.unsendable(unit)) is not None:
@@ -350,7 +363,15 @@ class Job:
         log.warning("engine died (%s); restarting and requeueing %d requests", exc, len(lost))
         self._queued.extendleft(reversed(lost))
 
+    @staticmethod
+    def _release(unit: Unit) -> None:
+        """A unit is finished with its media: the last unit of long audio removes its spill file."""
+        if unit.spill is not None:
+            unit.spill.release()
+            unit.spill = None
+
     def _emit(self, unit: Unit) -> None:
+        self._release(unit)
         rec = to_record(unit, self.config.model)
         rec.supersedes = unit.supersedes
         rec.run_id, rec.created_at = self.run_id, created_now()

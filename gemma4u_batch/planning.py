@@ -256,6 +256,7 @@ def plan(config: JobConfig, sample: int = 16, recipe: str | None = None) -> Plan
 
 def _measure(p: Plan, job: Job, samples: list[WorkItem]) -> None:
     """Decode the sample with the real decode stage and count each request's tokens."""
+    from .decode.spill import SpilledAudio
     from .workers import DecodePool
 
     c = job.config
@@ -271,6 +272,8 @@ def _measure(p: Plan, job: Job, samples: list[WorkItem]) -> None:
                     continue
                 row.decoded += 1
                 row.over_limit += _count_requests(row, job, d)
+                if isinstance(d.audio, SpilledAudio):  # long audio: its requests are counted
+                    d.audio.file.unlink()
 
 
 def _count_requests(row: ModalityPlan, job: Job, d: Any) -> bool:

@@ -8,9 +8,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .decode.spill import SpilledAudio
 
 
 class Modality(StrEnum):
@@ -55,7 +58,8 @@ class DecodedItem:
     item: WorkItem
     content_sha256: str | None = None
     image: Any | None = None  # PIL.Image.Image, RGB, at the processor's size; or decode.patches.ImagePatches
-    audio: np.ndarray | None = None  # float32 mono 16 kHz, padded to 640-sample multiples
+    # float32 mono 16 kHz: an array, or long audio's spill file (decode/spill.py)
+    audio: np.ndarray | SpilledAudio | None = None
     video: VideoFrames | None = None
     error: str | None = None
     error_kind: str | None = None

@@ -3,6 +3,7 @@ chat prompt, the content key, the structured-output constraint and the media par
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from typing import Any, Protocol
@@ -20,7 +21,7 @@ from .quality import quality_flags
 from .records import DecodedItem, Modality, WorkItem
 from .structured import load_schema, structured_for
 from .tasks import TASKS, resolve_task
-from .units import Unit, add_language_parts, build_parts, media_flags, no_speech, stitch
+from .units import Unit, add_language_parts, build_parts, engine_media, media_flags, no_speech, stitch
 
 LANGUAGE_INSTRUCTION = (
     "Which language is spoken in this audio? Answer with its ISO 639-1 code (ISO 639-3 where it has none), e.g. en."
@@ -223,3 +224,10 @@ class RequestBuilder:
         unit.retried = True
         unit.reset()
         return self.requests(unit)
+
+
+def for_engine(req: EngineRequest) -> EngineRequest:
+    """The request as the engine gets it: a window of spilled long audio is read now (the
+    queued request keeps only the reference, so waiting windows hold no samples)."""
+    mm = engine_media(req.multi_modal_data)
+    return req if mm is req.multi_modal_data else dataclasses.replace(req, multi_modal_data=mm)

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from .decode.audio import num_audio_tokens, pad_to_token_multiple, split_windows
+from .decode.spill import SpilledAudio, SpillFile, Waveform
 from .decode.vad import speech_windows
 from .errors import ItemError
 from .quality import parse_structured, quality_flags
@@ -53,6 +54,7 @@ class Unit:
     no_speech: bool = False  # a speech task on audio in which the VAD found no speech: nothing is sent
     supersedes: str | None = None  # key of the (id, task)'s current record, looked up once when admitted
     language: str | None = None  # the given language (a canonical code); None: detected per window
+    spill: SpillFile | None = None  # long audio's spill file, shared by the item's units (job releases it)
 
     def __post_init__(self) -> None:
         self.reset()
@@ -144,13 +146,42 @@ def build_parts(d: DecodedItem, *, windowed_audio: bool, tokens_per_frame_of: An
         else:
             spans = [(0, min(x.size, int(WINDOW_SECONDS * SAMPLE_RATE)))]
         parts = []
-        for s, e in spans:  # a copy, not a view: the job drops the whole waveform once the parts are built
-            clip = pad_to_token_multiple(np.array(x[s:e], dtype=np.float32))
-            parts.append(
-                Part({"audio": (clip, SAMPLE_RATE)}, num_audio_tokens(clip.size) + 2, s / SAMPLE_RATE, e / SAMPLE_RATE)
-            )
+        for s, e in spans:
+            window = _clip(x, s, e)
+            tokens = num_audio_tokens(window.size) + 2
+            parts.append(Part({"audio": (window, SAMPLE_RATE)}, tokens, s / SAMPLE_RATE, e / SAMPLE_RATE))
         return parts
     return []
+
+
+class PendingClip:
+    """A window of spilled long audio, read from its spill file only when its request goes
+    to the engine (`engine_media`), so windows waiting their turn hold no samples. Looks
+    like the padded clip where only its size or samples are asked for (`size`, np.asarray)."""
+
+    def __init__(self, audio: SpilledAudio) -> None:
+        self.audio = audio
+        self.size = num_audio_tokens(len(audio)) * 640  # as pad_to_token_multiple pads it
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        clip = pad_to_token_multiple(np.asarray(self.audio, dtype=np.float32))
+        return clip if dtype is None else clip.astype(dtype, copy=False)
+
+
+def _clip(x: Waveform, s: int, e: int) -> np.ndarray | PendingClip:
+    """A window's clip: copied out of an in-memory waveform (the job drops the whole
+    waveform once the parts are built), or read later from a spill file."""
+    if isinstance(x, SpilledAudio):
+        return PendingClip(x[s:e])
+    return pad_to_token_multiple(np.array(x[s:e], dtype=np.float32))
+
+
+def engine_media(mm: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A request's media as the engine takes it: pending clips read into arrays now."""
+    if not mm or not isinstance((mm.get("audio") or (None,))[0], PendingClip):
+        return mm
+    clip, rate = mm["audio"]
+    return {**mm, "audio": (np.asarray(clip), rate)}
 
 
 def add_language_parts(unit: Unit) -> None:

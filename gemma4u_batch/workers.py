@@ -3,23 +3,29 @@
 Each worker owns one duplex pipe and holds at most one item, so when a worker hangs
 (stalled read, spinning codec) or dies (segfault in a native decoder, OOM kill) we know
 exactly which item it cost: that item becomes an error record and a fresh worker takes
-its place. Memory stays flat: at most `workers` items decoding plus `prefetch` ready.
+its place. Memory stays flat: at most `workers` items decoding plus `prefetch` ready, and
+long audio (over `SPILL_SECONDS`) is not held at all: a worker writes its waveform to a spill
+file of this pool's folder and sends a small handle (decode/spill.py).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing as mp
 import os
+import tempfile
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .decode import DecodeOptions, decode_item
+from .decode.spill import SpillDir
 from .records import DecodedItem, WorkItem
 
 DecodeFn = Callable[[WorkItem, DecodeOptions], DecodedItem]
@@ -72,7 +78,12 @@ class _AudioFollows:
 
 def _send_result(conn: Connection, result: DecodedItem) -> None:
     audio = result.audio
-    if audio is None or audio.nbytes < _OUT_OF_BAND_BYTES or audio.dtype != np.float32 or audio.ndim != 1:
+    if (
+        not isinstance(audio, np.ndarray)
+        or audio.nbytes < _OUT_OF_BAND_BYTES
+        or audio.dtype != np.float32
+        or audio.ndim != 1
+    ):
         conn.send(result)
         return
     audio = np.ascontiguousarray(audio)
@@ -160,8 +171,13 @@ class DecodePool:
         timeout: float = 60.0,
         decode_fn: DecodeFn | None = None,
         start_timeout: float = 120.0,
+        spill_root: Path | None = None,
     ) -> None:
         self._items = items
+        # Long audio is written to spill files in a folder of this pool's (decode/spill.py):
+        # under `spill_root` (a job: OUT/.gemma4u/tmp), else the system's temp folder.
+        self._spill = SpillDir(spill_root or Path(tempfile.gettempdir()))
+        opts = dataclasses.replace(opts, spill_dir=str(self._spill.path))
         self._opts = opts
         self._n = workers
         self._prefetch = max(1, prefetch)
@@ -241,6 +257,7 @@ class DecodePool:
             w.process.kill()
         w.process.join(timeout=2)  # a kill in uninterruptible sleep may take longer: don't wait
         w.conn.close()
+        self._spill.remove_files_of(w.process.pid)
         self._workers[idx] = self._spawn()
         self.respawns += 1
         if item is not None and kind is not None:
@@ -367,3 +384,4 @@ class DecodePool:
                 w.process.join(timeout=2)
             w.conn.close()
         self._workers.clear()
+        self._spill.close()

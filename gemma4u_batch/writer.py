@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import write_atomic, write_json_atomic
+from .decode.spill import remove_stale_spill_dirs
 from .records import OutputRecord
 
 META_DIR = ".gemma4u"
@@ -272,7 +273,7 @@ def _older_than(path: Path, seconds: float) -> bool:
 
 def cleanup_orphans(layout: OutLayout) -> list[str]:
     """Finish killed compactions, then remove uncommitted data files and temp files of
-    writers that are gone."""
+    writers that are gone, and the spill folders of decode pools that are gone."""
     removed: list[str] = []
     if not layout.root.exists():
         return removed
@@ -294,7 +295,10 @@ def cleanup_orphans(layout: OutLayout) -> list[str]:
             path.unlink()
             removed.append(path.name)
     if layout.tmp.exists():
+        remove_stale_spill_dirs(layout.tmp)  # long audio of a pool whose process was killed
         for path in layout.tmp.iterdir():
+            if path.is_dir():
+                continue
             parsed = _part_of(path.name)
             # A part's temp file dies with its writer; run.json's may be another shard's, being written now.
             stale = not _writer_alive(layout, parsed[1]) if parsed else _older_than(path, STALE_TMP_SECONDS)

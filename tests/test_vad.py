@@ -197,3 +197,4 @@ def test_a_two_hour_file_is_transcribed_in_windows_of_its_speech(tmp_path: Path)
         assert 0 < seg["end"] - seg["start"] <= 30.0 and seg["language"] in DETECT_CODES
     assert rec["language"] == segs[0]["language"]
     assert len((out / "__transcripts__" / "two_hours.flac.tsv").read_text().splitlines()) == 4
+    assert not list(OutLayout(out).tmp.rglob("*.f32"))  # its 460 MB spill file went with the item

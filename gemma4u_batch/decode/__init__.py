@@ -10,10 +10,13 @@ import hashlib
 import os
 import stat
 import time
+from pathlib import Path
+from typing import BinaryIO
 
 from ..errors import ItemError
 from ..records import DecodedItem, Modality, WorkItem
 from .options import DecodeOptions
+from .spill import SpilledAudio
 
 __all__ = ["DecodeOptions", "decode_item", "read_input", "read_input_bytes"]
 
@@ -49,10 +52,7 @@ def read_input_bytes(item: WorkItem, opts: DecodeOptions) -> bytes:
 
 def read_input(item: WorkItem, opts: DecodeOptions) -> tuple[bytes, os.stat_result | None]:
     """The item's bytes and the stat of the file as opened (None for inline bytes),
-    refusing special files and anything over the byte limit.
-
-    Stat first so a FIFO or device is never opened; then open non-blocking and check the
-    opened fd again, since the path can be swapped for a FIFO in between."""
+    refusing special files and anything over the byte limit."""
     limit = opts.max_input_bytes
     if item.data is not None:
         if len(item.data) > limit:
@@ -60,19 +60,9 @@ def read_input(item: WorkItem, opts: DecodeOptions) -> tuple[bytes, os.stat_resu
         return item.data, None
     if item.path is None:
         raise ItemError("no_data", "item has neither a path nor inline bytes")
+    fh, st = open_input(item.path, limit)
     try:
-        _check_regular(os.stat(item.path), limit)
-        fd = os.open(item.path, _OPEN_FLAGS)
-    except FileNotFoundError as exc:
-        raise ItemError("not_found", f"file not found: {item.path}") from exc
-    except OSError as exc:
-        raise ItemError("unreadable", f"cannot open {item.path}: {exc.strerror or exc}") from exc
-    except ValueError as exc:  # embedded NUL byte
-        raise ItemError("unreadable", f"invalid path {str(item.path)!r}: {exc}") from exc
-    try:
-        with os.fdopen(fd, "rb", buffering=0) as fh:
-            st = os.fstat(fh.fileno())
-            _check_regular(st, limit)
+        with fh:
             # One read of the expected size (+1 to see EOF); only a file that grows while we
             # read takes more reads, and those stop one byte past the limit.
             parts = [fh.read(st.st_size + 1)]
@@ -87,9 +77,69 @@ def read_input(item: WorkItem, opts: DecodeOptions) -> tuple[bytes, os.stat_resu
     return (parts[0] if len(parts) <= 2 else b"".join(parts)), st
 
 
+def open_input(path: Path, limit: int) -> tuple[BinaryIO, os.stat_result]:
+    """The regular file at `path`, open, and its stat as opened; special files and files over
+    the byte limit are refused. Stat first so a FIFO or device is never opened; then open
+    non-blocking and check the opened fd again, since the path can be swapped in between."""
+    try:
+        _check_regular(os.stat(path), limit)
+        fd = os.open(path, _OPEN_FLAGS)
+    except FileNotFoundError as exc:
+        raise ItemError("not_found", f"file not found: {path}") from exc
+    except OSError as exc:
+        raise ItemError("unreadable", f"cannot open {path}: {exc.strerror or exc}") from exc
+    except ValueError as exc:  # embedded NUL byte
+        raise ItemError("unreadable", f"invalid path {str(path)!r}: {exc}") from exc
+    fh = os.fdopen(fd, "rb", buffering=0)
+    try:
+        st = os.fstat(fh.fileno())
+        _check_regular(st, limit)
+    except OSError as exc:
+        fh.close()
+        raise ItemError("unreadable", f"cannot read {path}: {exc.strerror or exc}") from exc
+    except ItemError:
+        fh.close()
+        raise
+    return fh, st
+
+
+def _streams(item: WorkItem, opts: DecodeOptions) -> bool:
+    """Whether this item is a large audio file, decoded from the open file instead of its bytes."""
+    if item.modality is not Modality.AUDIO or item.data is not None or item.path is None:
+        return False
+    try:
+        return os.stat(item.path).st_size > opts.stream_input_bytes
+    except (OSError, ValueError):
+        return False  # read_input reports it
+
+
+def _hash_open(fh: BinaryIO, st: os.stat_result, limit: int) -> str:
+    """SHA-256 of an open file read in 1 MB chunks (never held whole); it must not change size."""
+    digest, total = hashlib.sha256(), 0
+    try:
+        while chunk := fh.read(_GROWTH_CHUNK):
+            total += len(chunk)
+            if total > limit:
+                raise ItemError("too_large", f"file grew past the max_input_bytes limit of {limit} while being read")
+            digest.update(chunk)
+    except OSError as exc:
+        raise ItemError("unreadable", f"cannot read the file: {exc.strerror or exc}") from exc
+    if total != st.st_size:
+        raise ItemError("unreadable", "file changed size while being read")
+    return digest.hexdigest()
+
+
 def in_shard(basis_sha256: str, shard: tuple[int, int]) -> bool:
     """Deterministic partition by content hash."""
     return int(basis_sha256[:16], 16) % shard[1] == shard[0]
+
+
+def _drop_media(out: DecodedItem) -> None:
+    """A failed item carries no media; long audio's spill file goes with it (the VAD may
+    fail after decoding wrote it)."""
+    if isinstance(out.audio, SpilledAudio):
+        out.audio.file.unlink()
+    out.image = out.audio = out.video = None
 
 
 def decode_item(item: WorkItem, opts: DecodeOptions) -> DecodedItem:
@@ -100,6 +150,12 @@ def decode_item(item: WorkItem, opts: DecodeOptions) -> DecodedItem:
         if item.error is not None:
             raise ItemError("bad_input_row", item.error)
         out.read_at_ns = time.time_ns()
+        if _streams(item, opts):
+            assert item.path is not None
+            fh, opened = open_input(item.path, opts.max_input_bytes)
+            with fh:
+                _decode_open_audio(out, fh, opened, opts)
+            return _timed(out, started)
         data, st = read_input(item, opts)
         out.content_sha256 = hashlib.sha256(data).hexdigest()
         if st is not None:
@@ -123,14 +179,7 @@ def decode_item(item: WorkItem, opts: DecodeOptions) -> DecodedItem:
                 )
                 out.info["num_tokens"] = out.image.num_tokens
         elif item.modality is Modality.AUDIO:
-            from .audio import decode_audio
-
-            out.audio, out.info = decode_audio(data, opts)
-            if opts.vad:
-                from .vad import speech_probabilities, speech_regions
-
-                regions = speech_regions(speech_probabilities(out.audio, opts.sample_rate), len(out.audio))
-                out.info["speech"] = [list(r) for r in regions]
+            _decode_audio(out, data, opts)
         elif item.modality is Modality.VIDEO:
             from .video import decode_video
 
@@ -139,14 +188,45 @@ def decode_item(item: WorkItem, opts: DecodeOptions) -> DecodedItem:
             raise ItemError("unsupported", "unknown modality (unsupported file extension)")
     except ItemError as exc:
         out.error, out.error_kind = exc.message, exc.kind
-        out.image = out.audio = out.video = None
+        _drop_media(out)
     except MemoryError:
         out.error, out.error_kind = "ran out of memory while decoding", "too_large"
-        out.image = out.audio = out.video = None
+        _drop_media(out)
     except Exception as exc:  # a decoder bug must cost this item, not the run
         text = " ".join(str(exc).split())[:300]
         out.error = f"unexpected {type(exc).__name__} while decoding{': ' + text if text else ''}"
         out.error_kind = "decode_error"
-        out.image = out.audio = out.video = None
+        _drop_media(out)
+    return _timed(out, started)
+
+
+def _timed(out: DecodedItem, started: float) -> DecodedItem:
     out.decode_seconds = time.perf_counter() - started
     return out
+
+
+def _decode_audio(out: DecodedItem, data: bytes | BinaryIO, opts: DecodeOptions) -> None:
+    """Decode the waveform and, for speech tasks, find its speech regions."""
+    from .audio import decode_audio
+
+    out.audio, out.info = decode_audio(data, opts)
+    if opts.vad:
+        from .vad import speech_probabilities, speech_regions
+
+        regions = speech_regions(speech_probabilities(out.audio, opts.sample_rate), len(out.audio))
+        out.info["speech"] = [list(r) for r in regions]
+
+
+def _decode_open_audio(out: DecodedItem, fh: BinaryIO, st: os.stat_result, opts: DecodeOptions) -> None:
+    """A large audio file decoded from the open file (the worker never holds its bytes): hashed
+    in chunks first, then decoded from the start; a file that changes meanwhile is refused,
+    so the hash is the hash of what was decoded."""
+    out.content_sha256 = _hash_open(fh, st, opts.max_input_bytes)
+    out.file_stat = (st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
+    if opts.shard is not None and not in_shard(out.content_sha256, opts.shard):
+        out.skipped = True
+        return
+    _decode_audio(out, fh, opts)
+    now = os.fstat(fh.fileno())
+    if (now.st_size, now.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
+        raise ItemError("unreadable", "file changed while being decoded")

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import struct
+from typing import BinaryIO, cast
 
 import av
 import numpy as np
@@ -16,6 +18,7 @@ import soxr
 
 from ..errors import ItemError
 from .options import DecodeOptions
+from .spill import SpillWriter, Waveform
 
 __all__ = [
     "decode_audio",
@@ -40,9 +43,10 @@ _UNKNOWN_FRAMES = 2**62
 _AV_OPEN_OPTIONS = {"protocol_whitelist": "none"}
 
 
-def open_container(data: bytes) -> av.container.InputContainer:
-    """PyAV container over in-memory bytes that cannot reach any other file or URL."""
-    return av.open(io.BytesIO(data), mode="r", metadata_errors="ignore", options=dict(_AV_OPEN_OPTIONS))
+def open_container(data: bytes | BinaryIO) -> av.container.InputContainer:
+    """PyAV container over in-memory bytes (or an open file) that cannot reach any other file or URL."""
+    source = io.BytesIO(data) if isinstance(data, bytes) else data
+    return av.open(source, mode="r", metadata_errors="ignore", options=dict(_AV_OPEN_OPTIONS))
 
 
 def looks_like_media(data: bytes) -> bool:
@@ -66,12 +70,37 @@ def _too_long(seconds: float, limit: float) -> ItemError:
     return ItemError("too_long", f"audio is {seconds:.1f} s long, over the max_audio_seconds limit of {limit:g} s")
 
 
+class _Spill:
+    """Where and past which length a decode writes its samples to a spill file (spill.py);
+    remembers the file so a failed decode can remove it."""
+
+    def __init__(self, folder: str, seconds: float) -> None:
+        self.folder, self.seconds = folder, seconds
+        self.writer: SpillWriter | None = None
+
+    def open(self) -> SpillWriter:
+        self.writer = SpillWriter(self.folder)
+        return self.writer
+
+    def discard(self) -> None:
+        if self.writer is not None:
+            self.writer.discard()
+            self.writer = None
+
+
 class _MonoSink:
     """Takes mono float chunks at any source rate, resamples them with soxr (HQ, streamed:
     identical to one-shot `soxr.resample`) into one growing float32 buffer and enforces the
     length limit on what was actually decoded, since headers can lie."""
 
-    def __init__(self, out_rate: int, limit_seconds: float, truncate: bool, expected_seconds: float = 0.0) -> None:
+    def __init__(
+        self,
+        out_rate: int,
+        limit_seconds: float,
+        truncate: bool,
+        expected_seconds: float = 0.0,
+        spill: _Spill | None = None,
+    ) -> None:
         self.out_rate = out_rate
         self.limit = limit_seconds
         self.truncate = truncate
@@ -80,15 +109,22 @@ class _MonoSink:
         self.full = False
         self._rate: int | None = None
         self._stream: soxr.ResampleStream | None = None
+        # With a spill folder, past `spill_seconds` of output the samples go to a file
+        # instead (spill.py): the buffer never holds more than that.
+        self._spill_plan = spill
+        self._spill_at = int(spill.seconds * out_rate) if spill else 0
+        self._writer: SpillWriter | None = None
+        in_memory = min(limit_seconds, spill.seconds) if spill else limit_seconds
         # A header's length is only a hint (it can lie): start at most 10 min, then grow.
-        cap_seconds = min(expected_seconds, limit_seconds, 600.0) if expected_seconds > 0 else 10.0
+        cap_seconds = min(expected_seconds, in_memory, 600.0) if expected_seconds > 0 else 10.0
         self._buf = np.empty(int(cap_seconds * out_rate) + 4096, dtype=np.float32)
         self._n = 0
         # Once the first 10 min are real, grow straight to the declared length: one copy of
         # 10 min instead of doubling (whose last step held 1.5-2× the waveform), and no
         # trimming copy at the end. Pages a lying header reserves are never touched, so they
         # cost address space, not memory.
-        self._declared = int(min(expected_seconds, limit_seconds) * out_rate) + 4096 if expected_seconds > 0 else 0
+        self._declared = int(min(expected_seconds, in_memory) * out_rate) + 4096 if expected_seconds > 0 else 0
+        self._max = self._spill_at + 4096 if spill else 0
 
     @property
     def source_seconds(self) -> float:
@@ -97,9 +133,17 @@ class _MonoSink:
     def _append(self, y: np.ndarray) -> None:
         if not len(y):
             return
+        if self._writer is None and self._spill_plan is not None and self._n + len(y) > self._spill_at:
+            self._writer = self._spill_plan.open()
+            self._spill(self._buf[: self._n])
+            self._buf, self._n = np.empty(0, dtype=np.float32), 0
+        if self._writer is not None:
+            self._spill(y)
+            return
         need = self._n + len(y)
         if need > len(self._buf):
             size = self._declared if self._declared >= need else max(need, 2 * len(self._buf))
+            size = max(min(size, self._max), need) if self._max else size  # spilling: never past its length
             grown = np.empty(size, dtype=np.float32)
             grown[: self._n] = self._buf[: self._n]
             self._buf = grown
@@ -140,8 +184,15 @@ class _MonoSink:
             self._append(self._stream.resample_chunk(mono, last=False))
         return not self.full
 
-    def finish(self) -> np.ndarray:
+    def _spill(self, y: np.ndarray) -> None:
+        assert self._writer is not None
+        # Clipped as finish() clips the in-memory buffer; in place (y is this sink's own array).
+        self._writer.write(np.clip(y, -1.0, 1.0, out=y if y.flags.writeable else None))
+
+    def finish(self) -> Waveform:
         self._flush()
+        if self._writer is not None:
+            return self._writer.finish()
         out = self._buf[: self._n]
         if len(self._buf) > self._n + self._n // 4 + 65536:
             out = out.copy()  # don't keep a mostly empty buffer alive
@@ -161,20 +212,55 @@ class _SeekSafeBytesIO(io.BytesIO):
             return self.tell()
 
 
-def _riff_truncation(data: bytes) -> tuple[float, float] | None:
+class _SeekSafeFileIO(io.FileIO):
+    """The same for an open file (long input, decoded without reading it into memory)."""
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        try:
+            return super().seek(offset, whence)
+        except (OSError, ValueError):
+            return self.tell()
+
+
+class AudioInput:
+    """An audio file's bytes: in memory, or an open regular file that is read as it is
+    decoded (decode_item passes a large file this way, so the worker never holds it whole)."""
+
+    def __init__(self, data: bytes | BinaryIO) -> None:
+        self._data = data if isinstance(data, bytes) else None
+        self._fd = -1 if isinstance(data, bytes) else data.fileno()
+        self.size = len(data) if isinstance(data, bytes) else os.fstat(self._fd).st_size
+
+    def read_at(self, pos: int, n: int) -> bytes:
+        if self._data is not None:
+            return self._data[pos : pos + n]
+        return os.pread(self._fd, n, pos)
+
+    def open(self) -> BinaryIO:
+        """A fresh seekable reader from the start (closing it leaves the file open)."""
+        if self._data is not None:
+            return _SeekSafeBytesIO(self._data)
+        f = _SeekSafeFileIO(self._fd, "rb", closefd=False)
+        f.seek(0)  # the fd's offset is shared: hashing left it at the end
+        return cast(BinaryIO, f)
+
+
+def _riff_truncation(src: AudioInput) -> tuple[float, float] | None:
     """(declared, present) seconds of a RIFF/WAVE `data` chunk whose size field claims more
     bytes than the file holds. libsndfile silently trusts the file length instead, which
     would turn a cut-off or lying WAV into a short "valid" one."""
-    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+    head = src.read_at(0, 12)
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
         return None
     pos, byte_rate, block_align = 12, 0, 1
-    while pos + 8 <= len(data):
-        cid, size = data[pos : pos + 4], struct.unpack("<I", data[pos + 4 : pos + 8])[0]
+    while pos + 8 <= src.size:
+        chunk = src.read_at(pos, 22)
+        cid, size = chunk[:4], struct.unpack("<I", chunk[4:8])[0]
         body = pos + 8
-        if cid == b"fmt " and size >= 16 and body + 16 <= len(data):
-            byte_rate, block_align = struct.unpack("<IH", data[body + 8 : body + 14])
+        if cid == b"fmt " and size >= 16 and body + 16 <= src.size:
+            byte_rate, block_align = struct.unpack("<IH", chunk[16:22])
         elif cid == b"data":
-            present = len(data) - body
+            present = src.size - body
             if size in (0, 0xFFFFFFFF) or byte_rate <= 0 or size <= present + max(block_align, 1):
                 return None  # streaming placeholder, or complete
             return size / byte_rate, present / byte_rate
@@ -197,10 +283,10 @@ def _mono_from_frame(frame: av.AudioFrame) -> np.ndarray:
     return arr.mean(axis=0, dtype=np.float32) if arr.shape[0] > 1 else arr[0]
 
 
-def _decode_soundfile(data: bytes, opts: DecodeOptions) -> tuple[np.ndarray, dict] | None:
+def _decode_soundfile(src: AudioInput, opts: DecodeOptions, spill: _Spill | None) -> tuple[Waveform, dict] | None:
     """WAV/FLAC/OGG/AIFF... through libsndfile; None when it can't open the bytes."""
     limit = opts.max_audio_seconds
-    trunc = _riff_truncation(data)
+    trunc = _riff_truncation(src)
     if trunc is not None:
         declared, present = trunc
         if declared > limit:
@@ -210,7 +296,7 @@ def _decode_soundfile(data: bytes, opts: DecodeOptions) -> tuple[np.ndarray, dic
             f"audio could not be decoded: truncated WAV (header declares {declared:.1f} s, file holds {present:.1f} s)",
         )
     try:
-        f = sf.SoundFile(_SeekSafeBytesIO(data))
+        f = sf.SoundFile(src.open())
     except Exception:
         return None
     with f:
@@ -226,7 +312,7 @@ def _decode_soundfile(data: bytes, opts: DecodeOptions) -> tuple[np.ndarray, dic
             return None
         if frames / sr > limit:
             raise _too_long(frames / sr, limit)
-        sink = _MonoSink(opts.sample_rate, limit, truncate=False, expected_seconds=frames / sr)
+        sink = _MonoSink(opts.sample_rate, limit, truncate=False, expected_seconds=frames / sr, spill=spill)
         block = max(4096, 2**20 // channels)
         got = 0
         while True:
@@ -254,14 +340,16 @@ def _decode_soundfile(data: bytes, opts: DecodeOptions) -> tuple[np.ndarray, dic
     return out, info
 
 
-def _decode_av(data: bytes, opts: DecodeOptions, limit: float, truncate: bool) -> tuple[np.ndarray, dict]:
+def _decode_av(
+    src: AudioInput, opts: DecodeOptions, limit: float, truncate: bool, spill: _Spill | None = None
+) -> tuple[Waveform, dict]:
     """Compressed audio and audio tracks of video containers through FFmpeg (PyAV).
 
     With `truncate`, keep the first `limit` seconds instead of refusing longer input."""
     try:
-        container = open_container(data)
+        container = open_container(src.open())
     except av.FFmpegError as exc:
-        if looks_like_media(data):
+        if looks_like_media(src.read_at(0, 189)):
             raise ItemError("corrupt", f"audio could not be decoded: {exc}") from exc
         raise ItemError("not_audio", "not a recognised audio format") from exc
     with container:
@@ -280,7 +368,7 @@ def _decode_av(data: bytes, opts: DecodeOptions, limit: float, truncate: bool) -
         ctx = stream.codec_context
         if ctx is None:
             raise ItemError("corrupt", "audio could not be decoded: no decoder for this audio codec")
-        sink = _MonoSink(opts.sample_rate, limit, truncate, expected_seconds=declared)
+        sink = _MonoSink(opts.sample_rate, limit, truncate, expected_seconds=declared, spill=spill)
         first_rate = 0
         try:
             for frame in container.decode(stream):
@@ -304,15 +392,25 @@ def _decode_av(data: bytes, opts: DecodeOptions, limit: float, truncate: bool) -
     return out, info
 
 
-def decode_audio(data: bytes, opts: DecodeOptions) -> tuple[np.ndarray, dict]:
-    """Decode bytes to the full float32 mono signal at opts.sample_rate (not padded).
+def decode_audio(data: bytes | BinaryIO, opts: DecodeOptions) -> tuple[Waveform, dict]:
+    """Decode bytes to the full float32 mono signal at opts.sample_rate (not padded): an
+    array, or with `opts.spill_dir` and more than `opts.spill_seconds` of it, a SpilledAudio
+    (written to a file there while decoding; removed again if decoding fails).
 
-    Raises ItemError: `empty`, `not_audio`, `too_long`, `corrupt`."""
-    if not data:
+    `data` may be an open regular file (AudioInput), read as it is decoded.
+    Raises ItemError: `empty`, `not_audio`, `too_long`, `corrupt`, `disk_full`, `spill_failed`."""
+    src = AudioInput(data)
+    if not src.size:
         raise ItemError("empty", "file is empty (0 bytes)")
-    result = _decode_soundfile(data, opts)
-    if result is None:
-        result = _decode_av(data, opts, opts.max_audio_seconds, truncate=False)
+    spill = _Spill(opts.spill_dir, opts.spill_seconds) if opts.spill_dir else None
+    try:
+        result = _decode_soundfile(src, opts, spill)
+        if result is None:
+            result = _decode_av(src, opts, opts.max_audio_seconds, truncate=False, spill=spill)
+    except BaseException:
+        if spill is not None:
+            spill.discard()
+        raise
     out, info = result
     if not len(out):
         raise ItemError("empty", "audio has no samples")
@@ -324,7 +422,8 @@ def decode_audio_track(data: bytes, opts: DecodeOptions, max_seconds: float) -> 
     opts.sample_rate. Same errors as decode_audio, except longer input is cut, not refused."""
     if not data:
         raise ItemError("empty", "file is empty (0 bytes)")
-    out, info = _decode_av(data, opts, max_seconds, truncate=True)
+    out, info = _decode_av(AudioInput(data), opts, max_seconds, truncate=True)
+    assert isinstance(out, np.ndarray)  # never spilled: at most the first 30 s are kept
     if not len(out):
         raise ItemError("empty", "audio has no samples")
     return out, info
@@ -345,13 +444,14 @@ def pad_to_token_multiple(x: np.ndarray, samples_per_token: int = 640) -> np.nda
 
 
 def split_windows(
-    x: np.ndarray, sr: int, max_seconds: float = 30.0, min_seconds: float = 20.0, overlap_seconds: float = 0.0
+    x: Waveform, sr: int, max_seconds: float = 30.0, min_seconds: float = 20.0, overlap_seconds: float = 0.0
 ) -> list[tuple[int, int]]:
     """(start, end) sample ranges of at most max_seconds covering the whole signal, for a
     model that takes at most 30 s per request. Each cut goes at the quietest point between
     start+min_seconds and start+max_seconds (middle of the quietest stretch, measured as
     the mean power over ~80 ms around each 20-ms step) so words are not split.
-    With overlap, each window after the first starts overlap_seconds before the last cut."""
+    With overlap, each window after the first starts overlap_seconds before the last cut.
+    Reads about 10 s of the signal at a time (spilled long audio is never read whole)."""
     n = len(x)
     if sr <= 0:
         raise ValueError("sr must be positive")

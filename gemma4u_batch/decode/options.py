@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .spill import SPILL_SECONDS
+
 
 @dataclass(frozen=True)
 class DecodeOptions:
@@ -14,6 +16,9 @@ class DecodeOptions:
     image_tokens: int = 280
     max_image_pixels: int = 180_000_000
     max_input_bytes: int = 2 * 1024**3
+    # An audio file larger than this is decoded from the open file, never read whole (32 MiB:
+    # about 17 min of 16 kHz 16-bit WAV, 35 min of FLAC); smaller files are read into memory.
+    stream_input_bytes: int = 32 * 1024**2
     # Gemma 4 Unified geometry: 16 px patches merged 3×3 into 48 px model patches.
     patch_size: int = 16
     pooling_kernel_size: int = 3
@@ -22,6 +27,10 @@ class DecodeOptions:
     samples_per_token: int = 640
     max_audio_tokens: int = 750
     max_audio_seconds: float = 4 * 3600.0
+    # Decoded audio longer than spill_seconds goes to a file in spill_dir (spill.py). None:
+    # in memory. DecodePool sets its own folder here (under the folder given to it).
+    spill_dir: str | None = None
+    spill_seconds: float = SPILL_SECONDS
     # Video
     video_frames: int = 8
     video_fps: float | None = None

@@ -16,12 +16,15 @@ from typing import Any
 
 import numpy as np
 
+from .spill import Waveform
+
 __all__ = ["FRAME", "load_model", "speech_probabilities", "speech_regions", "speech_windows"]
 
 FRAME = 512  # samples per scored frame at 16 kHz (32 ms): the model's input size
 _WARMUP_FRAMES = 16
 _MAX_STREAMS = 256
 _MIN_FRAMES_PER_STREAM = 64
+_BLOCK_STEPS = 8  # frames each stream reads at a time: 256 streams × 8 × 2 KB = 4 MB
 
 _model: Any = None
 _lock = threading.Lock()
@@ -41,10 +44,11 @@ def load_model() -> Any:
     return _model
 
 
-def speech_probabilities(x: np.ndarray, sr: int = 16_000) -> np.ndarray:
+def speech_probabilities(x: Waveform, sr: int = 16_000) -> np.ndarray:
     """Speech probability of each 32-ms frame of a 16 kHz mono float32 signal (the last,
-    partial frame zero-padded). Never copies the whole signal: each step gathers one frame
-    per stream."""
+    partial frame zero-padded). Never reads the whole signal at once: every `_BLOCK_STEPS`
+    steps each stream reads its next stretch (from memory, or from the spill file of long
+    audio), so memory stays at streams × block whatever the length."""
     if sr != 16_000:
         raise ValueError("the VAD takes 16 kHz audio")
     import torch
@@ -57,7 +61,6 @@ def speech_probabilities(x: np.ndarray, sr: int = 16_000) -> np.ndarray:
     per = -(-nf // streams)
     warm = _WARMUP_FRAMES if streams > 1 else 0
     first = (np.arange(streams, dtype=np.int64) * per - warm) * FRAME  # each stream's first sample
-    offsets = np.arange(FRAME, dtype=np.int64)
     out = np.zeros((streams, per), dtype=np.float32)
     with _lock:
         model = load_model()
@@ -66,18 +69,30 @@ def speech_probabilities(x: np.ndarray, sr: int = 16_000) -> np.ndarray:
         try:
             model.reset_states()
             with torch.inference_mode():
-                for step in range(per + warm):
-                    idx = first[:, None] + step * FRAME + offsets[None, :]
-                    valid = (idx >= 0) & (idx < n)
-                    batch = np.where(valid, x[np.clip(idx, 0, n - 1)], np.float32(0.0)).astype(np.float32)
-                    # The model keeps the previous frame's last samples as context itself.
-                    prob = model(torch.from_numpy(batch), sr)
-                    if step >= warm:
-                        out[:, step - warm] = prob.numpy()[:, 0]
+                for step0 in range(0, per + warm, _BLOCK_STEPS):
+                    steps = min(_BLOCK_STEPS, per + warm - step0)
+                    block = _gather(x, first + step0 * FRAME, steps * FRAME)
+                    for j in range(steps):
+                        batch = np.ascontiguousarray(block[:, j * FRAME : (j + 1) * FRAME])
+                        # The model keeps the previous frame's last samples as context itself.
+                        prob = model(torch.from_numpy(batch), sr)
+                        if step0 + j >= warm:
+                            out[:, step0 + j - warm] = prob.numpy()[:, 0]
         finally:
             model.reset_states()
             torch.set_num_threads(threads)
     return out.reshape(-1)[:nf]
+
+
+def _gather(x: Waveform, starts: np.ndarray, length: int) -> np.ndarray:
+    """(streams, length) float32: x[s : s + length] for each start, zeros outside x."""
+    n = len(x)
+    block = np.zeros((len(starts), length), dtype=np.float32)
+    for i, s in enumerate(starts.tolist()):
+        lo, hi = max(s, 0), min(s + length, n)
+        if lo < hi:
+            block[i, lo - s : hi - s] = np.asarray(x[lo:hi], dtype=np.float32)
+    return block
 
 
 def _runs(flags: np.ndarray) -> np.ndarray:
@@ -143,7 +158,7 @@ def _bisect_at_pauses(regions: list[tuple[int, int]], max_len: int) -> list[list
 
 
 def speech_windows(
-    x: np.ndarray,
+    x: Waveform,
     regions: list[tuple[int, int]],
     sr: int = 16_000,
     max_seconds: float = 30.0,
@@ -173,7 +188,7 @@ def speech_windows(
 
 
 def _stretch_windows(
-    x: np.ndarray, stretch: list[tuple[int, int]], sr: int, max_seconds: float, split_windows: Any
+    x: Waveform, stretch: list[tuple[int, int]], sr: int, max_seconds: float, split_windows: Any
 ) -> list[tuple[int, int]]:
     max_len = int(max_seconds * sr)
     windows: list[tuple[int, int]] = []
