@@ -11,6 +11,9 @@ difference between two sizes divided by the difference in items, so what every r
 once (imports, tokenizer, engine start, shutdown) cancels out. This figure carries over to
 a GPU host (the work is the same Python and torch code); absolute wall times do not.
 
+"steady_ms_per_item" is the same process's CPU between its first request and its last result,
+per item, in the larger run: a second estimate that does not rest on a difference.
+
 "shutdown" is the wall time from the moment the job's complete marker was written (every
 record committed) to the CLI process's exit, as the parent sees it.
 
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -61,17 +65,28 @@ def run_once(kind: str, items: Path, model: Path, work: Path, code: Path | None)
     args = [sys.executable, "-m", "benchmarks.timed_cli", str(tl_path), command, str(items), "-o", str(out)]
     args += ["--model", str(model), "--dtype", "float32", "--max-tokens", "32", "--max-model-len", "4096"]
     args += ["--progress", "quiet", "--workers", "2"]
-    env = dict(os.environ)
     root = Path(__file__).resolve().parent.parent
-    env["PYTHONPATH"] = os.pathsep.join([str(code), str(root)] if code else [str(root)])
-    proc = subprocess.Popen(args, env=env, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # The package from `code` (or this checkout), the benchmark scripts from this checkout; run
+    # from a folder that holds neither, so neither comes from the current directory.
+    shim = work / "pythonpath"
+    shutil.rmtree(shim, ignore_errors=True)
+    shim.mkdir(parents=True)
+    (shim / "gemma4u_batch").symlink_to((code or root).resolve() / "gemma4u_batch")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(shim), str(root)])}
+    proc = subprocess.Popen(args, env=env, cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     _, err = proc.communicate()
     exited = time.time()
     if proc.returncode != 0:
         raise SystemExit(f"gemma4u failed ({proc.returncode}):\n{err[-3000:]}")
     tl = Timeline.load(tl_path)
     assert tl.cpu_total is not None and tl.done_wall is not None
-    return {"cpu": tl.cpu_total - tl.engine_start_cpu, "shutdown": exited - tl.done_wall, "add": tl.add_seconds}
+    steady = (tl.cpu_last_result or 0.0) - (tl.cpu_first_add or 0.0)
+    return {
+        "cpu": tl.cpu_total - tl.engine_start_cpu,
+        "shutdown": exited - tl.done_wall,
+        "steady_ms_per_item": 1000 * steady / max(tl.results - 1, 1),
+        "package": tl.package,
+    }
 
 
 def main() -> int:
@@ -101,6 +116,8 @@ def main() -> int:
         lo, hi = sizes[0], sizes[-1]
         per_item_ms = 1000 * (runs[hi]["cpu"] - runs[lo]["cpu"]) / (hi - lo)
         row = {"rep": rep, "set": a.kind, "per_item_cpu_ms": round(per_item_ms, 2)}
+        row["steady_ms_per_item"] = round(runs[hi]["steady_ms_per_item"], 2)
+        row["package"] = runs[hi]["package"]
         row |= {f"shutdown_s_{n}": round(r["shutdown"], 2) for n, r in runs.items()}
         row |= {f"cpu_s_{n}": round(r["cpu"], 2) for n, r in runs.items()}
         rows.append(row)

@@ -26,8 +26,9 @@ from benchmarks.timeline import Timeline
 def instrument(tl: Timeline, profiler: cProfile.Profile | None = None) -> None:
     from gemma4u_batch.engine import VllmEngine
 
-    launch = VllmEngine._launch
-    started = VllmEngine._started
+    # gemma4u before issue 18 (benchmarked with frontend_cpu --code) starts the engine in _start_engine.
+    new_code = hasattr(VllmEngine, "_launch")
+    launch = VllmEngine._launch if new_code else VllmEngine._start_engine
     add = VllmEngine.add
     step = VllmEngine.step
     import gemma4u_batch.job as job_module
@@ -43,26 +44,38 @@ def instrument(tl: Timeline, profiler: cProfile.Profile | None = None) -> None:
     job_module.mark_done = _mark_done  # type: ignore[assignment]
 
     @functools.wraps(launch)
-    def _launch(self, args):  # type: ignore[no-untyped-def]
+    def _launch(self, *args):  # type: ignore[no-untyped-def]
         """vLLM's engine start, in whichever thread runs it (gemma4u starts it in the background)."""
         tl.engine_start_begin = time.monotonic()
         cpu0 = time.thread_time()
         try:
-            return launch(self, args)
+            return launch(self, *args)
         finally:
             tl.engine_start_end = time.monotonic()
             tl.max_num_seqs = self.engine.max_num_seqs
             tl.engine_start_cpu += time.thread_time() - cpu0
+            if profiler is not None and not new_code:
+                profiler.enable()
 
-    @functools.wraps(started)
-    def _started(self):  # type: ignore[no-untyped-def]
-        started(self)
-        if profiler is not None:  # profiles the thread that feeds the engine
-            profiler.enable()
+    if new_code:
+        started = VllmEngine._started
+
+        @functools.wraps(started)
+        def _started(self):  # type: ignore[no-untyped-def]
+            started(self)
+            if profiler is not None:  # profiles the thread that feeds the engine
+                profiler.enable()
+
+        VllmEngine._started = _started  # type: ignore[method-assign]
 
     @functools.wraps(add)
     def _add(self, request):  # type: ignore[no-untyped-def]
-        self._ensure_started()  # waiting for the engine start is not front-end time
+        if new_code:
+            self._ensure_started()  # waiting for the engine start is not front-end time
+        elif self._llm is None:
+            self._start_engine()
+        if tl.cpu_first_add is None:
+            tl.cpu_first_add = time.process_time()
         t0 = time.monotonic()
         rejected = add(self, request)
         t1 = time.monotonic()
@@ -78,19 +91,24 @@ def instrument(tl: Timeline, profiler: cProfile.Profile | None = None) -> None:
         t1 = time.monotonic()
         tl.step_seconds += t1 - t0
         if results:
+            tl.cpu_last_result = time.process_time()
             tl.results += len(results)
             tl.record(len(self._inflight), t1)
         return results
 
-    VllmEngine._launch = _launch  # type: ignore[method-assign]
-    VllmEngine._started = _started  # type: ignore[method-assign]
+    if new_code:
+        VllmEngine._launch = _launch  # type: ignore[method-assign]
+    else:
+        VllmEngine._start_engine = _launch  # type: ignore[method-assign]
     VllmEngine.add = _add  # type: ignore[method-assign]
     VllmEngine.step = _step  # type: ignore[method-assign]
 
 
 def main() -> None:
     out = Path(sys.argv[1])
-    tl = Timeline()
+    import gemma4u_batch
+
+    tl = Timeline(package=str(Path(gemma4u_batch.__file__).resolve().parent))
     profile_to = os.environ.get("GEMMA4U_BENCH_PROFILE")
     profiler = cProfile.Profile() if profile_to else None
     instrument(tl, profiler)

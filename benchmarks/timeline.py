@@ -25,6 +25,9 @@ class Timeline:
     engine_start_cpu: float = 0.0  # this process's CPU seconds inside the engine start
     cpu_total: float | None = None  # this process's CPU seconds (all its threads, no children) at exit
     done_wall: float | None = None  # time.time() when the job's complete marker was written
+    package: str | None = None  # where the gemma4u_batch that ran was imported from
+    cpu_first_add: float | None = None  # this process's CPU seconds when the first request went in
+    cpu_last_result: float | None = None  # ... and when the last result came out (steady state between)
 
     def record(self, inflight: int, now: float | None = None) -> None:
         self.events.append((time.monotonic() if now is None else now, inflight))

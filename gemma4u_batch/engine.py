@@ -162,6 +162,7 @@ class VllmEngine:
     patches_note: str = ""
     _starting: threading.Thread | None = None
     _start_error: BaseException | None = None
+    _token_counts: dict[str, int] = field(default_factory=dict)
 
     @property
     def model_name(self) -> str:
@@ -377,7 +378,14 @@ class VllmEngine:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer.encode(text, add_special_tokens=False))
+        """Tokens of a rendered prompt, counted once per distinct prompt (every item of a task
+        usually shares one), not once per item."""
+        n = self._token_counts.get(text)
+        if n is None:
+            if len(self._token_counts) >= 4096:
+                self._token_counts.clear()
+            n = self._token_counts[text] = len(self.tokenizer.encode(text, add_special_tokens=False))
+        return n
 
     @property
     def max_model_len(self) -> int | None:
