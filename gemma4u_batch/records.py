@@ -43,7 +43,7 @@ class WorkItem:
 
 @dataclass(frozen=True)
 class VideoFrames:
-    frames: list[Any]  # PIL images, RGB
+    frames: list[Any]  # PIL images, RGB; or decode.patches.ImagePatches (the workers patchify)
     timestamps: list[float]
     indices: list[int]
     fps: float

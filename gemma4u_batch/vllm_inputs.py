@@ -74,20 +74,45 @@ def render(llm: Any, prompt: dict[str, Any]) -> Any:
     return engine_input
 
 
+def _video_input(frames: list[ImagePatches], metadata: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """A video's frame patches as the plugin takes them, with what vLLM's processor would have
+    derived from the frames: timestamps from the sampling metadata (its arithmetic), soft
+    tokens per frame. Returns (data, id)."""
+    import numpy as np
+    import torch
+
+    fps = metadata.get("fps") or 24
+    indices = metadata.get("frames_indices", list(range(len(frames))))
+    data = {
+        processed.VIDEO_PATCHES_KEY: torch.from_numpy(np.stack([f.patches for f in frames])),
+        "pixel_position_ids_videos": torch.from_numpy(np.stack([f.positions for f in frames])),
+        "video_frame_counts": torch.tensor([len(frames)]),
+        "video_num_soft_tokens": [[f.num_tokens for f in frames]],
+        "video_timestamps": [[idx / fps for idx in indices]],
+    }
+    return data, f"gemma4u-video:{frames[0].uuid}:{len(frames)}:{fps}:{','.join(map(str, indices))}"
+
+
 def vllm_prompt(prompt: str, media: dict[str, Any] | None) -> dict[str, Any]:
-    """vLLM's prompt dict: patches become the plugin's dict input and carry their id."""
+    """vLLM's prompt dict: patches become the plugin's dict inputs and carry their ids."""
     out: dict[str, Any] = {"prompt": prompt}
     if not media:
         return out
+    media, uuids = dict(media), {}
     image = media.get("image")
     if isinstance(image, ImagePatches):
         import torch
 
-        data = {
+        media["image"] = {
             processed.PATCHES_KEY: torch.from_numpy(image.patches).unsqueeze(0),
             "pixel_position_ids": torch.from_numpy(image.positions).unsqueeze(0),
         }
-        media = {**media, "image": data}
-        out["multi_modal_uuids"] = {"image": [image.uuid]}
+        uuids["image"] = [image.uuid]
+    video = media.get("video")
+    if video is not None and video[0] and isinstance(video[0][0], ImagePatches):
+        media["video"], uuid = _video_input(video[0], video[1])
+        uuids["video"] = [uuid]
+    if uuids:
+        out["multi_modal_uuids"] = uuids
     out["multi_modal_data"] = media
     return out

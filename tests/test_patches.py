@@ -115,3 +115,45 @@ def test_engine_gives_the_same_tokens_for_patches_and_for_the_image(shared_engin
         a, b = results[f"pil{i}"], results[f"patches{i}"]
         assert list(a.prompt_token_ids) == list(b.prompt_token_ids)
         assert list(a.outputs[0].token_ids) == list(b.outputs[0].token_ids)
+
+
+def _same_tokens(engine, prompt: str, pairs: dict[str, dict]) -> dict:
+    """Send each named media dict with `prompt` greedily; the finished outputs by name."""
+    from gemma4u_batch.config import SamplingConfig
+    from gemma4u_batch.engine import EngineRequest
+
+    sampling = SamplingConfig(max_tokens=12, temperature=0.0)
+    for rid, media in pairs.items():
+        assert engine.add(EngineRequest(rid, prompt, media, sampling)) is None
+    results = {}
+    while engine.has_unfinished():
+        for r in engine.step():
+            results[r.request.request_id] = r.output
+    return results
+
+
+@pytest.mark.engine
+def test_engine_gives_the_same_tokens_for_frame_patches_and_for_the_frames(shared_engine, tmp_path: Path) -> None:
+    """A video whose frames were patchified in the workers: same prompt (frame timestamps and
+    soft tokens) and the same greedy tokens as vLLM's own video path, for an odd frame size."""
+    from gemma4u_batch.units import build_parts
+
+    from .test_decode_video import _make_video
+
+    path = tmp_path / "v.mp4"
+    _make_video(path, "mp4", "h264", n=30, w=202, h=58, noise=True)
+    item = WorkItem(id="v.mp4", source=str(path), modality=Modality.VIDEO, path=path)
+    media = {}
+    for name, opts in (
+        ("frames", DecodeOptions(video_frames=6)),
+        ("patches", DecodeOptions(video_frames=6, patches=True)),
+    ):
+        d = decode_item(item, opts)
+        assert d.error is None, d.error
+        (part,) = build_parts(d, windowed_audio=False, tokens_per_frame_of=lambda f: 70)
+        media[name] = part.mm
+    assert all(isinstance(f, ImagePatches) for f in media["patches"]["video"][0])
+    msgs = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "Describe."}]}]
+    out = _same_tokens(shared_engine, shared_engine.render_prompt(msgs), media)
+    assert list(out["frames"].prompt_token_ids) == list(out["patches"].prompt_token_ids)
+    assert list(out["frames"].outputs[0].token_ids) == list(out["patches"].outputs[0].token_ids)

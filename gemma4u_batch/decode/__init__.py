@@ -6,6 +6,7 @@ every failure of one input into an error on that input, never an exception out.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import stat
@@ -184,6 +185,20 @@ def decode_item(item: WorkItem, opts: DecodeOptions) -> DecodedItem:
             from .video import decode_video
 
             out.video, out.audio, out.info = decode_video(data, opts)
+            if opts.patches:
+                from .patches import image_patches
+
+                frames = [
+                    image_patches(
+                        frame,
+                        budget=opts.video_tokens_per_frame,
+                        patch_size=opts.patch_size,
+                        pooling=opts.pooling_kernel_size,
+                        content_id=f"{out.content_sha256}#{index}",
+                    )
+                    for frame, index in zip(out.video.frames, out.video.indices, strict=True)
+                ]
+                out.video = dataclasses.replace(out.video, frames=frames)
         else:
             raise ItemError("unsupported", "unknown modality (unsupported file extension)")
     except ItemError as exc:

@@ -6,8 +6,10 @@ engine, and has no input for Gemma 4's processed tensors. This registers, for
 an image item may be a dict `{"gemma4u_patches": uint8 (n, T, 6912), "pixel_position_ids":
 int64 (n, T, 2)}` (made by `decode/patches.py`), which is rescaled here with the model's
 own image processor and passed on as `pixel_values` without calling the HF processor; and
-its placeholder is sized from the positions (the rows that are not padding). PIL images
-still take vLLM's usual path. The engine must run with `enable_mm_embeds=True`, vLLM's
+its placeholder is sized from the positions (the rows that are not padding). A video item
+may likewise be its frames' patches with the counts, soft tokens and timestamps vLLM's
+processor would have made (its placeholder is then vLLM's own, built from those). PIL
+images and frames still take vLLM's usual path. The engine must run with `enable_mm_embeds=True`, vLLM's
 switch for inputs that skip its processor.
 
 Registered by the plugin entry point in every vLLM process (the front end is the one that
@@ -25,6 +27,14 @@ from typing import Any
 log = logging.getLogger("vllm.gemma4u_bidi")
 
 PATCHES_KEY = "gemma4u_patches"
+VIDEO_PATCHES_KEY = "gemma4u_video_patches"
+VIDEO_FIELDS = (
+    "pixel_values_videos",
+    "pixel_position_ids_videos",
+    "video_frame_counts",
+    "video_num_soft_tokens",
+    "video_timestamps",
+)
 DISABLE_ENV = "GEMMA4U_DISABLE_PROCESSED_INPUTS"
 
 _state: dict[str, Any] = {"registered": False, "reason": "not registered"}
@@ -77,6 +87,21 @@ def _fields_factory(data: Mapping[str, Any]) -> Mapping[str, Any]:
     }
 
 
+def _video_fields_factory(data: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The field layout vLLM's Gemma 4 processor gives its own video output (frames stored
+    flat, split per video by their counts)."""
+    from vllm.multimodal.inputs import MultiModalFieldConfig
+
+    counts = data["video_frame_counts"]
+    return {
+        "pixel_values_videos": MultiModalFieldConfig.flat_from_sizes("video", counts),
+        "pixel_position_ids_videos": MultiModalFieldConfig.flat_from_sizes("video", counts),
+        "video_frame_counts": MultiModalFieldConfig.batched("video", keep_on_cpu=True),
+        "video_num_soft_tokens": MultiModalFieldConfig.batched("video", keep_on_cpu=True),
+        "video_timestamps": MultiModalFieldConfig.batched("video", keep_on_cpu=True),
+    }
+
+
 def _classes() -> tuple[Any, Any]:
     """(processor, info) subclasses of vLLM's Gemma 4 Unified ones (imported on demand)."""
     from vllm.model_executor.models.gemma4_mm import Gemma4MultiModalProcessor
@@ -102,6 +127,15 @@ def _classes() -> tuple[Any, Any]:
                     fields_factory=_fields_factory,
                 )
             return super()._parse_image_data(data)
+
+        def _parse_video_data(self, data: Any) -> Any:
+            if isinstance(data, dict) and VIDEO_PATCHES_KEY in data:
+                items = {k: data[k] for k in VIDEO_FIELDS if k != "pixel_values_videos"}
+                items["pixel_values_videos"] = self._rescale(data[VIDEO_PATCHES_KEY])
+                return DictEmbeddingItems(
+                    items, modality="video", required_fields=set(VIDEO_FIELDS), fields_factory=_video_fields_factory
+                )
+            return super()._parse_video_data(data)
 
     class Info(Gemma4UnifiedProcessingInfo):
         def get_data_parser(self) -> Any:
