@@ -3,7 +3,7 @@
 usage: python -m benchmarks.frontend_cpu [--set phone|small|audio] [--sizes 12,60] [--reps 1]
                                          [--workdir DIR] [--model DIR] [--code DIR]
 
-Runs `gemma4u caption` (`transcribe` for --set audio) through `benchmarks.timed_cli` on N
+Runs `gemma4u caption` (audio clips too: one request each) through `benchmarks.timed_cli` on N
 items for each N in --sizes, each into a fresh OUT, and reads back this process's own CPU
 time (all its threads, not its children: the decode workers and vLLM's engine core are
 children) minus the CPU spent starting the engine. The marginal cost per item is the
@@ -61,7 +61,7 @@ def make_set(kind: str, folder: Path, n: int) -> None:
 def run_once(kind: str, items: Path, model: Path, work: Path, code: Path | None) -> dict[str, float]:
     out, tl_path = work / "out", work / "timeline.json"
     subprocess.run(["rm", "-rf", str(out)], check=True)
-    command = "transcribe" if kind == "audio" else "caption"
+    command = "caption"  # audio too: one request per clip (no voice activity detection deciding what is sent)
     args = [sys.executable, "-m", "benchmarks.timed_cli", str(tl_path), command, str(items), "-o", str(out)]
     args += ["--model", str(model), "--dtype", "float32", "--max-tokens", "32", "--max-model-len", "4096"]
     args += ["--progress", "quiet", "--workers", "2"]

@@ -26,7 +26,7 @@ from .decode.spill import SpilledAudio
 from .engine import Engine, EngineRequest, open_engine
 from .errors import EngineDied, EngineFailure, OutputError, UsageError
 from .index import OutIndex
-from .inputs import JobInput
+from .inputs import JobInput, is_speech_job
 from .keys import model_fingerprint
 from .outdir import RunLock, guard_of, guard_refusal, mark_done, new_run_id, run_manifest, wipe, write_run_manifest
 from .progress import Counters, Reporter
@@ -159,8 +159,10 @@ class Job:
         self.reporter.start(None)
         try:
             # The engine starts in the background once an item surely needs it, while the rest is
-            # scanned and decoded (a rerun with nothing to do never starts it).
-            self._decode_and_feed(self.quick.pending(self._items, self._skipped, self.engine.prestart))
+            # scanned and decoded (a rerun with nothing to do never starts it). Under speech tasks
+            # only, an item needs it once its voice activity detection found speech (_admit).
+            new_work = (lambda: None) if is_speech_job(self.config) else self.engine.prestart
+            self._decode_and_feed(self.quick.pending(self._items, self._skipped, new_work))
             self.reporter.update(self.counters, force=True)
         finally:
             self.reporter.stop()
@@ -328,6 +330,7 @@ class Job:
             if d.error is not None or unit.error is not None or unit.no_speech:
                 self._emit(unit)
                 continue
+            self.engine.prestart()  # (speech jobs) the first item with speech starts the engine
             self._queued.extend(self.requests.requests(unit))
 
     def _harvest(self) -> None:

@@ -86,3 +86,17 @@ def test_workers_option_takes_a_number_or_auto(tmp_path: Path) -> None:
     for bad in ("many", -1, "1.5"):
         with pytest.raises(ValueError, match="--workers takes a number"):
             _config(tmp_path, tmp_path / "o", workers=bad)
+
+
+def test_a_speech_job_starts_the_engine_only_for_speech(tmp_path: Path) -> None:
+    """Under speech tasks an audio item needs the engine only if voice activity detection finds
+    speech in it: silence is recorded without ever starting the engine."""
+    import numpy as np
+    import soundfile as sf
+
+    (tmp_path / "in").mkdir()
+    sf.write(tmp_path / "in" / "silence.wav", np.zeros(16000 * 3, dtype=np.float32), 16000)
+    config = JobConfig(input=tmp_path / "in", output=tmp_path / "out", model="fake-model", workers=0, task="transcribe")
+    engine = CountingEngine()
+    summary = run_job(config, engine, reporter=Reporter("quiet"))
+    assert summary.done == 1 and engine.prestarts == 0 and engine.added == 0
