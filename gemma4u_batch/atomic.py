@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import uuid
@@ -43,3 +44,18 @@ def write_atomic(dest: Path, write: Callable[[BinaryIO], object], tmp_dir: Path 
 def write_json_atomic(dest: Path, obj: Any, tmp_dir: Path | None = None) -> None:
     payload = (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode()
     write_atomic(dest, lambda fh: fh.write(payload), tmp_dir)
+
+
+def lock_held(path: Path) -> bool:
+    """Whether some process holds a flock on `path` (locks die with their process)."""
+    try:
+        fh = open(path, "a")
+    except OSError:
+        return False
+    with fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(fh, fcntl.LOCK_UN)
+    return False

@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .atomic import write_atomic, write_json_atomic
+from .atomic import lock_held, write_atomic, write_json_atomic
 from .decode.spill import remove_stale_spill_dirs
 from .records import OutputRecord
 
@@ -219,21 +219,6 @@ class PartWriter:
             self._lock_fh.close()
             (self.layout.writers / f"{self.writer_id}.lock").unlink(missing_ok=True)
             self._lock_fh = None
-
-
-def lock_held(path: Path) -> bool:
-    """Whether some process holds a flock on `path` (locks die with their process)."""
-    try:
-        fh = open(path, "a")
-    except OSError:
-        return False
-    with fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(fh, fcntl.LOCK_UN)
-    return False
 
 
 def _writer_alive(layout: OutLayout, writer_id: str) -> bool:

@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from ..atomic import lock_held
 from ..errors import ItemError
 
 __all__ = [
@@ -222,13 +223,6 @@ def _alive(folder: Path) -> bool:
     try:
         if not lock.exists():
             return time.time() - folder.stat().st_mtime < 60.0
-        fh = open(lock, "a")
     except OSError:
         return False
-    with fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(fh, fcntl.LOCK_UN)
-    return False
+    return lock_held(lock)
