@@ -6,7 +6,6 @@ every failure of one input into an error on that input, never an exception out.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import os
 import stat
@@ -168,39 +167,18 @@ def decode_item(item: WorkItem, opts: DecodeOptions) -> DecodedItem:
             from .image import decode_image
 
             out.image, out.info = decode_image(data, opts)
-            if opts.patches:
-                from .patches import image_patches
-
-                out.image = image_patches(
-                    out.image,
-                    budget=opts.image_tokens,
-                    patch_size=opts.patch_size,
-                    pooling=opts.pooling_kernel_size,
-                    content_id=out.content_sha256,
-                )
-                out.info["num_tokens"] = out.image.num_tokens
         elif item.modality is Modality.AUDIO:
             _decode_audio(out, data, opts)
         elif item.modality is Modality.VIDEO:
             from .video import decode_video
 
             out.video, out.audio, out.info = decode_video(data, opts)
-            if opts.patches:
-                from .patches import image_patches
-
-                frames = [
-                    image_patches(
-                        frame,
-                        budget=opts.video_tokens_per_frame,
-                        patch_size=opts.patch_size,
-                        pooling=opts.pooling_kernel_size,
-                        content_id=f"{out.content_sha256}#{index}",
-                    )
-                    for frame, index in zip(out.video.frames, out.video.indices, strict=True)
-                ]
-                out.video = dataclasses.replace(out.video, frames=frames)
         else:
             raise ItemError("unsupported", "unknown modality (unsupported file extension)")
+        if opts.patches:
+            from .patches import patchify
+
+            patchify(out, opts)
     except ItemError as exc:
         out.error, out.error_kind = exc.message, exc.kind
         _drop_media(out)

@@ -13,10 +13,15 @@ tensor equals what vLLM's own processor makes.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from ..records import DecodedItem
+    from .options import DecodeOptions
 
 PATCHES_VERSION = 1
 """Bumped whenever what the workers send changes: part of every item's multimodal id."""
@@ -96,3 +101,28 @@ def image_patches(image: Any, *, budget: int, patch_size: int, pooling: int, con
         size=(w, h),
         uuid=f"gemma4u-image:{content_id}:{w}x{h}:{budget}:v{PATCHES_VERSION}",
     )
+
+
+def patchify(d: DecodedItem, opts: DecodeOptions) -> None:
+    """Replace a decoded image, or a video's frames, by their patches (the engine takes them)."""
+    if d.image is not None:
+        d.image = image_patches(
+            d.image,
+            budget=opts.image_tokens,
+            patch_size=opts.patch_size,
+            pooling=opts.pooling_kernel_size,
+            content_id=str(d.content_sha256),
+        )
+        d.info["num_tokens"] = d.image.num_tokens
+    if d.video is not None:
+        frames = [
+            image_patches(
+                frame,
+                budget=opts.video_tokens_per_frame,
+                patch_size=opts.patch_size,
+                pooling=opts.pooling_kernel_size,
+                content_id=f"{d.content_sha256}#{index}",
+            )
+            for frame, index in zip(d.video.frames, d.video.indices, strict=True)
+        ]
+        d.video = dataclasses.replace(d.video, frames=frames)
