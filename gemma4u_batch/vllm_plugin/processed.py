@@ -70,12 +70,14 @@ def processor_compatible(processor_config: Mapping[str, Any]) -> str | None:
 def rescale_patches(image_processor: Any, patches: Any) -> Any:
     """The image processor's rescale (`image * rescale_factor`; processor_compatible ruled out
     normalising), applied to uint8 patches instead of the uint8 image: a patch is a
-    permutation of pixels. Done on a float32 copy, in place: the same value for every uint8
-    (tested), one 7.7 MB allocation instead of two, and ~5× faster than torch's uint8 × float."""
+    permutation of pixels. One numpy pass into float32 (x → float32(x) · float32(factor)): the
+    same value for every uint8 (tested), one 7.7 MB allocation, and 2–5× faster than torch's
+    conversion then multiplication in the feeding process."""
+    import numpy as np
     import torch
 
-    image = patches.to(torch.float32)
-    return image.mul_(image_processor.rescale_factor)
+    array = patches.numpy() if isinstance(patches, torch.Tensor) else np.asarray(patches)
+    return torch.from_numpy(np.multiply(array, np.float32(image_processor.rescale_factor), dtype=np.float32))
 
 
 def _fields_factory(data: Mapping[str, Any]) -> Mapping[str, Any]:
