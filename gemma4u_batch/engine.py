@@ -417,7 +417,7 @@ class VllmEngine:
             structured_outputs=StructuredOutputsParams(**request.structured) if request.structured else None,
         )
         self._ensure_started()
-        prompt = vllm_prompt(request.prompt, request.multi_modal_data)
+        prompt = vllm_prompt(request.prompt, request.multi_modal_data, processed_audio=self.accepts_patches)
         try:
             engine_input = render(self._llm, prompt)
             self._llm.add_request(request.request_id, engine_input, params, lora_request=self._lora_request())

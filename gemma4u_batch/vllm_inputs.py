@@ -93,12 +93,34 @@ def _video_input(frames: list[ImagePatches], metadata: dict[str, Any]) -> tuple[
     return data, f"gemma4u-video:{frames[0].uuid}:{len(frames)}:{fps}:{','.join(map(str, indices))}"
 
 
-def vllm_prompt(prompt: str, media: dict[str, Any] | None) -> dict[str, Any]:
-    """vLLM's prompt dict: patches become the plugin's dict inputs and carry their ids."""
+SAMPLE_RATE = 16_000
+SAMPLES_PER_TOKEN = 640
+
+
+def audio_frames(clip: Any) -> dict[str, Any] | None:
+    """A 16 kHz clip as the model's audio input: the feature extractor's framing (640 samples
+    per token, every frame valid) of a clip gemma4u already padded to whole frames, so a
+    reshape (no copy). None for a clip that is not whole frames (vLLM then frames it)."""
+    import numpy as np
+    import torch
+
+    x = np.ascontiguousarray(clip, dtype=np.float32)
+    if x.ndim != 1 or not x.size or x.size % SAMPLES_PER_TOKEN:
+        return None
+    frames = torch.from_numpy(x).reshape(1, -1, SAMPLES_PER_TOKEN)
+    return {processed.AUDIO_FRAMES_KEY: frames, "input_features_mask": torch.ones(frames.shape[:2], dtype=torch.bool)}
+
+
+def vllm_prompt(prompt: str, media: dict[str, Any] | None, *, processed_audio: bool = False) -> dict[str, Any]:
+    """vLLM's prompt dict: patches (and, with `processed_audio`, audio frames) become the
+    plugin's dict inputs; patches carry their ids."""
     out: dict[str, Any] = {"prompt": prompt}
     if not media:
         return out
     media, uuids = dict(media), {}
+    audio = media.get("audio")
+    if processed_audio and isinstance(audio, tuple) and audio[1] == SAMPLE_RATE:
+        media["audio"] = audio_frames(audio[0]) or audio
     image = media.get("image")
     if isinstance(image, ImagePatches):
         import torch

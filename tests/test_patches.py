@@ -157,3 +157,50 @@ def test_engine_gives_the_same_tokens_for_frame_patches_and_for_the_frames(share
     out = _same_tokens(shared_engine, shared_engine.render_prompt(msgs), media)
     assert list(out["frames"].prompt_token_ids) == list(out["patches"].prompt_token_ids)
     assert list(out["frames"].outputs[0].token_ids) == list(out["patches"].outputs[0].token_ids)
+
+
+@pytest.mark.parametrize("tokens", [1, 37, 749, 750])
+def test_audio_frames_equal_the_feature_extractor_output(tiny_model: Path, tokens: int) -> None:
+    """The framing handed to vLLM is the feature extractor's own, at the boundaries (one token,
+    a full 30-s window) and in between; a clip that is not whole frames is left to vLLM."""
+    from transformers import AutoProcessor
+
+    from gemma4u_batch.vllm_inputs import audio_frames
+
+    extractor = AutoProcessor.from_pretrained(tiny_model).feature_extractor
+    clip = np.random.default_rng(tokens).standard_normal(tokens * 640).astype(np.float32)
+    ref = extractor([clip], sampling_rate=16000, return_tensors="pt")
+    got = audio_frames(clip)
+    assert got is not None
+    assert torch.equal(got[processed.AUDIO_FRAMES_KEY], ref["input_features"])
+    assert torch.equal(got["input_features_mask"], ref["input_features_mask"])
+    assert audio_frames(clip[:-1]) is None and audio_frames(clip[:0]) is None
+
+
+@pytest.mark.engine
+def test_engine_gives_the_same_tokens_for_audio_frames_and_for_the_waveform(shared_engine) -> None:
+    from vllm import SamplingParams
+
+    from gemma4u_batch.vllm_inputs import render, vllm_prompt
+
+    shared_engine._ensure_started()
+    llm = shared_engine._llm
+    msgs = [{"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": "Transcribe."}]}]
+    prompt = shared_engine.render_prompt(msgs)
+    params = SamplingParams(max_tokens=12, temperature=0.0)
+    rng = np.random.default_rng(3)
+    for tokens in (1, 25, 750):
+        clip = (0.1 * rng.standard_normal(tokens * 640)).astype(np.float32)
+        for name, frames in (("wave", False), ("frames", True)):
+            p = vllm_prompt(prompt, {"audio": (clip, 16000)}, processed_audio=frames)
+            assert isinstance(p["multi_modal_data"]["audio"], dict) == frames  # the plugin's input, or vLLM's
+            llm.add_request(f"{name}{tokens}", render(llm, p), params)
+    out = {}
+    while llm.has_unfinished_requests():
+        for o in llm.step():
+            if o.finished:
+                out[o.request_id] = o
+    for tokens in (1, 25, 750):
+        a, b = out[f"wave{tokens}"], out[f"frames{tokens}"]
+        assert list(a.prompt_token_ids) == list(b.prompt_token_ids)
+        assert list(a.outputs[0].token_ids) == list(b.outputs[0].token_ids)

@@ -8,8 +8,10 @@ int64 (n, T, 2)}` (made by `decode/patches.py`), which is rescaled here with the
 own image processor and passed on as `pixel_values` without calling the HF processor; and
 its placeholder is sized from the positions (the rows that are not padding). A video item
 may likewise be its frames' patches with the counts, soft tokens and timestamps vLLM's
-processor would have made (its placeholder is then vLLM's own, built from those). PIL
-images and frames still take vLLM's usual path. The engine must run with `enable_mm_embeds=True`, vLLM's
+processor would have made (its placeholder is then vLLM's own, built from those). An audio
+item may be its 640-sample frames (the feature extractor's framing of a clip already padded
+to whole frames: a reshape), its placeholder vLLM's own for that many samples. PIL images,
+frames and (waveform, rate) pairs still take vLLM's usual path. The engine must run with `enable_mm_embeds=True`, vLLM's
 switch for inputs that skip its processor.
 
 Registered by the plugin entry point in every vLLM process (the front end is the one that
@@ -28,6 +30,7 @@ log = logging.getLogger("vllm.gemma4u_bidi")
 
 PATCHES_KEY = "gemma4u_patches"
 VIDEO_PATCHES_KEY = "gemma4u_video_patches"
+AUDIO_FRAMES_KEY = "gemma4u_audio_frames"
 VIDEO_FIELDS = (
     "pixel_values_videos",
     "pixel_position_ids_videos",
@@ -89,6 +92,15 @@ def _fields_factory(data: Mapping[str, Any]) -> Mapping[str, Any]:
     }
 
 
+def _audio_fields_factory(data: Mapping[str, Any]) -> Mapping[str, Any]:
+    from vllm.multimodal.inputs import MultiModalFieldConfig
+
+    return {
+        "input_features_padded": MultiModalFieldConfig.batched("audio"),
+        "input_features_mask": MultiModalFieldConfig.batched("audio"),
+    }
+
+
 def _video_fields_factory(data: Mapping[str, Any]) -> Mapping[str, Any]:
     """The field layout vLLM's Gemma 4 processor gives its own video output (frames stored
     flat, split per video by their counts)."""
@@ -130,6 +142,17 @@ def _classes() -> tuple[Any, Any]:
                 )
             return super()._parse_image_data(data)
 
+        def _parse_audio_data(self, data: Any) -> Any:
+            if isinstance(data, dict) and AUDIO_FRAMES_KEY in data:
+                items = {
+                    "input_features_padded": data[AUDIO_FRAMES_KEY],
+                    "input_features_mask": data["input_features_mask"],
+                }
+                return DictEmbeddingItems(
+                    items, modality="audio", required_fields=set(items), fields_factory=_audio_fields_factory
+                )
+            return super()._parse_audio_data(data)
+
         def _parse_video_data(self, data: Any) -> Any:
             if isinstance(data, dict) and VIDEO_PATCHES_KEY in data:
                 items = {k: data[k] for k in VIDEO_FIELDS if k != "pixel_values_videos"}
@@ -147,19 +170,29 @@ def _classes() -> tuple[Any, Any]:
     class Processor(Gemma4MultiModalProcessor):
         def _get_prompt_updates(self, mm_items: Any, hf_processor_mm_kwargs: Any, out_mm_kwargs: Any) -> Any:
             updates = list(super()._get_prompt_updates(mm_items, hf_processor_mm_kwargs, out_mm_kwargs))
-            images = mm_items.get("image")
-            if not isinstance(images, DictEmbeddingItems):
-                return updates
-            hf = self.info.get_hf_processor(**hf_processor_mm_kwargs)
+            hf: Any = self.info.get_hf_processor(**hf_processor_mm_kwargs)
             config = self.info.get_hf_config()
+            images, audios = mm_items.get("image"), mm_items.get("audio")
+            if isinstance(images, DictEmbeddingItems):
 
-            def replacement(i: int) -> Any:
-                n = int((images.get(i)["pixel_position_ids"][..., 0] >= 0).sum())
-                ids = [config.boi_token_id] + [hf.image_token_id] * n + [config.eoi_token_id]
-                return PromptUpdateDetails.select_token_id(ids, hf.image_token_id)
+                def image(i: int) -> Any:
+                    n = int((images.get(i)["pixel_position_ids"][..., 0] >= 0).sum())
+                    ids = [config.boi_token_id] + [hf.image_token_id] * n + [config.eoi_token_id]
+                    return PromptUpdateDetails.select_token_id(ids, hf.image_token_id)
 
-            image_update = PromptReplacement(modality="image", target=[hf.image_token_id], replacement=replacement)
-            return [u for u in updates if u.modality != "image"] + [image_update]
+                updates = [u for u in updates if u.modality != "image"]
+                updates.append(PromptReplacement(modality="image", target=[hf.image_token_id], replacement=image))
+            if isinstance(audios, DictEmbeddingItems):
+
+                def audio(i: int) -> Any:  # vLLM's own, for the samples the frames hold
+                    samples = (
+                        int(audios.get(i)["input_features_mask"].sum()) * hf.feature_extractor.audio_samples_per_token
+                    )
+                    return self.info.get_audio_repl(audio_len=samples, processor=hf)
+
+                updates = [u for u in updates if u.modality != "audio"]
+                updates.append(PromptReplacement(modality="audio", target=[hf.audio_token_id], replacement=audio))
+            return updates
 
     return Processor, Info
 
