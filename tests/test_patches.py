@@ -76,6 +76,8 @@ def test_processor_settings_the_workers_do_not_reproduce_keep_vllms_path(tiny_mo
     assert processed.processor_compatible(config) is None
     changed = {**config, "image_processor": {**config["image_processor"], "do_normalize": True}}
     assert "do_normalize=True" in str(processed.processor_compatible(changed))
+    changed = {**config, "feature_extractor": {**config["feature_extractor"], "audio_samples_per_token": 320}}
+    assert "audio_samples_per_token=320" in str(processed.processor_compatible(changed))
 
 
 def test_disabled_or_other_models_use_vllms_processor(tiny_model: Path, tmp_path: Path, monkeypatch) -> None:

@@ -67,6 +67,10 @@ def processor_compatible(processor_config: Mapping[str, Any]) -> str | None:
     for key, value in wanted.items():
         if key in image and image[key] != value:
             return f"image processor {key}={image[key]!r} (gemma4u's workers reproduce {value!r})"
+    audio = processor_config.get("feature_extractor", {})
+    for key, value in {"audio_samples_per_token": 640, "sampling_rate": 16000}.items():
+        if key in audio and audio[key] != value:
+            return f"feature extractor {key}={audio[key]!r} (gemma4u frames audio as {value!r})"
     return None
 
 
