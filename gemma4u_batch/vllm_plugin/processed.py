@@ -120,15 +120,12 @@ def _video_fields_factory(data: Mapping[str, Any]) -> Mapping[str, Any]:
     }
 
 
-def _classes() -> tuple[Any, Any]:
-    """(processor, info) subclasses of vLLM's Gemma 4 Unified ones (imported on demand)."""
-    from vllm.model_executor.models.gemma4_mm import Gemma4MultiModalProcessor
-    from vllm.model_executor.models.gemma4_unified import Gemma4UnifiedProcessingInfo
+def _parser_class() -> Any:
+    """vLLM's data parser plus gemma4u's dict forms of an image, an audio clip and a video."""
     from vllm.multimodal.parse import DictEmbeddingItems, MultiModalDataParser
-    from vllm.multimodal.processing import PromptReplacement, PromptUpdateDetails
 
     class Parser(MultiModalDataParser):
-        """vLLM's own parser for this model (its settings copied, not restated), plus one image form."""
+        """vLLM's own parser for this model (its settings copied, not restated), plus our forms."""
 
         def __init__(self, base: MultiModalDataParser, rescale: Any) -> None:
             self.__dict__.update(base.__dict__)
@@ -139,10 +136,7 @@ def _classes() -> tuple[Any, Any]:
                 pixels = self._rescale(data[PATCHES_KEY])
                 items = {"pixel_values": pixels, "pixel_position_ids": data["pixel_position_ids"]}
                 return DictEmbeddingItems(
-                    items,
-                    modality="image",
-                    required_fields={"pixel_values", "pixel_position_ids"},
-                    fields_factory=_fields_factory,
+                    items, modality="image", required_fields=set(items), fields_factory=_fields_factory
                 )
             return super()._parse_image_data(data)
 
@@ -166,37 +160,55 @@ def _classes() -> tuple[Any, Any]:
                 )
             return super()._parse_video_data(data)
 
+    return Parser
+
+
+def _image_update(images: Any, hf: Any, config: Any) -> Any:
+    """The image placeholder for patches: sized from the positions (rows that are not padding)."""
+    from vllm.multimodal.processing import PromptReplacement, PromptUpdateDetails
+
+    def image(i: int) -> Any:
+        n = int((images.get(i)["pixel_position_ids"][..., 0] >= 0).sum())
+        ids = [config.boi_token_id] + [hf.image_token_id] * n + [config.eoi_token_id]
+        return PromptUpdateDetails.select_token_id(ids, hf.image_token_id)
+
+    return PromptReplacement(modality="image", target=[hf.image_token_id], replacement=image)
+
+
+def _audio_update(info: Any, audios: Any, hf: Any) -> Any:
+    """vLLM's own audio placeholder, for the samples the frames hold."""
+    from vllm.multimodal.processing import PromptReplacement
+
+    def audio(i: int) -> Any:
+        samples = int(audios.get(i)["input_features_mask"].sum()) * hf.feature_extractor.audio_samples_per_token
+        return info.get_audio_repl(audio_len=samples, processor=hf)
+
+    return PromptReplacement(modality="audio", target=[hf.audio_token_id], replacement=audio)
+
+
+def _classes() -> tuple[Any, Any]:
+    """(processor, info) subclasses of vLLM's Gemma 4 Unified ones (imported on demand)."""
+    from vllm.model_executor.models.gemma4_mm import Gemma4MultiModalProcessor
+    from vllm.model_executor.models.gemma4_unified import Gemma4UnifiedProcessingInfo
+    from vllm.multimodal.parse import DictEmbeddingItems
+
+    parser_class = _parser_class()
+
     class Info(Gemma4UnifiedProcessingInfo):
         def get_data_parser(self) -> Any:
             image_processor = self.get_hf_processor().image_processor
-            return Parser(super().get_data_parser(), functools.partial(rescale_patches, image_processor))
+            return parser_class(super().get_data_parser(), functools.partial(rescale_patches, image_processor))
 
     class Processor(Gemma4MultiModalProcessor):
         def _get_prompt_updates(self, mm_items: Any, hf_processor_mm_kwargs: Any, out_mm_kwargs: Any) -> Any:
             updates = list(super()._get_prompt_updates(mm_items, hf_processor_mm_kwargs, out_mm_kwargs))
             hf: Any = self.info.get_hf_processor(**hf_processor_mm_kwargs)
-            config = self.info.get_hf_config()
-            images, audios = mm_items.get("image"), mm_items.get("audio")
-            if isinstance(images, DictEmbeddingItems):
-
-                def image(i: int) -> Any:
-                    n = int((images.get(i)["pixel_position_ids"][..., 0] >= 0).sum())
-                    ids = [config.boi_token_id] + [hf.image_token_id] * n + [config.eoi_token_id]
-                    return PromptUpdateDetails.select_token_id(ids, hf.image_token_id)
-
-                updates = [u for u in updates if u.modality != "image"]
-                updates.append(PromptReplacement(modality="image", target=[hf.image_token_id], replacement=image))
-            if isinstance(audios, DictEmbeddingItems):
-
-                def audio(i: int) -> Any:  # vLLM's own, for the samples the frames hold
-                    samples = (
-                        int(audios.get(i)["input_features_mask"].sum()) * hf.feature_extractor.audio_samples_per_token
-                    )
-                    return self.info.get_audio_repl(audio_len=samples, processor=hf)
-
-                updates = [u for u in updates if u.modality != "audio"]
-                updates.append(PromptReplacement(modality="audio", target=[hf.audio_token_id], replacement=audio))
-            return updates
+            ours = {}
+            if isinstance(images := mm_items.get("image"), DictEmbeddingItems):
+                ours["image"] = _image_update(images, hf, self.info.get_hf_config())
+            if isinstance(audios := mm_items.get("audio"), DictEmbeddingItems):
+                ours["audio"] = _audio_update(self.info, audios, hf)
+            return [u for u in updates if u.modality not in ours] + list(ours.values())
 
     return Processor, Info
 
