@@ -16,6 +16,13 @@ DEFAULT_MODEL = "google/gemma-4-12B-it"
 IMAGE_TOKEN_BUDGETS = (70, 140, 280, 560, 1120)
 
 
+def _dump_without_new_defaults(model: BaseModel, added: tuple[str, ...]) -> dict[str, Any]:
+    """model_dump without the fields `added` later (#14) while they are at their defaults, so
+    keys made before those fields existed stay the same."""
+    default = type(model)()
+    return {k: v for k, v in model.model_dump().items() if k not in added or v != getattr(default, k)}
+
+
 class SamplingConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -39,11 +46,11 @@ class SamplingConfig(BaseModel):
         return v
 
     def stable_dump(self) -> dict[str, Any]:
-        """model_dump without the settings added for #14 while at their defaults, so content
-        keys made before they existed stay the same (a set one changes every key)."""
-        base = ("max_tokens", "temperature", "top_p", "seed")
-        default = SamplingConfig()
-        return {k: v for k, v in self.model_dump().items() if k in base or v != getattr(default, k)}
+        """For content keys: a set one changes every key."""
+        return _dump_without_new_defaults(
+            self,
+            ("top_k", "min_p", "stop", "presence_penalty", "frequency_penalty", "repetition_penalty", "logprobs"),
+        )
 
 
 class EngineConfig(BaseModel):
@@ -99,11 +106,10 @@ class EngineConfig(BaseModel):
         return v
 
     def stable_dump(self) -> dict[str, Any]:
-        """model_dump without the options added for #14 while they are at their defaults, so
-        what was keyed on the whole engine config before they existed keeps its keys."""
-        new = ("quantization", "kv_cache_dtype", "revision", "tokenizer", "download_dir", "lora", "engine_args")
-        default = EngineConfig()
-        return {k: v for k, v in self.model_dump().items() if k not in new or v != getattr(default, k)}
+        """For what was keyed on the whole engine config before these options existed."""
+        return _dump_without_new_defaults(
+            self, ("quantization", "kv_cache_dtype", "revision", "tokenizer", "download_dir", "lora", "engine_args")
+        )
 
 
 class JobConfig(BaseModel):

@@ -175,7 +175,7 @@ class VllmEngine:
         check_model_path(self.model)
         from .vllm_inputs import patches_unsupported
 
-        why_not = patches_unsupported(self.model)
+        why_not = patches_unsupported(self.model, self.engine.revision)
         self.accepts_patches = why_not is None
         self.patches_note = why_not or "images are patchified in the decode workers"
         return self
@@ -205,15 +205,13 @@ class VllmEngine:
         needs generation, so the engine's processes start while the input is scanned and
         decoded. vLLM and the tokenizer are imported here first, in the calling thread
         (transformers' lazy imports are not safe from two threads at once)."""
-        if self._llm is not None or self._starting is not None:
+        if self._llm is not None or self._starting is not None or self._start_error is not None:
             return
         try:
             args = self._engine_args()
             self.tokenizer  # noqa: B018 (loaded now, before the thread starts)
         except BaseException as exc:  # raised at the first add, as without prestart
             self._start_error = exc
-            self._starting = threading.Thread(target=lambda: None)
-            self._starting.start()
             return
 
         def launch() -> None:
@@ -230,10 +228,11 @@ class VllmEngine:
         if self._starting is not None:
             self._starting.join()
             self._starting = None
-            if self._start_error is not None:
-                exc, self._start_error = self._start_error, None
-                raise exc
-            self._started()
+            if self._start_error is None:
+                self._started()
+        if self._start_error is not None:
+            exc, self._start_error = self._start_error, None
+            raise exc
         if self._llm is None:
             self._start_engine()
 

@@ -15,6 +15,7 @@ import os
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
+from .decode.options import DecodeOptions
 from .decode.patches import ImagePatches
 from .vllm_plugin import processed, version_supported
 
@@ -93,8 +94,8 @@ def _video_input(frames: list[ImagePatches], metadata: dict[str, Any]) -> tuple[
     return data, f"gemma4u-video:{frames[0].uuid}:{len(frames)}:{fps}:{','.join(map(str, indices))}"
 
 
-SAMPLE_RATE = 16_000
-SAMPLES_PER_TOKEN = 640
+SAMPLE_RATE = DecodeOptions.sample_rate  # what the decoders deliver
+SAMPLES_PER_TOKEN = DecodeOptions.samples_per_token
 
 
 def audio_frames(clip: Any) -> dict[str, Any] | None:
