@@ -171,6 +171,15 @@ def test_refusal_messages_name_cause_and_fix(monkeypatch: pytest.MonkeyPatch, tm
     assert _refusal(ConnectionError("Could not find any running Ray instance."), "auto", generic=False) is None
 
 
+def _ray_caption(
+    inputs: Path, out: Path, model: Path, cluster: RayCluster, *, commit_every: int, progress: str
+) -> list[str]:
+    """`gemma4u caption` of the fixture's images on two Ray replicas of the tiny model."""
+    settings = "--dtype float32 --max-tokens 12 --max-model-len 4096 --max-num-seqs 8 --workers 0 --replicas 2"
+    job = [GEMMA4U, "caption", str(inputs), "-o", str(out), "--model", str(model), "--ray", cluster.address]
+    return [*job, *settings.split(), "--commit-every", str(commit_every), "--progress", progress]
+
+
 def _replica_pids(cluster: RayCluster) -> list[int]:
     return [p.pid for p in cluster.processes() if "ray::_Replica" in " ".join(p.cmdline())]
 
@@ -179,33 +188,7 @@ def _replica_pids(cluster: RayCluster) -> list[int]:
 @pytest.mark.timeout(1500)
 def test_ray_two_replicas_one_killed_still_exactly_once(inputs, tiny_model, reference, ray_cluster, tmp_path):
     out = tmp_path / "out"
-    args = [
-        GEMMA4U,
-        "caption",
-        str(inputs),
-        "-o",
-        str(out),
-        "--model",
-        str(tiny_model),
-        "--dtype",
-        "float32",
-        "--max-tokens",
-        "12",
-        "--max-model-len",
-        "4096",
-        "--max-num-seqs",
-        "8",
-        "--commit-every",
-        "2",
-        "--workers",
-        "0",
-        "--ray",
-        ray_cluster.address,
-        "--replicas",
-        "2",
-        "--progress",
-        "json",
-    ]
+    args = _ray_caption(inputs, out, tiny_model, ray_cluster, commit_every=2, progress="json")
     # The fixture's HOME, token and loopback settings, for the CLI and (through the cluster) its replicas.
     # Replicas of earlier tests' jobs may still be winding down on the shared cluster: only this job's count.
     earlier = set(_replica_pids(ray_cluster))
@@ -276,33 +259,7 @@ def test_ray_driver_sigterm_commits_exits_130_and_resumes_exactly_once(
     from .cli_checks import documented_code
 
     out = tmp_path / "out"
-    args = [
-        GEMMA4U,
-        "caption",
-        str(inputs),
-        "-o",
-        str(out),
-        "--model",
-        str(tiny_model),
-        "--dtype",
-        "float32",
-        "--max-tokens",
-        "12",
-        "--max-model-len",
-        "4096",
-        "--max-num-seqs",
-        "8",
-        "--commit-every",
-        "1",
-        "--workers",
-        "0",
-        "--ray",
-        ray_cluster.address,
-        "--replicas",
-        "2",
-        "--progress",
-        "quiet",
-    ]
+    args = _ray_caption(inputs, out, tiny_model, ray_cluster, commit_every=1, progress="quiet")
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ray_cluster.env)
     deadline = time.time() + 900
     while time.time() < deadline and proc.poll() is None and not committed_parts(OutLayout(out)):
