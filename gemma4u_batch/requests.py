@@ -113,8 +113,7 @@ class RequestBuilder:
 
     def _identifies(self, task: str) -> bool:
         """Whether this task's windows get a language-identification request each."""
-        t = resolve_task(task)
-        return self.config.language is None and t is not None and t.windowed_audio
+        return self.config.language is None and self._speech(task)
 
     def _language_prompt(self) -> str:
         """The identification prompt: the transcription's messages (system prompt, then the

@@ -37,11 +37,6 @@ class ImagePatches:
     size: tuple[int, int]  # (width, height) of the image that was patchified
     uuid: str  # what vLLM caches it under instead of hashing the pixels
 
-    @property
-    def image_tokens(self) -> int:
-        """The token budget the patches are padded to (the processor's max_soft_tokens)."""
-        return int(self.patches.shape[0])
-
 
 def warm_up() -> None:
     """Import torch, torchvision and transformers' functions once per worker (not per item),
