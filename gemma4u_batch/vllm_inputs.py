@@ -30,14 +30,16 @@ def _installed_vllm() -> str | None:
 
 
 def _model_file(model: str, name: str, revision: str | None) -> dict[str, Any] | None:
-    """A JSON file of the model: from its folder, or the Hub cache (vLLM fetches it anyway)."""
+    """A JSON file of the model: from its folder, or the Hub cache (no request when cached, as
+    on a rerun; otherwise fetched, as vLLM would)."""
     path = os.path.join(os.path.expanduser(model), name)
     if not os.path.isdir(os.path.expanduser(model)):
-        from huggingface_hub import hf_hub_download
+        from huggingface_hub import hf_hub_download, try_to_load_from_cache
         from huggingface_hub.errors import HfHubHTTPError
 
         try:
-            path = hf_hub_download(model, name, revision=revision)
+            cached = try_to_load_from_cache(model, name, revision=revision)
+            path = cached if isinstance(cached, str) else hf_hub_download(model, name, revision=revision)
         except (OSError, ValueError, HfHubHTTPError):
             return None
     try:
