@@ -94,8 +94,19 @@ class Job:
     # ------------------------------------------------------------ what a run would do
 
     def refusal(self) -> str | None:
-        """Why a run would be refused (OUT was made with other settings), or None."""
+        """Why a run would be refused (OUT unusable, or made with other settings), or None."""
+        if (why := self._unusable()) is not None:
+            return why
         return None if self.config.overwrite else guard_refusal(self.layout, self.guard)
+
+    def _unusable(self) -> str | None:
+        """Why OUT cannot be opened at all with these settings (checked before its lock), or None."""
+        c = self.config
+        if c.output.exists() and not c.output.is_dir():
+            return f"output exists and is not a folder: {c.output}"
+        if c.overwrite and self.shard:
+            return "--overwrite cannot be combined with --shard (other shards share OUT)"
+        return None
 
     def instruction(self, item: WorkItem, task: str) -> str:
         """The instruction this job sends for an item and task."""
@@ -107,15 +118,12 @@ class Job:
         """Check the input and OUT, take OUT's lock, clear a dead writer's leftovers and
         open OUT's index (which record of each item is current). Usage errors here cost
         no engine start."""
-        c = self.config
         self._items = self.input.nonempty(self._given)
-        if c.output.exists() and not c.output.is_dir():
-            raise UsageError(f"output exists and is not a folder: {c.output}")
-        if c.overwrite and self.shard:
-            raise UsageError("--overwrite cannot be combined with --shard (other shards share OUT)")
+        if (why := self._unusable()) is not None:
+            raise UsageError(why)
         self._lock.acquire()
         try:
-            if c.overwrite:
+            if self.config.overwrite:
                 wipe(self.layout)
             cleanup_orphans(self.layout)
             if (why := self.refusal()) is not None:

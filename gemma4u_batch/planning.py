@@ -218,18 +218,15 @@ def _scan(config: JobConfig, per_modality: int, overall: int = 0) -> _Scan:
     return scan
 
 
-def _existing(job: Job) -> tuple[dict[str, Any] | None, str | None]:
-    """(OUT's status, why a run would be refused) when OUT already is a gemma4u folder."""
+def _existing(job: Job) -> dict[str, Any] | None:
+    """OUT's status when OUT already is a gemma4u folder."""
     from .ledger import read_status
 
-    out = job.config.output
-    if out.exists() and not out.is_dir():
-        return None, f"output exists and is not a folder: {out}"
     if not job.layout.meta.is_dir():
-        return None, None
+        return None
     st = read_status(job.layout)
     keys = ("records", "done", "errors", "complete", "active", "last_update")
-    return {k: getattr(st, k) for k in keys}, job.refusal()
+    return {k: getattr(st, k) for k in keys}
 
 
 # ----------------------------------------------------------------------------- plan
@@ -244,7 +241,7 @@ def plan(config: JobConfig, sample: int = 16, recipe: str | None = None) -> Plan
     scan = _scan(config, max(0, sample))
     p = Plan(config=config, source=scan.source, tasks=config.task_list(), sample=max(0, sample), recipe=recipe)
     p.items, p.bad_rows, p.found, p.new_items = scan.items, scan.bad_rows, scan.found, scan.new_items
-    p.existing, p.refused = _existing(job)
+    p.existing, p.refused = _existing(job), job.refusal()
     for mod, n in sorted(scan.sent.items()):
         p.modalities[mod] = ModalityPlan(mod, items=n, sampled=len(scan.per_modality[mod].items))
     samples = [it for mod in sorted(scan.per_modality) for it in scan.per_modality[mod].ordered()]

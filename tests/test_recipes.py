@@ -405,6 +405,21 @@ def test_plan_reads_an_existing_out_incrementally(tmp_path: Path) -> None:
     assert "2 records" in console.file.getvalue()  # type: ignore[attr-defined]
 
 
+def test_plan_refuses_what_a_run_refuses(tmp_path: Path) -> None:
+    """--dry-run names the same refusal the run would stop with (OUT is a file; --overwrite with --shard)."""
+    a_file = tmp_path / "out.txt"
+    a_file.write_text("not a folder")
+    base = JobConfig(input=EXAMPLES / "images", output=tmp_path / "out", model="fake-model", workers=0)
+    for config in (
+        base.model_copy(update={"output": a_file}),
+        base.model_copy(update={"overwrite": True, "shard": "0/2"}),
+    ):
+        refused = plan(config, sample=1).refused
+        with pytest.raises(UsageError) as run_refusal:
+            run_job(config, FakeEngine(), reporter=Reporter("quiet"))
+        assert refused is not None and refused == str(run_refusal.value)
+
+
 # ---------------------------------------------------------------------- estimate
 
 
