@@ -30,7 +30,7 @@ from .inputs import JobInput, is_speech_job
 from .keys import model_fingerprint
 from .outdir import RunLock, guard_of, guard_refusal, mark_done, new_run_id, run_manifest, wipe, write_run_manifest
 from .progress import Counters, Reporter
-from .prompts import item_instruction
+from .prompts import sent_instruction
 from .quickcheck import QuickCheck
 from .records import DecodedItem, WorkItem
 from .requests import RequestBuilder, for_engine
@@ -109,8 +109,8 @@ class Job:
         return None
 
     def instruction(self, item: WorkItem, task: str) -> str:
-        """The instruction this job sends for an item and task."""
-        return item_instruction(self.config, item, task)
+        """The instruction this job sends for an item and task (a row's failing template: as written)."""
+        return sent_instruction(self.config, item, task)[0]
 
     # ------------------------------------------------------------------ open and close
 

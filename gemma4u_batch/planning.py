@@ -25,7 +25,7 @@ from rich.table import Table
 
 from .config import JobConfig
 from .decode.audio import num_audio_tokens
-from .errors import ItemError, UsageError
+from .errors import UsageError
 from .inputs import JobInput, is_speech_job
 from .job import Job, run_job
 from .records import WorkItem
@@ -125,14 +125,6 @@ class Plan:
 
 def _approx_tokens(text: str | None) -> int:
     return math.ceil(len(text) / 4) if text else 0
-
-
-def instruction_text(job: Job, item: WorkItem, task: str) -> str:
-    """The instruction the job would send (a template that fails for this row: as written)."""
-    try:
-        return job.instruction(item, task)
-    except ItemError:
-        return item.prompt or job.config.prompt or ""
 
 
 def request_text_tokens(config: JobConfig, instruction: str) -> int:
@@ -286,7 +278,7 @@ def _count_requests(row: ModalityPlan, job: Job, d: Any) -> bool:
         if windowed not in parts_by_window:
             parts_by_window[windowed] = view(d, windowed)[1]
         parts = parts_by_window[windowed]
-        text = request_text_tokens(job.config, instruction_text(job, d.item, task))
+        text = request_text_tokens(job.config, job.instruction(d.item, task))
         row.requests += len(parts)
         row.text_tokens += text * len(parts)
         for part in parts:

@@ -66,3 +66,12 @@ def item_instruction(config: JobConfig, item: WorkItem, task: str) -> str:
     modality = item.modality or Modality.IMAGE
     language = language_name(config.language) if config.language else None
     return instruction_for(task, modality, language=language, target=config.translate_to)
+
+
+def sent_instruction(config: JobConfig, item: WorkItem, task: str) -> tuple[str, ItemError | None]:
+    """(the instruction as sent, the row's template error): a template that fails for this
+    row is sent as written, and its item becomes an error record."""
+    try:
+        return item_instruction(config, item, task), None
+    except ItemError as exc:
+        return item.prompt or config.prompt or "", exc

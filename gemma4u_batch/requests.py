@@ -12,11 +12,11 @@ from .config import JobConfig, SamplingConfig
 from .decode import DecodeOptions, in_shard
 from .decode.image import num_image_tokens
 from .engine import Engine, EngineRequest
-from .errors import ItemError, UsageError
+from .errors import UsageError
 from .keys import KeyMaker
 from .languages import DETECT_CODES
 from .outdir import guarded_settings
-from .prompts import check_template, item_instruction
+from .prompts import check_template, sent_instruction
 from .quality import quality_flags
 from .records import DecodedItem, Modality, WorkItem
 from .structured import load_schema, structured_for
@@ -79,11 +79,8 @@ class RequestBuilder:
 
     def prompt(self, item: WorkItem, task: str, has_audio: bool) -> tuple[str, str, tuple[str, str] | None]:
         """(instruction, chat prompt as rendered, (error, kind) if the row's template fails)."""
-        error: tuple[str, str] | None = None
-        try:
-            instruction = item_instruction(self.config, item, task)
-        except ItemError as exc:
-            instruction, error = (item.prompt or self.config.prompt or ""), (exc.message, exc.kind)
+        instruction, failed = sent_instruction(self.config, item, task)
+        error = (failed.message, failed.kind) if failed is not None else None
         with_audio = has_audio and item.modality is Modality.VIDEO
         memo = (item.modality, with_audio, instruction)
         rendered = self._rendered.get(memo)

@@ -51,11 +51,13 @@ def test_builtin_tasks_cover_the_issue() -> None:
 
 
 def test_prompt_template_over_row_fields(manifest: Path, tmp_path: Path) -> None:
-    recs = run(manifest, tmp_path / "out", prompt="Caption the photo titled '{{ title }}' ({{ id }}).")
+    template = "Caption the photo titled '{{ title }}' ({{ id }})."
+    recs = run(manifest, tmp_path / "out", prompt=template)
     assert recs[("p1", "caption")]["prompt"] == "Caption the photo titled 'Title 1' (p1)."
     assert recs[("p1", "caption")]["text"].startswith("fake")
     missing = recs[("p3", "caption")]  # the row has no title: an error for that row only
     assert missing["error_kind"] == "bad_prompt" and "title" in missing["error"]
+    assert missing["prompt"] == template  # recorded as written
 
 
 def test_template_sandbox_and_syntax(manifest: Path, tmp_path: Path) -> None:
