@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from .decode.options import DecodeOptions
 from .languages import normalise_language
-from .records import Modality
+from .records import Modality, WorkItem
 from .tasks import is_speech_task
 
 DEFAULT_MODEL = "google/gemma-4-12B-it"
@@ -222,6 +222,10 @@ class JobConfig(BaseModel):
 
     def task_list(self) -> list[str]:
         return list(self.tasks) if self.tasks else [self.task]
+
+    def tasks_of(self, item: WorkItem) -> list[str]:
+        """The tasks an item is run with: its manifest row's task, else the job's."""
+        return [item.task] if item.task else self.task_list()
 
     @field_validator("workers", mode="before")
     @classmethod

@@ -272,7 +272,7 @@ def _count_requests(row: ModalityPlan, job: Job, d: Any) -> bool:
     limit = job.config.engine.max_model_len
     too_long = False
     parts_by_window: dict[bool, list[Any]] = {}
-    for task in [d.item.task] if d.item.task else job.config.task_list():
+    for task in job.config.tasks_of(d.item):
         t = resolve_task(task)
         windowed = bool(t and t.windowed_audio)
         if windowed not in parts_by_window:
@@ -484,7 +484,7 @@ def estimate(config: JobConfig, n: int, engine: Any = None, console: Console | N
     if not items:
         raise UsageError(f"no usable items in {config.dataset or config.input} to estimate with")
     est = Estimate(sampled=len(items), total_items=scan.items, pending_items=scan.new_items)
-    est.records_per_item = sum(len([it.task] if it.task else config.task_list()) for it in items) / len(items)
+    est.records_per_item = sum(len(config.tasks_of(it)) for it in items) / len(items)
     job_input = JobInput(config)
     for it in items:
         mod = job_input.as_sent(it).modality

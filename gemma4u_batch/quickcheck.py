@@ -38,7 +38,7 @@ class QuickCheck:
         called for an item known to need generation without reading it (no current record, or
         one made with another key), not for one that must be read to know (a racy stat)."""
         for chunk in _chunks(items):
-            records = self.index.get_many([(item.id, t) for item in chunk for t in self.requests.tasks_of(item)])
+            records = self.index.get_many([(item.id, t) for item in chunk for t in self.config.tasks_of(item)])
             known = self._known(chunk, records)
             for i, item in enumerate(chunk):
                 done = self._done(item, known[i], records) if i in known else None
@@ -47,7 +47,7 @@ class QuickCheck:
                         new_work()
                     yield item
                 elif done:
-                    skipped(len(self.requests.tasks_of(item)))
+                    skipped(len(self.config.tasks_of(item)))
 
     def _known(self, chunk: list[WorkItem], records: Records) -> dict[int, Known]:
         """Content hashes known without reading, for the chunk's items that have records."""
@@ -71,7 +71,7 @@ class QuickCheck:
         return known
 
     def _recorded(self, item: WorkItem, records: Records) -> bool:
-        return all(self._usable(records.get((item.id, t))) for t in self.requests.tasks_of(item))
+        return all(self._usable(records.get((item.id, t))) for t in self.config.tasks_of(item))
 
     def _usable(self, prev: tuple[str, bool] | None) -> bool:
         return prev is not None and not (self.config.retry_errors and prev[1])
@@ -84,7 +84,7 @@ class QuickCheck:
         sha, has_audio = known
         if not self.requests.in_shard_of(item, sha):
             return False  # another shard's item: neither read nor counted
-        for task in self.requests.tasks_of(item):
+        for task in self.config.tasks_of(item):
             prev = records.get((item.id, task))
             _, rendered, _ = self.requests.prompt(item, task, has_audio)
             if prev is None or self.requests.key_of(item, sha, task, rendered) != prev[0]:

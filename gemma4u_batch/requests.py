@@ -70,12 +70,9 @@ class RequestBuilder:
         basis = content_sha256 or hashlib.sha256(item.id.encode()).hexdigest()
         return in_shard(basis, shard)
 
-    def tasks_of(self, item: WorkItem) -> list[str]:
-        return [item.task] if item.task else self.config.task_list()
-
     def units(self, d: DecodedItem) -> list[Unit]:
         """One unit per task; the media was decoded once and is shared."""
-        return [self._unit(d, task) for task in self.tasks_of(d.item)]
+        return [self._unit(d, task) for task in self.config.tasks_of(d.item)]
 
     def prompt(self, item: WorkItem, task: str, has_audio: bool) -> tuple[str, str, tuple[str, str] | None]:
         """(instruction, chat prompt as rendered, (error, kind) if the row's template fails)."""

@@ -79,6 +79,29 @@ def test_choices_give_data_and_multi_task_shares_decode(manifest: Path, tmp_path
     assert eng2.added == 0
 
 
+def test_a_rows_own_task_is_run_planned_and_counted_done(tmp_path: Path) -> None:
+    """A manifest row's `task` replaces the job's for that row: the run, the plan and
+    `status --count-pending` agree on it."""
+    from typer.testing import CliRunner
+
+    from gemma4u_batch.cli.app import app
+    from gemma4u_batch.planning import plan
+
+    for i in range(3):
+        Image.new("RGB", (40, 30), (i * 50, 10, 10)).save(tmp_path / f"p{i}.png")
+    rows = [{"path": "p0.png", "id": "p0", "task": "tags"}, {"path": "p1.png", "id": "p1"}]
+    man = tmp_path / "m.jsonl"
+    man.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    recs = run(man, tmp_path / "out", tasks=["caption", "alt-text"])
+    assert set(recs) == {("p0", "tags"), ("p1", "caption"), ("p1", "alt-text")}
+    p = plan(JobConfig(input=man, output=tmp_path / "o", model="fake-model", workers=0, tasks=["caption", "alt-text"]))
+    assert p.modalities["image"].requests == 3
+    man.write_text(man.read_text() + json.dumps({"path": "p2.png", "id": "p2"}) + "\n")
+    r = CliRunner().invoke(app, ["status", str(tmp_path / "out"), "--json", "--count-pending"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["pending"] == 1
+
+
 def test_json_schema_valid_and_unparsable(manifest: Path, tmp_path: Path) -> None:
     schema = tmp_path / "s.json"
     schema.write_text(json.dumps(TASKS["tags"].json_schema))

@@ -196,8 +196,7 @@ def _count_pending(layout: Any) -> int | None:
         with OutIndex(layout) as index:
 
             def has_record(item: Any) -> bool:
-                tasks = [item.task] if item.task else config.task_list()
-                return all(index.get(item.id, t) is not None for t in tasks)
+                return all(index.get(item.id, t) is not None for t in config.tasks_of(item))
 
             return JobInput(config).count_missing(has_record)
     except (UsageError, ValidationError, KeyError):
