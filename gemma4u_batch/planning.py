@@ -303,8 +303,7 @@ def _add_notes(p: Plan, scan: _Scan) -> None:
     c = p.config
     if is_speech_job(c) and scan.found.get("video"):
         p.notes.append(f"{scan.found['video']} video(s) are sent as their soundtrack (audio) for speech tasks")
-    shard = c.shard_index() if hasattr(c, "shard_index") else None
-    if shard is not None:
+    if (shard := c.shard_index()) is not None:
         p.notes.append(f"shard {shard[0]}/{shard[1]}: this run does about 1/{shard[1]} of the items counted here")
     if c.prompt is None:
         for task in p.tasks:
@@ -536,8 +535,7 @@ def _estimate_assumptions(est: Estimate, config: JobConfig, scan: _Scan) -> None
         f"the {est.sampled} item(s) were drawn uniformly from the {est.total_items} (fixed seed, same sample every "
         "time); the job's mix of modalities and file sizes is assumed to match the sample's"
     )
-    sent = {("audio" if is_speech_job(config) and k == "video" else k) for k in scan.found}
-    missing = sorted(sent - set(est.sample_modalities))
+    missing = sorted(set(scan.sent) - set(est.sample_modalities))
     if missing:
         a.append(f"no {', '.join(missing)} item was sampled: their cost is not in the projection (raise N)")
     a.append(f"engine start-up ({est.startup_s:.1f} s) is paid once per run and is not in the per-item time")

@@ -22,6 +22,7 @@ from gemma4u_batch.job import run_job
 from gemma4u_batch.planning import estimate, plan, print_estimate, print_plan
 from gemma4u_batch.progress import Reporter
 from gemma4u_batch.recipes import load_recipe
+from gemma4u_batch.records import Modality
 from gemma4u_batch.sources import open_source
 from gemma4u_batch.tasks import TASKS
 
@@ -452,6 +453,20 @@ def test_estimate_runs_a_sample_and_projects(tmp_path: Path) -> None:
     assert "projected: whole job" in console.file.getvalue()  # type: ignore[attr-defined]
     with pytest.raises(UsageError):
         estimate(config, 0, engine=FakeEngine())
+
+
+def test_estimate_names_the_modalities_its_sample_missed(tmp_path: Path) -> None:
+    """Modalities as sent: under speech tasks a video is audio, so a sample of audio misses nothing."""
+    config = JobConfig(input=EXAMPLES, output=tmp_path / "out", model="fake-model", workers=0)
+    est = estimate(config, 1, engine=FakeEngine())
+    (missed,) = [a for a in est.assumptions if "was sampled" in a]
+    assert {"image", "audio", "video"} - set(est.sample_modalities) == {
+        m for m in ("image", "audio", "video") if m in missed
+    }
+    speech_config = config.model_copy(update={"task": "transcribe", "modalities": [Modality.AUDIO, Modality.VIDEO]})
+    speech = estimate(speech_config, 1, engine=FakeEngine())
+    assert set(speech.sample_modalities) == {"audio"}
+    assert not [a for a in speech.assumptions if "was sampled" in a]
 
 
 @pytest.mark.engine
