@@ -101,18 +101,23 @@ def _uuid() -> str:
     return random_uuid()
 
 
-def error_output(custom_id: str, message: str | Any, status: int = 400) -> dict[str, Any]:
-    """An error line as run-batch writes it: status in `response`, the reason in `error`
-    (a message string, or vLLM's ErrorResponse)."""
+def _output_line(custom_id: str, error: Any, **response: Any) -> dict[str, Any]:
+    """One output line as vLLM's run-batch builds it (its own pydantic models)."""
     from vllm.entrypoints.launchers.run_batch import BatchRequestOutput, BatchResponseData
 
     out = BatchRequestOutput(
         id=f"vllm-{_uuid()}",
         custom_id=custom_id,
-        response=BatchResponseData(status_code=status, request_id=f"vllm-batch-{_uuid()}"),
-        error=message,
+        response=BatchResponseData(**response, request_id=f"vllm-batch-{_uuid()}"),
+        error=error,
     )
     return json.loads(out.model_dump_json())
+
+
+def error_output(custom_id: str, message: str | Any, status: int = 400) -> dict[str, Any]:
+    """An error line as run-batch writes it: status in `response`, the reason in `error`
+    (a message string, or vLLM's ErrorResponse)."""
+    return _output_line(custom_id, message, status_code=status)
 
 
 def error_response(message: str, err_type: str, status: int, param: str | None = None) -> Any:
@@ -124,15 +129,8 @@ def error_response(message: str, err_type: str, status: int, param: str | None =
 
 
 def completion_output(custom_id: str, body: Any) -> dict[str, Any]:
-    from vllm.entrypoints.launchers.run_batch import BatchRequestOutput, BatchResponseData
-
-    out = BatchRequestOutput(
-        id=f"vllm-{_uuid()}",
-        custom_id=custom_id,
-        response=BatchResponseData(body=body, request_id=f"vllm-batch-{_uuid()}"),
-        error=None,
-    )
-    return json.loads(out.model_dump_json())
+    """An answered line: status 200 (the model's default) and the completion as `body`."""
+    return _output_line(custom_id, None, body=body)
 
 
 # ------------------------------------------------------------------- line checks
