@@ -59,10 +59,8 @@ def main() -> int:
     config = JobConfig(input=manifest, output=out, model="fake-model", workers=0, commit_every=3, overwrite=True)
     run_job(config, FakeEngine(), reporter=Reporter("quiet"))
     page = write_report(out, work / "report.html", ReportOptions(sample=50)).path
-    shot = [
-        "chromium", "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-        f"--screenshot={a.png.resolve()}", "--window-size=1280,1700", page.resolve().as_uri(),
-    ]  # fmt: skip
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1280,1700"]
+    shot = ["chromium", *flags, f"--screenshot={a.png.resolve()}", page.resolve().as_uri()]
     subprocess.run(shot, check=True, capture_output=True)
     print(f"{page}\n{a.png} ({a.png.stat().st_size // 1024} KB)")
     return 0
