@@ -223,6 +223,10 @@ class JobConfig(BaseModel):
     def task_list(self) -> list[str]:
         return list(self.tasks) if self.tasks else [self.task]
 
+    def identifies_language(self, task: str) -> bool:
+        """Whether each speech window of this task gets a language-identification request (--language auto)."""
+        return self.language is None and is_speech_task(task)
+
     def tasks_of(self, item: WorkItem) -> list[str]:
         """The tasks an item is run with: its manifest row's task, else the job's."""
         return [item.task] if item.task else self.task_list()

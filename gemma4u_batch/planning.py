@@ -24,12 +24,11 @@ from rich.console import Console
 from rich.table import Table
 
 from .config import JobConfig
-from .decode.audio import num_audio_tokens
 from .errors import UsageError
 from .inputs import JobInput, is_speech_job
 from .job import Job, run_job
 from .records import WorkItem
-from .tasks import resolve_task
+from .tasks import is_speech_task, resolve_task
 
 TEMPLATE_TOKENS = 20
 """Approximate tokens the chat template adds around one request's instruction."""
@@ -273,8 +272,7 @@ def _count_requests(row: ModalityPlan, job: Job, d: Any) -> bool:
     too_long = False
     parts_by_window: dict[bool, list[Any]] = {}
     for task in job.config.tasks_of(d.item):
-        t = resolve_task(task)
-        windowed = bool(t and t.windowed_audio)
+        windowed = is_speech_task(task)
         if windowed not in parts_by_window:
             parts_by_window[windowed] = view(d, windowed)[1]
         parts = parts_by_window[windowed]
@@ -284,7 +282,7 @@ def _count_requests(row: ModalityPlan, job: Job, d: Any) -> bool:
         for part in parts:
             row.media_tokens += part.mm_tokens
             too_long = too_long or bool(limit and text + part.mm_tokens >= limit)
-        if windowed and job.config.language is None:  # --language auto: one identification request a window
+        if job.config.identifies_language(task):  # --language auto: one identification request a window
             _count_identification(row, job.config, parts)
     return too_long
 
@@ -292,11 +290,12 @@ def _count_requests(row: ModalityPlan, job: Job, d: Any) -> bool:
 def _count_identification(row: ModalityPlan, config: JobConfig, parts: list[Any]) -> None:
     """The language-identification requests of a window list (requests.py): same audio, another question."""
     from .requests import LANGUAGE_INSTRUCTION
+    from .units import language_parts
 
-    audio = [p for p in parts if "audio" in p.mm]
-    row.requests += len(audio)
-    row.text_tokens += request_text_tokens(config, LANGUAGE_INSTRUCTION) * len(audio)
-    row.media_tokens += sum(num_audio_tokens(p.mm["audio"][0].size) + 2 for p in audio)
+    identify = language_parts(parts)
+    row.requests += len(identify)
+    row.text_tokens += request_text_tokens(config, LANGUAGE_INSTRUCTION) * len(identify)
+    row.media_tokens += sum(p.mm_tokens for p in identify)
 
 
 def _add_notes(p: Plan, scan: _Scan) -> None:

@@ -20,7 +20,7 @@ from .prompts import check_template, sent_instruction
 from .quality import quality_flags
 from .records import DecodedItem, Modality, WorkItem
 from .structured import load_schema, structured_for
-from .tasks import TASKS, resolve_task
+from .tasks import TASKS, is_speech_task, resolve_task
 from .units import Unit, add_language_parts, build_parts, engine_media, media_flags, no_speech, stitch
 
 LANGUAGE_INSTRUCTION = (
@@ -101,13 +101,9 @@ class RequestBuilder:
     def key_of(self, item: WorkItem, content_sha256: str | None, task: str, rendered: str) -> str:
         """The content key; a speech task under `--language auto` also hashes what identifies
         the language (its instruction, codes and sampling), since its records carry the answer."""
-        if self._identifies(task):
+        if self.config.identifies_language(task):
             rendered = json.dumps([rendered, LANGUAGE_INSTRUCTION, DETECT_CODES, LANGUAGE_SAMPLING.model_dump()])
         return self.key(content=content_sha256 or f"unread:{item.source}", prompt=rendered, task=task)
-
-    def _identifies(self, task: str) -> bool:
-        """Whether this task's windows get a language-identification request each."""
-        return self.config.language is None and self._speech(task)
 
     def _language_prompt(self) -> str:
         """The identification prompt: the transcription's messages (system prompt, then the
@@ -124,8 +120,7 @@ class RequestBuilder:
         flags: list[str] = []
         silent = False
         if d.error is None and error is None:
-            t = resolve_task(task)
-            windowed = bool(t and t.windowed_audio)
+            windowed = is_speech_task(task)
             parts = build_parts(d, windowed_audio=windowed, tokens_per_frame_of=self._frame_tokens)
             flags = media_flags(d, windowed_audio=windowed)
             silent = no_speech(d, windowed_audio=windowed)
@@ -140,18 +135,13 @@ class RequestBuilder:
             structured=structured,
             media_flags=flags,
             no_speech=silent,
-            language=self.config.language if self._speech(task) else None,
+            language=self.config.language if is_speech_task(task) else None,
         )
         if error is not None:
             unit.error, unit.error_kind = error
-        elif self._identifies(task) and not silent:
+        elif self.config.identifies_language(task) and not silent:
             add_language_parts(unit)
         return unit
-
-    @staticmethod
-    def _speech(task: str) -> bool:
-        t = resolve_task(task)
-        return t is not None and t.windowed_audio
 
     def _messages(self, modality: Modality | None, with_audio: bool, instruction: str) -> list[dict[str, Any]]:
         msgs: list[dict[str, Any]] = []

@@ -184,14 +184,20 @@ def engine_media(mm: dict[str, Any] | None) -> dict[str, Any] | None:
     return {**mm, "audio": (np.asarray(clip), rate)}
 
 
-def add_language_parts(unit: Unit) -> None:
+def language_parts(parts: list[Part]) -> list[Part]:
     """With `--language auto`, one language-identification request per speech window (the
     window's audio alone, answered with a constrained choice of codes; see requests.py)."""
-    for i, part in enumerate(list(unit.parts)):
+    found = []
+    for i, part in enumerate(parts):
         audio = part.mm.get("audio")
         if part.detects is None and audio is not None:
             tokens = num_audio_tokens(audio[0].size) + 2
-            unit.parts.append(Part({"audio": audio}, tokens, part.start, part.end, detects=i))
+            found.append(Part({"audio": audio}, tokens, part.start, part.end, detects=i))
+    return found
+
+
+def add_language_parts(unit: Unit) -> None:
+    unit.parts.extend(language_parts(unit.parts))
     unit.reset()
 
 
