@@ -141,6 +141,101 @@ def test_changed_row_prompt_redoes_that_row_only(tmp_path: Path, reads) -> None:
     assert current(out)["img_0001.png"]["supersedes"] == first["img_0001.png"]["key"]
 
 
+def test_unchanged_dataset_rows_are_skipped_without_decoding(tmp_path: Path, reads) -> None:
+    """Dataset rows carry their bytes: an unchanged row is hashed, never decoded; a row whose
+    bytes or prompt-template field changed is redone, the others are not."""
+    import io
+
+    import datasets
+
+    def png(i: int) -> bytes:
+        buf = io.BytesIO()
+        Image.new("RGB", (20 + i % 9, 16), ((i * 40) % 255, 9, 9)).save(buf, format="PNG")
+        return buf.getvalue()
+
+    def save(folder: Path, rows: list[tuple[bytes, str]]) -> Path:
+        cells = {"image": [{"bytes": b, "path": None} for b, _ in rows], "label": [label for _, label in rows]}
+        cells["id"] = [f"r{i}" for i in range(len(rows))]
+        datasets.Dataset.from_dict(cells).cast_column("image", datasets.Image()).save_to_disk(str(folder))
+        return folder
+
+    rows = [(png(i), f"thing {i}") for i in range(5)]
+    out, prompt = tmp_path / "out", "Describe the {{ label }}."
+    run(save(tmp_path / "v1", rows), out, prompt=prompt)
+    assert sorted(reads) == [f"r{i}" for i in range(5)]
+    first = current(out)
+    reads.clear()
+    engine = FakeEngine()
+    summary = run(tmp_path / "v1", out, engine, prompt=prompt)
+    assert (summary.done, summary.skipped, reads, engine.added) == (0, 5, [], 0)
+    rows[1] = (png(99), rows[1][1])  # new bytes, same row fields
+    rows[3] = (rows[3][0], "other thing")  # same bytes, a field the prompt uses changed
+    summary = run(save(tmp_path / "v2", rows), out, prompt=prompt)
+    assert (summary.done, summary.skipped, sorted(reads)) == (2, 3, ["r1", "r3"])
+    now = current(out)
+    assert [now[i]["supersedes"] for i in ("r1", "r3")] == [first[i]["key"] for i in ("r1", "r3")]
+    assert now["r0"]["key"] == first["r0"]["key"]
+
+
+def _quick_check(inp: Path, out: Path, **kw) -> tuple[list[str], int, int]:
+    """What the quick check makes of OUT for a job with these settings, nothing read:
+    (ids it hands on to be read, units it found done, items it knew need generating)."""
+    from gemma4u_batch.inputs import JobInput
+    from gemma4u_batch.job import Job
+    from gemma4u_batch.quickcheck import QuickCheck
+    from gemma4u_batch.requests import RequestBuilder
+
+    config = JobConfig(input=inp, output=out, **{"model": "fake-model", "workers": 0, **kw})
+    requests = RequestBuilder(config, FakeEngine(), Job(config).fingerprint)
+    skipped: list[int] = []
+    new_work: list[int] = []
+    with OutIndex(OutLayout(out)) as index:
+        quick = QuickCheck(config, index, requests)
+        ids = [i.id for i in quick.pending(JobInput(config).nonempty(), skipped.append, lambda: new_work.append(1))]
+    return sorted(ids), sum(skipped), len(new_work)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"prompt": "Say more."},
+        {"system_prompt": "Be terse."},
+        {"sampling": {"max_tokens": 7}},
+        {"image_tokens": 560},
+        {"model": "another-model"},
+    ],
+)
+def test_changed_prompt_or_settings_invalidate_the_cached_keys(tmp_path: Path, reads, change: dict) -> None:
+    """The file cache gives the hash, not the answer: keys are made from it with the job's
+    prompt and settings, so other settings find nothing done (and still open no file)."""
+    inp, out = tmp_path / "in", tmp_path / "out"
+    make_images(inp, 4)
+    aged(inp)
+    run(inp, out)
+    reads.clear()
+    names = sorted(p.name for p in inp.iterdir())
+    assert _quick_check(inp, out) == ([], 4, 0)
+    assert _quick_check(inp, out, **change) == (names, 0, 4)
+    assert reads == []
+
+
+def test_a_file_cache_from_another_device_is_not_trusted(tmp_path: Path, reads) -> None:
+    """OUT copied to another machine or mount: same paths, sizes and mtimes, another device
+    (or inode): every file is read again once, nothing is redone, and the cache is renewed."""
+    inp, out = tmp_path / "in", tmp_path / "out"
+    make_images(inp, 4)
+    aged(inp)
+    run(inp, out)
+    with sqlite3.connect(out / ".gemma4u" / "index.sqlite") as db:
+        db.execute("UPDATE files SET dev = dev + 1")
+    reads.clear()
+    summary = run(inp, out)
+    assert sorted(reads) == sorted(p.name for p in inp.iterdir()) and (summary.done, summary.skipped) == (0, 4)
+    reads.clear()
+    summary = run(inp, out)
+    assert reads == [] and (summary.done, summary.skipped) == (0, 4)
+
+
 def test_deleted_input_keeps_its_record(tmp_path: Path) -> None:
     inp, out = tmp_path / "in", tmp_path / "out"
     make_images(inp, 3)
