@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -250,8 +250,9 @@ class OutIndex:
         """Rows of a part that hold current records."""
         return {r[0] for r in self.db.execute("SELECT row FROM records WHERE part = ?", (part,))}
 
-    def ids(self) -> Iterator[str]:
-        yield from (r[0] for r in self.db.execute("SELECT DISTINCT id FROM records"))
+    def has_id(self, id: str) -> bool:
+        """Whether any task of `id` has a current record (one indexed lookup)."""
+        return self.db.execute("SELECT 1 FROM records WHERE id = ? LIMIT 1", (id,)).fetchone() is not None
 
     def totals(self) -> dict[str, Any]:
         """Counts for `status`: current records, errors by kind, committed, parts, writers."""
