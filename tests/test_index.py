@@ -362,6 +362,38 @@ def test_a_killed_compaction_loses_nothing_and_duplicates_nothing(tmp_path: Path
     assert not list(layout.tmp.iterdir())
 
 
+@pytest.mark.parametrize("kill_at", ["markers", "data_files"])
+def test_a_killed_overwrite_never_leaves_a_marker_without_its_data(tmp_path: Path, monkeypatch, kill_at: str) -> None:
+    """--overwrite killed part-way: what remains is committed parts whole, or data files
+    without markers (orphans, removed next time); a rerun ends with every id once."""
+    from gemma4u_batch import outdir
+
+    inp, out = tmp_path / "in", tmp_path / "out"
+    make_images(inp, 12)
+    run(inp, out, commit_every=3)
+    layout = OutLayout(out)
+
+    class Killed(BaseException):
+        pass
+
+    def die(*a, **k):
+        raise Killed
+
+    if kill_at == "markers":
+        real = shutil.rmtree
+        monkeypatch.setattr(outdir.shutil, "rmtree", lambda p, *a, **k: die() if Path(p).name == "commits" else real(p))
+    else:
+        monkeypatch.setattr(OutLayout, "data_dirs", die)
+    with pytest.raises(Killed):
+        run(inp, out, overwrite=True)
+    monkeypatch.undo()
+    assert all((out / f).exists() for p in committed_parts(layout) for f in p["files"])
+    assert read_status(layout).records == len(current(out))
+    run(inp, out)
+    assert sorted(current(out)) == sorted(f"img_{i:04d}.png" for i in range(12))
+    assert sorted(r["id"] for r in data_records(out)) == sorted(current(out))
+
+
 def test_key_maker_gives_content_key_bytes() -> None:
     settings = {"task": "caption", "sampling": {"max_tokens": 5}, "json_schema": None, "tasks": ["a", "b"]}
     make = KeyMaker("tiny@abc", settings)
