@@ -18,7 +18,8 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,7 @@ class OutIndex:
         self._db: sqlite3.Connection | None = None
         self._pending_files: list[tuple[Any, ...]] = []
         self._pending_prompts: list[tuple[str, str]] = []
+        self._recovering = False
 
     # ------------------------------------------------------------------ open / sync
 
@@ -104,15 +106,42 @@ class OutIndex:
             self.sync()
         except sqlite3.DatabaseError as exc:  # corrupt, or OUT is read-only or full: a cache, so start over
             log.info("rebuilding %s (%s)", self.path, exc)
-            try:
-                self._rebuild()
-            except (sqlite3.DatabaseError, OSError) as again:
-                log.info("index in memory (%s)", again)
-                self._close_db()
-                self._db = sqlite3.connect(":memory:", isolation_level=None)
-                self._db.executescript(_SCHEMA)
-                self.sync()
+            self._recover()
         return self
+
+    def _recover(self) -> None:
+        """Start over from the markers; in memory if OUT cannot hold the index."""
+        self._recovering = True
+        try:
+            self._rebuild()
+        except (sqlite3.DatabaseError, OSError) as again:
+            log.info("index in memory (%s)", again)
+            self._close_db()
+            self._db = sqlite3.connect(":memory:", isolation_level=None)
+            self._db.executescript(_SCHEMA)
+            self.sync()
+        finally:
+            self._recovering = False
+
+    def _damaged(self, exc: sqlite3.DatabaseError) -> bool:
+        """A damaged page the open did not touch (SQLite finds it when a query reaches it):
+        rebuild from the markers, and say whether the caller may go on (False while
+        rebuilding already, or for other errors: busy, read-only, full)."""
+        name = getattr(exc, "sqlite_errorname", "")
+        if self._recovering or not (name.startswith("SQLITE_CORRUPT") or name == "SQLITE_NOTADB"):
+            return False
+        log.warning("gemma4u: %s is damaged (%s); rebuilding it from the data", self.path, exc)
+        self._recover()
+        return True
+
+    def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        """A read's rows; read again once the index was rebuilt if it turned out damaged."""
+        try:
+            return self.db.execute(sql, params).fetchall()
+        except sqlite3.DatabaseError as exc:
+            if not self._damaged(exc):
+                raise
+            return self.db.execute(sql, params).fetchall()
 
     def _close_db(self) -> None:
         if self._db is not None:
@@ -157,7 +186,7 @@ class OutIndex:
         compaction replaced. A part that vanished any other way means OUT changed under
         us (wiped, files deleted by hand): rebuild."""
         parts, replaced = effective_parts(self.layout)
-        known = {row[0] for row in self.db.execute("SELECT part FROM parts")}
+        known = {row[0] for row in self._rows("SELECT part FROM parts")}
         names = {p["part"] for p in parts}
         gone = known - names
         if gone - replaced:
@@ -195,8 +224,16 @@ class OutIndex:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _tx(self) -> Any:
-        return _Transaction(self.db)
+    @contextmanager
+    def _tx(self) -> Iterator[None]:
+        """A write transaction. On a damaged index it is rebuilt from the markers instead: every
+        write follows a durable marker (or is a hint), so the rebuilt index holds it."""
+        try:
+            with _Transaction(self.db):
+                yield
+        except sqlite3.DatabaseError as exc:
+            if not self._damaged(exc):
+                raise
 
     # ---------------------------------------------------------------------- records
 
@@ -237,33 +274,33 @@ class OutIndex:
         for start in range(0, len(ids), 500):
             part = ids[start : start + 500]
             q = f"SELECT id, task, key, failed FROM records WHERE id IN ({','.join('?' * len(part))})"
-            for r in self.db.execute(q, part):
+            for r in self._rows(q, part):
                 out[(r[0], r[1])] = (r[2], bool(r[3]))
         return out
 
     def get(self, id: str, task: str) -> tuple[str, bool] | None:
         """(key, failed) of the current record of (id, task), or None."""
-        row = self.db.execute("SELECT key, failed FROM records WHERE id = ? AND task = ?", (id, task)).fetchone()
-        return None if row is None else (row[0], bool(row[1]))
+        rows = self._rows("SELECT key, failed FROM records WHERE id = ? AND task = ?", (id, task))
+        return (rows[0][0], bool(rows[0][1])) if rows else None
 
     def current_rows(self, part: str) -> set[int]:
         """Rows of a part that hold current records."""
-        return {r[0] for r in self.db.execute("SELECT row FROM records WHERE part = ?", (part,))}
+        return {r[0] for r in self._rows("SELECT row FROM records WHERE part = ?", (part,))}
 
-    def ids(self) -> Iterator[str]:
-        yield from (r[0] for r in self.db.execute("SELECT DISTINCT id FROM records"))
+    def has_id(self, id: str) -> bool:
+        """Whether any task of `id` has a current record (one indexed lookup)."""
+        return bool(self._rows("SELECT 1 FROM records WHERE id = ? LIMIT 1", (id,)))
 
     def totals(self) -> dict[str, Any]:
         """Counts for `status`: current records, errors by kind, committed, parts, writers."""
-        db = self.db
-        records, errors = db.execute("SELECT count(*), coalesce(sum(failed), 0) FROM records").fetchone()
-        kinds = db.execute(
+        [(records, errors)] = self._rows("SELECT count(*), coalesce(sum(failed), 0) FROM records")
+        kinds = self._rows(
             "SELECT coalesce(error_kind, 'error'), count(*) FROM records WHERE failed GROUP BY 1 ORDER BY 1"
-        ).fetchall()
-        committed, n_parts, first, last = db.execute(
+        )
+        [(committed, n_parts, first, last)] = self._rows(
             "SELECT coalesce(sum(records), 0), count(*), min(committed_at), max(committed_at) FROM parts"
-        ).fetchone()
-        writers = sorted({w or "?" for (w,) in db.execute("SELECT DISTINCT writer FROM parts")})
+        )
+        writers = sorted({w or "?" for (w,) in self._rows("SELECT DISTINCT writer FROM parts")})
         return {
             "records": records,
             "errors": errors,
@@ -277,7 +314,7 @@ class OutIndex:
 
     def commit_times(self) -> list[tuple[float, int]]:
         """(committed_at, records) of every part, in commit order (the report's timeline)."""
-        rows = self.db.execute("SELECT committed_at, records FROM parts ORDER BY committed_at, part").fetchall()
+        rows = self._rows("SELECT committed_at, records FROM parts ORDER BY committed_at, part")
         return [(float(at or 0.0), int(n or 0)) for at, n in rows]
 
     # ------------------------------------------------------------------------ files
@@ -292,7 +329,7 @@ class OutIndex:
                 "SELECT path, size, mtime_ns, ino, dev, sha256, has_audio, hashed_at_ns FROM files "
                 f"WHERE path IN ({','.join('?' * len(part))})"
             )
-            for row in self.db.execute(q, part):
+            for row in self._rows(q, part):
                 st = stats[row[0]]
                 if FileStat(*row[1:5]) != st:
                     continue
@@ -322,8 +359,8 @@ class OutIndex:
     def rendered_prompt(self, digest: str) -> str | None:
         """A chat prompt rendered by an earlier run (digest: model fingerprint + messages),
         so a rerun with nothing to do never loads the tokenizer."""
-        row = self.db.execute("SELECT rendered FROM prompts WHERE digest = ?", (digest,)).fetchone()
-        return None if row is None else row[0]
+        rows = self._rows("SELECT rendered FROM prompts WHERE digest = ?", (digest,))
+        return rows[0][0] if rows else None
 
     def remember_prompt(self, digest: str, rendered: str) -> None:
         self._pending_prompts.append((digest, rendered))

@@ -153,17 +153,19 @@ def shard_file(layout: OutLayout, shard: tuple[int, int], suffix: str) -> Path:
 
 
 def wipe(layout: OutLayout) -> None:
-    """--overwrite: remove every result and marker (never the locks being held)."""
-    for folder in layout.data_dirs():
-        for path in folder.iterdir() if folder.is_dir() else ():
-            if path.name.startswith("part-"):
-                path.unlink()
-    for sub in ("commits", "tmp", "complete.json", "run.json"):
+    """--overwrite: remove every result and marker (never the locks being held). The markers
+    go first, as in compaction: a kill part-way leaves data files without a marker (orphans,
+    removed on the next open), never a marker without its data."""
+    for sub in ("complete.json", "commits", "tmp", "run.json"):
         p = layout.meta / sub
         if p.is_dir():
             shutil.rmtree(p)
         else:
             p.unlink(missing_ok=True)
+    for folder in layout.data_dirs():
+        for path in folder.iterdir() if folder.is_dir() else ():
+            if path.name.startswith("part-"):
+                path.unlink()
     shutil.rmtree(layout.root / "transcripts", ignore_errors=True)  # before __transcripts__
     shutil.rmtree(layout.transcripts, ignore_errors=True)
     layout.ensure()

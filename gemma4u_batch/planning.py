@@ -16,6 +16,8 @@ from __future__ import annotations
 import math
 import random
 import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -167,16 +169,19 @@ class _Scan:
     new_items: int | None = None
 
 
-def _done_ids(config: JobConfig) -> set[str] | None:
-    """Ids with a current record, from OUT's index (no data file is read)."""
+@contextmanager
+def _recorded(config: JobConfig) -> Iterator[Callable[[str], bool] | None]:
+    """Whether an id has a current record, from OUT's index: one indexed lookup per item, so
+    no data file is read and memory does not grow with OUT (None: no OUT to look in)."""
     from .index import OutIndex
     from .writer import OutLayout
 
     layout = OutLayout(config.output)
     if config.overwrite or not layout.meta.is_dir():
-        return None
+        yield None
+        return
     with OutIndex(layout) as index:
-        return set(index.ids())
+        yield index.has_id
 
 
 def _scan(config: JobConfig, per_modality: int, overall: int = 0) -> _Scan:
@@ -184,29 +189,34 @@ def _scan(config: JobConfig, per_modality: int, overall: int = 0) -> _Scan:
     job_input = JobInput(config)
     source = job_input.open()
     scan = _Scan(job_input.label(source))
-    done = _done_ids(config)
-    if done is not None:
-        scan.new_items = 0
     if overall:
         scan.overall = _Reservoir(overall, "all")
-    for index, item in enumerate(source):
-        scan.items += 1
-        if done is not None and item.id not in done:
-            scan.new_items = (scan.new_items or 0) + 1
-        if item.error is not None or item.modality is None:
-            scan.bad_rows += 1
-            continue
-        scan.found[item.modality.value] = scan.found.get(item.modality.value, 0) + 1
-        sent = job_input.as_sent(item)
-        assert sent.modality is not None
-        mod = sent.modality.value
-        scan.sent[mod] = scan.sent.get(mod, 0) + 1
-        scan.per_modality.setdefault(mod, _Reservoir(per_modality, mod)).offer(index, sent)
-        if scan.overall is not None:
-            scan.overall.offer(index, item)  # as found: the job maps speech items itself
+    with _recorded(config) as recorded:
+        if recorded is not None:
+            scan.new_items = 0
+        for index, item in enumerate(source):
+            scan.items += 1
+            if recorded is not None and not recorded(item.id):
+                scan.new_items = (scan.new_items or 0) + 1
+            _offer(scan, job_input, index, item, per_modality)
     if scan.items == 0:
         raise UsageError(f"no media files found in {config.dataset or config.input}")
     return scan
+
+
+def _offer(scan: _Scan, job_input: JobInput, index: int, item: WorkItem, per_modality: int) -> None:
+    """Count one input item and offer it to the samples."""
+    if item.error is not None or item.modality is None:
+        scan.bad_rows += 1
+        return
+    scan.found[item.modality.value] = scan.found.get(item.modality.value, 0) + 1
+    sent = job_input.as_sent(item)
+    assert sent.modality is not None
+    mod = sent.modality.value
+    scan.sent[mod] = scan.sent.get(mod, 0) + 1
+    scan.per_modality.setdefault(mod, _Reservoir(per_modality, mod)).offer(index, sent)
+    if scan.overall is not None:
+        scan.overall.offer(index, item)  # as found: the job maps speech items itself
 
 
 def _existing(job: Job) -> dict[str, Any] | None:

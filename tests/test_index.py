@@ -141,6 +141,101 @@ def test_changed_row_prompt_redoes_that_row_only(tmp_path: Path, reads) -> None:
     assert current(out)["img_0001.png"]["supersedes"] == first["img_0001.png"]["key"]
 
 
+def test_unchanged_dataset_rows_are_skipped_without_decoding(tmp_path: Path, reads) -> None:
+    """Dataset rows carry their bytes: an unchanged row is hashed, never decoded; a row whose
+    bytes or prompt-template field changed is redone, the others are not."""
+    import io
+
+    import datasets
+
+    def png(i: int) -> bytes:
+        buf = io.BytesIO()
+        Image.new("RGB", (20 + i % 9, 16), ((i * 40) % 255, 9, 9)).save(buf, format="PNG")
+        return buf.getvalue()
+
+    def save(folder: Path, rows: list[tuple[bytes, str]]) -> Path:
+        cells = {"image": [{"bytes": b, "path": None} for b, _ in rows], "label": [label for _, label in rows]}
+        cells["id"] = [f"r{i}" for i in range(len(rows))]
+        datasets.Dataset.from_dict(cells).cast_column("image", datasets.Image()).save_to_disk(str(folder))
+        return folder
+
+    rows = [(png(i), f"thing {i}") for i in range(5)]
+    out, prompt = tmp_path / "out", "Describe the {{ label }}."
+    run(save(tmp_path / "v1", rows), out, prompt=prompt)
+    assert sorted(reads) == [f"r{i}" for i in range(5)]
+    first = current(out)
+    reads.clear()
+    engine = FakeEngine()
+    summary = run(tmp_path / "v1", out, engine, prompt=prompt)
+    assert (summary.done, summary.skipped, reads, engine.added) == (0, 5, [], 0)
+    rows[1] = (png(99), rows[1][1])  # new bytes, same row fields
+    rows[3] = (rows[3][0], "other thing")  # same bytes, a field the prompt uses changed
+    summary = run(save(tmp_path / "v2", rows), out, prompt=prompt)
+    assert (summary.done, summary.skipped, sorted(reads)) == (2, 3, ["r1", "r3"])
+    now = current(out)
+    assert [now[i]["supersedes"] for i in ("r1", "r3")] == [first[i]["key"] for i in ("r1", "r3")]
+    assert now["r0"]["key"] == first["r0"]["key"]
+
+
+def _quick_check(inp: Path, out: Path, **kw) -> tuple[list[str], int, int]:
+    """What the quick check makes of OUT for a job with these settings, nothing read:
+    (ids it hands on to be read, units it found done, items it knew need generating)."""
+    from gemma4u_batch.inputs import JobInput
+    from gemma4u_batch.job import Job
+    from gemma4u_batch.quickcheck import QuickCheck
+    from gemma4u_batch.requests import RequestBuilder
+
+    config = JobConfig(input=inp, output=out, **{"model": "fake-model", "workers": 0, **kw})
+    requests = RequestBuilder(config, FakeEngine(), Job(config).fingerprint)
+    skipped: list[int] = []
+    new_work: list[int] = []
+    with OutIndex(OutLayout(out)) as index:
+        quick = QuickCheck(config, index, requests)
+        ids = [i.id for i in quick.pending(JobInput(config).nonempty(), skipped.append, lambda: new_work.append(1))]
+    return sorted(ids), sum(skipped), len(new_work)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"prompt": "Say more."},
+        {"system_prompt": "Be terse."},
+        {"sampling": {"max_tokens": 7}},
+        {"image_tokens": 560},
+        {"model": "another-model"},
+    ],
+)
+def test_changed_prompt_or_settings_invalidate_the_cached_keys(tmp_path: Path, reads, change: dict) -> None:
+    """The file cache gives the hash, not the answer: keys are made from it with the job's
+    prompt and settings, so other settings find nothing done (and still open no file)."""
+    inp, out = tmp_path / "in", tmp_path / "out"
+    make_images(inp, 4)
+    aged(inp)
+    run(inp, out)
+    reads.clear()
+    names = sorted(p.name for p in inp.iterdir())
+    assert _quick_check(inp, out) == ([], 4, 0)
+    assert _quick_check(inp, out, **change) == (names, 0, 4)
+    assert reads == []
+
+
+def test_a_file_cache_from_another_device_is_not_trusted(tmp_path: Path, reads) -> None:
+    """OUT copied to another machine or mount: same paths, sizes and mtimes, another device
+    (or inode): every file is read again once, nothing is redone, and the cache is renewed."""
+    inp, out = tmp_path / "in", tmp_path / "out"
+    make_images(inp, 4)
+    aged(inp)
+    run(inp, out)
+    with sqlite3.connect(out / ".gemma4u" / "index.sqlite") as db:
+        db.execute("UPDATE files SET dev = dev + 1")
+    reads.clear()
+    summary = run(inp, out)
+    assert sorted(reads) == sorted(p.name for p in inp.iterdir()) and (summary.done, summary.skipped) == (0, 4)
+    reads.clear()
+    summary = run(inp, out)
+    assert reads == [] and (summary.done, summary.skipped) == (0, 4)
+
+
 def test_deleted_input_keeps_its_record(tmp_path: Path) -> None:
     inp, out = tmp_path / "in", tmp_path / "out"
     make_images(inp, 3)
@@ -175,6 +270,45 @@ def test_a_broken_or_stale_index_is_rebuilt_from_the_data(tmp_path: Path, damage
     make_images(inp, 2, start=10)
     summary = run(inp, out)
     assert summary.done == 2 and summary.skipped == 10 and len(current(out)) == 12
+
+
+def _damage(db_path: Path, table: str) -> None:
+    """Overwrite one table's pages with garbage; the header and the schema stay readable."""
+    db = sqlite3.connect(db_path)
+    try:
+        page_size = db.execute("PRAGMA page_size").fetchone()[0]
+        pages = [p for (p,) in db.execute("SELECT pageno FROM dbstat WHERE name = ?", (table,))]
+    except sqlite3.OperationalError:
+        pytest.skip("this SQLite has no dbstat table")
+    finally:
+        db.close()
+    assert pages and 1 not in pages
+    with open(db_path, "r+b") as fh:
+        for page in pages:
+            fh.seek((page - 1) * page_size)
+            fh.write(b"\xff" * page_size)
+
+
+@pytest.mark.parametrize("table", ["records", "files", "prompts"])
+def test_a_damaged_index_page_is_rebuilt_not_fatal(tmp_path: Path, reads, table: str) -> None:
+    """A damaged page that opening the index does not reach (SQLite finds it when a query
+    does): status and the next run rebuild the index from the data instead of failing."""
+    inp, out = tmp_path / "in", tmp_path / "out"
+    make_images(inp, 40)
+    aged(inp)
+    run(inp, out, commit_every=8)
+    expected = current(out)
+    path = out / ".gemma4u" / "index.sqlite"
+    _damage(path, table)
+    st = read_status(OutLayout(out))
+    assert (st.records, st.done) == (40, 40)
+    _damage(path, table)
+    reads.clear()
+    summary = run(inp, out)
+    assert (summary.done, summary.skipped) == (0, 40) and current(out) == expected
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    db.close()
 
 
 def test_compaction_leaves_few_files_of_current_records(tmp_path: Path) -> None:
@@ -226,6 +360,38 @@ def test_a_killed_compaction_loses_nothing_and_duplicates_nothing(tmp_path: Path
     assert summary.done == 0 and summary.skipped == 16
     assert len(committed_parts(layout)) == 1 and len(data_records(out)) == 16
     assert not list(layout.tmp.iterdir())
+
+
+@pytest.mark.parametrize("kill_at", ["markers", "data_files"])
+def test_a_killed_overwrite_never_leaves_a_marker_without_its_data(tmp_path: Path, monkeypatch, kill_at: str) -> None:
+    """--overwrite killed part-way: what remains is committed parts whole, or data files
+    without markers (orphans, removed next time); a rerun ends with every id once."""
+    from gemma4u_batch import outdir
+
+    inp, out = tmp_path / "in", tmp_path / "out"
+    make_images(inp, 12)
+    run(inp, out, commit_every=3)
+    layout = OutLayout(out)
+
+    class Killed(BaseException):
+        pass
+
+    def die(*a, **k):
+        raise Killed
+
+    if kill_at == "markers":
+        real = shutil.rmtree
+        monkeypatch.setattr(outdir.shutil, "rmtree", lambda p, *a, **k: die() if Path(p).name == "commits" else real(p))
+    else:
+        monkeypatch.setattr(OutLayout, "data_dirs", die)
+    with pytest.raises(Killed):
+        run(inp, out, overwrite=True)
+    monkeypatch.undo()
+    assert all((out / f).exists() for p in committed_parts(layout) for f in p["files"])
+    assert read_status(layout).records == len(current(out))
+    run(inp, out)
+    assert sorted(current(out)) == sorted(f"img_{i:04d}.png" for i in range(12))
+    assert sorted(r["id"] for r in data_records(out)) == sorted(current(out))
 
 
 def test_key_maker_gives_content_key_bytes() -> None:
