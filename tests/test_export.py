@@ -4,9 +4,12 @@ samples), its dataset card from the run manifest, and flat .jsonl/.parquet/.csv 
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +27,8 @@ from gemma4u_batch.job import run_job
 from gemma4u_batch.languages import DETECT_CODES
 from gemma4u_batch.progress import Reporter
 
-from .conftest import REPO
+from .conftest import GEMMA4U, REPO
+from .hub_standin import GITATTRIBUTES, HubStandin
 from .media import jpeg_bytes, photo, png_bytes
 from .test_resume import make_images
 
@@ -257,3 +261,65 @@ def test_per_token_logprobs_export(tmp_path: Path) -> None:
     export(out, tmp_path / "ds")
     ds = load(tmp_path / "ds", tmp_path)
     assert ds[0]["logprobs"][0].keys() == {"token", "logprob", "top"}
+
+
+def folder_files(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_push_to_hub_uploads_the_folder_through_the_hub_api(image_out, tmp_path: Path) -> None:
+    """`--push-to-hub` runs the real `huggingface_hub` client (create_repo, create_branch,
+    upload_folder) against a local stand-in of the Hub's API (tests/hub_standin.py, on 127.0.0.1;
+    LFS transfer, as HF_HUB_DISABLE_XET=1 makes the client use): the repo and branch it asks for,
+    the exported folder's bytes in the commit, the card's header validated, the token sent, and a
+    re-export replacing the shards it pushed before."""
+    _, out = image_out
+    token = "hf_standin_token"
+    with HubStandin(token) as hub:
+        env = {
+            **os.environ,
+            "HF_ENDPOINT": hub.endpoint,
+            "HF_TOKEN": token,
+            "HF_HOME": str(tmp_path / "hf-home"),
+            "HF_HUB_OFFLINE": "0",
+            "HF_HUB_DISABLE_XET": "1",
+            "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+        }
+
+        def push(dest: str, repo: str, *extra: str, env: dict[str, str] = env) -> str:
+            args = [GEMMA4U, "export", str(out), "--to", str(tmp_path / dest), "--push-to-hub", repo, *extra]
+            r = subprocess.run(args, env=env, capture_output=True, text=True)
+            assert r.returncode == 0, r.stderr[-3000:]
+            return r.stderr
+
+        err = push("a", "me/captions", "--private", "--revision", "v1", "--max-shard-size", "200KB")
+        repo = hub.repos["datasets/me/captions"]
+        a = folder_files(tmp_path / "a")
+        assert repo.visibility == "private" and sum(n.startswith("data/") for n in a) > 1
+        assert hub.files("me/captions", "v1") == {".gitattributes": GITATTRIBUTES, **a}
+        assert hub.files("me/captions") == {".gitattributes": GITATTRIBUTES}  # main untouched
+        shards = {hashlib.sha256(b).hexdigest() for n, b in a.items() if n.endswith(".parquet")}
+        assert set(hub.lfs_uploads) == shards  # the Parquet files went through LFS, checked by sha256
+        assert hub.validated[-1] == card_header(tmp_path / "a")  # the client has the Hub validate the card first
+        assert repo.commits[-1]["summary"] == "gemma4u export" and repo.commits[-1]["branch"] == "v1"
+        assert f"{hub.endpoint}/datasets/me/captions/commit/{repo.commits[-1]['oid']}" in err
+        assert "huggingface.co" not in err  # the URL is the endpoint's
+
+        push("b", "me/captions", "--revision", "v1")  # the repo and the branch exist: one shard now
+        b = folder_files(tmp_path / "b")
+        assert hub.files("me/captions", "v1") == {".gitattributes": GITATTRIBUTES, **b}  # no stale shard
+        assert repo.visibility == "private" and len(repo.commits) == 2
+
+        (tmp_path / "hf-home" / "token").write_text(token)  # as `hf auth login` saves it
+        logged_in = {k: v for k, v in env.items() if k != "HF_TOKEN"}
+        push("c", "me/public", env=logged_in)  # no --private: the Hub's default visibility (an org's may be private)
+        assert hub.repos["datasets/me/public"].visibility is None
+        assert hub.files("me/public") == {".gitattributes": GITATTRIBUTES, **folder_files(tmp_path / "c")}
+        assert not hub.unexpected and not hub.unauthorized
+
+    arrived = tmp_path / "arrived"  # what the Hub holds on v1 loads as the dataset
+    for name, data in hub.files("me/captions", "v1").items():
+        (arrived / name).parent.mkdir(parents=True, exist_ok=True)
+        (arrived / name).write_bytes(data)
+    ds = load(arrived, tmp_path)
+    assert ds.num_rows == 8 and ds[0]["image"].size
