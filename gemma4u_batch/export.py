@@ -57,7 +57,8 @@ RESULT_COLUMNS = (
 FILE_SUFFIXES = (".jsonl", ".parquet", ".csv")
 MEDIA_COLUMNS = {"image": "image", "audio": "audio", "video": "video"}  # modality → column
 DEFAULT_SHARD_BYTES = 500 * 1000**2
-ROWS_PER_GROUP = 64  # rows per Parquet row group (media rows are large)
+ROWS_PER_GROUP = 64  # rows per Parquet row group with media (media rows are large)
+TEXT_ROWS_PER_GROUP = 10_000  # without media
 
 
 @dataclass
@@ -355,36 +356,55 @@ def _jsonify_nested(table: Any) -> Any:
 
 
 class _Shards:
-    """Parquet files of at most `max_bytes` each, rolled over as batches arrive."""
+    """Parquet files of at most `max_bytes` each. Rows arrive one at a time and go to the next
+    file when they would not fit, so a file is over the limit only when it holds a single row
+    that is (one media file larger than the limit). Row groups are written as they fill."""
 
-    def __init__(self, folder: Path, schema: Any, max_bytes: int) -> None:
-        self.folder, self.schema, self.max_bytes = folder, schema, max_bytes
+    FILE_META_BYTES = 64 * 1024  # the Parquet footer's fixed part (schema, features), kept free
+    GROUP_META_BYTES = 16 * 1024  # and its part per row group (column chunk metadata, statistics)
+
+    def __init__(self, folder: Path, schema: Any, max_bytes: int, media: set[str]) -> None:
+        self.folder, self.schema, self.media, self.max_bytes = folder, schema, media, max_bytes
+        self.group_rows = ROWS_PER_GROUP if media else TEXT_ROWS_PER_GROUP
         self.paths: list[Path] = []
         self._writer: Any = None
-        self._size = 0
+        self._rows = 0  # in the current file, written or pending
+        self._size = self.FILE_META_BYTES  # the current file's size, estimated from above
+        self._pending: list[dict[str, Any]] = []
+        self._pending_bytes = 0
 
-    def write(self, batch: list[dict[str, Any]]) -> None:
+    def add(self, row: dict[str, Any]) -> None:
+        n = _row_bytes(row, self.media)
+        if self._rows and self._size + n + self.GROUP_META_BYTES > self.max_bytes:
+            self._flush()
+            self._writer.close()
+            self._writer, self._rows, self._size = None, 0, self.FILE_META_BYTES
+        self._pending.append(row)
+        self._pending_bytes += n
+        self._rows += 1
+        self._size += n
+        if len(self._pending) >= self.group_rows or self._pending_bytes >= self.max_bytes // 4:
+            self._flush()
+
+    def _flush(self) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        if not batch:
+        if not self._pending:
             return
-        table = pa.Table.from_pylist(batch, schema=self.schema)
-        if self._writer is not None and self._size + table.nbytes > self.max_bytes:
-            self._writer.close()
-            self._writer = None
         if self._writer is None:
             self.paths.append(self.folder / f"shard-{len(self.paths):05d}.parquet")
             self._writer = pq.ParquetWriter(self.paths[-1], self.schema, compression="zstd")
-            self._size = 0
-        self._writer.write_table(table)
-        self._size += table.nbytes
+        self._writer.write_table(pa.Table.from_pylist(self._pending, schema=self.schema))
+        self._pending, self._pending_bytes = [], 0
+        self._size += self.GROUP_META_BYTES
 
     def close(self) -> list[Path]:
         """The shard files; an empty split still gets one (so it loads)."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
+        self._flush()
         if self._writer is not None:
             self._writer.close()
         if not self.paths:
@@ -405,17 +425,12 @@ def _export_folder(layout: OutLayout, to: Path, opts: ExportOptions) -> ExportRe
     stream: Iterator[dict[str, Any]] = _with_media(layout, rows, result) if media else iter(rows)
 
     try:
-        shards = _Shards(tmp / "data", schema, opts.max_shard_size)
-        batch: list[dict[str, Any]] = []
+        shards = _Shards(tmp / "data", schema, opts.max_shard_size, media)
         for row in stream:
             for name in media:
                 row.setdefault(name, None)
-            batch.append(row)
+            shards.add(row)
             result.rows += 1
-            if len(batch) >= ROWS_PER_GROUP or sum(_row_bytes(r, media) for r in batch) > opts.max_shard_size // 4:
-                shards.write(batch)
-                batch.clear()
-        shards.write(batch)
         paths = shards.close()
         for i, path in enumerate(paths):
             final = path.with_name(f"{opts.split}-{i:05d}-of-{len(paths):05d}.parquet")
@@ -436,11 +451,14 @@ def _export_folder(layout: OutLayout, to: Path, opts: ExportOptions) -> ExportRe
 
 
 def _row_bytes(row: dict[str, Any], media: set[str]) -> int:
+    """A row's size in a shard, estimated from above: its media bytes (stored as they are, with
+    their name and length) and its other values as JSON text (more than their compressed size)."""
     n = 0
     for name in media:
         v = row.get(name)
-        n += len(v) if isinstance(v, bytes) else len((v or {}).get("bytes") or b"")
-    return n
+        n += 64 + (len(v) if isinstance(v, bytes) else sum(len(x or b"") for x in (v or {}).values()))
+    rest = {k: v for k, v in row.items() if k not in media}
+    return n + len(json.dumps(rest, ensure_ascii=False, default=str))
 
 
 def _errors_by_kind(layout: OutLayout, opts: ExportOptions) -> dict[str, int]:

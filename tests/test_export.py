@@ -110,19 +110,35 @@ def test_image_folder_export_loads_with_original_pixels(image_out, tmp_path: Pat
 
 
 def test_shards_respect_max_shard_size_and_no_media(image_out, tmp_path: Path) -> None:
-    _, out = image_out
-    dest = tmp_path / "sharded"
-    res = export(out, dest, ExportOptions(max_shard_size=200_000, split="validation"))
-    names = sorted(p.name for p in (dest / "data").iterdir())
-    n = len(names)
-    assert n > 1 and names == [f"validation-{i:05d}-of-{n:05d}.parquet" for i in range(n)]
+    """Through the CLI: --max-shard-size, --split, --no-media, --include-errors. A shard is over
+    the limit only when it holds one row whose file alone is (coffee.png, 449 kB)."""
     import datasets
+    import pyarrow.parquet as pq
 
+    inp, out = image_out
+    dest = tmp_path / "sharded"
+    runner = CliRunner()
+    args = ["export", str(out), "--to", str(dest), "--max-shard-size", "200kB", "--split", "validation"]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    paths = sorted((dest / "data").iterdir())
+    n = len(paths)
+    assert n > 2 and [p.name for p in paths] == [f"validation-{i:05d}-of-{n:05d}.parquet" for i in range(n)]
+    ids = []
+    for p in paths:
+        rows = pq.read_table(p, columns=["id"]).column("id").to_pylist()
+        assert p.stat().st_size <= 200_000 or (len(rows) == 1 and (inp / rows[0]).stat().st_size > 150_000), rows
+        ids += rows
+    assert (inp / "coffee.png").stat().st_size > 200_000 and "coffee.png" in ids
     ds = datasets.load_dataset(str(dest), split="validation", cache_dir=str(tmp_path / "c"))
-    assert ds.num_rows == res.rows == 8
-    small = export(out, tmp_path / "captions", ExportOptions(media=False))
-    ds = load(tmp_path / "captions", tmp_path)
-    assert small.media == {} and "image" not in ds.column_names and ds.num_rows == 8
+    assert ds.num_rows == len(ids) == 8 and sorted(ds["id"]) == sorted(ids)
+
+    small = tmp_path / "captions"
+    r = runner.invoke(app, ["export", str(out), "--to", str(small), "--no-media", "--include-errors"])
+    assert r.exit_code == 0, r.output
+    ds = load(small, tmp_path)
+    assert "image" not in ds.column_names and "video" not in ds.column_names and ds.num_rows == 9
+    assert ds.filter(lambda row: row["id"] == "broken.jpg")[0]["error_kind"]
 
 
 def assert_same_audio(decoded: dict, path: Path) -> None:
