@@ -70,6 +70,7 @@ class ExportResult:
     media_missing: int = 0  # rows whose file is gone or changed since it was captioned
     num_bytes: int = 0  # of the Parquet files
     path: str = ""
+    tasks: dict[str, dict[str, Any]] = field(default_factory=dict)  # task → rows, prompts, an example prompt
 
 
 @dataclass
@@ -413,9 +414,26 @@ class _Shards:
         return self.paths
 
 
+def _task_summary(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per task: its rows, how many different prompts they were made with, and the first."""
+    tasks: dict[str, dict[str, Any]] = {}
+    seen: dict[str, set[str]] = {}
+    for row in rows:
+        task = str(row.get("task"))
+        t = tasks.setdefault(task, {"rows": 0, "prompts": 0, "prompt": None})
+        t["rows"] += 1
+        prompt = row.get("prompt")
+        if prompt is not None and prompt not in seen.setdefault(task, set()):
+            seen[task].add(prompt)
+            t["prompts"] += 1
+            t["prompt"] = t["prompt"] or prompt
+    return tasks
+
+
 def _export_folder(layout: OutLayout, to: Path, opts: ExportOptions) -> ExportResult:
     result = ExportResult(path=str(to))
     rows, fields, ftypes, data_schema = _table_parts(layout, opts, result)
+    result.tasks = _task_summary(rows)
     media = {MEDIA_COLUMNS[r["modality"]] for r in rows if r.get("modality") in MEDIA_COLUMNS} if opts.media else set()
     features = _features(fields, ftypes, data_schema, media)
     schema = features.arrow_schema

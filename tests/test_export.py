@@ -98,7 +98,7 @@ def test_image_folder_export_loads_with_original_pixels(image_out, tmp_path: Pat
     card = (dest / "README.md").read_text()
     man = json.loads((out / ".gemma4u" / "run.json").read_text())
     assert "`fake-model`" in card and man["run_id"] in card and "gemma4u run recipe.yaml" in card
-    assert "items with errors: 1 (" in card and "left out" in card
+    assert "rows with errors (item and task): 1 (" in card and "left out" in card
     assert "`mean_logprob`" in card and names["mean_logprob"]["dtype"] == "float64"
     raw = load(dest, tmp_path).cast_column("image", datasets.Image(decode=False))
     assert all(r["image"] is None or r["image"]["bytes"] == (inp / r["id"]).read_bytes() for r in raw)
@@ -339,3 +339,53 @@ def test_push_to_hub_uploads_the_folder_through_the_hub_api(image_out, tmp_path:
         (arrived / name).write_bytes(data)
     ds = load(arrived, tmp_path)
     assert ds.num_rows == 8 and ds[0]["image"].size
+
+
+def test_card_renders_the_run_facts(tmp_path: Path) -> None:
+    """The card's body is the run's facts: model and fingerprint, run id and start, tasks with
+    their rows and prompts, sampling, errors by kind, versions, and a recipe that loads as the
+    run's config."""
+    import re
+    import time
+
+    from gemma4u_batch.recipes import load_recipe
+
+    inp = tmp_path / "in"
+    make_images(inp, 3)
+    (inp / "broken.png").write_bytes(b"\x89PNG not really")
+    out, dest = tmp_path / "out", tmp_path / "ds"
+    run(inp, out, tasks=["caption", "tags"], sampling={"max_tokens": 33, "temperature": 0.5})
+    man_rows = [{"path": f"in/img_{i:04d}.png", "title": f"t{i}"} for i in range(3)]
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in man_rows))
+    out2 = tmp_path / "out2"
+    run(tmp_path / "m.jsonl", out2, prompt="Caption the photo titled '{{ title }}'.")
+    export(out, dest)
+    export(out2, tmp_path / "ds2")
+
+    man = json.loads((out / ".gemma4u" / "run.json").read_text())
+    body = (dest / "README.md").read_text().split("\n---\n", 1)[1]
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(man["started_at"]))
+    assert f"with the model `fake-model` (fingerprint `{man['model_fingerprint']}`)" in body
+    assert f"* run id: `{man['run_id']}`, started {started}" in body
+    assert "* split `train`: 6 rows (one per item and task) in 1 Parquet file(s)" in body
+    assert "* tasks: `caption` (3 rows), `tags` (3 rows)" in body
+    prompts = {r["task"]: r["prompt"] for r in current_records_of(out)}
+    assert all(f"* prompt of `{task}`: {prompts[task]!r}" in body for task in ("caption", "tags"))
+    assert "* sampling: max_tokens=33, temperature=0.5," in body
+    kinds = {r["error_kind"] for r in current_records_of(out) if r["error_kind"]}
+    assert kinds and f"* rows with errors (item and task): 2 ({kinds.pop()}: 2), left out" in body
+    assert "gemma4u-batch 0.1.0" in body and f"datasets {man['versions']['datasets']}" in body
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(re.search(r"```yaml\n(.*?)```", body, re.S).group(1))
+    assert load_recipe(recipe).model_dump(mode="json") == man["config"]  # the recipe is the run
+
+    body2 = (tmp_path / "ds2" / "README.md").read_text()
+    assert "* prompts of `caption`: 3 different (the template \"Caption the photo titled '{{ title }}'.\"" in body2
+    assert "e.g. \"Caption the photo titled 't0'.\"" in body2 and "with errors" not in body2
+
+
+def current_records_of(out: Path) -> list[dict]:
+    from gemma4u_batch.ledger import current_records
+    from gemma4u_batch.writer import OutLayout
+
+    return list(current_records(OutLayout(out)))
