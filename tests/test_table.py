@@ -109,20 +109,42 @@ def test_jsonl_table_reads_in_every_reader(tmp_path: Path) -> None:
     check_rows(ds["id"], ds["task"], expected)
 
 
-def test_transcripts_sit_beside_the_table(tmp_path: Path) -> None:
+@pytest.mark.parametrize("fmt", ["both", "jsonl"])
+def test_transcripts_sit_beside_the_table(tmp_path: Path, fmt: str) -> None:
+    """Subtitle files (.srt/.vtt/.txt) live in __transcripts__/, which every reader skips."""
     import datasets
+    import duckdb
     import pandas as pd
+    import polars as pl
+    import pyarrow.dataset as pads
 
     inp, out = tmp_path / "in", tmp_path / "out"
     inp.mkdir()
     shutil.copy(REPO / "examples" / "audio" / "hello.wav", inp / "hello.wav")
-    run(inp, out, task="transcribe", format="parquet", subtitles=["srt", "vtt", "txt"])
+    run(inp, out, task="transcribe", format=fmt, subtitles=["srt", "vtt", "txt"])
     assert (out / "__transcripts__" / "hello.wav.srt").read_text().startswith("1\n")
-    df = pd.read_parquet(out)
-    assert list(df["id"]) == ["hello.wav"] and list(df["segments"][0][0]) == ["start", "end", "text", "language"]
-    assert df["language"][0] in DETECT_CODES and df["segments"][0][0]["language"] == df["language"][0]
-    ds = datasets.load_dataset("parquet", data_dir=str(out), split="train", cache_dir=str(tmp_path / "hf"))
-    assert ds["id"] == ["hello.wav"]
+    data = {p.suffix for p in out.iterdir() if not p.name.startswith(("_", "."))}
+    assert data == {".parquet" if fmt == "both" else ".jsonl"}  # only data files outside _/. folders
+    if fmt == "both":
+        df = pd.read_parquet(out)
+        assert list(df["segments"][0][0]) == ["start", "end", "text", "language"]
+        assert df["language"][0] in DETECT_CODES and df["segments"][0][0]["language"] == df["language"][0]
+        ids = [
+            list(df["id"]),
+            pads.dataset(out).to_table().column("id").to_pylist(),
+            pl.scan_parquet(f"{out}/**/*.parquet").collect()["id"].to_list(),
+            [r[0] for r in duckdb.sql(f"SELECT id FROM read_parquet('{out}/**/*.parquet')").fetchall()],
+            datasets.load_dataset("parquet", data_dir=str(out), split="train", cache_dir=str(tmp_path / "hf"))["id"],
+        ]
+    else:
+        ids = [
+            list(pd.read_json(next(out.glob("*.jsonl")), lines=True)["id"]),
+            pads.dataset(out, format="json").to_table().column("id").to_pylist(),
+            pl.scan_ndjson(f"{out}/*.jsonl").collect()["id"].to_list(),
+            [r[0] for r in duckdb.sql(f"SELECT id FROM read_json_auto('{out}/*.jsonl')").fetchall()],
+            datasets.load_dataset("json", data_dir=str(out), split="train", cache_dir=str(tmp_path / "hf"))["id"],
+        ]
+    assert ids == [["hello.wav"]] * 5
 
 
 def test_json_schema_gives_typed_columns(tmp_path: Path) -> None:
