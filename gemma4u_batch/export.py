@@ -44,6 +44,7 @@ RESULT_COLUMNS = (
     "error_kind",
     "model",
     "content_sha256",
+    "decode_seconds",
     "segments",
     "language",
     "data",
@@ -51,6 +52,7 @@ RESULT_COLUMNS = (
     "logprobs",
     "flags",
     "retried",
+    "supersedes",
     "run_id",
     "created_at",
 )
@@ -195,7 +197,7 @@ def _features(fields: dict[str, str], ftypes: dict[str, str], data_schema: Any, 
     seg = {"start": hf.Value("float64"), "end": hf.Value("float64"), "text": s, "language": s}
     feats["segments"] = hf.List(seg)
     feats["flags"] = hf.List(s)
-    feats["mean_logprob"] = hf.Value("float64")
+    feats["mean_logprob"] = feats["decode_seconds"] = hf.Value("float64")
     alt = {"token": s, "logprob": hf.Value("float64")}
     feats["logprobs"] = hf.List({**alt, "top": hf.List(alt)})
     if data_schema is not None:

@@ -389,3 +389,28 @@ def current_records_of(out: Path) -> list[dict]:
     from gemma4u_batch.writer import OutLayout
 
     return list(current_records(OutLayout(out)))
+
+
+def test_exports_keep_every_record_column(tmp_path: Path) -> None:
+    """Nothing of a record is dropped: the flat and the folder export have every column OUT's
+    Parquet has (`fields` becomes the input's own columns), with the same values — after an
+    incremental run, `supersedes` names the record replaced."""
+    import pyarrow.parquet as pq
+
+    inp, out = tmp_path / "in", tmp_path / "out"
+    make_images(inp, 3)
+    run(inp, out, format="parquet")
+    first = {r["id"]: r["key"] for r in current_records_of(out)}
+    Image.new("RGB", (40, 30), (9, 9, 9)).save(inp / "img_0001.png")
+    run(inp, out, format="parquet")
+    table = pq.read_table(next(out.glob("*.parquet")))
+    want = {r["id"]: r for r in table.to_pylist()}
+    assert want["img_0001.png"]["supersedes"] == first["img_0001.png"]
+    export(out, tmp_path / "flat.parquet")
+    export(out, tmp_path / "ds")
+    ds = load(tmp_path / "ds", tmp_path)
+    for got in (pq.read_table(tmp_path / "flat.parquet"), ds.data.table):
+        assert set(table.column_names) - {"fields"} <= set(got.column_names)
+        for row in got.to_pylist():
+            for col in ("decode_seconds", "supersedes", "retried", "key", "run_id", "created_at"):
+                assert row[col] == want[row["id"]][col], col
