@@ -124,10 +124,8 @@ def _contents(
         "## Contents",
         "",
         f"* split `{opts.split}`: {result.rows} rows (one per item and task) in {len(result.shards)} Parquet file(s)",
-        f"* tasks: {', '.join(tasks) or '?'}",
+        *_task_lines(config, tasks, result.tasks),
     ]
-    if config.get("prompt"):
-        lines.append(f"* prompt: {config['prompt']!r}")
     if config.get("json_schema") is not None:
         lines.append("* structured output: `data` (JSON text) and `data_typed` (typed) follow the run's JSON schema")
     if config.get("choices"):
@@ -146,7 +144,24 @@ def _contents(
     if errs:
         kinds = ", ".join(f"{k}: {v}" for k, v in sorted(errors_by_kind.items()))
         verb = "included (`error`, `error_kind` columns)" if opts.include_errors else "left out"
-        lines.append(f"* items with errors: {errs} ({kinds}), {verb}")
+        lines.append(f"* rows with errors (item and task): {errs} ({kinds}), {verb}")
+    return lines
+
+
+def _task_lines(config: dict[str, Any], tasks: list[str], summary: dict[str, dict[str, Any]]) -> list[str]:
+    """Each task: its rows and the prompt its outputs were made with (the instruction sent; the
+    model's chat template wraps it), or how many when a template made one per item."""
+    rows = {t: (summary.get(t) or {}).get("rows", 0) for t in tasks}
+    lines = [f"* tasks: {', '.join(f'`{t}` ({n} rows)' for t, n in rows.items()) or '?'}"]
+    for task in tasks:
+        t = summary.get(task)
+        if not t or not t["prompt"]:
+            continue
+        if t["prompts"] == 1:
+            lines.append(f"* prompt of `{task}`: {t['prompt']!r}")
+            continue
+        template = f"the template {config['prompt']!r} filled in per item" if config.get("prompt") else "per item"
+        lines.append(f"* prompts of `{task}`: {t['prompts']} different ({template}), e.g. {t['prompt']!r}")
     return lines
 
 

@@ -44,6 +44,7 @@ RESULT_COLUMNS = (
     "error_kind",
     "model",
     "content_sha256",
+    "decode_seconds",
     "segments",
     "language",
     "data",
@@ -51,13 +52,15 @@ RESULT_COLUMNS = (
     "logprobs",
     "flags",
     "retried",
+    "supersedes",
     "run_id",
     "created_at",
 )
 FILE_SUFFIXES = (".jsonl", ".parquet", ".csv")
 MEDIA_COLUMNS = {"image": "image", "audio": "audio", "video": "video"}  # modality → column
 DEFAULT_SHARD_BYTES = 500 * 1000**2
-ROWS_PER_GROUP = 64  # rows per Parquet row group (media rows are large)
+ROWS_PER_GROUP = 64  # rows per Parquet row group with media (media rows are large)
+TEXT_ROWS_PER_GROUP = 10_000  # without media
 
 
 @dataclass
@@ -69,6 +72,7 @@ class ExportResult:
     media_missing: int = 0  # rows whose file is gone or changed since it was captioned
     num_bytes: int = 0  # of the Parquet files
     path: str = ""
+    tasks: dict[str, dict[str, Any]] = field(default_factory=dict)  # task → rows, prompts, an example prompt
 
 
 @dataclass
@@ -193,7 +197,7 @@ def _features(fields: dict[str, str], ftypes: dict[str, str], data_schema: Any, 
     seg = {"start": hf.Value("float64"), "end": hf.Value("float64"), "text": s, "language": s}
     feats["segments"] = hf.List(seg)
     feats["flags"] = hf.List(s)
-    feats["mean_logprob"] = hf.Value("float64")
+    feats["mean_logprob"] = feats["decode_seconds"] = hf.Value("float64")
     alt = {"token": s, "logprob": hf.Value("float64")}
     feats["logprobs"] = hf.List({**alt, "top": hf.List(alt)})
     if data_schema is not None:
@@ -355,36 +359,55 @@ def _jsonify_nested(table: Any) -> Any:
 
 
 class _Shards:
-    """Parquet files of at most `max_bytes` each, rolled over as batches arrive."""
+    """Parquet files of at most `max_bytes` each. Rows arrive one at a time and go to the next
+    file when they would not fit, so a file is over the limit only when it holds a single row
+    that is (one media file larger than the limit). Row groups are written as they fill."""
 
-    def __init__(self, folder: Path, schema: Any, max_bytes: int) -> None:
-        self.folder, self.schema, self.max_bytes = folder, schema, max_bytes
+    FILE_META_BYTES = 64 * 1024  # the Parquet footer's fixed part (schema, features), kept free
+    GROUP_META_BYTES = 16 * 1024  # and its part per row group (column chunk metadata, statistics)
+
+    def __init__(self, folder: Path, schema: Any, max_bytes: int, media: set[str]) -> None:
+        self.folder, self.schema, self.media, self.max_bytes = folder, schema, media, max_bytes
+        self.group_rows = ROWS_PER_GROUP if media else TEXT_ROWS_PER_GROUP
         self.paths: list[Path] = []
         self._writer: Any = None
-        self._size = 0
+        self._rows = 0  # in the current file, written or pending
+        self._size = self.FILE_META_BYTES  # the current file's size, estimated from above
+        self._pending: list[dict[str, Any]] = []
+        self._pending_bytes = 0
 
-    def write(self, batch: list[dict[str, Any]]) -> None:
+    def add(self, row: dict[str, Any]) -> None:
+        n = _row_bytes(row, self.media)
+        if self._rows and self._size + n + self.GROUP_META_BYTES > self.max_bytes:
+            self._flush()
+            self._writer.close()
+            self._writer, self._rows, self._size = None, 0, self.FILE_META_BYTES
+        self._pending.append(row)
+        self._pending_bytes += n
+        self._rows += 1
+        self._size += n
+        if len(self._pending) >= self.group_rows or self._pending_bytes >= self.max_bytes // 4:
+            self._flush()
+
+    def _flush(self) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        if not batch:
+        if not self._pending:
             return
-        table = pa.Table.from_pylist(batch, schema=self.schema)
-        if self._writer is not None and self._size + table.nbytes > self.max_bytes:
-            self._writer.close()
-            self._writer = None
         if self._writer is None:
             self.paths.append(self.folder / f"shard-{len(self.paths):05d}.parquet")
             self._writer = pq.ParquetWriter(self.paths[-1], self.schema, compression="zstd")
-            self._size = 0
-        self._writer.write_table(table)
-        self._size += table.nbytes
+        self._writer.write_table(pa.Table.from_pylist(self._pending, schema=self.schema))
+        self._pending, self._pending_bytes = [], 0
+        self._size += self.GROUP_META_BYTES
 
     def close(self) -> list[Path]:
         """The shard files; an empty split still gets one (so it loads)."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
+        self._flush()
         if self._writer is not None:
             self._writer.close()
         if not self.paths:
@@ -393,9 +416,26 @@ class _Shards:
         return self.paths
 
 
+def _task_summary(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per task: its rows, how many different prompts they were made with, and the first."""
+    tasks: dict[str, dict[str, Any]] = {}
+    seen: dict[str, set[str]] = {}
+    for row in rows:
+        task = str(row.get("task"))
+        t = tasks.setdefault(task, {"rows": 0, "prompts": 0, "prompt": None})
+        t["rows"] += 1
+        prompt = row.get("prompt")
+        if prompt is not None and prompt not in seen.setdefault(task, set()):
+            seen[task].add(prompt)
+            t["prompts"] += 1
+            t["prompt"] = t["prompt"] or prompt
+    return tasks
+
+
 def _export_folder(layout: OutLayout, to: Path, opts: ExportOptions) -> ExportResult:
     result = ExportResult(path=str(to))
     rows, fields, ftypes, data_schema = _table_parts(layout, opts, result)
+    result.tasks = _task_summary(rows)
     media = {MEDIA_COLUMNS[r["modality"]] for r in rows if r.get("modality") in MEDIA_COLUMNS} if opts.media else set()
     features = _features(fields, ftypes, data_schema, media)
     schema = features.arrow_schema
@@ -405,17 +445,12 @@ def _export_folder(layout: OutLayout, to: Path, opts: ExportOptions) -> ExportRe
     stream: Iterator[dict[str, Any]] = _with_media(layout, rows, result) if media else iter(rows)
 
     try:
-        shards = _Shards(tmp / "data", schema, opts.max_shard_size)
-        batch: list[dict[str, Any]] = []
+        shards = _Shards(tmp / "data", schema, opts.max_shard_size, media)
         for row in stream:
             for name in media:
                 row.setdefault(name, None)
-            batch.append(row)
+            shards.add(row)
             result.rows += 1
-            if len(batch) >= ROWS_PER_GROUP or sum(_row_bytes(r, media) for r in batch) > opts.max_shard_size // 4:
-                shards.write(batch)
-                batch.clear()
-        shards.write(batch)
         paths = shards.close()
         for i, path in enumerate(paths):
             final = path.with_name(f"{opts.split}-{i:05d}-of-{len(paths):05d}.parquet")
@@ -436,11 +471,14 @@ def _export_folder(layout: OutLayout, to: Path, opts: ExportOptions) -> ExportRe
 
 
 def _row_bytes(row: dict[str, Any], media: set[str]) -> int:
+    """A row's size in a shard, estimated from above: its media bytes (stored as they are, with
+    their name and length) and its other values as JSON text (more than their compressed size)."""
     n = 0
     for name in media:
         v = row.get(name)
-        n += len(v) if isinstance(v, bytes) else len((v or {}).get("bytes") or b"")
-    return n
+        n += 64 + (len(v) if isinstance(v, bytes) else sum(len(x or b"") for x in (v or {}).values()))
+    rest = {k: v for k, v in row.items() if k not in media}
+    return n + len(json.dumps(rest, ensure_ascii=False, default=str))
 
 
 def _errors_by_kind(layout: OutLayout, opts: ExportOptions) -> dict[str, int]:
@@ -450,15 +488,23 @@ def _errors_by_kind(layout: OutLayout, opts: ExportOptions) -> dict[str, int]:
         return dict(index.totals()["errors_by_kind"])
 
 
+_D5 = "[0-9]" * 5  # a shard number in a file name pattern
+
+
 def push_to_hub(folder: Path, repo: str, *, private: bool = False, revision: str | None = None) -> str:
     """Upload an exported folder as a dataset repo (token from HF_TOKEN or `hf auth login`);
-    returns the commit URL."""
+    returns the commit URL.
+
+    Without `private` the repo is created with the Hub's default visibility (an organization
+    may make new repos private by default). The commit replaces the shards of the folder's
+    split(s) already in the repo, so a smaller re-export leaves no stale shard behind."""
     try:
         from huggingface_hub import HfApi
     except ImportError:  # pragma: no cover - a dependency of datasets
         raise UsageError("--push-to-hub needs huggingface_hub (pip install huggingface_hub)") from None
+    splits = sorted({p.name.rsplit("-", 3)[0] for p in (folder / "data").glob("*-of-*.parquet")})
     api = HfApi()
-    api.create_repo(repo, repo_type="dataset", private=private, exist_ok=True)
+    api.create_repo(repo, repo_type="dataset", private=True if private else None, exist_ok=True)
     if revision:
         api.create_branch(repo, branch=revision, repo_type="dataset", exist_ok=True)
     info = api.upload_folder(
@@ -467,5 +513,6 @@ def push_to_hub(folder: Path, repo: str, *, private: bool = False, revision: str
         repo_type="dataset",
         revision=revision,
         commit_message="gemma4u export",
+        delete_patterns=[f"data/{split}-{_D5}-of-{_D5}.parquet" for split in splits],
     )
     return str(getattr(info, "commit_url", info))

@@ -4,9 +4,12 @@ samples), its dataset card from the run manifest, and flat .jsonl/.parquet/.csv 
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +27,8 @@ from gemma4u_batch.job import run_job
 from gemma4u_batch.languages import DETECT_CODES
 from gemma4u_batch.progress import Reporter
 
-from .conftest import REPO
+from .conftest import GEMMA4U, REPO
+from .hub_standin import GITATTRIBUTES, HubStandin
 from .media import jpeg_bytes, photo, png_bytes
 from .test_resume import make_images
 
@@ -94,7 +98,7 @@ def test_image_folder_export_loads_with_original_pixels(image_out, tmp_path: Pat
     card = (dest / "README.md").read_text()
     man = json.loads((out / ".gemma4u" / "run.json").read_text())
     assert "`fake-model`" in card and man["run_id"] in card and "gemma4u run recipe.yaml" in card
-    assert "items with errors: 1 (" in card and "left out" in card
+    assert "rows with errors (item and task): 1 (" in card and "left out" in card
     assert "`mean_logprob`" in card and names["mean_logprob"]["dtype"] == "float64"
     raw = load(dest, tmp_path).cast_column("image", datasets.Image(decode=False))
     assert all(r["image"] is None or r["image"]["bytes"] == (inp / r["id"]).read_bytes() for r in raw)
@@ -106,19 +110,35 @@ def test_image_folder_export_loads_with_original_pixels(image_out, tmp_path: Pat
 
 
 def test_shards_respect_max_shard_size_and_no_media(image_out, tmp_path: Path) -> None:
-    _, out = image_out
-    dest = tmp_path / "sharded"
-    res = export(out, dest, ExportOptions(max_shard_size=200_000, split="validation"))
-    names = sorted(p.name for p in (dest / "data").iterdir())
-    n = len(names)
-    assert n > 1 and names == [f"validation-{i:05d}-of-{n:05d}.parquet" for i in range(n)]
+    """Through the CLI: --max-shard-size, --split, --no-media, --include-errors. A shard is over
+    the limit only when it holds one row whose file alone is (coffee.png, 449 kB)."""
     import datasets
+    import pyarrow.parquet as pq
 
+    inp, out = image_out
+    dest = tmp_path / "sharded"
+    runner = CliRunner()
+    args = ["export", str(out), "--to", str(dest), "--max-shard-size", "200kB", "--split", "validation"]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    paths = sorted((dest / "data").iterdir())
+    n = len(paths)
+    assert n > 2 and [p.name for p in paths] == [f"validation-{i:05d}-of-{n:05d}.parquet" for i in range(n)]
+    ids = []
+    for p in paths:
+        rows = pq.read_table(p, columns=["id"]).column("id").to_pylist()
+        assert p.stat().st_size <= 200_000 or (len(rows) == 1 and (inp / rows[0]).stat().st_size > 150_000), rows
+        ids += rows
+    assert (inp / "coffee.png").stat().st_size > 200_000 and "coffee.png" in ids
     ds = datasets.load_dataset(str(dest), split="validation", cache_dir=str(tmp_path / "c"))
-    assert ds.num_rows == res.rows == 8
-    small = export(out, tmp_path / "captions", ExportOptions(media=False))
-    ds = load(tmp_path / "captions", tmp_path)
-    assert small.media == {} and "image" not in ds.column_names and ds.num_rows == 8
+    assert ds.num_rows == len(ids) == 8 and sorted(ds["id"]) == sorted(ids)
+
+    small = tmp_path / "captions"
+    r = runner.invoke(app, ["export", str(out), "--to", str(small), "--no-media", "--include-errors"])
+    assert r.exit_code == 0, r.output
+    ds = load(small, tmp_path)
+    assert "image" not in ds.column_names and "video" not in ds.column_names and ds.num_rows == 9
+    assert ds.filter(lambda row: row["id"] == "broken.jpg")[0]["error_kind"]
 
 
 def assert_same_audio(decoded: dict, path: Path) -> None:
@@ -257,3 +277,140 @@ def test_per_token_logprobs_export(tmp_path: Path) -> None:
     export(out, tmp_path / "ds")
     ds = load(tmp_path / "ds", tmp_path)
     assert ds[0]["logprobs"][0].keys() == {"token", "logprob", "top"}
+
+
+def folder_files(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_push_to_hub_uploads_the_folder_through_the_hub_api(image_out, tmp_path: Path) -> None:
+    """`--push-to-hub` runs the real `huggingface_hub` client (create_repo, create_branch,
+    upload_folder) against a local stand-in of the Hub's API (tests/hub_standin.py, on 127.0.0.1;
+    LFS transfer, as HF_HUB_DISABLE_XET=1 makes the client use): the repo and branch it asks for,
+    the exported folder's bytes in the commit, the card's header validated, the token sent, and a
+    re-export replacing the shards it pushed before."""
+    _, out = image_out
+    token = "hf_standin_token"
+    with HubStandin(token) as hub:
+        env = {
+            **os.environ,
+            "HF_ENDPOINT": hub.endpoint,
+            "HF_TOKEN": token,
+            "HF_HOME": str(tmp_path / "hf-home"),
+            "HF_HUB_OFFLINE": "0",
+            "HF_HUB_DISABLE_XET": "1",
+            "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+        }
+
+        def push(dest: str, repo: str, *extra: str, env: dict[str, str] = env) -> str:
+            args = [GEMMA4U, "export", str(out), "--to", str(tmp_path / dest), "--push-to-hub", repo, *extra]
+            r = subprocess.run(args, env=env, capture_output=True, text=True)
+            assert r.returncode == 0, r.stderr[-3000:]
+            return r.stderr
+
+        err = push("a", "me/captions", "--private", "--revision", "v1", "--max-shard-size", "200KB")
+        repo = hub.repos["datasets/me/captions"]
+        a = folder_files(tmp_path / "a")
+        assert repo.visibility == "private" and sum(n.startswith("data/") for n in a) > 1
+        assert hub.files("me/captions", "v1") == {".gitattributes": GITATTRIBUTES, **a}
+        assert hub.files("me/captions") == {".gitattributes": GITATTRIBUTES}  # main untouched
+        shards = {hashlib.sha256(b).hexdigest() for n, b in a.items() if n.endswith(".parquet")}
+        assert set(hub.lfs_uploads) == shards  # the Parquet files went through LFS, checked by sha256
+        assert hub.validated[-1] == card_header(tmp_path / "a")  # the client has the Hub validate the card first
+        assert repo.commits[-1]["summary"] == "gemma4u export" and repo.commits[-1]["branch"] == "v1"
+        assert f"{hub.endpoint}/datasets/me/captions/commit/{repo.commits[-1]['oid']}" in err
+        assert "huggingface.co" not in err  # the URL is the endpoint's
+
+        push("b", "me/captions", "--revision", "v1")  # the repo and the branch exist: one shard now
+        b = folder_files(tmp_path / "b")
+        assert hub.files("me/captions", "v1") == {".gitattributes": GITATTRIBUTES, **b}  # no stale shard
+        assert repo.visibility == "private" and len(repo.commits) == 2
+
+        (tmp_path / "hf-home" / "token").write_text(token)  # as `hf auth login` saves it
+        logged_in = {k: v for k, v in env.items() if k != "HF_TOKEN"}
+        push("c", "me/public", env=logged_in)  # no --private: the Hub's default visibility (an org's may be private)
+        assert hub.repos["datasets/me/public"].visibility is None
+        assert hub.files("me/public") == {".gitattributes": GITATTRIBUTES, **folder_files(tmp_path / "c")}
+        assert not hub.unexpected and not hub.unauthorized
+
+    arrived = tmp_path / "arrived"  # what the Hub holds on v1 loads as the dataset
+    for name, data in hub.files("me/captions", "v1").items():
+        (arrived / name).parent.mkdir(parents=True, exist_ok=True)
+        (arrived / name).write_bytes(data)
+    ds = load(arrived, tmp_path)
+    assert ds.num_rows == 8 and ds[0]["image"].size
+
+
+def test_card_renders_the_run_facts(tmp_path: Path) -> None:
+    """The card's body is the run's facts: model and fingerprint, run id and start, tasks with
+    their rows and prompts, sampling, errors by kind, versions, and a recipe that loads as the
+    run's config."""
+    import re
+    import time
+
+    from gemma4u_batch.recipes import load_recipe
+
+    inp = tmp_path / "in"
+    make_images(inp, 3)
+    (inp / "broken.png").write_bytes(b"\x89PNG not really")
+    out, dest = tmp_path / "out", tmp_path / "ds"
+    run(inp, out, tasks=["caption", "tags"], sampling={"max_tokens": 33, "temperature": 0.5})
+    man_rows = [{"path": f"in/img_{i:04d}.png", "title": f"t{i}"} for i in range(3)]
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in man_rows))
+    out2 = tmp_path / "out2"
+    run(tmp_path / "m.jsonl", out2, prompt="Caption the photo titled '{{ title }}'.")
+    export(out, dest)
+    export(out2, tmp_path / "ds2")
+
+    man = json.loads((out / ".gemma4u" / "run.json").read_text())
+    body = (dest / "README.md").read_text().split("\n---\n", 1)[1]
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(man["started_at"]))
+    assert f"with the model `fake-model` (fingerprint `{man['model_fingerprint']}`)" in body
+    assert f"* run id: `{man['run_id']}`, started {started}" in body
+    assert "* split `train`: 6 rows (one per item and task) in 1 Parquet file(s)" in body
+    assert "* tasks: `caption` (3 rows), `tags` (3 rows)" in body
+    prompts = {r["task"]: r["prompt"] for r in current_records_of(out)}
+    assert all(f"* prompt of `{task}`: {prompts[task]!r}" in body for task in ("caption", "tags"))
+    assert "* sampling: max_tokens=33, temperature=0.5," in body
+    kinds = {r["error_kind"] for r in current_records_of(out) if r["error_kind"]}
+    assert kinds and f"* rows with errors (item and task): 2 ({kinds.pop()}: 2), left out" in body
+    assert "gemma4u-batch 0.1.0" in body and f"datasets {man['versions']['datasets']}" in body
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(re.search(r"```yaml\n(.*?)```", body, re.S).group(1))
+    assert load_recipe(recipe).model_dump(mode="json") == man["config"]  # the recipe is the run
+
+    body2 = (tmp_path / "ds2" / "README.md").read_text()
+    assert "* prompts of `caption`: 3 different (the template \"Caption the photo titled '{{ title }}'.\"" in body2
+    assert "e.g. \"Caption the photo titled 't0'.\"" in body2 and "with errors" not in body2
+
+
+def current_records_of(out: Path) -> list[dict]:
+    from gemma4u_batch.ledger import current_records
+    from gemma4u_batch.writer import OutLayout
+
+    return list(current_records(OutLayout(out)))
+
+
+def test_exports_keep_every_record_column(tmp_path: Path) -> None:
+    """Nothing of a record is dropped: the flat and the folder export have every column OUT's
+    Parquet has (`fields` becomes the input's own columns), with the same values — after an
+    incremental run, `supersedes` names the record replaced."""
+    import pyarrow.parquet as pq
+
+    inp, out = tmp_path / "in", tmp_path / "out"
+    make_images(inp, 3)
+    run(inp, out, format="parquet")
+    first = {r["id"]: r["key"] for r in current_records_of(out)}
+    Image.new("RGB", (40, 30), (9, 9, 9)).save(inp / "img_0001.png")
+    run(inp, out, format="parquet")
+    table = pq.read_table(next(out.glob("*.parquet")))
+    want = {r["id"]: r for r in table.to_pylist()}
+    assert want["img_0001.png"]["supersedes"] == first["img_0001.png"]
+    export(out, tmp_path / "flat.parquet")
+    export(out, tmp_path / "ds")
+    ds = load(tmp_path / "ds", tmp_path)
+    for got in (pq.read_table(tmp_path / "flat.parquet"), ds.data.table):
+        assert set(table.column_names) - {"fields"} <= set(got.column_names)
+        for row in got.to_pylist():
+            for col in ("decode_seconds", "supersedes", "retried", "key", "run_id", "created_at"):
+                assert row[col] == want[row["id"]][col], col

@@ -231,7 +231,9 @@ def export_cmd(
         str | None,
         typer.Option("--push-to-hub", metavar="REPO", help="Upload the exported folder to this Hub dataset repo."),
     ] = None,
-    private: Annotated[bool, typer.Option("--private", help="With --push-to-hub: create the repo private.")] = False,
+    private: Annotated[
+        bool, typer.Option("--private", help="With --push-to-hub: create the repo private (else: the Hub's default).")
+    ] = False,
     revision: Annotated[
         str | None, typer.Option(help="With --push-to-hub: the branch to upload to (created if missing).")
     ] = None,
@@ -268,7 +270,7 @@ def export_cmd(
     )
     if push_to_hub:
         url = push(to, push_to_hub, private=private, revision=revision)
-        err.print(f"Pushed {to} to https://huggingface.co/datasets/{push_to_hub} ({url}).", soft_wrap=True)
+        err.print(f"Pushed {to} to the dataset repo {push_to_hub}: {url}", soft_wrap=True)
 
 
 @app.command("compact")
