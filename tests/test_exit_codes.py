@@ -11,6 +11,7 @@ model, one OUT: 75, then 130 twice, each resuming what the previous one committe
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import re
@@ -81,6 +82,38 @@ def test_74_when_out_is_read_only(tmp_path: Path) -> None:
             assert r.returncode == documented_code("OUTPUT_ERROR"), r.stderr
             assert "Read-only file system" in r.stderr and "Traceback" not in r.stderr
             assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def fill_up(mnt: Path) -> None:
+    """Take every free byte of the filesystem at `mnt`."""
+    fd = os.open(mnt / "filler", os.O_WRONLY | os.O_CREAT)
+    try:
+        with contextlib.suppress(OSError):  # until ENOSPC
+            while os.write(fd, b"\0" * 4096):
+                pass
+    finally:
+        os.close(fd)
+
+
+def test_74_when_out_is_full_from_the_start(tmp_path: Path, tiny_model: Path) -> None:
+    """A full disk before the first record (the run manifest cannot be written) is 74 and one
+    line, like a disk that fills mid-run (test_resume.py), never a traceback and exit 1."""
+    mnt = tmp_path / "full"
+    if not _mount_tmpfs(mnt, "64k"):
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        inp = tmp_path / "in"
+        make_images(inp, 2)
+        (mnt / "out").mkdir()
+        fill_up(mnt)
+        r = gemma4u("caption", str(inp), "-o", str(mnt / "out"), "--model", str(tiny_model), "--progress", "quiet")
+        assert r.returncode == documented_code("OUTPUT_ERROR"), r.stderr[-3000:]
+        assert r.stderr.strip().splitlines() == [
+            f"error: cannot write to {mnt / 'out'}: No space left on device; work committed before this point "
+            "is safe, free space or fix permissions and rerun the same command to resume"
+        ]
     finally:
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
