@@ -2,8 +2,8 @@
 
 The expected code is read from the docs' table (`documented_code`), never from `ExitCode`, so a
 code that changes in either place fails here. 0 and 2 are also checked in test_e2e_caption.py.
-The Ray variants (a replica's engine dying, a driver interrupted) belong to the Ray tests
-(test_e2e_scale.py), owned separately.
+The --ray variants of 73, 74, 75 and 130 are in test_e2e_scale.py (a real Ray cluster);
+`test_the_failure_codes_are_produced_under_ray_too` checks that each is there.
 
 Only `test_engine_failure_then_sigterm_then_sigint` starts the engine (three CLI runs on the tiny
 model, one OUT: 75, then 130 twice, each resuming what the previous one committed).
@@ -52,6 +52,17 @@ def test_every_documented_code_is_produced_by_a_real_cli_test() -> None:
         used |= set(re.findall(r'documented_code\("([A-Z_]+)"\)', path.read_text(encoding="utf-8")))
     missing = set(documented_codes()) - used - set(NOT_PROVOKED)
     assert not missing, f"exit codes no real-CLI test checks: {sorted(missing)}"
+
+
+RAY_TESTS = REPO / "tests" / "test_e2e_scale.py"
+"""Where the same codes are produced by `gemma4u ... --ray` (a real Ray cluster)."""
+
+
+def test_the_failure_codes_are_produced_under_ray_too() -> None:
+    """73, 74, 75 and 130 are each checked on a --ray run of the real CLI as well."""
+    used = set(re.findall(r'documented_code\("([A-Z_]+)"\)', RAY_TESTS.read_text(encoding="utf-8")))
+    missing = {"LOCKED", "OUTPUT_ERROR", "ENGINE_FAILED", "INTERRUPTED"} - used
+    assert not missing, f"exit codes no --ray test checks: {sorted(missing)}"
 
 
 # ------------------------------------------------------------- no engine needed
