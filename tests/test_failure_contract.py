@@ -240,6 +240,49 @@ def test_messages_name_only_real_flags() -> None:
     assert not bad, f"messages name flags no command has: {bad}"
 
 
+def test_ray_replicas_that_keep_dying_are_an_engine_failure() -> None:
+    """Under --ray a replica whose process dies (OOM kill, node lost) is replaced and its shard
+    requeued; past MAX_REPLACEMENTS the job stops with EngineFailure (exit 75), and a replica's
+    own EngineFailure / OutputError / UsageError is re-raised as itself (not Ray's wrapper)."""
+    from collections import deque
+
+    from gemma4u_batch.cli.app import _exit_code
+    from gemma4u_batch.errors import EngineFailure, ExitCode, OutputError
+    from gemma4u_batch.ray_runner import MAX_REPLACEMENTS, _Driver
+
+    ray = pytest.importorskip("ray")
+
+    class Cluster:  # the part of the `ray` module the driver's bookkeeping uses
+        exceptions = ray.exceptions
+
+        def __init__(self, error: BaseException) -> None:
+            self.error = error
+
+        def get(self, ref: object) -> dict:
+            raise self.error
+
+    def collect(error: BaseException, replacements: int = 0) -> tuple[_Driver, deque[int]]:
+        driver = _Driver.__new__(_Driver)  # no cluster: only what _collect touches
+        driver.ray, driver.replacements, driver.idle = Cluster(error), replacements, []
+        driver.running = {"ref": ("actor", 3)}
+        driver._spawn = lambda: "fresh actor"  # type: ignore[method-assign]
+        queue: deque[int] = deque([4])
+        assert driver._collect("ref", queue) is None
+        return driver, queue
+
+    died = ray.exceptions.RayActorError()
+    driver, queue = collect(died)
+    assert list(queue) == [3, 4] and driver.idle == ["fresh actor"] and driver.replacements == 1
+    with pytest.raises(EngineFailure, match=f"replicas died {MAX_REPLACEMENTS + 1} times") as info:
+        collect(died, replacements=MAX_REPLACEMENTS)
+    assert _exit_code(info.value) == ExitCode.ENGINE_FAILED
+    for cause in (EngineFailure("the engine died 1 times"), OutputError("cannot write"), UsageError("bad")):
+        wrapped = ray.exceptions.RayTaskError("run_shard", "Traceback ...", cause)
+        with pytest.raises(type(cause)) as raised:
+            collect(wrapped)
+        assert raised.value is cause
+
+
 # --------------------------------------------------------------- 2. keys and revisions
 
 
