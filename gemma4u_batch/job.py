@@ -154,7 +154,10 @@ class Job:
         started = time.monotonic()
         manifest = {**run_manifest(self.config, self.guard, engine.notes()), **self.manifest_extra}
         self.run_id = manifest.setdefault("run_id", new_run_id())  # a Ray driver passes its own
-        write_run_manifest(self.layout, self.shard, manifest)
+        try:
+            write_run_manifest(self.layout, self.shard, manifest)
+        except OSError as exc:
+            raise self._output_error(exc) from exc
         self.engine = engine
         self.requests = RequestBuilder(self.config, engine, self.fingerprint, prompt_cache=self.index)
         self.quick = QuickCheck(self.config, self.index, self.requests)
@@ -243,10 +246,14 @@ class Job:
                 self._feed(pool)
             self.writer.close()
         except OSError as exc:
-            raise OutputError(
-                f"cannot write to {c.output}: {exc.strerror or exc}; work committed before this point is safe, "
-                "free space or fix permissions and rerun the same command to resume"
-            ) from exc
+            raise self._output_error(exc) from exc
+
+    def _output_error(self, exc: OSError) -> OutputError:
+        """OUT became unwritable (full, read-only): one line and exit 74, never a traceback."""
+        return OutputError(
+            f"cannot write to {self.config.output}: {exc.strerror or exc}; work committed before this point is "
+            "safe, free space or fix permissions and rerun the same command to resume"
+        )
 
     def _finish(self, started: float) -> JobSummary:
         c = self.counters
@@ -258,7 +265,10 @@ class Job:
                 **c.snapshot(),
                 "engine_notes": self.engine.notes(),
             }
-            mark_done(self.layout, self.shard, done)
+            try:
+                mark_done(self.layout, self.shard, done)
+            except OSError as exc:
+                raise self._output_error(exc) from exc
         return JobSummary(
             done=c.done,
             errors=c.errors,

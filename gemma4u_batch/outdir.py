@@ -10,6 +10,8 @@ import socket
 import sys
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -206,24 +208,49 @@ def run_manifest(config: JobConfig, guard: dict[str, Any], engine_notes: dict[st
 
 
 def write_run_manifest(layout: OutLayout, shard: tuple[int, int] | None, manifest: dict[str, Any]) -> None:
-    """A run starts: record it, and forget that this run (or shard) was ever complete."""
-    if shard:
-        manifest = {**manifest, "shard": f"{shard[0]}/{shard[1]}"}
-        write_json_atomic(shard_file(layout, shard, "run.json"), manifest, layout.tmp)
-        shard_file(layout, shard, "done.json").unlink(missing_ok=True)
-        if not layout.run_manifest.exists():
-            write_json_atomic(layout.run_manifest, manifest, layout.tmp)
-    else:
+    """A run starts: record it, and forget that this run (or shard) was ever complete.
+
+    Shard done markers count only for the job they finished: a whole-job run, or a shard that
+    starts after the last job completed (complete.json is there), begins a new job and removes
+    every marker, so markers of an earlier job never complete this one (a shard of it that
+    crashed before it started, or has not started yet, has none)."""
+    if not shard:
         write_json_atomic(layout.run_manifest, manifest, layout.tmp)
-    layout.complete_marker.unlink(missing_ok=True)
+        for marker in (layout.meta / "shards").glob("*.done.json"):
+            marker.unlink(missing_ok=True)
+        layout.complete_marker.unlink(missing_ok=True)
+        return
+    manifest = {**manifest, "shard": f"{shard[0]}/{shard[1]}"}
+    write_json_atomic(shard_file(layout, shard, "run.json"), manifest, layout.tmp)
+    with _shard_markers(layout):
+        if layout.complete_marker.exists():
+            for marker in (layout.meta / "shards").glob("*.done.json"):
+                marker.unlink(missing_ok=True)
+        shard_file(layout, shard, "done.json").unlink(missing_ok=True)
+        layout.complete_marker.unlink(missing_ok=True)
+    if not layout.run_manifest.exists():
+        write_json_atomic(layout.run_manifest, manifest, layout.tmp)
+
+
+@contextmanager
+def _shard_markers(layout: OutLayout) -> Iterator[None]:
+    """Shards read and write the done markers one at a time (so a shard starting a new job
+    cannot remove a marker another shard of that job just wrote)."""
+    with open(layout.meta / "shards" / "markers.lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def mark_done(layout: OutLayout, shard: tuple[int, int] | None, done: dict[str, Any]) -> None:
-    """The run (or shard) finished: complete.json once every shard of this run has."""
+    """The run (or shard) finished: complete.json once every shard of this job has."""
     if not shard:
         write_json_atomic(layout.complete_marker, done, layout.tmp)
         return
-    write_json_atomic(shard_file(layout, shard, "done.json"), done, layout.tmp)
     n = shard[1]
-    if all(shard_file(layout, (i, n), "done.json").exists() for i in range(n)):
-        write_json_atomic(layout.complete_marker, {**done, "shards": n}, layout.tmp)
+    with _shard_markers(layout):
+        write_json_atomic(shard_file(layout, shard, "done.json"), done, layout.tmp)
+        if all(shard_file(layout, (i, n), "done.json").exists() for i in range(n)):
+            write_json_atomic(layout.complete_marker, {**done, "shards": n}, layout.tmp)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -172,12 +173,21 @@ def test_refusal_messages_name_cause_and_fix(monkeypatch: pytest.MonkeyPatch, tm
 
 
 def _ray_caption(
-    inputs: Path, out: Path, model: Path, cluster: RayCluster, *, commit_every: int, progress: str
+    inputs: Path, out: Path, model: Path, cluster: RayCluster, *, commit_every: int, progress: str, replicas: int = 2
 ) -> list[str]:
-    """`gemma4u caption` of the fixture's images on two Ray replicas of the tiny model."""
-    settings = "--dtype float32 --max-tokens 12 --max-model-len 4096 --max-num-seqs 8 --workers 0 --replicas 2"
+    """`gemma4u caption` of the fixture's images on Ray replicas (two by default) of the tiny model."""
+    settings = "--dtype float32 --max-tokens 12 --max-model-len 4096 --max-num-seqs 8 --workers 0"
     job = [GEMMA4U, "caption", str(inputs), "-o", str(out), "--model", str(model), "--ray", cluster.address]
-    return [*job, *settings.split(), "--commit-every", str(commit_every), "--progress", progress]
+    return [
+        *job,
+        *settings.split(),
+        "--replicas",
+        str(replicas),
+        "--commit-every",
+        str(commit_every),
+        "--progress",
+        progress,
+    ]
 
 
 def _replica_pids(cluster: RayCluster) -> list[int]:
@@ -223,12 +233,14 @@ def _ray_cli(args: list[str], cluster: RayCluster) -> subprocess.CompletedProces
     return subprocess.run([GEMMA4U, *args], capture_output=True, text=True, env=cluster.env, timeout=600)
 
 
-def test_ray_lock_held_and_read_only_out_keep_their_exit_codes(inputs, tiny_model, ray_cluster, tmp_path):
+def test_ray_lock_held_read_only_and_full_out_keep_their_exit_codes(inputs, tiny_model, ray_cluster, tmp_path):
     """Under --ray a replica's OutputLocked / OutputError reach the CLI as 73 / 74 and one
-    line, as without Ray (no traceback, no exit 1)."""
+    line, as without Ray (no traceback, no exit 1): OUT locked by a plain run, OUT read-only
+    (the driver finds it), OUT full (a replica finds it: the run manifest cannot be written)."""
     import fcntl
 
     from .cli_checks import documented_code
+    from .test_exit_codes import fill_up
     from .test_resume import _mount_tmpfs
 
     out = tmp_path / "out"
@@ -249,28 +261,97 @@ def test_ray_lock_held_and_read_only_out_keep_their_exit_codes(inputs, tiny_mode
         subprocess.run(["umount", "-l", str(mnt)], check=False)
     assert r.returncode == documented_code("OUTPUT_ERROR"), r.stderr[-3000:]
     assert "Traceback" not in r.stderr and "cannot write" in r.stderr.strip().splitlines()[-1]
+    full = tmp_path / "full"
+    if not _mount_tmpfs(full, "64k"):
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        (full / "out").mkdir()
+        fill_up(full)
+        r = _ray_cli(["caption", str(inputs), "-o", str(full / "out"), *common], ray_cluster)
+    finally:
+        subprocess.run(["umount", "-l", str(full)], check=False)
+    assert r.returncode == documented_code("OUTPUT_ERROR"), r.stderr[-3000:]
+    last = r.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in r.stderr and last.startswith("error: cannot write") and "No space left" in last
+
+
+def _stop_mid_run(args: list[str], out: Path, cluster: RayCluster, sig: signal.Signals) -> tuple[int, str]:
+    """Start a Ray run, wait until it committed a part of its own, then send `sig` to its process
+    group (what a terminal's Ctrl-C and systemd do)."""
+    before = len(committed_parts(OutLayout(out)))
+    proc = subprocess.Popen(
+        args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=cluster.env, start_new_session=True
+    )
+    deadline = time.time() + 900
+    while time.time() < deadline and proc.poll() is None and len(committed_parts(OutLayout(out))) <= before:
+        time.sleep(0.2)
+    assert proc.poll() is None, f"the run ended before it could be stopped: {proc.communicate()[1][-3000:]}"
+    os.killpg(proc.pid, sig)
+    _, err = proc.communicate(timeout=600)
+    return proc.returncode, err
 
 
 @pytest.mark.engine
-@pytest.mark.timeout(1500)
-def test_ray_driver_sigterm_commits_exits_130_and_resumes_exactly_once(
+@pytest.mark.timeout(1800)
+def test_ray_driver_sigterm_and_sigint_commit_exit_130_and_resume_exactly_once(
     inputs, tiny_model, reference, ray_cluster, tmp_path
 ):
+    """SIGTERM, then (on the rerun) SIGINT: each run commits what finished, starts no new shard
+    and exits 130 without a traceback; the third run finishes, every id once."""
     from .cli_checks import documented_code
 
     out = tmp_path / "out"
     args = _ray_caption(inputs, out, tiny_model, ray_cluster, commit_every=1, progress="quiet")
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ray_cluster.env)
-    deadline = time.time() + 900
-    while time.time() < deadline and proc.poll() is None and not committed_parts(OutLayout(out)):
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=600)
-    assert proc.returncode == documented_code("INTERRUPTED"), err[-3000:]
-    assert "Traceback" not in err
-    first = {r["id"] for r in data_records(out)}
-    assert 0 < len(first) < 24  # what finished was committed; the rest was not started
-    assert not (out / ".gemma4u" / "stop").exists()
+    seen = 0
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        code, err = _stop_mid_run(args, out, ray_cluster, sig)
+        assert code == documented_code("INTERRUPTED"), (sig, err[-3000:])
+        assert "Traceback" not in err and "stopping — committing finished work" in err
+        ids = [r["id"] for r in data_records(out)]
+        assert len(ids) == len(set(ids)) and seen < len(ids) < 24  # more committed, not all: stopped
+        seen = len(ids)
+        assert not (out / ".gemma4u" / "stop").exists() and not (out / ".gemma4u" / "complete.json").exists()
     again = subprocess.run(args, capture_output=True, text=True, env=ray_cluster.env, timeout=900)
     assert again.returncode == 0, again.stderr[-3000:]
     assert _texts(out) == reference  # every id once, greedy texts as in one process
+
+
+@pytest.mark.engine
+@pytest.mark.timeout(1500)
+def test_ray_engine_dying_past_its_restarts_exits_75(inputs, tiny_model, ray_cluster, tmp_path):
+    """A replica's engine core is SIGKILLed with --engine-restarts 0: the replica's EngineFailure
+    is the job's, 75 and one line (no traceback, no exit 1), finished work committed once."""
+    import psutil
+
+    from .cli_checks import documented_code
+
+    out = tmp_path / "out"
+    args = _ray_caption(inputs, out, tiny_model, ray_cluster, commit_every=1, progress="quiet", replicas=1)
+    earlier = set(_replica_pids(ray_cluster))
+    proc = subprocess.Popen(
+        [*args, "--engine-restarts", "0"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ray_cluster.env,
+    )
+    killed: list[int] = []
+    deadline = time.time() + 900
+    while time.time() < deadline and proc.poll() is None and not killed:
+        if committed_parts(OutLayout(out)):  # the replica's engine is up and has answered
+            for pid in set(_replica_pids(ray_cluster)) - earlier:
+                with contextlib.suppress(psutil.Error):
+                    for child in psutil.Process(pid).children(recursive=True):
+                        if "EngineCor" in " ".join(child.cmdline() or [child.name()]):
+                            child.kill()
+                            killed.append(child.pid)
+        time.sleep(0.2)
+    _, err = proc.communicate(timeout=600)
+    assert killed, f"no engine core found under this job's replica: {err[-3000:]}"
+    assert proc.returncode == documented_code("ENGINE_FAILED"), err[-3000:]
+    last = err.strip().splitlines()[-1]
+    assert "Traceback" not in err and last.startswith("error: the engine died"), err[-3000:]
+    assert "rerun the same command to resume" in last
+    ids = [r["id"] for r in data_records(out)]
+    assert ids and len(ids) == len(set(ids)) and len(ids) < 24
+    assert not (out / ".gemma4u" / "complete.json").exists()

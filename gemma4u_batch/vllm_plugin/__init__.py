@@ -81,6 +81,16 @@ def _register() -> None:
         _state["reason"] = f"disabled by {DISABLE_ENV}"
         log.warning("gemma4u_bidi: %s; Gemma 4 image tokens attend causally on CPU", _state["reason"])
         return
+    # The platform first: on a GPU nothing is patched, whatever the vLLM version (a newer vLLM
+    # there is no reason for a warning).
+    platform = _platform()
+    _state["platform"] = platform
+    if platform in GPU_PLATFORMS:
+        _state["reason"] = f"not needed on {platform}: vLLM's own attention kernels honour image blocks"
+        return
+    if platform != "cpu":
+        _state["reason"] = f"not patched: platform {platform} is not covered"
+        return
     version = _vllm_version()
     if not version_supported(version):
         _state["reason"] = f"written for vLLM {written_for()}, found {version}: not patched"
@@ -90,22 +100,20 @@ def _register() -> None:
             _state["reason"],
         )
         return
-    from vllm.platforms import current_platform
-
-    platform = "cpu" if current_platform.is_cpu() else str(getattr(current_platform, "device_name", "") or "")
-    if not platform:
-        platform = str(getattr(current_platform, "_enum", "unknown")).split(".")[-1].lower()
-    _state["platform"] = platform
-    if platform in GPU_PLATFORMS:
-        _state["reason"] = f"not needed on {platform}: vLLM's own attention kernels honour image blocks"
-        return
-    if platform != "cpu":
-        _state["reason"] = f"not patched: platform {platform} is not covered"
-        return
     reports.ensure_report_dir()  # before the engine spawns its processes, so they inherit it
     from .cpu_bidi import apply_patch
 
     _state["patched"] = apply_patch(str(version))
+
+
+def _platform() -> str:
+    """vLLM's platform here: "cpu", "cuda", "rocm", ..."""
+    from vllm.platforms import current_platform
+
+    if current_platform.is_cpu():
+        return "cpu"
+    name = str(getattr(current_platform, "device_name", "") or "")
+    return name or str(getattr(current_platform, "_enum", "unknown")).split(".")[-1].lower()
 
 
 def _entry_point_installed() -> bool:
