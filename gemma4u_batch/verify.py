@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -534,10 +535,11 @@ def verify_model(
 
 
 def shutdown_llm(llm: Any) -> None:
+    """Stop the verification engine's processes now rather than at interpreter exit."""
     try:
         llm.llm_engine.engine_core.shutdown()
-    except Exception:  # best effort
-        pass
+    except (AttributeError, RuntimeError, OSError) as exc:  # the check's result stands; say why it lingers
+        print(f"gemma4u verify: the engine did not shut down cleanly: {exc!r}", file=sys.stderr)
 
 
 def _main(argv: list[str] | None = None) -> int:

@@ -55,7 +55,7 @@ def version_supported(version: str | None) -> bool:
         from packaging.version import Version
 
         release = Version(version).release
-    except Exception:
+    except (ImportError, ValueError):  # no packaging, or not a PEP 440 version: not one we know
         return False
     return tuple(release[:2]) == WRITTEN_FOR
 
