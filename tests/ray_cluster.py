@@ -37,6 +37,7 @@ at that port too, so any other HTTP client that honours them stays on loopback.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -111,23 +112,57 @@ def dir_state(path: Path) -> dict[str, tuple[int, int]]:
     return {str(p.relative_to(path)): (p.stat().st_size, p.stat().st_mtime_ns) for p in path.rglob("*") if p.is_file()}
 
 
-def leave_local_ray_state(home: Path, base: dict[str, str] | None = None) -> Path:
-    """What `gemma4u caption --ray auto` leaves behind when it finds no cluster: the
-    product's own `_connect` starts a local Ray (token auth on, a new token written to
-    HOME/.ray/auth_token) and shuts it down. Runs in a subprocess with `home` as HOME and
-    its own temp dir; returns the token file."""
+def marked_processes(temp_dir: Path) -> dict[int, Any]:
+    """Live processes started with `temp_dir` (in their command line or as RAY_TMPDIR)."""
+    import psutil
+
+    found: dict[int, Any] = {}
+    marker = str(temp_dir)
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        if p.pid == os.getpid():
+            continue
+        try:
+            if any(marker in a for a in p.info["cmdline"] or ()) or p.environ().get("RAY_TMPDIR") == marker:
+                found[p.pid] = p
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+def machine_ray_state(*homes: Path) -> dict[Path, dict[str, tuple[int, int]]]:
+    """~/.ray of each HOME and Ray's default temp dir (/tmp/ray: sessions and the
+    ray_current_cluster file), as found now."""
+    from ray._common.utils import get_default_ray_temp_dir
+
+    dirs = [h / ".ray" for h in homes] + [Path(get_default_ray_temp_dir())]
+    return {d: dir_state(d) for d in dirs}
+
+
+def leave_local_ray_state(home: Path, model: Path, base: dict[str, str] | None = None) -> Path:
+    """What `gemma4u caption --ray auto` leaves behind when it finds no cluster: it starts a
+    local Ray (token auth on, a new token written to HOME/.ray/auth_token) and shuts it
+    down at exit. The real CLI runs with `home` as HOME and its own temp dir, on an empty
+    folder: the replica finds no media (exit 2) before any engine starts. RAY_ADDRESS=local
+    is Ray's own value for "start a new local cluster"; without it `auto` attaches to any
+    raylet in the machine's process table (another checkout's test cluster), which a test
+    cannot rely on. Returns the token file."""
+    import psutil
+
+    from .conftest import GEMMA4U
+
     sandbox_home(home)
     with tempfile.TemporaryDirectory(prefix="g4ray-auto-") as tmp:
-        env = loopback_env(dict(base or os.environ), home, Path(tmp))
-        code = textwrap.dedent("""
-            import ray
-            from gemma4u_batch.ray_runner import _connect
-            print(_connect(ray, "local"))
-            ray.shutdown()
-        """)
-        run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-3000:]
-    assert run.stdout.split() == ["local"], run.stdout
+        env = {**loopback_env(dict(base or os.environ), home, Path(tmp)), "RAY_ADDRESS": "local"}
+        (Path(tmp) / "in").mkdir()
+        job = ["caption", f"{tmp}/in", "-o", f"{tmp}/out", "--model", str(model), "--ray", "auto", "--replicas", "1"]
+        try:
+            run = subprocess.run([GEMMA4U, *job], env=env, capture_output=True, text=True, timeout=600)
+        finally:
+            for p in marked_processes(Path(tmp)).values():  # none when the CLI's atexit shutdown worked
+                with contextlib.suppress(psutil.Error):
+                    p.kill()
+    assert "Started a local Ray instance" in run.stderr, run.stderr[-3000:]
+    assert run.returncode == 2 and "no media files found" in run.stderr, run.stderr[-3000:]
     return home / ".ray" / "auth_token"
 
 
@@ -166,15 +201,7 @@ class RayCluster:
         with contextlib.suppress(psutil.NoSuchProcess):
             root = psutil.Process(self.proc.pid)
             found.update((p.pid, p) for p in [root, *root.children(recursive=True)])
-        marker = str(self.temp_dir)
-        for p in psutil.process_iter(["pid", "cmdline"]):
-            if p.pid in found or p.pid == os.getpid():
-                continue
-            try:
-                if any(marker in a for a in p.info["cmdline"] or ()) or p.environ().get("RAY_TMPDIR") == marker:
-                    found[p.pid] = p
-            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-                continue
+        found.update(marked_processes(self.temp_dir))
         self._known.update(found)
         return list(found.values())
 
@@ -207,8 +234,6 @@ class RayCluster:
         )
         lines = [ln for ln in run.stdout.splitlines() if ln.startswith("INFO ")]
         assert run.returncode == 0 and lines, run.stderr[-3000:]
-        import json
-
         return json.loads(lines[-1][5:])
 
     def sockets(self, extra_pids: tuple[int, ...] = ()) -> list[tuple[int, str, str, int, str]]:
@@ -336,19 +361,31 @@ def running_cluster(root: Path, base: dict[str, str] | None = None) -> Iterator[
 
 
 @pytest.fixture(scope="module")
-def used_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def machine_state() -> dict[Path, dict[str, tuple[int, int]]]:
+    """The machine's own Ray state (the real HOME's ~/.ray, /tmp/ray) before the module's
+    first Ray process starts."""
+    pytest.importorskip("ray")
+    return machine_ray_state(Path.home())
+
+
+@pytest.fixture(scope="module")
+def used_home(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, machine_state) -> Path:
     """Stands in for the HOME of a machine where `gemma4u caption --ray auto` ran before:
     its ~/.ray/auth_token holds the token of a local cluster long gone."""
-    pytest.importorskip("ray")
     home = tmp_path_factory.mktemp("used-home")
-    token_file = leave_local_ray_state(home)
+    token_file = leave_local_ray_state(home, tiny_model)
+    assert machine_ray_state(Path.home()) == machine_state, "the --ray auto run left its sandbox"
     assert token_file.is_file() and token_file.read_text().strip()
     return home
 
 
 @pytest.fixture(scope="module")
-def ray_cluster(tmp_path_factory: pytest.TempPathFactory, used_home: Path) -> Iterator[RayCluster]:
+def ray_cluster(tmp_path_factory: pytest.TempPathFactory, used_home: Path, machine_state) -> Iterator[RayCluster]:
     """One hermetic loopback cluster per module, started on a machine whose HOME already
-    has a stale token (`used_home`); stopped even when a test fails."""
+    has a stale token (`used_home`); stopped even when a test fails. At the end of the
+    module (every test's drivers and CLI runs done, the cluster stopped) the machine's own
+    ~/.ray and /tmp/ray are as they were before the module's first Ray process."""
     with running_cluster(tmp_path_factory.mktemp("ray"), {**os.environ, "HOME": str(used_home)}) as cluster:
         yield cluster
+    changed = [str(d) for d, before in machine_state.items() if dir_state(d) != before]
+    assert not changed, f"the Ray tests changed the machine's own Ray state: {changed}"

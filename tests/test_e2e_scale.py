@@ -21,10 +21,20 @@ from gemma4u_batch.progress import Reporter
 from gemma4u_batch.writer import OutLayout, committed_parts
 
 from .conftest import GEMMA4U
-from .ray_cluster import LOOPBACK, RayCluster, dir_state, free_port, loopback_env, ray_cluster, sandbox_home, used_home
+from .ray_cluster import (
+    LOOPBACK,
+    RayCluster,
+    dir_state,
+    free_port,
+    loopback_env,
+    machine_state,
+    ray_cluster,
+    sandbox_home,
+    used_home,
+)
 from .test_resume import data_records, make_images
 
-__all__ = ["ray_cluster", "used_home"]  # module-scoped fixtures from ray_cluster.py
+__all__ = ["machine_state", "ray_cluster", "used_home"]  # module-scoped fixtures from ray_cluster.py
 
 
 def _texts(out: Path) -> dict[str, tuple[str, str]]:
@@ -73,10 +83,11 @@ def test_three_shards_add_up_to_one_full_run(inputs: Path, tiny_model: Path, sha
 
 
 def test_cluster_is_hermetic_and_on_loopback_after_an_auto_run(ray_cluster: RayCluster, used_home: Path) -> None:
-    """Issue #20: a `--ray auto` run (the `used_home` fixture ran the product's local start
-    before the cluster started) left ~/.ray/auth_token with another token. The fixture's
-    cluster, started on that machine, still takes drivers, wrote to no ~/.ray outside its
-    sandbox, and every address Ray reports, and every socket it holds, is 127.0.0.1."""
+    """Issue #20: a `gemma4u caption --ray auto` run (the `used_home` fixture ran the CLI
+    before the cluster started, with the HOME the cluster is started from) left
+    ~/.ray/auth_token with another token. The fixture's cluster, started on that machine,
+    still takes drivers, wrote to no ~/.ray outside its sandbox, and every address Ray
+    reports, and every socket it holds, is 127.0.0.1."""
     stale = (used_home / ".ray" / "auth_token").read_text().strip()
     assert stale and stale != ray_cluster.token
     info = ray_cluster.describe()
