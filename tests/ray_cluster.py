@@ -236,6 +236,41 @@ class RayCluster:
         assert run.returncode == 0 and lines, run.stderr[-3000:]
         return json.loads(lines[-1][5:])
 
+    @contextlib.contextmanager
+    def reporting_versions(self, **versions: str) -> Iterator[dict[str, Any]]:
+        """For the `with` block the cluster's GCS reports other versions (`ray_version`,
+        `python_version`) in the metadata every connecting driver checks its own against,
+        as a head started by that Ray or Python would; restored afterwards. Yields the
+        metadata as it was."""
+        code = textwrap.dedent("""
+            import json, sys
+            from ray._common.usage.usage_constants import CLUSTER_METADATA_KEY as KEY
+            from ray._private.ray_constants import KV_NAMESPACE_CLUSTER as NS
+            from ray._raylet import GcsClient
+            client = GcsClient(address=sys.argv[1])
+            meta = json.loads(client.internal_kv_get(KEY, namespace=NS))
+            print("META " + json.dumps(meta))
+            client.internal_kv_put(KEY, json.dumps({**meta, **json.loads(sys.argv[2])}).encode(), True, NS)
+        """)
+
+        def put(changes: dict[str, Any]) -> dict[str, Any]:
+            run = subprocess.run(
+                [sys.executable, "-c", code, self.address, json.dumps(changes)],
+                env=self.env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            lines = [ln for ln in run.stdout.splitlines() if ln.startswith("META ")]
+            assert run.returncode == 0 and lines, run.stderr[-3000:]
+            return dict(json.loads(lines[-1][5:]))
+
+        before = put(versions)
+        try:
+            yield before
+        finally:
+            put({k: before[k] for k in versions})
+
     def sockets(self, extra_pids: tuple[int, ...] = ()) -> list[tuple[int, str, str, int, str]]:
         """(pid, name, local ip, local port, remote ip) of every TCP/UDP socket the
         cluster's processes (and `extra_pids` with their children) hold."""

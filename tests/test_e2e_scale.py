@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -130,6 +131,30 @@ def test_cli_refused_by_the_cluster_is_one_usage_line(inputs, tiny_model, ray_cl
     line = _one_usage_line(_caption_on_ray(inputs, tiny_model, tmp_path / "b", ray_cluster.address, unset))
     assert f"Ray cluster at {ray_cluster.address} requires an auth token and this process sent none" in line
     assert "set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN" in line
+    # --ray auto that finds this cluster (through RAY_ADDRESS) and is refused: the same, not a local fallback.
+    found = ray_cluster.driver_env(RAY_AUTH_TOKEN="0" * 32, RAY_ADDRESS=ray_cluster.address, **fast)
+    line = _one_usage_line(_caption_on_ray(inputs, tiny_model, tmp_path / "c", "auto", found))
+    assert f"Ray cluster at {ray_cluster.address} rejected the auth token from RAY_AUTH_TOKEN" in line
+
+
+def test_cli_on_a_cluster_of_another_ray_version_is_one_usage_line(inputs, tiny_model, ray_cluster, tmp_path):
+    """Version mismatch through the real CLI: the cluster's GCS reports Ray 2.59.0, as a
+    head started by Ray 2.59.0 would (its metadata rewritten for the test); the driver's
+    own Ray check refuses the connection."""
+    import ray
+
+    py = ".".join(map(str, sys.version_info[:3]))
+    with ray_cluster.reporting_versions(ray_version="2.59.0") as before:
+        assert before["ray_version"] == ray.__version__ and before["python_version"] == py
+        run = _caption_on_ray(inputs, tiny_model, tmp_path / "out", ray_cluster.address, ray_cluster.env)
+    line = _one_usage_line(run)
+    assert (
+        f"the Ray cluster at {ray_cluster.address} runs Ray 2.59.0 on Python {py}, "
+        f"this environment has Ray {ray.__version__} on Python {py}"
+    ) in line
+    assert "pip install 'ray==2.59.0'" in line
+    assert not (tmp_path / "out").exists()  # refused before anything was written
+    assert ray_cluster.describe()["worker_node_ip"] == LOOPBACK  # restored: drivers get in again
 
 
 def test_cli_nothing_listening_is_one_usage_line(inputs, tiny_model, tmp_path):
@@ -144,17 +169,28 @@ def test_cli_nothing_listening_is_one_usage_line(inputs, tiny_model, tmp_path):
 
 def test_refusal_messages_name_cause_and_fix(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Ray's connection errors (their shapes in Ray 2.60) to one line each."""
+    from ray._private.utils import check_version_info, compute_version_info
+
     from gemma4u_batch.ray_runner import _refusal
 
-    version = RuntimeError(
-        "Version mismatch: The cluster was started with:\n    Ray: 2.59.0\n    Python: 3.11.9\n"
-        "This process on node 127.0.0.1 was started with:\n    Ray: 2.60.0\n    Python: 3.11.9\n"
-    )
-    msg = str(_refusal(version, "10.0.0.5:6379", generic=True))
-    assert "10.0.0.5:6379 runs Ray 2.59.0 on Python 3.11.9, this environment has Ray 2.60.0" in msg
+    ray_me, py_me = compute_version_info()
+
+    def mismatch(ray_version: str, python_version: str) -> RuntimeError:
+        """What ray.init raises (Ray's own check) against a cluster of these versions."""
+        meta = {"ray_version": ray_version, "python_version": python_version}
+        with pytest.raises(RuntimeError) as caught:
+            check_version_info(meta, "node 127.0.0.1", python_version_match_level="patch")
+        return caught.value
+
+    msg = str(_refusal(mismatch("2.59.0", py_me), "10.0.0.5:6379", generic=True))
+    assert f"10.0.0.5:6379 runs Ray 2.59.0 on Python {py_me}, this environment has Ray {ray_me}" in msg
     assert "pip install 'ray==2.59.0'" in msg and "\n" not in msg
-    patch_only = RuntimeError(str(version).replace("2.59.0", "2.60.0").replace("3.11.9\nThis", "3.11.4\nThis"))
-    assert "RAY_DEFAULT_PYTHON_VERSION_MATCH_LEVEL=minor" in str(_refusal(patch_only, "h:1", generic=True))
+    other_patch = ".".join([*py_me.split(".")[:2], "0" if not py_me.endswith(".0") else "1"])
+    msg = str(_refusal(mismatch(ray_me, other_patch), "h:1", generic=True))
+    assert f"runs Ray {ray_me} on Python {other_patch}, this environment has Ray {ray_me} on Python {py_me}" in msg
+    assert "RAY_DEFAULT_PYTHON_VERSION_MATCH_LEVEL=minor" in msg
+    other_minor = str(_refusal(mismatch(ray_me, "3.9.1"), "h:1", generic=True))
+    assert "on Python 3.9.1" in other_minor and "MATCH_LEVEL" not in other_minor
 
     refused = ConnectionError("Failed to connect to Ray cluster at 192.0.2.2:6379")
     refused.__cause__ = RuntimeError(
