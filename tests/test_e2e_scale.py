@@ -120,8 +120,9 @@ def _one_usage_line(run: subprocess.CompletedProcess[str]) -> str:
 
 
 def test_cli_refused_by_the_cluster_is_one_usage_line(inputs, tiny_model, ray_cluster: RayCluster, used_home, tmp_path):
-    """A wrong token, or none sent (RAY_AUTH_MODE unset and a stale ~/.ray/auth_token:
-    the issue's driver): the usage exit code and one line naming the cause and the fix."""
+    """A wrong token, none sent (RAY_AUTH_MODE unset and a stale ~/.ray/auth_token: the
+    issue's driver), or the stale file's token sent: the usage exit code and one line
+    naming the cause and the fix."""
     fast = {"RAY_NUM_REDIS_GET_RETRIES": "2"}  # Ray retries a refused GCS connection 20 times by default
     wrong = ray_cluster.driver_env(RAY_AUTH_TOKEN="0" * 32, **fast)
     line = _one_usage_line(_caption_on_ray(inputs, tiny_model, tmp_path / "a", ray_cluster.address, wrong))
@@ -131,6 +132,11 @@ def test_cli_refused_by_the_cluster_is_one_usage_line(inputs, tiny_model, ray_cl
     line = _one_usage_line(_caption_on_ray(inputs, tiny_model, tmp_path / "b", ray_cluster.address, unset))
     assert f"Ray cluster at {ray_cluster.address} requires an auth token and this process sent none" in line
     assert "set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN" in line
+    # Token auth on and no RAY_AUTH_TOKEN: Ray sends the stale ~/.ray/auth_token; the line names that file.
+    stale = ray_cluster.driver_env(RAY_AUTH_TOKEN=None, HOME=str(used_home), **fast)
+    line = _one_usage_line(_caption_on_ray(inputs, tiny_model, tmp_path / "d", ray_cluster.address, stale))
+    assert f"rejected the auth token from {used_home}/.ray/auth_token (if an earlier local Ray run wrote it" in line
+    assert "set RAY_AUTH_TOKEN to the cluster's token" in line and "or write it to that file" in line
     # --ray auto that finds this cluster (through RAY_ADDRESS) and is refused: the same, not a local fallback.
     found = ray_cluster.driver_env(RAY_AUTH_TOKEN="0" * 32, RAY_ADDRESS=ray_cluster.address, **fast)
     line = _one_usage_line(_caption_on_ray(inputs, tiny_model, tmp_path / "c", "auto", found))
