@@ -109,6 +109,16 @@ def _quiet_vllm() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 
+def _encoder_cudagraphs(compilation: Any) -> bool:
+    """Whether vLLM captures the vision embedding in CUDA graphs (`cudagraph_mm_encoder`): its
+    inputs then skip the model's input parsing, where gemma4u's pixel bytes are rescaled."""
+    if isinstance(compilation, str):
+        compilation = json.loads(compilation) if compilation.strip().startswith("{") else {}
+    if isinstance(compilation, dict):
+        return bool(compilation.get("cudagraph_mm_encoder"))
+    return bool(getattr(compilation, "cudagraph_mm_encoder", False))
+
+
 def _reason(exc: BaseException) -> str:
     """One line saying why vLLM refused its settings (a pydantic error's own message, not its header)."""
     errors = getattr(exc, "errors", None)
@@ -264,15 +274,16 @@ class VllmEngine:
         for warning in exactness_warnings(self.engine, on_cpu):
             log.info("gemma4u: %s", warning)
             say(f"gemma4u: WARNING: {warning}")
-        if self.accepts_patches:
-            from .vllm_plugin import processed
+        from .vllm_plugin import processed
 
-            if not processed.register():  # this process renders the requests; the plugin may not have run yet
-                raise EngineFailure(
-                    f"gemma4u's image input path failed ({processed.reason()}); "
-                    f"set {processed.DISABLE_ENV}=1 to let vLLM preprocess images"
-                )
+        if self.accepts_patches and not processed.register():  # this process renders the requests
+            raise EngineFailure(
+                f"gemma4u's image input path failed ({processed.reason()}); "
+                f"set {processed.DISABLE_ENV}=1 to let vLLM preprocess images"
+            )
         args = EngineArgs(**self._engine_kwargs(on_cpu))
+        if self.accepts_patches:
+            processed.send_bytes(not _encoder_cudagraphs(args.compilation_config))
         self.startup_s += time.monotonic() - t0
         return args
 

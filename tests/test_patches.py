@@ -42,6 +42,24 @@ def test_rescaling_patches_gives_the_processors_value_for_every_byte(hf_image_pr
     assert torch.equal(processed.rescale_patches(hf_image_processor, every), expected)
 
 
+def test_pixel_bytes_become_the_processors_value_for_every_byte_where_the_model_runs(hf_image_processor) -> None:
+    """Patches cross to the engine as bytes; the model's process rescales them to exactly the
+    processor's float32 values (its input parsing, patched by the plugin, does it)."""
+    every = torch.arange(256, dtype=torch.uint8).reshape(1, 256)
+    expected = hf_image_processor.rescale(every, hf_image_processor.rescale_factor)
+    assert processed.bytes_match(hf_image_processor)
+    assert torch.equal(processed.pixels_from_bytes(every), expected)
+    assert all(torch.equal(a, expected) for a in processed.pixels_from_bytes([every, every]))
+    from vllm.model_executor.models.gemma4_unified import Gemma4UnifiedForConditionalGeneration as Model
+
+    assert processed.register()
+    seen = {}
+    parse = processed._parse_inputs_with_bytes(lambda self, **kw: seen.update(kw))
+    parse(None, **{processed.PIXEL_BYTES_KEY: every, "pixel_position_ids": every})
+    assert set(seen) == {"pixel_values", "pixel_position_ids"} and torch.equal(seen["pixel_values"], expected)
+    assert getattr(Model._parse_and_validate_multimodal_inputs, "gemma4u_bytes", False)
+
+
 @pytest.mark.parametrize("budget", BUDGETS)
 def test_patches_equal_the_processor_output(hf_image_processor, budget: int) -> None:
     """For every token budget and odd sizes (including those the processor resizes again),
@@ -105,18 +123,39 @@ def test_engine_gives_the_same_tokens_for_patches_and_for_the_image(shared_engin
     prompt = shared_engine.render_prompt(msgs)
     sampling = SamplingConfig(max_tokens=12, temperature=0.0)
     images = [photo().resize(target_size(w, h, DecodeOptions())) for w, h in ((640, 480), (333, 97), (97, 333))]
-    for i, img in enumerate(images):
-        patches = image_patches(img, budget=280, patch_size=16, pooling=3, content_id=f"t{i}")
-        for rid, media in ((f"pil{i}", img), (f"patches{i}", patches)):
-            assert shared_engine.add(EngineRequest(rid, prompt, {"image": media}, sampling)) is None
+    try:
+        for i, img in enumerate(images):
+            assert shared_engine.add(EngineRequest(f"pil{i}", prompt, {"image": img}, sampling)) is None
+            for form, as_bytes in (("bytes", True), ("floats", False)):  # bytes: the default
+                processed.send_bytes(as_bytes)
+                patches = image_patches(img, budget=280, patch_size=16, pooling=3, content_id=f"t{i}{form}")
+                assert shared_engine.add(EngineRequest(f"{form}{i}", prompt, {"image": patches}, sampling)) is None
+    finally:
+        processed.send_bytes(True)
     results = {}
     while shared_engine.has_unfinished():
         for r in shared_engine.step():
             results[r.request.request_id] = r.output
     for i in range(len(images)):
-        a, b = results[f"pil{i}"], results[f"patches{i}"]
-        assert list(a.prompt_token_ids) == list(b.prompt_token_ids)
-        assert list(a.outputs[0].token_ids) == list(b.outputs[0].token_ids)
+        a = results[f"pil{i}"]
+        for b in (results[f"bytes{i}"], results[f"floats{i}"]):
+            assert list(a.prompt_token_ids) == list(b.prompt_token_ids)
+            assert list(a.outputs[0].token_ids) == list(b.outputs[0].token_ids)
+
+
+@pytest.mark.engine
+def test_patches_reach_the_engine_as_bytes(shared_engine) -> None:
+    """What the front end hands vLLM's core for an image: the uint8 patches under gemma4u's
+    name (a quarter of float32's bytes, nothing rescaled in the feeding process)."""
+    from gemma4u_batch.vllm_inputs import render, vllm_prompt
+
+    msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe."}]}]
+    patches = image_patches(photo(), budget=70, patch_size=16, pooling=3, content_id="bytes-check")
+    rendered = render(shared_engine._llm, vllm_prompt(shared_engine.render_prompt(msgs), {"image": patches}))
+    (item,) = rendered["mm_kwargs"]["image"]
+    assert set(item) == {processed.PIXEL_BYTES_KEY, "pixel_position_ids"}
+    data = item[processed.PIXEL_BYTES_KEY].data
+    assert data.dtype == torch.uint8 and torch.equal(data, torch.from_numpy(patches.patches))
 
 
 def _same_tokens(engine, prompt: str, pairs: dict[str, dict]) -> dict:

@@ -31,6 +31,10 @@ log = logging.getLogger("vllm.gemma4u_bidi")
 PATCHES_KEY = "gemma4u_patches"
 VIDEO_PATCHES_KEY = "gemma4u_video_patches"
 AUDIO_FRAMES_KEY = "gemma4u_audio_frames"
+# The model inputs that carry patches as bytes to the engine; the model's process rescales them.
+PIXEL_BYTES_KEY = "gemma4u_pixel_bytes"
+VIDEO_BYTES_KEY = "gemma4u_video_bytes"
+BYTE_SCALE = 1 / 255
 VIDEO_FIELDS = (
     "pixel_values_videos",
     "pixel_position_ids_videos",
@@ -40,11 +44,19 @@ VIDEO_FIELDS = (
 )
 DISABLE_ENV = "GEMMA4U_DISABLE_PROCESSED_INPUTS"
 
-_state: dict[str, Any] = {"registered": False, "reason": "not registered"}
+_state: dict[str, Any] = {"registered": False, "reason": "not registered", "bytes": True}
 
 
 def disabled() -> bool:
     return os.environ.get(DISABLE_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def send_bytes(enabled: bool) -> None:
+    """Whether this front end sends patches as bytes (rescaled by the model) or as float32.
+
+    Off where the model's inputs skip `_parse_and_validate_multimodal_inputs` (vLLM's encoder
+    CUDA graphs copy `pixel_values` straight into captured buffers)."""
+    _state["bytes"] = enabled
 
 
 def active() -> bool:
@@ -87,13 +99,48 @@ def rescale_patches(image_processor: Any, patches: Any) -> Any:
     return torch.from_numpy(np.multiply(array, np.float32(image_processor.rescale_factor), dtype=np.float32))
 
 
+def bytes_match(image_processor: Any) -> bool:
+    """Whether the model's rescale is the one `pixels_from_bytes` applies (1/255 in float32)."""
+    import numpy as np
+
+    return bool(np.float32(image_processor.rescale_factor) == np.float32(BYTE_SCALE))
+
+
+def pixels_from_bytes(data: Any) -> Any:
+    """uint8 patches → the processor's float32 pixel values, where the model runs (on its device).
+
+    `x → float32(x) · float32(1/255)` as `rescale_patches` computes it in the front end (the same
+    value for every byte, tested): the front end then serialises a quarter of the bytes and
+    rescales nothing. A list (patch counts that differ) is converted item by item."""
+    import torch
+
+    if isinstance(data, (list, tuple)):
+        return [pixels_from_bytes(d) for d in data]
+    scale = torch.tensor(BYTE_SCALE, dtype=torch.float32, device=data.device)
+    return torch.mul(data.to(torch.float32), scale)
+
+
+def _parse_inputs_with_bytes(original: Any) -> Any:
+    """The model's input parsing, with gemma4u's byte inputs rescaled into vLLM's own names.
+
+    Distinct names keep a batch from ever stacking bytes with vLLM's float32 pixels (its
+    batching groups items by their fields)."""
+
+    @functools.wraps(original)
+    def parse(self: Any, **kwargs: Any) -> Any:
+        for ours, theirs in ((PIXEL_BYTES_KEY, "pixel_values"), (VIDEO_BYTES_KEY, "pixel_values_videos")):
+            if (data := kwargs.pop(ours, None)) is not None:
+                kwargs[theirs] = pixels_from_bytes(data)
+        return original(self, **kwargs)
+
+    parse.gemma4u_bytes = True  # type: ignore[attr-defined]
+    return parse
+
+
 def _fields_factory(data: Mapping[str, Any]) -> Mapping[str, Any]:
     from vllm.multimodal.inputs import MultiModalFieldConfig
 
-    return {
-        "pixel_values": MultiModalFieldConfig.batched("image"),
-        "pixel_position_ids": MultiModalFieldConfig.batched("image"),
-    }
+    return {key: MultiModalFieldConfig.batched("image") for key in data}
 
 
 def _audio_fields_factory(data: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -111,8 +158,9 @@ def _video_fields_factory(data: Mapping[str, Any]) -> Mapping[str, Any]:
     from vllm.multimodal.inputs import MultiModalFieldConfig
 
     counts = data["video_frame_counts"]
+    pixels = VIDEO_BYTES_KEY if VIDEO_BYTES_KEY in data else "pixel_values_videos"
     return {
-        "pixel_values_videos": MultiModalFieldConfig.flat_from_sizes("video", counts),
+        pixels: MultiModalFieldConfig.flat_from_sizes("video", counts),
         "pixel_position_ids_videos": MultiModalFieldConfig.flat_from_sizes("video", counts),
         "video_frame_counts": MultiModalFieldConfig.batched("video", keep_on_cpu=True),
         "video_num_soft_tokens": MultiModalFieldConfig.batched("video", keep_on_cpu=True),
@@ -127,14 +175,21 @@ def _parser_class() -> Any:
     class Parser(MultiModalDataParser):
         """vLLM's own parser for this model (its settings copied, not restated), plus our forms."""
 
-        def __init__(self, base: MultiModalDataParser, rescale: Any) -> None:
+        def __init__(self, base: MultiModalDataParser, image_processor: Any) -> None:
             self.__dict__.update(base.__dict__)
-            self._rescale = rescale
+            self._rescale = functools.partial(rescale_patches, image_processor)
+            self._bytes = bytes_match(image_processor)
+
+        def _pixels(self, patches: Any, bytes_key: str, float_key: str) -> tuple[str, Any]:
+            """The patches as bytes for the model to rescale, or rescaled here (vLLM's float32)."""
+            if self._bytes and _state["bytes"]:
+                return bytes_key, patches
+            return float_key, self._rescale(patches)
 
         def _parse_image_data(self, data: Any) -> Any:
             if isinstance(data, dict) and PATCHES_KEY in data:
-                pixels = self._rescale(data[PATCHES_KEY])
-                items = {"pixel_values": pixels, "pixel_position_ids": data["pixel_position_ids"]}
+                key, pixels = self._pixels(data[PATCHES_KEY], PIXEL_BYTES_KEY, "pixel_values")
+                items = {key: pixels, "pixel_position_ids": data["pixel_position_ids"]}
                 return DictEmbeddingItems(
                     items, modality="image", required_fields=set(items), fields_factory=_fields_factory
                 )
@@ -154,9 +209,10 @@ def _parser_class() -> Any:
         def _parse_video_data(self, data: Any) -> Any:
             if isinstance(data, dict) and VIDEO_PATCHES_KEY in data:
                 items = {k: data[k] for k in VIDEO_FIELDS if k != "pixel_values_videos"}
-                items["pixel_values_videos"] = self._rescale(data[VIDEO_PATCHES_KEY])
+                key, pixels = self._pixels(data[VIDEO_PATCHES_KEY], VIDEO_BYTES_KEY, "pixel_values_videos")
+                items[key] = pixels
                 return DictEmbeddingItems(
-                    items, modality="video", required_fields=set(VIDEO_FIELDS), fields_factory=_video_fields_factory
+                    items, modality="video", required_fields=set(items), fields_factory=_video_fields_factory
                 )
             return super()._parse_video_data(data)
 
@@ -196,10 +252,17 @@ def _classes() -> tuple[Any, Any]:
 
     class Info(Gemma4UnifiedProcessingInfo):
         def get_data_parser(self) -> Any:
-            image_processor = self.get_hf_processor().image_processor
-            return parser_class(super().get_data_parser(), functools.partial(rescale_patches, image_processor))
+            return parser_class(super().get_data_parser(), self.get_hf_processor().image_processor)
 
     class Processor(Gemma4MultiModalProcessor):
+        def _get_mm_fields_config(self, hf_inputs: Any, hf_processor_mm_kwargs: Any) -> Any:
+            """vLLM's fields plus gemma4u's byte inputs (laid out as the pixels they stand for)."""
+            fields = dict(super()._get_mm_fields_config(hf_inputs, hf_processor_mm_kwargs))
+            fields[PIXEL_BYTES_KEY] = fields["pixel_values"]
+            if "pixel_values_videos" in fields:
+                fields[VIDEO_BYTES_KEY] = fields["pixel_values_videos"]
+            return fields
+
         def _get_prompt_updates(self, mm_items: Any, hf_processor_mm_kwargs: Any, out_mm_kwargs: Any) -> Any:
             updates = list(super()._get_prompt_updates(mm_items, hf_processor_mm_kwargs, out_mm_kwargs))
             hf: Any = self.info.get_hf_processor(**hf_processor_mm_kwargs)
@@ -227,6 +290,9 @@ def register() -> bool:
 
         processor, info = _classes()
         model_cls: Any = Gemma4UnifiedForConditionalGeneration
+        parse = model_cls._parse_and_validate_multimodal_inputs
+        if not getattr(parse, "gemma4u_bytes", False):  # in the model's process: bytes → pixel values
+            model_cls._parse_and_validate_multimodal_inputs = _parse_inputs_with_bytes(parse)
         if "_processor_factory" in model_cls.__dict__:  # replaced on purpose: no "overwritten" warning
             del model_cls._processor_factory
         MULTIMODAL_REGISTRY.register_processor(processor, info=info, dummy_inputs=Gemma4DummyInputsBuilder)(model_cls)
