@@ -4,9 +4,9 @@ vLLM runs the Gemma 4 Unified image processor (patchify 16 px, merge 3×3 into 4
 patches, position ids, pad to the token budget, rescale) inside `add_request`, in the one
 process that feeds the engine: ~50–135 ms per photo there, one item at a time. Here the
 same steps run in the workers, with transformers' own functions, on uint8 pixels (a patch
-is a permutation of pixels, so the bytes sent to the front end stay 1 byte per value); the
-engine side rescales with the processor's own `rescale_and_normalize` (exactly the same
-arithmetic, applied after the permutation instead of before it). gemma4u's vLLM plugin
+is a permutation of pixels, so the bytes sent on stay 1 byte per value); the model's process
+rescales with the processor's arithmetic (exactly the same values, applied after the
+permutation instead of before it). gemma4u's vLLM plugin
 (`vllm_plugin/processed.py`) accepts the result; `tests/test_patches.py` checks that every
 tensor equals what vLLM's own processor makes.
 """

@@ -4,8 +4,9 @@ vLLM 0.32 runs the HF image processor inside `add_request`, in the process that 
 engine, and has no input for Gemma 4's processed tensors. This registers, for
 `Gemma4UnifiedForConditionalGeneration`, vLLM's own Gemma 4 processor with two additions:
 an image item may be a dict `{"gemma4u_patches": uint8 (n, T, 6912), "pixel_position_ids":
-int64 (n, T, 2)}` (made by `decode/patches.py`), which is rescaled here with the model's
-own image processor and passed on as `pixel_values` without calling the HF processor; and
+int64 (n, T, 2)}` (made by `decode/patches.py`), passed on without calling the HF processor
+as bytes (`gemma4u_pixel_bytes`, rescaled into `pixel_values` where the model parses its inputs)
+or, where that cannot be, rescaled here into `pixel_values`; and
 its placeholder is sized from the positions (the rows that are not padding). A video item
 may likewise be its frames' patches with the counts, soft tokens and timestamps vLLM's
 processor would have made (its placeholder is then vLLM's own, built from those). An audio
@@ -15,7 +16,8 @@ frames and (waveform, rate) pairs still take vLLM's usual path. The engine must 
 switch for inputs that skip its processor.
 
 Registered by the plugin entry point in every vLLM process (the front end is the one that
-uses it); written for vLLM 0.32.x like the attention patch, and off elsewhere.
+uses it, the model's process rescales the bytes); written for vLLM 0.32.x like the attention
+patch, and off elsewhere.
 """
 
 from __future__ import annotations
