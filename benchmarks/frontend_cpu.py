@@ -12,7 +12,12 @@ once (imports, tokenizer, engine start, shutdown) cancels out. This figure carri
 a GPU host (the work is the same Python and torch code); absolute wall times do not.
 
 "steady_ms_per_item" is the same process's CPU between its first request and its last result,
-per item, in the larger run: a second estimate that does not rest on a difference.
+per item, in the larger run: a second estimate that does not rest on a difference. Its parts:
+"add_ms_per_item" (the feeding thread's CPU inside engine.add: rendering the request, vLLM's
+input processing, sending it to the core: what each item costs), "steps_per_item" and
+"step_ms_per_step" (vLLM's output handling runs once per engine step, and how many steps an
+item shares depends on how full the batch ran: on the tiny model the engine is fast and
+batches are small, so this part varies from run to run), and the rest of the feed loop.
 
 "shutdown" is the wall time from the moment the job's complete marker was written (every
 record committed) to the CLI process's exit, as the parent sees it.
@@ -81,10 +86,16 @@ def run_once(kind: str, items: Path, model: Path, work: Path, code: Path | None)
     tl = Timeline.load(tl_path)
     assert tl.cpu_total is not None and tl.done_wall is not None
     steady = (tl.cpu_last_result or 0.0) - (tl.cpu_first_add or 0.0)
+    items = max(tl.results, 1)
     return {
         "cpu": tl.cpu_total - tl.engine_start_cpu,
         "shutdown": exited - tl.done_wall,
         "steady_ms_per_item": 1000 * steady / max(tl.results - 1, 1),
+        # The steady figure's parts: requests in (per item), vLLM's output handling (per engine
+        # step; steps per item depend on how full the batch ran), and the rest of the loop.
+        "add_ms_per_item": 1000 * tl.add_cpu / items,
+        "steps_per_item": tl.steps / items,
+        "step_ms_per_step": 1000 * tl.step_cpu / max(tl.steps, 1),
         "package": tl.package,
     }
 
@@ -116,7 +127,8 @@ def main() -> int:
         lo, hi = sizes[0], sizes[-1]
         per_item_ms = 1000 * (runs[hi]["cpu"] - runs[lo]["cpu"]) / (hi - lo)
         row = {"rep": rep, "set": a.kind, "per_item_cpu_ms": round(per_item_ms, 2)}
-        row["steady_ms_per_item"] = round(runs[hi]["steady_ms_per_item"], 2)
+        for key in ("steady_ms_per_item", "add_ms_per_item", "steps_per_item", "step_ms_per_step"):
+            row[key] = round(runs[hi][key], 2)
         row["package"] = runs[hi]["package"]
         row |= {f"shutdown_s_{n}": round(r["shutdown"], 2) for n, r in runs.items()}
         row |= {f"cpu_s_{n}": round(r["cpu"], 2) for n, r in runs.items()}

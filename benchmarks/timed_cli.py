@@ -76,9 +76,10 @@ def instrument(tl: Timeline, profiler: cProfile.Profile | None = None) -> None:
             self._start_engine()
         if tl.cpu_first_add is None:
             tl.cpu_first_add = time.process_time()
-        t0 = time.monotonic()
+        t0, c0 = time.monotonic(), time.thread_time()
         rejected = add(self, request)
         t1 = time.monotonic()
+        tl.add_cpu += time.thread_time() - c0
         tl.add_seconds += t1 - t0
         tl.adds += 1
         tl.record(len(self._inflight), t1)
@@ -86,9 +87,11 @@ def instrument(tl: Timeline, profiler: cProfile.Profile | None = None) -> None:
 
     @functools.wraps(step)
     def _step(self):  # type: ignore[no-untyped-def]
-        t0 = time.monotonic()
+        t0, c0 = time.monotonic(), time.thread_time()
         results = step(self)
         t1 = time.monotonic()
+        tl.step_cpu += time.thread_time() - c0
+        tl.steps += 1
         tl.step_seconds += t1 - t0
         if results:
             tl.cpu_last_result = time.process_time()

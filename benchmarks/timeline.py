@@ -28,6 +28,9 @@ class Timeline:
     package: str | None = None  # where the gemma4u_batch that ran was imported from
     cpu_first_add: float | None = None  # this process's CPU seconds when the first request went in
     cpu_last_result: float | None = None  # ... and when the last result came out (steady state between)
+    add_cpu: float = 0.0  # the feeding thread's CPU seconds inside engine.add (per item: what scales)
+    step_cpu: float = 0.0  # ... inside engine.step (vLLM's output processing, per engine step)
+    steps: int = 0  # engine.step calls: one per engine iteration that had output
 
     def record(self, inflight: int, now: float | None = None) -> None:
         self.events.append((time.monotonic() if now is None else now, inflight))
