@@ -293,8 +293,7 @@ def test_ray_lock_held_read_only_and_full_out_keep_their_exit_codes(inputs, tiny
     import fcntl
 
     from .cli_checks import documented_code
-    from .test_exit_codes import fill_up
-    from .test_resume import _mount_tmpfs
+    from .mounts import fill_up, read_only, tmpfs
 
     out = tmp_path / "out"
     (out / ".gemma4u").mkdir(parents=True)
@@ -304,25 +303,15 @@ def test_ray_lock_held_read_only_and_full_out_keep_their_exit_codes(inputs, tiny
         r = _ray_cli(["caption", str(inputs), "-o", str(out), *common], ray_cluster)
     assert r.returncode == documented_code("LOCKED"), r.stderr[-3000:]
     assert "Traceback" not in r.stderr and "lock held" in r.stderr.strip().splitlines()[-1]
-    mnt = tmp_path / "ro"
-    if not _mount_tmpfs(mnt, "1m"):
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    try:
-        subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
+    with tmpfs(tmp_path / "ro", "1m") as mnt:
+        read_only(mnt)
         r = _ray_cli(["caption", str(inputs), "-o", str(mnt / "out"), *common], ray_cluster)
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
     assert r.returncode == documented_code("OUTPUT_ERROR"), r.stderr[-3000:]
     assert "Traceback" not in r.stderr and "cannot write" in r.stderr.strip().splitlines()[-1]
-    full = tmp_path / "full"
-    if not _mount_tmpfs(full, "64k"):
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    try:
+    with tmpfs(tmp_path / "full", "64k") as full:
         (full / "out").mkdir()
         fill_up(full)
         r = _ray_cli(["caption", str(inputs), "-o", str(full / "out"), *common], ray_cluster)
-    finally:
-        subprocess.run(["umount", "-l", str(full)], check=False)
     assert r.returncode == documented_code("OUTPUT_ERROR"), r.stderr[-3000:]
     last = r.stderr.strip().splitlines()[-1]
     assert "Traceback" not in r.stderr and last.startswith("error: cannot write") and "No space left" in last

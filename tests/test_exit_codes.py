@@ -11,7 +11,6 @@ model, one OUT: 75, then 130 twice, each resuming what the previous one committe
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import os
 import re
@@ -28,7 +27,8 @@ from gemma4u_batch.writer import OutLayout, committed_parts
 from .cli_checks import documented_code, documented_codes, engine_noise
 from .conftest import GEMMA4U, REPO
 from .media import write_image_folder
-from .test_resume import _mount_tmpfs, data_records, make_images
+from .mounts import fill_up, read_only, tmpfs
+from .test_resume import data_records, make_images
 
 NOT_PROVOKED = {"FAILED": "an unexpected crash is a bug: no test provokes one on purpose"}
 
@@ -80,41 +80,22 @@ def test_73_when_another_run_holds_the_lock(tmp_path: Path) -> None:
 
 
 def test_74_when_out_is_read_only(tmp_path: Path) -> None:
-    mnt = tmp_path / "ro"
-    if not _mount_tmpfs(mnt, "1m"):
-        pytest.skip("cannot mount a tmpfs here (needs root; root ignores chmod)")
-    try:
+    with tmpfs(tmp_path / "ro", "1m") as mnt:
         inp = tmp_path / "in"
         make_images(inp, 2)
         (mnt / "out").mkdir()
-        subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
+        read_only(mnt)
         for out in (mnt / "out", mnt / "new"):  # an existing OUT, and one that cannot be made
             r = gemma4u("caption", str(inp), "-o", str(out))
             assert r.returncode == documented_code("OUTPUT_ERROR"), r.stderr
             assert "Read-only file system" in r.stderr and "Traceback" not in r.stderr
             assert len(r.stderr.strip().splitlines()) == 1, r.stderr
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
-
-
-def fill_up(mnt: Path) -> None:
-    """Take every free byte of the filesystem at `mnt`."""
-    fd = os.open(mnt / "filler", os.O_WRONLY | os.O_CREAT)
-    try:
-        with contextlib.suppress(OSError):  # until ENOSPC
-            while os.write(fd, b"\0" * 4096):
-                pass
-    finally:
-        os.close(fd)
 
 
 def test_74_when_out_is_full_from_the_start(tmp_path: Path, tiny_model: Path) -> None:
     """A full disk before the first record (the run manifest cannot be written) is 74 and one
     line, like a disk that fills mid-run (test_resume.py), never a traceback and exit 1."""
-    mnt = tmp_path / "full"
-    if not _mount_tmpfs(mnt, "64k"):
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    try:
+    with tmpfs(tmp_path / "full", "64k") as mnt:
         inp = tmp_path / "in"
         make_images(inp, 2)
         (mnt / "out").mkdir()
@@ -125,8 +106,6 @@ def test_74_when_out_is_full_from_the_start(tmp_path: Path, tiny_model: Path) ->
             f"error: cannot write to {mnt / 'out'}: No space left on device; work committed before this point "
             "is safe, free space or fix permissions and rerun the same command to resume"
         ]
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
 def test_3_with_strict_when_items_failed(tmp_path: Path, tiny_model: Path) -> None:

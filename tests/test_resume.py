@@ -24,6 +24,7 @@ from gemma4u_batch.progress import Reporter
 from gemma4u_batch.writer import OutLayout, committed_parts
 
 from .conftest import REPO
+from .mounts import read_only, tmpfs
 
 
 def make_images(root: Path, n: int, start: int = 0) -> None:
@@ -158,22 +159,9 @@ def test_retry_errors_supersedes_the_error_record(tmp_path: Path) -> None:
     assert summary.done == 1 and cur["broken.png"]["error"] is None and cur["broken.png"]["supersedes"]
 
 
-def _mount_tmpfs(path: Path, size: str) -> bool:
-    path.mkdir(parents=True, exist_ok=True)
-    return (
-        subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
-        ).returncode
-        == 0
-    )
-
-
 @pytest.mark.timeout(300)
 def test_full_disk_stops_cleanly_and_resumes(tmp_path: Path) -> None:
-    mnt = tmp_path / "small"
-    if not _mount_tmpfs(mnt, "96k"):
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    try:
+    with tmpfs(tmp_path / "small", "96k") as mnt:
         inp = tmp_path / "in"
         make_images(inp, 400)
         config = JobConfig(input=inp, output=mnt / "out", model="fake-model", workers=0, commit_every=2)
@@ -187,27 +175,20 @@ def test_full_disk_stops_cleanly_and_resumes(tmp_path: Path) -> None:
         summary = run_job(config2, FakeEngine(), reporter=Reporter("quiet"))
         assert summary.skipped == len(committed)
         assert len(list(current_records(OutLayout(tmp_path / "moved")))) == 400
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
 def test_read_only_output_is_a_clear_error(tmp_path: Path) -> None:
-    mnt = tmp_path / "ro"
-    if not _mount_tmpfs(mnt, "1m"):
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    try:
+    with tmpfs(tmp_path / "ro", "1m") as mnt:
         inp = tmp_path / "in"
         make_images(inp, 3)
         run_fake(inp, mnt / "out")
         before = sorted(p.name for p in (mnt / "out").iterdir())
         make_images(inp, 2, start=3)
-        subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
+        read_only(mnt)
         with pytest.raises((UsageError, OutputError), match=r"Read-only file system|cannot write"):
             run_fake(inp, mnt / "out")
         assert sorted(p.name for p in (mnt / "out").iterdir()) == before
         assert len(list(current_records(OutLayout(mnt / "out")))) == 3
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
 def test_stop_file_stops_a_replica_like_a_signal(tmp_path: Path) -> None:
