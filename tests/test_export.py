@@ -326,6 +326,7 @@ def test_push_to_hub_uploads_the_folder_through_the_hub_api(image_out, tmp_path:
         assert hub.files("me/captions", "v1") == {".gitattributes": GITATTRIBUTES, **b}  # no stale shard
         assert repo.visibility == "private" and len(repo.commits) == 2
 
+        (tmp_path / "hf-home").mkdir(exist_ok=True)  # the client makes it only when it caches something
         (tmp_path / "hf-home" / "token").write_text(token)  # as `hf auth login` saves it
         logged_in = {k: v for k, v in env.items() if k != "HF_TOKEN"}
         push("c", "me/public", env=logged_in)  # no --private: the Hub's default visibility (an org's may be private)
