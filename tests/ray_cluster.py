@@ -129,6 +129,17 @@ def marked_processes(temp_dir: Path) -> dict[int, Any]:
     return found
 
 
+def command_line(p: Any) -> str | None:
+    """A process's command line, or None once it has exited (gone, or a zombie not yet reaped:
+    an earlier test's replica winding down)."""
+    import psutil
+
+    try:
+        return " ".join(p.cmdline() or [p.name()])
+    except psutil.Error:
+        return None
+
+
 def machine_ray_state(*homes: Path) -> dict[Path, dict[str, tuple[int, int]]]:
     """~/.ray of each HOME and Ray's default temp dir (/tmp/ray: sessions and the
     ray_current_cluster file), as found now."""
@@ -203,7 +214,7 @@ class RayCluster:
             found.update((p.pid, p) for p in [root, *root.children(recursive=True)])
         found.update(marked_processes(self.temp_dir))
         self._known.update(found)
-        return list(found.values())
+        return [p for p in found.values() if command_line(p) is not None]
 
     def describe(self, env: dict[str, str] | None = None) -> dict[str, Any]:
         """Connect a fresh driver (with `env`, default the cluster's) and report the
@@ -319,12 +330,12 @@ class RayCluster:
         while True:
             self.processes()
             # is_running() also compares the start time: a pid reused since is not ours.
-            left = [p for p in self._known.values() if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+            left = [p for p in self._known.values() if p.is_running() and command_line(p) is not None]
             if not left or time.monotonic() > deadline:
                 break
             time.sleep(0.5)
         for p in left:
-            with contextlib.suppress(psutil.NoSuchProcess):
+            with contextlib.suppress(psutil.Error):
                 p.kill()
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 

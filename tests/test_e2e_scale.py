@@ -25,6 +25,7 @@ from .conftest import GEMMA4U
 from .ray_cluster import (
     LOOPBACK,
     RayCluster,
+    command_line,
     dir_state,
     free_port,
     loopback_env,
@@ -244,7 +245,7 @@ def _ray_caption(
 
 
 def _replica_pids(cluster: RayCluster) -> list[int]:
-    return [p.pid for p in cluster.processes() if "ray::_Replica" in " ".join(p.cmdline())]
+    return [p.pid for p in cluster.processes() if "ray::_Replica" in (command_line(p) or "")]
 
 
 @pytest.mark.engine
@@ -384,7 +385,7 @@ def test_ray_engine_dying_past_its_restarts_exits_75(inputs, tiny_model, ray_clu
             for pid in set(_replica_pids(ray_cluster)) - earlier:
                 with contextlib.suppress(psutil.Error):
                     for child in psutil.Process(pid).children(recursive=True):
-                        if "EngineCor" in " ".join(child.cmdline() or [child.name()]):
+                        if "EngineCor" in (command_line(child) or ""):
                             child.kill()
                             killed.append(child.pid)
         time.sleep(0.2)
