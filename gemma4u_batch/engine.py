@@ -111,9 +111,8 @@ def _quiet_vllm() -> None:
 
 def _encoder_cudagraphs(compilation: Any) -> bool:
     """Whether vLLM captures the vision embedding in CUDA graphs (`cudagraph_mm_encoder`): its
-    inputs then skip the model's input parsing, where gemma4u's pixel bytes are rescaled."""
-    if isinstance(compilation, str):
-        compilation = json.loads(compilation) if compilation.strip().startswith("{") else {}
+    inputs then skip the model's input parsing, where gemma4u's pixel bytes are rescaled.
+    `--engine-arg` gives a dict (JSON); EngineArgs may already hold vLLM's config object."""
     if isinstance(compilation, dict):
         return bool(compilation.get("cudagraph_mm_encoder"))
     return bool(getattr(compilation, "cudagraph_mm_encoder", False))

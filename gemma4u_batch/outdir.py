@@ -216,20 +216,24 @@ def write_run_manifest(layout: OutLayout, shard: tuple[int, int] | None, manifes
     crashed before it started, or has not started yet, has none)."""
     if not shard:
         write_json_atomic(layout.run_manifest, manifest, layout.tmp)
-        for marker in (layout.meta / "shards").glob("*.done.json"):
-            marker.unlink(missing_ok=True)
+        _forget_shards(layout)
         layout.complete_marker.unlink(missing_ok=True)
         return
     manifest = {**manifest, "shard": f"{shard[0]}/{shard[1]}"}
     write_json_atomic(shard_file(layout, shard, "run.json"), manifest, layout.tmp)
     with _shard_markers(layout):
         if layout.complete_marker.exists():
-            for marker in (layout.meta / "shards").glob("*.done.json"):
-                marker.unlink(missing_ok=True)
+            _forget_shards(layout)
         shard_file(layout, shard, "done.json").unlink(missing_ok=True)
         layout.complete_marker.unlink(missing_ok=True)
     if not layout.run_manifest.exists():
         write_json_atomic(layout.run_manifest, manifest, layout.tmp)
+
+
+def _forget_shards(layout: OutLayout) -> None:
+    """Remove every shard's done marker (a new job begins)."""
+    for marker in (layout.meta / "shards").glob("*.done.json"):
+        marker.unlink(missing_ok=True)
 
 
 @contextmanager
