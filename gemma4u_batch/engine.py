@@ -172,6 +172,7 @@ class VllmEngine:
     _starting: threading.Thread | None = None
     _start_error: BaseException | None = None
     _token_counts: dict[str, int] = field(default_factory=dict)
+    _sockets: threading.RLock = field(default_factory=threading.RLock)
 
     @property
     def model_name(self) -> str:
@@ -304,6 +305,7 @@ class VllmEngine:
                 f"the engine did not start with {given}: vLLM on this platform may not support it "
                 "(the engine log says why)"
             ) from exc
+        _shutdown_under(self._sockets, self._llm.engine_core)
         self.startup_s += time.monotonic() - t0
 
     def _started(self) -> None:
@@ -429,7 +431,8 @@ class VllmEngine:
         prompt = vllm_prompt(request.prompt, request.multi_modal_data, processed_audio=self.accepts_patches)
         try:
             engine_input = render(self._llm, prompt)
-            self._llm.add_request(request.request_id, engine_input, params, lora_request=self._lora_request())
+            with self._sockets:
+                self._llm.add_request(request.request_id, engine_input, params, lora_request=self._lora_request())
         except Exception as exc:
             if _engine_dead(exc):
                 raise EngineDied(str(exc)) from exc
@@ -444,7 +447,8 @@ class VllmEngine:
         results: list[EngineResult] = []
         try:
             self._wait_for_output()
-            outputs = self._llm.step()
+            with self._sockets:
+                outputs = self._llm.step()
         except Exception as exc:
             if _engine_dead(exc):
                 raise EngineDied(str(exc) or type(exc).__name__) from exc
@@ -513,6 +517,21 @@ class VllmEngine:
             except (RuntimeError, OSError) as exc:  # best effort at exit
                 log.debug("engine shutdown: %s", exc)
             self._llm = None
+
+
+def _shutdown_under(lock: threading.RLock, client: Any) -> None:
+    """Make vLLM's client shut down only while `lock` is free. When the core process dies,
+    vLLM 0.32's monitor thread closes the client's input socket from its own thread; if the
+    feeding thread is sending a request on it at that moment, libzmq aborts the whole process
+    ("Resource temporarily unavailable (src/session_base.cpp:233)": SIGABRT instead of exit
+    75 and its message). The feeding thread holds `lock` around every call that uses the socket."""
+    shutdown = client.shutdown
+
+    def locked_shutdown(timeout: float | None = None) -> None:
+        with lock:
+            shutdown(timeout)
+
+    client.shutdown = locked_shutdown
 
 
 def build_engine(config: JobConfig) -> VllmEngine:

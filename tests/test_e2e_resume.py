@@ -94,15 +94,25 @@ def test_engine_core_killed_mid_run_is_restarted_exactly_once(tmp_path: Path, ti
         input=inp, output=out, model=str(tiny_model), commit_every=2, sampling=SamplingConfig(max_tokens=24)
     )
     killed: list[int] = []
+    socket_open_while_held: list[bool] = []
 
     def killer() -> None:
         deadline = time.time() + 600
         while time.time() < deadline and len(committed_parts(OutLayout(out))) < 1:
             time.sleep(0.05)
         pids = _engine_core_pids()
-        if pids:
+        if not pids:
+            return
+        # Kill the core while holding the lock the feeding thread holds around each send: vLLM's
+        # monitor thread must not close the client's socket under it (libzmq would abort).
+        client = shared_engine._llm.engine_core
+        with shared_engine._sockets:
             os.kill(pids[0], signal.SIGKILL)
             killed.append(pids[0])
+            while time.time() < deadline and not client.resources.engine_dead:
+                time.sleep(0.05)  # the monitor saw the death and is shutting the client down
+            time.sleep(1.0)
+            socket_open_while_held.append(not client.resources.input_socket.closed)
 
     t = threading.Thread(target=killer, daemon=True)
     t.start()
@@ -110,6 +120,7 @@ def test_engine_core_killed_mid_run_is_restarted_exactly_once(tmp_path: Path, ti
     summary = run_job(config, shared_engine, reporter=Reporter("quiet"))
     t.join(timeout=5)
     assert killed, "no engine core process was found to kill"
+    assert socket_open_while_held == [True]
     assert shared_engine.restarts == before + 1
     recs = data_records(out)
     assert sorted(r["id"] for r in recs) == sorted(f"img_{i:04d}.png" for i in range(16))
