@@ -89,6 +89,33 @@ def token_logprobs(completion: Any, n: int) -> list[dict[str, Any]]:
     return out
 
 
+def sampling_params(request: EngineRequest) -> Any:
+    """vLLM's SamplingParams for one of gemma4u's requests (run-batch brings its own)."""
+    from vllm import SamplingParams
+    from vllm.sampling_params import StructuredOutputsParams
+
+    from .vllm_plugin import logprob_sums
+
+    s = request.sampling
+    return SamplingParams(
+        max_tokens=s.max_tokens,
+        temperature=s.temperature,
+        top_p=s.top_p,
+        seed=s.seed,
+        top_k=s.top_k,
+        min_p=s.min_p,
+        stop=list(s.stop) or None,
+        presence_penalty=s.presence_penalty,
+        frequency_penalty=s.frequency_penalty,
+        repetition_penalty=s.repetition_penalty,
+        # the sampled tokens' log-probabilities, always (mean_logprob; see BENCHMARKS.md for the cost),
+        # their token texts only when --logprobs asks for the list
+        logprobs=s.logprobs if s.logprobs is not None else 0,
+        extra_args={logprob_sums.SUM_ONLY: True} if s.logprobs is None else None,
+        structured_outputs=StructuredOutputsParams(**request.structured) if request.structured else None,
+    )
+
+
 def _wanted_logprobs(req: EngineRequest, completion: Any) -> list[dict[str, Any]] | None:
     n = req.sampling.logprobs
     return token_logprobs(completion, n) if req.params is None and n is not None else None
@@ -274,8 +301,10 @@ class VllmEngine:
         for warning in exactness_warnings(self.engine, on_cpu):
             log.info("gemma4u: %s", warning)
             say(f"gemma4u: WARNING: {warning}")
-        from .vllm_plugin import processed
+        from .vllm_plugin import _vllm_version, logprob_sums, processed, version_supported
 
+        if version_supported(_vllm_version()):
+            logprob_sums.apply()  # this process turns the core's outputs into results
         if self.accepts_patches and not processed.register():  # this process renders the requests
             raise EngineFailure(
                 f"gemma4u's image input path failed ({processed.reason()}); "
@@ -408,25 +437,7 @@ class VllmEngine:
 
     def add(self, request: EngineRequest) -> EngineResult | None:
         """Submit; a request the engine rejects comes back at once as an error result."""
-        from vllm import SamplingParams
-        from vllm.sampling_params import StructuredOutputsParams
-
-        s = request.sampling
-        params = request.params or SamplingParams(
-            max_tokens=s.max_tokens,
-            temperature=s.temperature,
-            top_p=s.top_p,
-            seed=s.seed,
-            top_k=s.top_k,
-            min_p=s.min_p,
-            stop=list(s.stop) or None,
-            presence_penalty=s.presence_penalty,
-            frequency_penalty=s.frequency_penalty,
-            repetition_penalty=s.repetition_penalty,
-            # the sampled tokens' log-probabilities, always (mean_logprob; see BENCHMARKS.md for the cost)
-            logprobs=s.logprobs if s.logprobs is not None else 0,
-            structured_outputs=StructuredOutputsParams(**request.structured) if request.structured else None,
-        )
+        params = request.params or sampling_params(request)
         self._ensure_started()
         prompt = vllm_prompt(request.prompt, request.multi_modal_data, processed_audio=self.accepts_patches)
         try:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -93,6 +94,24 @@ def test_fake_records_carry_mean_logprob_and_logprobs_on_request(tmp_path: Path)
     assert all(len(r["logprobs"]) == r["num_output_tokens"] for r in lp)
 
 
+def test_without_logprobs_vllm_makes_no_token_texts() -> None:
+    """Without --logprobs only the log-probabilities' mean is kept, so vLLM's front end is not
+    asked to turn every sampled token back into text (two decodes per token in the feeding
+    process): such requests get a logprobs processor without a tokenizer; --logprobs keeps it."""
+    from vllm.v1.engine.logprobs import LogprobsProcessor
+
+    from gemma4u_batch.engine import EngineRequest, sampling_params
+    from gemma4u_batch.vllm_plugin import logprob_sums
+
+    assert logprob_sums.apply()
+    tokenizer = object()
+    for logprobs, texts in ((None, False), (0, True), (2, True)):
+        params = sampling_params(EngineRequest("r", "p", None, SamplingConfig(logprobs=logprobs)))
+        assert params.logprobs == (logprobs or 0)
+        made = LogprobsProcessor.from_new_request(tokenizer, SimpleNamespace(sampling_params=params))
+        assert (made.tokenizer is tokenizer) == texts, logprobs
+
+
 # ------------------------------------------------------------------ on the real engine
 
 
@@ -131,8 +150,10 @@ def test_real_engine_sampling_options(tmp_path: Path, tiny_model: Path, shared_e
         assert r["text"] == greedy[i]["text"] and len(r["logprobs"]) == r["num_output_tokens"]
         assert all(1 <= len(t["top"]) <= 2 and t["logprob"] <= 0 for t in r["logprobs"])
         assert r["logprobs"][0]["top"][0]["logprob"] >= r["logprobs"][0]["logprob"]  # greedy took the best
+        assert all(isinstance(t["token"], str) for t in r["logprobs"])  # the listed tokens have their texts
         mean = sum(t["logprob"] for t in r["logprobs"]) / len(r["logprobs"])
         assert r["mean_logprob"] == pytest.approx(mean, abs=1e-5)
+        assert greedy[i]["mean_logprob"] == pytest.approx(mean, abs=1e-5)  # the same without the list
 
     # --stop: the text ends before the first occurrence of a word greedy wrote
     item, text = next((i, r["text"]) for i, r in greedy.items() if len(r["text"].split()) >= 3)
