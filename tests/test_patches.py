@@ -200,6 +200,42 @@ def test_engine_gives_the_same_tokens_for_frame_patches_and_for_the_frames(share
     assert list(out["frames"].outputs[0].token_ids) == list(out["patches"].outputs[0].token_ids)
 
 
+@pytest.mark.engine
+def test_frame_patches_equal_vllms_video_tensors(shared_engine, tmp_path: Path) -> None:
+    """What vLLM's front end hands its core for a video, through its own processor (frames as
+    images) and through the plugin (frames patchified in the workers): the same pixel values
+    once the model's process rescales the bytes, the same positions, frame counts, soft tokens
+    and timestamps, and the same prompt, for an odd frame size and a 32-frame video."""
+    from gemma4u_batch.units import build_parts
+    from gemma4u_batch.vllm_inputs import render, vllm_prompt
+
+    from .test_decode_video import _make_video
+
+    shared_engine._ensure_started()
+    msgs = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "Describe."}]}]
+    prompt = shared_engine.render_prompt(msgs)
+    for n, frames, w, h in ((30, 6, 202, 58), (40, 32, 96, 64)):
+        path = tmp_path / f"v{n}.mp4"
+        _make_video(path, "mp4", "h264", n=n, w=w, h=h, noise=True)
+        item = WorkItem(id=path.name, source=str(path), modality=Modality.VIDEO, path=path)
+        rendered = {}
+        for name, patches in (("vllm", False), ("plugin", True)):
+            d = decode_item(item, DecodeOptions(video_frames=frames, patches=patches))
+            assert d.error is None, d.error
+            (part,) = build_parts(d, windowed_audio=False, tokens_per_frame_of=lambda f: 70)
+            rendered[name] = render(shared_engine._llm, vllm_prompt(prompt, part.mm))
+        ours, theirs = rendered["plugin"], rendered["vllm"]
+        assert list(ours["prompt_token_ids"]) == list(theirs["prompt_token_ids"])
+        (a,), (b,) = theirs["mm_kwargs"]["video"], ours["mm_kwargs"]["video"]
+        assert set(b) == {processed.VIDEO_BYTES_KEY, *set(a) - {"pixel_values_videos"}}
+        raw = b[processed.VIDEO_BYTES_KEY].data
+        assert raw.dtype == torch.uint8 and a["pixel_values_videos"].data.shape[0] == frames
+        assert torch.equal(processed.pixels_from_bytes(raw), a["pixel_values_videos"].data), (n, frames)
+        for key in set(a) - {"pixel_values_videos"}:
+            x, y = a[key].data, b[key].data
+            assert torch.equal(torch.as_tensor(x), torch.as_tensor(y)) if not isinstance(x, list) else x == y, key
+
+
 @pytest.mark.parametrize("tokens", [1, 37, 749, 750])
 def test_audio_frames_equal_the_feature_extractor_output(tiny_model: Path, tokens: int) -> None:
     """The framing handed to vLLM is the feature extractor's own, at the boundaries (one token,
