@@ -7,6 +7,7 @@ item takes its place, so the engine never waits for a whole chunk to finish.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -200,6 +201,7 @@ class VllmEngine:
     _start_error: BaseException | None = None
     _token_counts: dict[str, int] = field(default_factory=dict)
     _sockets: threading.RLock = field(default_factory=threading.RLock)
+    _prompt_ids: Callable[[str], tuple[int, ...]] | None = None
 
     @property
     def model_name(self) -> str:
@@ -337,6 +339,15 @@ class VllmEngine:
         _shutdown_under(self._sockets, self._llm.engine_core)
         self.startup_s += time.monotonic() - t0
 
+    def _prompt_token_ids(self, text: str) -> tuple[int, ...]:
+        """The renderer's token ids for a prompt text, once per distinct prompt (the items of
+        a task usually share one; a per-row template's prompts are kept up to a bound)."""
+        if self._prompt_ids is None:
+            from .vllm_inputs import prompt_token_ids
+
+            self._prompt_ids = functools.lru_cache(maxsize=1024)(lambda t: prompt_token_ids(self._llm, t))
+        return self._prompt_ids(text)
+
     def _started(self) -> None:
         """In the calling thread, once the engine is up."""
         if os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING", "1") != "0":
@@ -441,6 +452,8 @@ class VllmEngine:
         self._ensure_started()
         prompt = vllm_prompt(request.prompt, request.multi_modal_data, processed_audio=self.accepts_patches)
         try:
+            if "multi_modal_data" in prompt:  # (a text-only prompt may want vLLM's token offsets)
+                prompt["prompt_token_ids"] = list(self._prompt_token_ids(request.prompt))
             engine_input = render(self._llm, prompt)
             with self._sockets:
                 self._llm.add_request(request.request_id, engine_input, params, lora_request=self._lora_request())

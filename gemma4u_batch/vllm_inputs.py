@@ -77,6 +77,20 @@ def render(llm: Any, prompt: dict[str, Any]) -> Any:
     return engine_input
 
 
+def prompt_token_ids(llm: Any, text: str) -> tuple[int, ...]:
+    """A prompt text as vLLM's renderer tokenises it for a request (its default completion
+    parameters). The engine keeps these per distinct prompt and hands them over with the text,
+    so the renderer does not tokenise the same prompt again for every item; what follows
+    (multimodal processing, validation) starts from the same token ids either way."""
+    from vllm.renderers.inputs.preprocess import parse_model_prompt
+
+    renderer = llm.renderer
+    tokens = renderer.tokenize_prompt(
+        parse_model_prompt(llm.model_config, {"prompt": text}), renderer.default_cmpl_tok_params
+    )
+    return tuple(tokens["prompt_token_ids"])
+
+
 def _video_input(frames: list[ImagePatches], metadata: dict[str, Any]) -> tuple[dict[str, Any], str]:
     """A video's frame patches as the plugin takes them, with what vLLM's processor would have
     derived from the frames: timestamps from the sampling metadata (its arithmetic), soft

@@ -158,6 +158,45 @@ def test_patches_reach_the_engine_as_bytes(shared_engine) -> None:
     assert data.dtype == torch.uint8 and torch.equal(data, torch.from_numpy(patches.patches))
 
 
+@pytest.mark.engine
+def test_a_prompt_is_tokenised_once_and_renders_as_its_text(shared_engine, monkeypatch) -> None:
+    """Items that share a prompt: vLLM's renderer tokenises it once, not once per item, and the
+    engine input made from the kept token ids is the one vLLM makes from the text (prompt
+    tokens, placeholders, media ids)."""
+    from gemma4u_batch.config import SamplingConfig
+    from gemma4u_batch.engine import EngineRequest
+    from gemma4u_batch.vllm_inputs import render, vllm_prompt
+
+    shared_engine._ensure_started()
+    llm = shared_engine._llm
+    renderer = llm.renderer
+    tokenised: list[str] = []
+    tokenise = renderer._tokenize_prompt
+
+    def counted(prompt, params):  # type: ignore[no-untyped-def]
+        tokenised.append(prompt["prompt"])
+        return tokenise(prompt, params)
+
+    monkeypatch.setattr(renderer, "_tokenize_prompt", counted)
+    msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Tokenised once?"}]}]
+    prompt = shared_engine.render_prompt(msgs)
+    sampling = SamplingConfig(max_tokens=4, temperature=0.0)
+    for i in range(3):
+        patches = image_patches(photo(), budget=70, patch_size=16, pooling=3, content_id=f"once{i}")
+        assert shared_engine.add(EngineRequest(f"once{i}", prompt, {"image": patches}, sampling)) is None
+    while shared_engine.has_unfinished():
+        shared_engine.step()
+    assert tokenised == [prompt]
+
+    patches = image_patches(photo(), budget=70, patch_size=16, pooling=3, content_id="as-text")
+    by_text = render(llm, vllm_prompt(prompt, {"image": patches}))
+    kept = list(shared_engine._prompt_token_ids(prompt))
+    by_ids = render(llm, {**vllm_prompt(prompt, {"image": patches}), "prompt_token_ids": kept})
+    assert len(tokenised) == 2  # the text path tokenised; the kept ids were not tokenised again
+    for key in ("prompt", "prompt_token_ids", "mm_placeholders", "mm_hashes"):
+        assert by_ids[key] == by_text[key], key
+
+
 def _same_tokens(engine, prompt: str, pairs: dict[str, dict]) -> dict:
     """Send each named media dict with `prompt` greedily; the finished outputs by name."""
     from gemma4u_batch.config import SamplingConfig
