@@ -19,6 +19,9 @@ input processing, sending it to the core: what each item costs), "steps_per_item
 item shares depends on how full the batch ran: on the tiny model the engine is fast and
 batches are small, so this part varies from run to run), and the rest of the feed loop.
 
+"threads_ms_per_item" splits the marginal figure by thread name (Linux): the feeding thread
+(the CLI's main thread), vLLM's output-queue thread, the decode pool's and the input counter's.
+
 "shutdown" is the wall time from the moment the job's complete marker was written (every
 record committed) to the CLI process's exit, as the parent sees it.
 
@@ -97,6 +100,7 @@ def run_once(kind: str, items: Path, model: Path, work: Path, code: Path | None)
         "steps_per_item": tl.steps / items,
         "step_ms_per_step": 1000 * tl.step_cpu / max(tl.steps, 1),
         "package": tl.package,
+        "threads": tl.thread_cpu,
     }
 
 
@@ -130,6 +134,14 @@ def main() -> int:
         for key in ("steady_ms_per_item", "add_ms_per_item", "steps_per_item", "step_ms_per_step"):
             row[key] = round(runs[hi][key], 2)
         row["package"] = runs[hi]["package"]
+        # The marginal figure by thread name (from each run's first request to its exit).
+        names = set(runs[hi]["threads"]) | set(runs[lo]["threads"])
+        marginal = {
+            k: 1000 * (runs[hi]["threads"].get(k, 0.0) - runs[lo]["threads"].get(k, 0.0)) / (hi - lo) for k in names
+        }
+        row["threads_ms_per_item"] = {
+            k: round(v, 2) for k, v in sorted(marginal.items(), key=lambda kv: -kv[1]) if abs(v) >= 0.05
+        }
         row |= {f"shutdown_s_{n}": round(r["shutdown"], 2) for n, r in runs.items()}
         row |= {f"cpu_s_{n}": round(r["cpu"], 2) for n, r in runs.items()}
         rows.append(row)

@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.timeline import Timeline
+from benchmarks.timeline import Timeline, thread_cpu_seconds
 
 
 def instrument(tl: Timeline, profiler: cProfile.Profile | None = None) -> None:
@@ -78,6 +78,7 @@ def instrument(tl: Timeline, profiler: cProfile.Profile | None = None) -> None:
             self._start_engine()
         if tl.cpu_first_add is None:
             tl.cpu_first_add = time.process_time()
+            tl.thread_cpu = {k: -v for k, v in thread_cpu_seconds().items()}
         t0, c0 = time.monotonic(), time.thread_time()
         rejected = add(self, request)
         t1 = time.monotonic()
@@ -119,6 +120,12 @@ def main() -> None:
     instrument(tl, profiler)
     atexit.register(tl.save, out)
     atexit.register(lambda: setattr(tl, "cpu_total", time.process_time()))  # runs before the save (LIFO)
+
+    def _threads() -> None:
+        for name, cpu in thread_cpu_seconds().items():
+            tl.thread_cpu[name] = round(tl.thread_cpu.get(name, 0.0) + cpu, 3)
+
+    atexit.register(_threads)
     if profiler is not None:
 
         def _dump() -> None:

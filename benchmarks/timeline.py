@@ -31,6 +31,9 @@ class Timeline:
     add_cpu: float = 0.0  # the feeding thread's CPU seconds inside engine.add (per item: what scales)
     step_cpu: float = 0.0  # ... inside engine.step (vLLM's output processing, per engine step)
     steps: int = 0  # engine.step calls: one per engine iteration that had output
+    # CPU seconds per thread name from the first request to exit (Linux: /proc/self/task), to see
+    # which of this process's threads the steady figure goes to
+    thread_cpu: dict[str, float] = field(default_factory=dict)
 
     def record(self, inflight: int, now: float | None = None) -> None:
         self.events.append((time.monotonic() if now is None else now, inflight))
@@ -43,6 +46,32 @@ class Timeline:
         raw = json.loads(path.read_text())
         raw["events"] = [tuple(e) for e in raw["events"]]
         return cls(**raw)
+
+
+def thread_cpu_seconds() -> dict[str, float]:
+    """This process's live threads' CPU seconds by name (Python's thread name where it has one,
+    else the OS's; threads of one name summed); {} off Linux."""
+    import os
+    import threading
+
+    python_names = {t.native_id: t.name for t in threading.enumerate()}
+
+    ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    out: dict[str, float] = {}
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return out
+    for tid in tasks:
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as fh:
+                stat = fh.read()
+        except OSError:
+            continue  # the thread ended
+        name = python_names.get(int(tid)) or stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
+    return out
 
 
 def idle_share(events: list[tuple[float, int]], start: float, end: float, below: int = 1) -> float:
