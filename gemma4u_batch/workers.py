@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import multiprocessing as mp
 import os
+import pickle
 import tempfile
 import time
 from collections import deque
@@ -21,8 +22,6 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from .decode import DecodeOptions, decode_item
 from .decode.spill import SpillDir
@@ -65,31 +64,44 @@ def _failed(item: WorkItem, exc: BaseException) -> DecodedItem:
 
 _READY = "ready"
 _MAX_START_FAILURES = 3
-_OUT_OF_BAND_BYTES = 1 << 24  # a waveform this large travels as raw bytes, not pickled
+_FRAMED_BYTES = 1 << 16  # a result whose arrays take at least this much travels framed
 
 
 @dataclass
-class _AudioFollows:
-    """A decoded item whose waveform (float32) follows as one raw message: the worker sends it
-    from the array itself instead of pickling a second copy (460 MB for a 2-hour file)."""
+class _Framed:
+    """A decoded item pickled with its arrays out of band (pickle protocol 5). The arrays follow
+    as raw bytes on the pipe, written from the arrays themselves and read straight into the
+    buffers the unpickled arrays then use: no pickled copy in the worker (460 MB for a 2-hour
+    waveform) and, in the feeding process, one copy instead of three per image's 1.9 MB of
+    patches (the pipe's chunks, their concatenation, the unpickled array)."""
 
-    item: DecodedItem
+    header: bytes
+    sizes: list[int]
 
 
 def _send_result(conn: Connection, result: DecodedItem) -> None:
-    audio = result.audio
-    if (
-        not isinstance(audio, np.ndarray)
-        or audio.nbytes < _OUT_OF_BAND_BYTES
-        or audio.dtype != np.float32
-        or audio.ndim != 1
-    ):
+    buffers: list[pickle.PickleBuffer] = []
+    header = pickle.dumps(result, protocol=5, buffer_callback=buffers.append)
+    views = [b.raw() for b in buffers]
+    if sum(v.nbytes for v in views) < _FRAMED_BYTES:
         conn.send(result)
         return
-    audio = np.ascontiguousarray(audio)
-    result.audio = None
-    conn.send(_AudioFollows(result))
-    conn.send_bytes(audio.data)
+    conn.send(_Framed(header, [v.nbytes for v in views]))
+    for view in views:
+        while view:
+            view = view[os.write(conn.fileno(), view) :]
+
+
+def _read_exactly(conn: Connection, size: int) -> bytearray:
+    """`size` raw bytes from the pipe into a new buffer (EOFError when the worker is gone)."""
+    buf = bytearray(size)
+    view, got = memoryview(buf), 0
+    while got < size:
+        n = os.readv(conn.fileno(), [view[got:]])
+        if n == 0:
+            raise EOFError("decode worker closed its pipe mid-result")
+        got += n
+    return buf
 
 
 def _warm_up(opts: DecodeOptions) -> None:
@@ -312,16 +324,13 @@ class DecodePool:
         if msg == _READY:
             w.ready = True
             self._start_failures = 0
-        elif isinstance(msg, _AudioFollows):
+        elif isinstance(msg, _Framed):
             try:
-                raw = w.conn.recv_bytes()
+                buffers = [_read_exactly(w.conn, n) for n in msg.sizes]
             except (EOFError, OSError):
                 self._crashed(idx)
                 return
-            # Read-only, over the received bytes (no second copy): the request builder copies
-            # each window's clip out of it, and the job then drops it.
-            msg.item.audio = np.frombuffer(raw, dtype=np.float32)
-            self._take(w, msg.item)
+            self._take(w, pickle.loads(msg.header, buffers=buffers))
         elif isinstance(msg, DecodedItem):
             self._take(w, msg)
 

@@ -204,8 +204,9 @@ def test_close_kills_a_stuck_worker_quickly() -> None:
 
 
 def test_a_long_waveform_comes_back_whole_and_exact(tmp_path) -> None:
-    """A waveform over 16 MB travels from the worker as raw bytes, not pickled: the main process
-    gets exactly what decoding inline gives, and the item's other fields with it."""
+    """A waveform over 16 MB travels from the worker as raw bytes after a small pickled header
+    (pickle's out-of-band buffers): the main process gets exactly what decoding inline gives,
+    and the item's other fields with it."""
     import numpy as np
     import soundfile as sf
 
@@ -226,3 +227,33 @@ def test_a_long_waveform_comes_back_whole_and_exact(tmp_path) -> None:
         assert d.error is None and d.audio is not None and d.audio.nbytes > 16 * 2**20
         assert np.array_equal(d.audio, inline.audio) and d.content_sha256 == inline.content_sha256
         assert d.info == inline.info
+
+
+def test_image_patches_come_back_exact_through_the_framed_pipe(tmp_path) -> None:
+    """Images as the model's patches (1.9 MB per 280-token image) travel framed too: what the
+    feeding process gets equals decoding inline, arrays and fields, for several images in a row
+    on one worker (each result's raw bytes end where the next message starts)."""
+    import numpy as np
+
+    from gemma4u_batch.decode import decode_item
+
+    from .media import jpeg_bytes, photo
+
+    opts = DecodeOptions(patches=True)
+    items = []
+    for i, (w, h) in enumerate(((640, 480), (333, 97), (97, 333), (1, 1))):
+        path = tmp_path / f"{i}.jpg"
+        path.write_bytes(jpeg_bytes(photo().resize((w, h))))
+        items.append(WorkItem(id=path.name, source=str(path), path=path, modality=Modality.IMAGE))
+    got: dict[str, DecodedItem] = {}
+    with DecodePool(iter(items), opts, workers=1, timeout=120) as pool:
+        deadline = time.monotonic() + 120
+        while len(got) < len(items) and time.monotonic() < deadline:
+            got |= {d.item.id: d for d in pool.poll(0.5)}
+    assert sorted(got) == sorted(i.id for i in items)
+    for item in items:
+        d, inline = got[item.id], decode_item(item, opts)
+        assert d.error is None and d.image is not None and d.info == inline.info
+        assert np.array_equal(d.image.patches, inline.image.patches) and d.image.patches.dtype == np.uint8
+        assert np.array_equal(d.image.positions, inline.image.positions)
+        assert (d.image.uuid, d.image.num_tokens) == (inline.image.uuid, inline.image.num_tokens)
