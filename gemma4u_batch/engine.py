@@ -7,7 +7,6 @@ item takes its place, so the engine never waits for a whole chunk to finish.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
@@ -16,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from .config import EngineConfig, JobConfig, SamplingConfig
 from .errors import EngineDied, EngineFailure, UsageError
@@ -24,6 +23,7 @@ from .records import Generation
 from .vllm_inputs import render, vllm_prompt
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 SHUTDOWN_GRACE_S = 0.3
 
@@ -201,7 +201,7 @@ class VllmEngine:
     _start_error: BaseException | None = None
     _token_counts: dict[str, int] = field(default_factory=dict)
     _sockets: threading.RLock = field(default_factory=threading.RLock)
-    _prompt_ids: Callable[[str], tuple[int, ...]] | None = None
+    _prompt_ids: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
     @property
     def model_name(self) -> str:
@@ -303,10 +303,9 @@ class VllmEngine:
         for warning in exactness_warnings(self.engine, on_cpu):
             log.info("gemma4u: %s", warning)
             say(f"gemma4u: WARNING: {warning}")
-        from .vllm_plugin import _vllm_version, logprob_sums, processed, version_supported
+        from .vllm_plugin import logprob_sums, processed
 
-        if version_supported(_vllm_version()):
-            logprob_sums.apply()  # this process turns the core's outputs into results
+        logprob_sums.apply()  # this process turns the core's outputs into results
         if self.accepts_patches and not processed.register():  # this process renders the requests
             raise EngineFailure(
                 f"gemma4u's image input path failed ({processed.reason()}); "
@@ -340,13 +339,10 @@ class VllmEngine:
         self.startup_s += time.monotonic() - t0
 
     def _prompt_token_ids(self, text: str) -> tuple[int, ...]:
-        """The renderer's token ids for a prompt text, once per distinct prompt (the items of
-        a task usually share one; a per-row template's prompts are kept up to a bound)."""
-        if self._prompt_ids is None:
-            from .vllm_inputs import prompt_token_ids
+        """The renderer's token ids for a prompt text, once per distinct prompt."""
+        from .vllm_inputs import prompt_token_ids
 
-            self._prompt_ids = functools.lru_cache(maxsize=1024)(lambda t: prompt_token_ids(self._llm, t))
-        return self._prompt_ids(text)
+        return _per_prompt(self._prompt_ids, text, lambda: prompt_token_ids(self._llm, text))
 
     def _started(self) -> None:
         """In the calling thread, once the engine is up."""
@@ -431,12 +427,7 @@ class VllmEngine:
     def count_tokens(self, text: str) -> int:
         """Tokens of a rendered prompt, counted once per distinct prompt (every item of a task
         usually shares one), not once per item."""
-        n = self._token_counts.get(text)
-        if n is None:
-            if len(self._token_counts) >= 4096:
-                self._token_counts.clear()
-            n = self._token_counts[text] = len(self.tokenizer.encode(text, add_special_tokens=False))
-        return n
+        return _per_prompt(self._token_counts, text, lambda: len(self.tokenizer.encode(text, add_special_tokens=False)))
 
     @property
     def max_model_len(self) -> int | None:
@@ -541,6 +532,20 @@ class VllmEngine:
             except (RuntimeError, OSError) as exc:  # best effort at exit
                 log.debug("engine shutdown: %s", exc)
             self._llm = None
+
+
+PROMPTS_KEPT = 4096
+
+
+def _per_prompt(cache: dict[str, _T], text: str, make: Callable[[], _T]) -> _T:
+    """`make()` once per distinct prompt text: the items of a task usually share one prompt; a
+    per-row template's prompts are kept up to PROMPTS_KEPT, then the cache starts over."""
+    value = cache.get(text)
+    if value is None:
+        if len(cache) >= PROMPTS_KEPT:
+            cache.clear()
+        value = cache[text] = make()
+    return value
 
 
 def _shutdown_under(lock: threading.RLock, client: Any) -> None:

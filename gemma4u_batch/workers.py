@@ -64,7 +64,6 @@ def _failed(item: WorkItem, exc: BaseException) -> DecodedItem:
 
 _READY = "ready"
 _MAX_START_FAILURES = 3
-_FRAMED_BYTES = 1 << 16  # a result whose arrays take at least this much travels framed
 
 
 @dataclass
@@ -80,12 +79,10 @@ class _Framed:
 
 
 def _send_result(conn: Connection, result: DecodedItem) -> None:
+    """Pickled once: the header carries everything but the arrays, which follow raw."""
     buffers: list[pickle.PickleBuffer] = []
     header = pickle.dumps(result, protocol=5, buffer_callback=buffers.append)
     views = [b.raw() for b in buffers]
-    if sum(v.nbytes for v in views) < _FRAMED_BYTES:
-        conn.send(result)
-        return
     conn.send(_Framed(header, [v.nbytes for v in views]))
     for view in views:
         while view:

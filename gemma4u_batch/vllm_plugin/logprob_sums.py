@@ -26,9 +26,15 @@ def sum_only(sampling_params: Any) -> bool:
 
 
 def apply() -> bool:
-    """Patch vLLM's LogprobsProcessor in this process (idempotent). False when its shape is not
-    the one this was written for: marked requests then simply get their token texts."""
+    """Patch vLLM's LogprobsProcessor in this process (idempotent). False on another vLLM
+    version or when its shape is not the one this was written for: marked requests then
+    simply get their token texts."""
     from vllm.v1.engine import logprobs
+
+    from . import _vllm_version, version_supported
+
+    if not version_supported(_vllm_version()):
+        return False
 
     cls = logprobs.LogprobsProcessor
     original = cls.__dict__.get("from_new_request")
