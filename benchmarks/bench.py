@@ -377,7 +377,7 @@ RUNNERS = {"gemma4u": run_gemma4u, "a": run_a, "b": run_b, "c": run_c, **dict.fr
 
 
 def build_model(workdir: Path, preset: str) -> tuple[Path, int]:
-    from gemma4u_batch.tiny_model import build_tiny_checkpoint, spec_preset
+    from gemma4u_batch.verify.tiny_model import build_tiny_checkpoint, spec_preset
 
     out = workdir / "models" / preset
     if not (out / "README.md").exists():
@@ -575,7 +575,7 @@ def report_only(files: list[Path], work: Path) -> int:
 
 
 def machine_meta(args: argparse.Namespace, params: dict[str, int]) -> dict[str, Any]:
-    from gemma4u_batch.outdir import package_versions
+    from gemma4u_batch.store.runs import package_versions
 
     try:
         load = os.getloadavg()

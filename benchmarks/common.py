@@ -17,8 +17,8 @@ IMAGE_EXTS = (".jpg", ".jpeg", ".png")
 
 def instruction() -> str:
     """gemma4u's built-in caption instruction, so every system sends the same prompt."""
+    from gemma4u_batch.config.tasks import instruction_for
     from gemma4u_batch.records import Modality
-    from gemma4u_batch.tasks import instruction_for
 
     return instruction_for("caption", Modality.IMAGE)
 

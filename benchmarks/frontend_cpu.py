@@ -116,7 +116,7 @@ def main() -> int:
     sizes = sorted(int(s) for s in a.sizes.split(","))
     model = a.model
     if model is None:
-        from gemma4u_batch.tiny_model import build_tiny_checkpoint
+        from gemma4u_batch.verify.tiny_model import build_tiny_checkpoint
 
         model = a.workdir / "tiny"
         if not (model / "config.json").exists():

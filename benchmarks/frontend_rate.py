@@ -23,12 +23,13 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from gemma4u_batch.config import JobConfig
-from gemma4u_batch.engine import FakeEngine
-from gemma4u_batch.inputs import JobInput
-from gemma4u_batch.job import run_job
-from gemma4u_batch.progress import Reporter
-from gemma4u_batch.workers import DecodePool
+from gemma4u_batch.config.job import JobConfig
+from gemma4u_batch.console import Reporter
+from gemma4u_batch.decode.options import decode_options
+from gemma4u_batch.decode.workers import DecodePool
+from gemma4u_batch.engine.fake import FakeEngine
+from gemma4u_batch.job.job import run_job
+from gemma4u_batch.sources.job_input import JobInput
 
 
 def _config(inp: Path, out: Path, workers: int, image_tokens: int) -> JobConfig:
@@ -39,7 +40,7 @@ def decode_rate(inp: Path, workers: int, limit: int | None, image_tokens: int) -
     with tempfile.TemporaryDirectory() as tmp:
         config = _config(inp, Path(tmp) / "out", workers, image_tokens)
         items = list(JobInput(config).items())[:limit]
-        opts = replace(config.decode_options(), patches=True)
+        opts = replace(decode_options(config), patches=True)
         with DecodePool(iter(items), opts, workers=workers, prefetch=config.prefetch) as pool:
             first: list = []
             while not first and not pool.done:  # the clock starts at the first result: not worker start-up

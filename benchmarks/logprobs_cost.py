@@ -19,8 +19,8 @@ from typing import Any
 
 
 def _engine(model: str) -> Any:
-    from gemma4u_batch.config import EngineConfig
-    from gemma4u_batch.engine import VllmEngine
+    from gemma4u_batch.config.job import EngineConfig
+    from gemma4u_batch.engine.vllm_engine import VllmEngine
 
     limits = {"image": 0, "audio": 0, "video": 0}
     cfg = EngineConfig(dtype="float32", max_model_len=1024, max_num_seqs=32)
@@ -36,9 +36,9 @@ def _timed(engine: Any, n: int, tokens: int, variant: str, rep: int) -> tuple[fl
     work overlaps the core's and hides from the wall time)."""
     from vllm import SamplingParams
 
-    from gemma4u_batch.config import SamplingConfig
-    from gemma4u_batch.engine import EngineRequest
-    from gemma4u_batch.vllm_plugin.logprob_sums import SUM_ONLY
+    from gemma4u_batch.config.job import SamplingConfig
+    from gemma4u_batch.engine.plugin.logprob_sums import SUM_ONLY
+    from gemma4u_batch.prompting.units import EngineRequest
 
     params = SamplingParams(
         max_tokens=tokens,
@@ -76,7 +76,7 @@ def main() -> int:
     args = ap.parse_args()
     model = args.model
     if model is None:
-        from gemma4u_batch.tiny_model import build_tiny_checkpoint
+        from gemma4u_batch.verify.tiny_model import build_tiny_checkpoint
 
         model = str(build_tiny_checkpoint(Path("/tmp/gemma4u-bench-tiny")))
     engine = _engine(model)

@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from gemma4u_batch.decode.options import decode_options
+
 LECTURE = Path(__file__).resolve().parent.parent / "examples" / "audio" / "lecture_95s.flac"
 
 
@@ -62,15 +64,15 @@ def measure(path: Path) -> dict[str, float]:
     then each window read for the engine one at a time (as the job sends them)."""
     import numpy as np
 
-    from gemma4u_batch.config import JobConfig
+    from gemma4u_batch.config.job import JobConfig
+    from gemma4u_batch.decode.workers import DecodePool
+    from gemma4u_batch.prompting.units import build_parts, engine_media
     from gemma4u_batch.records import Modality, WorkItem
-    from gemma4u_batch.units import build_parts, engine_media
-    from gemma4u_batch.workers import DecodePool
 
     config = JobConfig(input=path.parent, output=path.parent / "out", task="transcribe")
     items = [WorkItem(id=p.name, source=str(p), path=p, modality=Modality.AUDIO) for p in (LECTURE, path)]
     out: dict[str, float] = {"main_baseline_mb": vm_hwm_mb(), "file_mb": path.stat().st_size / 2**20}
-    with DecodePool(iter(items), config.decode_options(), workers=1, timeout=3600, spill_root=path.parent) as pool:
+    with DecodePool(iter(items), decode_options(config), workers=1, timeout=3600, spill_root=path.parent) as pool:
         got: list = []
         while not got:  # the 95-s lecture first: the worker's peak with the VAD model run once
             got = pool.poll(1.0)

@@ -87,9 +87,11 @@ def record(i: int, rid: str, rng: random.Random) -> object:
 
 
 def make_out(inp: Path, out: Path, ids: list[str], fmt: str) -> None:
-    from gemma4u_batch.config import JobConfig
-    from gemma4u_batch.outdir import guard_of, mark_done, run_manifest, write_run_manifest
-    from gemma4u_batch.writer import OutLayout, PartWriter
+    from gemma4u_batch.config.job import JobConfig
+    from gemma4u_batch.store.guard import guard_of
+    from gemma4u_batch.store.layout import OutLayout
+    from gemma4u_batch.store.runs import mark_done, run_manifest, write_run_manifest
+    from gemma4u_batch.store.writer import PartWriter
 
     config = JobConfig(input=inp, output=out, model="fake-model", format=fmt)
     layout = OutLayout(out)

@@ -36,10 +36,10 @@ def main() -> int:
     ap.add_argument("--in-flight", type=int, default=64)
     a = ap.parse_args()
 
-    from gemma4u_batch.config import JobConfig
-    from gemma4u_batch.engine import FakeEngine
-    from gemma4u_batch.job import run_job
-    from gemma4u_batch.progress import Reporter
+    from gemma4u_batch.config.job import JobConfig
+    from gemma4u_batch.console import Reporter
+    from gemma4u_batch.engine.fake import FakeEngine
+    from gemma4u_batch.job.job import run_job
 
     config = JobConfig(input=a.input, output=a.output, model="fake-model", workers=a.workers, overwrite=True)
     t0 = time.monotonic()

@@ -26,14 +26,14 @@ from benchmarks.timeline import Timeline, thread_cpu_seconds
 
 
 def instrument(tl: Timeline, profiler: cProfile.Profile | None = None) -> None:
-    from gemma4u_batch.engine import VllmEngine
+    from gemma4u_batch.engine.vllm_engine import VllmEngine
 
     # gemma4u before issue 18 (benchmarked with frontend_cpu --code) starts the engine in _start_engine.
     new_code = hasattr(VllmEngine, "_launch")
     launch = VllmEngine._launch if new_code else VllmEngine._start_engine
     add = VllmEngine.add
     step = VllmEngine.step
-    import gemma4u_batch.job as job_module
+    import gemma4u_batch.job.job as job_module
 
     mark_done = job_module.mark_done
 

@@ -43,11 +43,11 @@ def make_input(root: Path) -> Path:
 
 
 def main() -> int:
-    from gemma4u_batch.config import JobConfig
-    from gemma4u_batch.engine import FakeEngine
-    from gemma4u_batch.job import run_job
-    from gemma4u_batch.progress import Reporter
-    from gemma4u_batch.report import ReportOptions, write_report
+    from gemma4u_batch.config.job import JobConfig
+    from gemma4u_batch.console import Reporter
+    from gemma4u_batch.engine.fake import FakeEngine
+    from gemma4u_batch.job.job import run_job
+    from gemma4u_batch.report.page import ReportOptions, write_report
 
     ap = argparse.ArgumentParser()
     ap.add_argument("workdir", type=Path, nargs="?", default=None)

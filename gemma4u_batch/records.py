@@ -10,10 +10,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 if TYPE_CHECKING:
-    from .decode.spill import SpilledAudio
+    pass
 
 
 class Modality(StrEnum):
@@ -39,35 +37,6 @@ class WorkItem:
     task: str | None = None
     fields: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
-
-
-@dataclass(frozen=True)
-class VideoFrames:
-    frames: list[Any]  # PIL images, RGB; or decode.patches.ImagePatches (the workers patchify)
-    timestamps: list[float]
-    indices: list[int]
-    fps: float
-    total_frames: int
-    duration: float
-
-
-@dataclass
-class DecodedItem:
-    """A work item with its media decoded to what the engine takes, or an error."""
-
-    item: WorkItem
-    content_sha256: str | None = None
-    image: Any | None = None  # PIL.Image.Image, RGB, at the processor's size; or decode.patches.ImagePatches
-    # float32 mono 16 kHz: an array, or long audio's spill file (decode/spill.py)
-    audio: np.ndarray | SpilledAudio | None = None
-    video: VideoFrames | None = None
-    error: str | None = None
-    error_kind: str | None = None
-    decode_seconds: float = 0.0
-    info: dict[str, Any] = field(default_factory=dict)
-    skipped: bool = False  # belongs to another --shard
-    file_stat: tuple[int, int, int, int] | None = None  # (size, mtime_ns, ino, dev) as read: the quick check
-    read_at_ns: int = 0  # wall clock just before the read (racy-clean guard)
 
 
 @dataclass(frozen=True)

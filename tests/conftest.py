@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from gemma4u_batch.engine import VllmEngine
+    from gemma4u_batch.engine.vllm_engine import VllmEngine
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -25,7 +25,7 @@ GEMMA4U = str(Path(sys.executable).with_name("gemma4u"))
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny random checkpoint (meaningless text), built once per session."""
-    from gemma4u_batch.tiny_model import build_tiny_checkpoint
+    from gemma4u_batch.verify.tiny_model import build_tiny_checkpoint
 
     return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "tiny-gemma4u", seed=0)
 
@@ -33,8 +33,8 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def shared_engine(tiny_model: Path) -> Iterator[VllmEngine]:
     """One real engine for the session: jobs are handed it and never shut it down."""
-    from gemma4u_batch.config import EngineConfig
-    from gemma4u_batch.engine import VllmEngine
+    from gemma4u_batch.config.job import EngineConfig
+    from gemma4u_batch.engine.vllm_engine import VllmEngine
 
     eng = VllmEngine(
         model=str(tiny_model),

@@ -14,10 +14,10 @@ import sys
 import time
 from pathlib import Path
 
-from gemma4u_batch.config import JobConfig
-from gemma4u_batch.engine import FakeEngine
-from gemma4u_batch.job import run_job
-from gemma4u_batch.progress import Reporter
+from gemma4u_batch.config.job import JobConfig
+from gemma4u_batch.console import Reporter
+from gemma4u_batch.engine.fake import FakeEngine
+from gemma4u_batch.job.job import run_job
 
 
 class SlowFakeEngine(FakeEngine):

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from gemma4u_batch.config import JobConfig, SamplingConfig
-from gemma4u_batch.job import run_job
-from gemma4u_batch.progress import Reporter
-from gemma4u_batch.writer import OutLayout, iter_committed_records
+from gemma4u_batch.config.job import JobConfig, SamplingConfig
+from gemma4u_batch.console import Reporter
+from gemma4u_batch.job.job import run_job
+from gemma4u_batch.store.layout import OutLayout
+from gemma4u_batch.store.writer import iter_committed_records
 
 from .cli_checks import documented_code, engine_noise
 from .conftest import GEMMA4U

@@ -13,12 +13,13 @@ import pysubs2
 import pytest
 import soundfile as sf
 
-from gemma4u_batch.config import JobConfig, SamplingConfig
-from gemma4u_batch.job import run_job
-from gemma4u_batch.languages import DETECT_CODES
-from gemma4u_batch.progress import Reporter
-from gemma4u_batch.subtitles import clean_text
-from gemma4u_batch.writer import OutLayout, iter_committed_records
+from gemma4u_batch.config.job import JobConfig, SamplingConfig
+from gemma4u_batch.config.languages import DETECT_CODES
+from gemma4u_batch.console import Reporter
+from gemma4u_batch.job.job import run_job
+from gemma4u_batch.store.layout import OutLayout
+from gemma4u_batch.store.subtitles import clean_text
+from gemma4u_batch.store.writer import iter_committed_records
 
 from .conftest import GEMMA4U, REPO
 from .media import jpeg_bytes, photo

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from gemma4u_batch.config import JobConfig, SamplingConfig
-from gemma4u_batch.job import run_job
-from gemma4u_batch.progress import Reporter
-from gemma4u_batch.writer import OutLayout, committed_parts, iter_committed_records
+from gemma4u_batch.config.job import JobConfig, SamplingConfig
+from gemma4u_batch.console import Reporter
+from gemma4u_batch.job.job import run_job
+from gemma4u_batch.store.layout import OutLayout
+from gemma4u_batch.store.writer import committed_parts, iter_committed_records
 
 from .conftest import GEMMA4U
 from .test_resume import data_records, make_images

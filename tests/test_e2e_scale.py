@@ -14,12 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from gemma4u_batch.config import JobConfig, SamplingConfig
+from gemma4u_batch.config.job import JobConfig, SamplingConfig
+from gemma4u_batch.console import Reporter
 from gemma4u_batch.errors import ExitCode, UsageError
-from gemma4u_batch.job import run_job
-from gemma4u_batch.ledger import read_status
-from gemma4u_batch.progress import Reporter
-from gemma4u_batch.writer import OutLayout, committed_parts
+from gemma4u_batch.job.job import run_job
+from gemma4u_batch.store.layout import OutLayout
+from gemma4u_batch.store.ledger import read_status
+from gemma4u_batch.store.writer import committed_parts
 
 from .conftest import GEMMA4U
 from .ray_cluster import (
@@ -178,7 +179,7 @@ def test_refusal_messages_name_cause_and_fix(monkeypatch: pytest.MonkeyPatch, tm
     """Ray's connection errors (their shapes in Ray 2.60) to one line each."""
     from ray._private.utils import check_version_info, compute_version_info
 
-    from gemma4u_batch.ray_runner import _refusal
+    from gemma4u_batch.scale.ray_runner import _refusal
 
     ray_me, py_me = compute_version_info()
 

@@ -8,11 +8,11 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from gemma4u_batch.config import JobConfig, SamplingConfig
-from gemma4u_batch.job import run_job
-from gemma4u_batch.ledger import current_records
-from gemma4u_batch.progress import Reporter
-from gemma4u_batch.writer import OutLayout
+from gemma4u_batch.config.job import JobConfig, SamplingConfig
+from gemma4u_batch.console import Reporter
+from gemma4u_batch.job.job import run_job
+from gemma4u_batch.store.layout import OutLayout
+from gemma4u_batch.store.ledger import current_records
 
 from .test_resume import make_images
 

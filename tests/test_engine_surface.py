@@ -12,18 +12,15 @@ from pathlib import Path
 import pytest
 
 from gemma4u_batch.cli.launch import config_from_flags
-from gemma4u_batch.config import EngineConfig, JobConfig
-from gemma4u_batch.engineargs import (
-    engine_arg_names,
-    exactness_warnings,
-    output_settings,
-    parse_engine_arg,
-    parse_engine_args,
-)
+from gemma4u_batch.config.engine_args import engine_arg_names, parse_engine_arg, parse_engine_args
+from gemma4u_batch.config.job import EngineConfig, JobConfig
+from gemma4u_batch.engine.args import exactness_warnings
 from gemma4u_batch.errors import UsageError
-from gemma4u_batch.outdir import guard_of, guard_refusal, guarded_settings, run_manifest
-from gemma4u_batch.recipes import load_recipe
-from gemma4u_batch.writer import OutLayout
+from gemma4u_batch.plan.recipes import load_recipe
+from gemma4u_batch.prompting.keys import guarded_settings, output_settings
+from gemma4u_batch.store.guard import guard_of, guard_refusal
+from gemma4u_batch.store.layout import OutLayout
+from gemma4u_batch.store.runs import run_manifest
 
 from .cli_checks import documented_code
 from .conftest import GEMMA4U
@@ -202,7 +199,7 @@ def test_exactness_warnings(tmp_path: Path) -> None:
 
 def test_options_set_names_what_the_engine_was_given() -> None:
     """What an engine that fails to start is said to have been started with (one line, exit 2)."""
-    from gemma4u_batch.engineargs import options_set
+    from gemma4u_batch.engine.args import options_set
 
     assert options_set(EngineConfig(download_dir="/x")) == ""
     given = options_set(EngineConfig(quantization="fp8", kv_cache_dtype="fp8", engine_args={"block_size": 32}))
@@ -211,7 +208,7 @@ def test_options_set_names_what_the_engine_was_given() -> None:
 
 def test_engine_kwargs(tmp_path: Path) -> None:
     """What the engine is started with: the flags, LoRA sized from the adapter, the extras."""
-    from gemma4u_batch.engine import VllmEngine
+    from gemma4u_batch.engine.vllm_engine import VllmEngine
 
     lora = write_lora(tmp_path / "adapter", rank=4)
     cfg = EngineConfig(quantization="fp8", lora=str(lora), engine_args={"max_num_batched_tokens": 4096})
@@ -283,11 +280,11 @@ def test_lora_applies_to_every_request(tmp_path: Path, tiny_model: Path, shared_
     """One small engine of its own (LoRA needs enable_lora at start): greedy outputs differ from
     the base model's on the same items, the adapter is in the manifest and the guard, the
     --engine-arg extras reach vLLM, and OUT refuses a rerun without the adapter."""
-    from gemma4u_batch.config import SamplingConfig
-    from gemma4u_batch.engine import open_engine
-    from gemma4u_batch.job import run_job
-    from gemma4u_batch.progress import Reporter
-    from gemma4u_batch.writer import iter_committed_records
+    from gemma4u_batch.config.job import SamplingConfig
+    from gemma4u_batch.console import Reporter
+    from gemma4u_batch.engine.vllm_engine import open_engine
+    from gemma4u_batch.job.job import run_job
+    from gemma4u_batch.store.writer import iter_committed_records
 
     from .media import jpeg_bytes, photo
 

@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 
 from gemma4u_batch.errors import ExitCode
-from gemma4u_batch.writer import OutLayout, committed_parts
+from gemma4u_batch.store.layout import OutLayout
+from gemma4u_batch.store.writer import committed_parts
 
 from .cli_checks import documented_code, documented_codes, engine_noise
 from .conftest import GEMMA4U, REPO

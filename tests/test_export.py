@@ -19,13 +19,13 @@ from PIL import Image, ImageOps
 from typer.testing import CliRunner
 
 from gemma4u_batch.cli.app import app
-from gemma4u_batch.config import JobConfig
-from gemma4u_batch.engine import FakeEngine
+from gemma4u_batch.config.job import JobConfig
+from gemma4u_batch.config.languages import DETECT_CODES
+from gemma4u_batch.console import Reporter
+from gemma4u_batch.engine.fake import FakeEngine
 from gemma4u_batch.errors import UsageError
-from gemma4u_batch.export import ExportOptions, export
-from gemma4u_batch.job import run_job
-from gemma4u_batch.languages import DETECT_CODES
-from gemma4u_batch.progress import Reporter
+from gemma4u_batch.export.dataset import ExportOptions, export
+from gemma4u_batch.job.job import run_job
 
 from .conftest import GEMMA4U, REPO
 from .hub_standin import GITATTRIBUTES, HubStandin
@@ -349,7 +349,7 @@ def test_card_renders_the_run_facts(tmp_path: Path) -> None:
     import re
     import time
 
-    from gemma4u_batch.recipes import load_recipe
+    from gemma4u_batch.plan.recipes import load_recipe
 
     inp = tmp_path / "in"
     make_images(inp, 3)
@@ -386,8 +386,8 @@ def test_card_renders_the_run_facts(tmp_path: Path) -> None:
 
 
 def current_records_of(out: Path) -> list[dict]:
-    from gemma4u_batch.ledger import current_records
-    from gemma4u_batch.writer import OutLayout
+    from gemma4u_batch.store.layout import OutLayout
+    from gemma4u_batch.store.ledger import current_records
 
     return list(current_records(OutLayout(out)))
 

@@ -16,13 +16,15 @@ import pytest
 import soundfile as sf
 from rich.console import Console
 
-from gemma4u_batch.config import JobConfig
-from gemma4u_batch.engine import FakeEngine
+from gemma4u_batch.config.job import JobConfig
+from gemma4u_batch.console import Reporter
+from gemma4u_batch.decode.options import decode_options
+from gemma4u_batch.engine.fake import FakeEngine
 from gemma4u_batch.errors import UsageError
-from gemma4u_batch.job import Job, JobSummary, run_job
-from gemma4u_batch.keys import model_fingerprint
-from gemma4u_batch.progress import Reporter
-from gemma4u_batch.writer import OutLayout, iter_committed_records
+from gemma4u_batch.job.job import Job, JobSummary, run_job
+from gemma4u_batch.prompting.keys import model_fingerprint
+from gemma4u_batch.store.layout import OutLayout
+from gemma4u_batch.store.writer import iter_committed_records
 
 from .conftest import GEMMA4U, REPO
 
@@ -46,23 +48,23 @@ def _cli(*args: str, timeout: float = 120, **kw) -> subprocess.CompletedProcess[
 
 def test_estimate_projects_every_task_of_an_item(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """With two tasks an item is two records: the projection counts both (it used to count one)."""
-    from gemma4u_batch import planning
+    from gemma4u_batch.plan import estimate as estimating
 
     def sample_run(config, items, engine, reporter):
         # every sampled item made one record per task; 10 s of work, no start-up
         return JobSummary(done=2 * len(items), elapsed_s=10.0), 0.0
 
-    monkeypatch.setattr(planning, "_run_sample", sample_run)
+    monkeypatch.setattr(estimating, "_run_sample", sample_run)
     config = JobConfig(
         input=EXAMPLES / "images", output=tmp_path / "out", model="fake-model", tasks=["caption", "tags"], workers=0
     )
-    est = planning.estimate(config, 2)
+    est = estimating.estimate(config, 2)
     assert est.records == 4 and est.records_per_item == 2
     assert est.per_record_s == pytest.approx(2.5)
     assert est.per_item_s == pytest.approx(5.0)  # 10 s for 2 items, whatever the number of records
     assert est.projected_s == pytest.approx(5.0 * est.total_items)
     console = Console(file=io.StringIO(), width=140)
-    planning.print_estimate(est, console)
+    estimating.print_estimate(est, console)
     assert "2 records per item" in console.file.getvalue()  # type: ignore[attr-defined]
 
 
@@ -94,7 +96,7 @@ def test_task_without_an_instruction_for_the_modality_is_an_item_error(tmp_path:
 
 
 def test_plan_says_which_items_a_task_cannot_serve(tmp_path: Path) -> None:
-    from gemma4u_batch.planning import plan
+    from gemma4u_batch.plan.plan import plan
 
     inp = _mixed_media(tmp_path / "in")
     p = plan(JobConfig(input=inp, output=tmp_path / "out", task="ocr", workers=0), sample=1)
@@ -127,8 +129,9 @@ def test_captioning_long_audio_flags_the_truncation(tmp_path: Path) -> None:
 
 
 def test_video_soundtrack_past_30s_is_flagged(tmp_path: Path) -> None:
-    from gemma4u_batch.records import DecodedItem, Modality, VideoFrames, WorkItem
-    from gemma4u_batch.units import media_flags
+    from gemma4u_batch.decode.item import DecodedItem, VideoFrames
+    from gemma4u_batch.prompting.units import media_flags
+    from gemma4u_batch.records import Modality, WorkItem
 
     item = WorkItem(id="v.mp4", source="v.mp4", modality=Modality.VIDEO)
     video = VideoFrames(frames=[], timestamps=[], indices=[], fps=1.0, duration=40.0, total_frames=40)
@@ -189,7 +192,7 @@ def test_limits_are_flags_of_the_job_commands(tmp_path: Path) -> None:
     flags.update(input=EXAMPLES, output=tmp_path / "out", **limits)
     config = config_from_flags(flags)
     assert {k: getattr(config, k) for k in limits} == limits
-    assert config.decode_options().max_input_bytes == 1000
+    assert decode_options(config).max_input_bytes == 1000
     with pytest.raises(UsageError, match="decode_timeout"):
         config_from_flags({**flags, "decode_timeout": 0})
 
@@ -229,7 +232,7 @@ def test_messages_name_only_real_flags() -> None:
     foreign = {"--address", "--head", "--port"}  # `ray start` / `ray status` flags named in Ray hints
     named: dict[str, list[str]] = {}
     for path in sorted((REPO / "gemma4u_batch").rglob("*.py")):
-        if path.name in ("reference.py", "verify.py"):  # their own `python -m` command lines
+        if path.name in ("reference.py", "parity.py"):  # their own `python -m` command lines
             continue
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Constant) and isinstance(node.value, str):
@@ -248,7 +251,7 @@ def test_ray_replicas_that_keep_dying_are_an_engine_failure() -> None:
 
     from gemma4u_batch.cli.app import _exit_code
     from gemma4u_batch.errors import EngineFailure, ExitCode, OutputError
-    from gemma4u_batch.ray_runner import MAX_REPLACEMENTS, _Driver
+    from gemma4u_batch.scale.ray_runner import MAX_REPLACEMENTS, _Driver
 
     ray = pytest.importorskip("ray")
 
@@ -356,8 +359,8 @@ def _fake_hub_cache(root: Path, repo: str, commit: str) -> None:
 def test_hub_model_is_fingerprinted_by_its_resolved_commit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from huggingface_hub import constants
 
-    from gemma4u_batch import keys
-    from gemma4u_batch.keys import fingerprint_note
+    from gemma4u_batch.prompting import keys
+    from gemma4u_batch.prompting.keys import fingerprint_note
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # no network in tests: the cache answers
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
@@ -381,7 +384,7 @@ def test_hub_fingerprint_honours_the_revision(tmp_path: Path, monkeypatch: pytes
     job's fingerprint (hence keys and OUT's guard)."""
     from huggingface_hub import constants
 
-    from gemma4u_batch import keys
+    from gemma4u_batch.prompting import keys
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
@@ -427,7 +430,7 @@ def test_engine_output_goes_to_the_log_and_ours_to_the_terminal(tmp_path: Path, 
     import logging
     import sys
 
-    from gemma4u_batch.messages import engine_output, user_stderr
+    from gemma4u_batch.console import engine_output, user_stderr
 
     log = tmp_path / "engine.log"
     with engine_output(log_file=log):
@@ -450,7 +453,7 @@ def test_engine_output_goes_to_the_log_and_ours_to_the_terminal(tmp_path: Path, 
 
 
 def test_a_failed_run_shows_the_engine_log_tail(capfd) -> None:
-    from gemma4u_batch.messages import engine_output
+    from gemma4u_batch.console import engine_output
 
     with pytest.raises(RuntimeError), engine_output():
         os.write(2, b"EngineCore failed: root cause here\n")
@@ -468,7 +471,7 @@ def test_a_failed_run_shows_the_engine_log_tail(capfd) -> None:
 def test_verbose_leaves_engine_output_alone(capfd) -> None:
     import sys
 
-    from gemma4u_batch.messages import engine_output
+    from gemma4u_batch.console import engine_output
 
     with engine_output(verbose=True):
         os.write(2, b"engine line\n")
@@ -482,7 +485,7 @@ def test_messages_go_above_a_live_progress_bar(capfd) -> None:
     it), and the bar does not capture sys.stderr (the engine's writes stay diverted)."""
     import logging
 
-    from gemma4u_batch.messages import engine_output, say, set_live_console
+    from gemma4u_batch.console import engine_output, say, set_live_console
 
     live = Console(file=io.StringIO(), width=200)
     set_live_console(live)
@@ -502,22 +505,22 @@ def test_messages_go_above_a_live_progress_bar(capfd) -> None:
 def test_the_rich_bar_leaves_sys_stderr_alone(monkeypatch: pytest.MonkeyPatch) -> None:
     import sys
 
-    from gemma4u_batch import messages, progress
+    from gemma4u_batch import console
 
     class Tty(io.StringIO):
         def isatty(self) -> bool:
             return True
 
-    monkeypatch.setattr(progress, "USER_STDERR", Tty())
+    monkeypatch.setattr(console, "USER_STDERR", Tty())
     before = (sys.stdout, sys.stderr)
-    reporter = progress.Reporter("rich")
+    reporter = console.Reporter("rich")
     reporter.start(3)
     try:
-        assert reporter.mode == "rich" and messages._live is not None
+        assert reporter.mode == "rich" and console._live is not None
         assert (sys.stdout, sys.stderr) == before  # rich would otherwise print engine writes above the bar
     finally:
         reporter.stop()
-    assert messages._live is None
+    assert console._live is None
 
 
 def test_version_and_completion() -> None:
@@ -537,8 +540,9 @@ def test_batch_invariant_is_refused_on_cpu_before_the_engine_starts(tiny_model: 
     engine deaths, exit 75); gemma4u says so up front instead."""
     from vllm.platforms import current_platform
 
-    from gemma4u_batch.config import EngineConfig, SamplingConfig
-    from gemma4u_batch.engine import EngineRequest, VllmEngine
+    from gemma4u_batch.config.job import EngineConfig, SamplingConfig
+    from gemma4u_batch.engine.vllm_engine import VllmEngine
+    from gemma4u_batch.prompting.units import EngineRequest
 
     if not current_platform.is_cpu():
         pytest.skip("on a GPU the option is passed through to vLLM (not tested here)")

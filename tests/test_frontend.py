@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from gemma4u_batch.config import JobConfig
+from gemma4u_batch.config.job import JobConfig
+from gemma4u_batch.console import Reporter
 from gemma4u_batch.decode.patches import ImagePatches
-from gemma4u_batch.engine import EngineRequest, FakeEngine
-from gemma4u_batch.job import run_job
-from gemma4u_batch.progress import Reporter
-from gemma4u_batch.workers import AUTO_MAX_WORKERS, auto_workers
+from gemma4u_batch.decode.workers import AUTO_MAX_WORKERS, auto_workers, worker_count
+from gemma4u_batch.engine.fake import FakeEngine
+from gemma4u_batch.job.job import run_job
+from gemma4u_batch.prompting.units import EngineRequest
 
 from .media import write_image_folder
 
@@ -80,9 +81,9 @@ def test_auto_workers_leave_cores_for_the_engine_and_the_feeder(monkeypatch: pyt
 
 
 def test_workers_option_takes_a_number_or_auto(tmp_path: Path) -> None:
-    assert _config(tmp_path, tmp_path / "o", workers="3").worker_count() == 3
+    assert worker_count(_config(tmp_path, tmp_path / "o", workers="3")) == 3
     assert _config(tmp_path, tmp_path / "o", workers="auto").workers == "auto"
-    assert _config(tmp_path, tmp_path / "o", workers="auto").worker_count() >= 1
+    assert worker_count(_config(tmp_path, tmp_path / "o", workers="auto")) >= 1
     for bad in ("many", -1, "1.5"):
         with pytest.raises(ValueError, match="--workers takes a number"):
             _config(tmp_path, tmp_path / "o", workers=bad)

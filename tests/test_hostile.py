@@ -25,18 +25,19 @@ import pytest
 import soundfile as sf
 from PIL import Image
 
-from gemma4u_batch.config import JobConfig
+from gemma4u_batch.config.job import JobConfig
+from gemma4u_batch.console import Reporter
 from gemma4u_batch.decode import DecodeOptions, decode_item, read_input_bytes
 from gemma4u_batch.decode.audio import decode_audio
 from gemma4u_batch.decode.image import decode_image
 from gemma4u_batch.decode.video import decode_video
-from gemma4u_batch.engine import FakeEngine
+from gemma4u_batch.engine.fake import FakeEngine
 from gemma4u_batch.errors import ItemError
-from gemma4u_batch.job import run_job
-from gemma4u_batch.progress import Reporter
+from gemma4u_batch.job.job import run_job
 from gemma4u_batch.records import Modality, WorkItem
 from gemma4u_batch.sources import FolderSource
-from gemma4u_batch.writer import OutLayout, iter_committed_records
+from gemma4u_batch.store.layout import OutLayout
+from gemma4u_batch.store.writer import iter_committed_records
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -15,16 +15,17 @@ import pytest
 from PIL import Image
 
 import gemma4u_batch.decode as decode_mod
-from gemma4u_batch import compact as compact_mod
-from gemma4u_batch.config import JobConfig
-from gemma4u_batch.engine import FakeEngine
-from gemma4u_batch.index import OutIndex
-from gemma4u_batch.job import run_job
-from gemma4u_batch.keys import KeyMaker, content_key
-from gemma4u_batch.ledger import current_records, read_status
-from gemma4u_batch.progress import Reporter
-from gemma4u_batch.workers import DecodePool
-from gemma4u_batch.writer import OutLayout, committed_parts
+from gemma4u_batch.config.job import JobConfig
+from gemma4u_batch.console import Reporter
+from gemma4u_batch.decode.workers import DecodePool
+from gemma4u_batch.engine.fake import FakeEngine
+from gemma4u_batch.job.job import run_job
+from gemma4u_batch.prompting.keys import KeyMaker, content_key
+from gemma4u_batch.store import compaction as compact_mod
+from gemma4u_batch.store.index import OutIndex
+from gemma4u_batch.store.layout import OutLayout
+from gemma4u_batch.store.ledger import current_records, read_status
+from gemma4u_batch.store.writer import committed_parts
 
 from .test_resume import data_records, make_images
 
@@ -180,10 +181,10 @@ def test_unchanged_dataset_rows_are_skipped_without_decoding(tmp_path: Path, rea
 def _quick_check(inp: Path, out: Path, **kw) -> tuple[list[str], int, int]:
     """What the quick check makes of OUT for a job with these settings, nothing read:
     (ids it hands on to be read, units it found done, items it knew need generating)."""
-    from gemma4u_batch.inputs import JobInput
-    from gemma4u_batch.job import Job
-    from gemma4u_batch.quickcheck import QuickCheck
-    from gemma4u_batch.requests import RequestBuilder
+    from gemma4u_batch.job.job import Job
+    from gemma4u_batch.job.quickcheck import QuickCheck
+    from gemma4u_batch.prompting.builder import RequestBuilder
+    from gemma4u_batch.sources.job_input import JobInput
 
     config = JobConfig(input=inp, output=out, **{"model": "fake-model", "workers": 0, **kw})
     requests = RequestBuilder(config, FakeEngine(), Job(config).fingerprint)
@@ -327,7 +328,7 @@ def test_compaction_leaves_few_files_of_current_records(tmp_path: Path) -> None:
 def test_compaction_splits_at_the_target_size(tmp_path: Path, monkeypatch) -> None:
     inp, out = tmp_path / "in", tmp_path / "out"
     make_images(inp, 20)
-    monkeypatch.setattr("gemma4u_batch.job.compact", lambda layout, index: None)  # keep the 10 small parts
+    monkeypatch.setattr("gemma4u_batch.job.job.compact", lambda layout, index: None)  # keep the 10 small parts
     run(inp, out, commit_every=2)
     layout = OutLayout(out)
     assert len(committed_parts(layout)) == 10
@@ -366,7 +367,7 @@ def test_a_killed_compaction_loses_nothing_and_duplicates_nothing(tmp_path: Path
 def test_a_killed_overwrite_never_leaves_a_marker_without_its_data(tmp_path: Path, monkeypatch, kill_at: str) -> None:
     """--overwrite killed part-way: what remains is committed parts whole, or data files
     without markers (orphans, removed next time); a rerun ends with every id once."""
-    from gemma4u_batch import outdir
+    from gemma4u_batch.store import runs as outdir
 
     inp, out = tmp_path / "in", tmp_path / "out"
     make_images(inp, 12)

@@ -12,13 +12,15 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from gemma4u_batch.config import JobConfig
-from gemma4u_batch.engine import EngineRequest, FakeEngine
+from gemma4u_batch.config.job import JobConfig
+from gemma4u_batch.config.languages import DETECT_CODES, language_name, normalise_language
+from gemma4u_batch.console import Reporter
+from gemma4u_batch.engine.fake import FakeEngine
 from gemma4u_batch.errors import UsageError
-from gemma4u_batch.job import run_job
-from gemma4u_batch.languages import DETECT_CODES, language_name, normalise_language
-from gemma4u_batch.progress import Reporter
-from gemma4u_batch.writer import OutLayout, iter_committed_records
+from gemma4u_batch.job.job import run_job
+from gemma4u_batch.prompting.units import EngineRequest
+from gemma4u_batch.store.layout import OutLayout
+from gemma4u_batch.store.writer import iter_committed_records
 
 from .cli_checks import documented_code
 from .conftest import GEMMA4U, REPO
@@ -190,7 +192,7 @@ def test_the_real_model_identifies_from_the_allowed_codes(tmp_path: Path, tiny_m
 
 
 def test_the_plan_counts_the_identification_requests(tmp_path: Path) -> None:
-    from gemma4u_batch.planning import plan
+    from gemma4u_batch.plan.plan import plan
 
     inp = _three(tmp_path)
     counts = {}

@@ -17,11 +17,13 @@ import pytest
 import soundfile as sf
 
 from gemma4u_batch.decode import DecodeOptions, decode_item
+from gemma4u_batch.decode.item import DecodedItem
 from gemma4u_batch.decode.spill import SPILL_SECONDS, SpillDir, SpilledAudio
-from gemma4u_batch.records import DecodedItem, Modality, WorkItem
-from gemma4u_batch.units import build_parts, engine_media
-from gemma4u_batch.workers import DecodePool
-from gemma4u_batch.writer import OutLayout, cleanup_orphans
+from gemma4u_batch.decode.workers import DecodePool
+from gemma4u_batch.prompting.units import build_parts, engine_media
+from gemma4u_batch.records import Modality, WorkItem
+from gemma4u_batch.store.layout import OutLayout
+from gemma4u_batch.store.writer import cleanup_orphans
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -186,10 +188,11 @@ def test_a_job_sends_each_window_as_samples_and_removes_the_spill_file(one_hour:
     """In-process decoding (`--workers 0`): the engine gets every window (and its language
     identification request) as a sample array read at request time, the record has one
     segment per window, and no spill file or folder is left in OUT."""
-    from gemma4u_batch.config import JobConfig
-    from gemma4u_batch.engine import EngineRequest, FakeEngine
-    from gemma4u_batch.job import run_job
-    from gemma4u_batch.writer import iter_committed_records
+    from gemma4u_batch.config.job import JobConfig
+    from gemma4u_batch.engine.fake import FakeEngine
+    from gemma4u_batch.job.job import run_job
+    from gemma4u_batch.prompting.units import EngineRequest
+    from gemma4u_batch.store.writer import iter_committed_records
 
     seen: list[type] = []
 

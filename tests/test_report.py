@@ -14,13 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from gemma4u_batch.config import JobConfig
-from gemma4u_batch.engine import EngineRequest, FakeEngine
+from gemma4u_batch.config.job import JobConfig
+from gemma4u_batch.console import Reporter
+from gemma4u_batch.engine.fake import FakeEngine
 from gemma4u_batch.errors import UsageError
-from gemma4u_batch.job import run_job
-from gemma4u_batch.progress import Reporter
-from gemma4u_batch.report import ReportOptions, write_report
-from gemma4u_batch.writer import OutLayout, iter_committed_records
+from gemma4u_batch.job.job import run_job
+from gemma4u_batch.prompting.units import EngineRequest
+from gemma4u_batch.report.page import ReportOptions, write_report
+from gemma4u_batch.store.layout import OutLayout
+from gemma4u_batch.store.writer import iter_committed_records
 
 from .browser import Browser, chromium_or_skip
 from .conftest import GEMMA4U, REPO

@@ -15,13 +15,14 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from gemma4u_batch.config import JobConfig
-from gemma4u_batch.engine import FakeEngine
+from gemma4u_batch.config.job import JobConfig
+from gemma4u_batch.console import Reporter
+from gemma4u_batch.engine.fake import FakeEngine
 from gemma4u_batch.errors import OutputError, UsageError
-from gemma4u_batch.job import run_job
-from gemma4u_batch.ledger import current_records, read_status
-from gemma4u_batch.progress import Reporter
-from gemma4u_batch.writer import OutLayout, committed_parts
+from gemma4u_batch.job.job import run_job
+from gemma4u_batch.store.layout import OutLayout
+from gemma4u_batch.store.ledger import current_records, read_status
+from gemma4u_batch.store.writer import committed_parts
 
 from .conftest import REPO
 from .mounts import read_only, tmpfs

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from gemma4u_batch.batchapi import MediaPolicy, conversation_of
-from gemma4u_batch.batchrun import BatchRun, BatchSettings, state_dir
-from gemma4u_batch.engine import FakeEngine
+from gemma4u_batch.batch.lines import MediaPolicy, conversation_of
+from gemma4u_batch.batch.run import BatchRun, BatchSettings, state_dir
+from gemma4u_batch.engine.fake import FakeEngine
 from gemma4u_batch.errors import ItemError, UsageError
 from tests.media import photo, png_bytes
 
@@ -194,8 +194,8 @@ def test_rerun_does_nothing_and_changed_lines_resend(tmp_path: Path) -> None:
 KILLED_RUN = """
 import sys, time
 from pathlib import Path
-from gemma4u_batch.batchrun import BatchRun, BatchSettings
-from gemma4u_batch.engine import FakeEngine
+from gemma4u_batch.batch.run import BatchRun, BatchSettings
+from gemma4u_batch.engine.fake import FakeEngine
 
 def slow(req, text):
     time.sleep(0.05)
@@ -254,8 +254,8 @@ def test_template_bos_dropped_when_the_tokenizer_adds_its_own(tmp_path: Path) ->
     engine is tokenized with them: the prompt must not end up with two BOS tokens."""
     from types import SimpleNamespace
 
-    from gemma4u_batch.batchapi import Conversation
-    from gemma4u_batch.batchrun import _Feeder
+    from gemma4u_batch.batch.lines import Conversation
+    from gemma4u_batch.batch.run import _Feeder
 
     for adds, expected in [(True, "<|turn>user\nhi"), (False, "<bos><|turn>user\nhi")]:
         tok = SimpleNamespace(

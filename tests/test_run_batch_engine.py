@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from gemma4u_batch.batchapi import MediaPolicy, conversation_of
-from gemma4u_batch.batchrun import BatchRun, BatchSettings
+from gemma4u_batch.batch.lines import MediaPolicy, conversation_of
+from gemma4u_batch.batch.run import BatchRun, BatchSettings
 from gemma4u_batch.decode import DecodeOptions
 
 from .media import photo, png_bytes

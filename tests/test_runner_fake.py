@@ -9,12 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from gemma4u_batch.config import JobConfig, SamplingConfig
-from gemma4u_batch.engine import EngineRequest, FakeEngine
+from gemma4u_batch.config.job import JobConfig, SamplingConfig
+from gemma4u_batch.console import Reporter
+from gemma4u_batch.engine.fake import FakeEngine
 from gemma4u_batch.errors import UsageError
-from gemma4u_batch.job import run_job
-from gemma4u_batch.progress import Reporter
-from gemma4u_batch.writer import OutLayout, committed_parts, iter_committed_records
+from gemma4u_batch.job.job import run_job
+from gemma4u_batch.prompting.units import EngineRequest
+from gemma4u_batch.store.layout import OutLayout
+from gemma4u_batch.store.writer import committed_parts, iter_committed_records
 
 from .media import write_image_folder
 

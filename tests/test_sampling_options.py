@@ -9,14 +9,15 @@ from types import SimpleNamespace
 import pytest
 
 from gemma4u_batch.cli.launch import config_from_flags
-from gemma4u_batch.config import JobConfig, SamplingConfig
-from gemma4u_batch.engine import FakeEngine
+from gemma4u_batch.config.job import JobConfig, SamplingConfig
+from gemma4u_batch.console import Reporter
+from gemma4u_batch.engine.fake import FakeEngine
 from gemma4u_batch.errors import UsageError
-from gemma4u_batch.job import run_job
-from gemma4u_batch.outdir import guarded_settings
-from gemma4u_batch.progress import Reporter
-from gemma4u_batch.recipes import load_recipe
-from gemma4u_batch.writer import OutLayout, iter_committed_records
+from gemma4u_batch.job.job import run_job
+from gemma4u_batch.plan.recipes import load_recipe
+from gemma4u_batch.prompting.keys import guarded_settings
+from gemma4u_batch.store.layout import OutLayout
+from gemma4u_batch.store.writer import iter_committed_records
 
 from .media import jpeg_bytes, photo
 from .test_engine_surface import _flags
@@ -100,8 +101,9 @@ def test_without_logprobs_vllm_makes_no_token_texts() -> None:
     process): such requests get a logprobs processor without a tokenizer; --logprobs keeps it."""
     from vllm.v1.engine.logprobs import LogprobsProcessor
 
-    from gemma4u_batch.engine import EngineRequest, sampling_params
-    from gemma4u_batch.vllm_plugin import logprob_sums
+    from gemma4u_batch.engine.plugin import logprob_sums
+    from gemma4u_batch.engine.vllm_engine import sampling_params
+    from gemma4u_batch.prompting.units import EngineRequest
 
     assert logprob_sums.apply()
     tokenizer = object()

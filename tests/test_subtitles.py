@@ -12,7 +12,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gemma4u_batch.subtitles import CueLimits, clean_text, cues, to_json, to_srt, to_tsv, to_vtt, write_transcripts
+from gemma4u_batch.store.subtitles import (
+    CueLimits,
+    clean_text,
+    cues,
+    to_json,
+    to_srt,
+    to_tsv,
+    to_vtt,
+    write_transcripts,
+)
 
 LONG = (
     "Batch captioning turns a folder of media into labelled records. Every input gets exactly one "

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from gemma4u_batch.config import JobConfig
-from gemma4u_batch.engine import FakeEngine
-from gemma4u_batch.job import run_job
-from gemma4u_batch.languages import DETECT_CODES
-from gemma4u_batch.progress import Reporter
+from gemma4u_batch.config.job import JobConfig
+from gemma4u_batch.config.languages import DETECT_CODES
+from gemma4u_batch.console import Reporter
+from gemma4u_batch.engine.fake import FakeEngine
+from gemma4u_batch.job.job import run_job
 
 from .conftest import REPO
 from .test_resume import make_images
@@ -173,8 +173,8 @@ def test_an_out_in_the_old_layout_still_reads_and_compacts(tmp_path: Path) -> No
     import pandas as pd
     import pyarrow.parquet as pq
 
-    from gemma4u_batch.ledger import current_records
-    from gemma4u_batch.writer import OutLayout
+    from gemma4u_batch.store.layout import OutLayout
+    from gemma4u_batch.store.ledger import current_records
 
     inp, out = tmp_path / "in", tmp_path / "out"
     make_images(inp, 6)
@@ -209,7 +209,8 @@ def test_a_stopped_run_leaves_a_clean_table(tmp_path: Path, fmt: str) -> None:
     import signal
     import time
 
-    from gemma4u_batch.writer import OutLayout, committed_parts
+    from gemma4u_batch.store.layout import OutLayout
+    from gemma4u_batch.store.writer import committed_parts
 
     from .test_resume import fake_job
 

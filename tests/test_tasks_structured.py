@@ -8,15 +8,15 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from gemma4u_batch.config import JobConfig, SamplingConfig
-from gemma4u_batch.engine import FakeEngine
+from gemma4u_batch.config.job import JobConfig, SamplingConfig
+from gemma4u_batch.config.tasks import TASKS
+from gemma4u_batch.console import Reporter
+from gemma4u_batch.engine.fake import FakeEngine
 from gemma4u_batch.errors import UsageError
-from gemma4u_batch.job import run_job
-from gemma4u_batch.ledger import current_records
-from gemma4u_batch.progress import Reporter
-from gemma4u_batch.quality import parse_structured, quality_flags, repetitive
-from gemma4u_batch.tasks import TASKS
-from gemma4u_batch.writer import OutLayout
+from gemma4u_batch.job.job import run_job
+from gemma4u_batch.prompting.quality import parse_structured, quality_flags, repetitive
+from gemma4u_batch.store.layout import OutLayout
+from gemma4u_batch.store.ledger import current_records
 
 
 @pytest.fixture()
@@ -85,7 +85,7 @@ def test_a_rows_own_task_is_run_planned_and_counted_done(tmp_path: Path) -> None
     from typer.testing import CliRunner
 
     from gemma4u_batch.cli.app import app
-    from gemma4u_batch.planning import plan
+    from gemma4u_batch.plan.plan import plan
 
     for i in range(3):
         Image.new("RGB", (40, 30), (i * 50, 10, 10)).save(tmp_path / f"p{i}.png")

@@ -8,13 +8,15 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from gemma4u_batch.config import JobConfig
+from gemma4u_batch.config.job import JobConfig
 from gemma4u_batch.decode import DecodeOptions, decode_item
+from gemma4u_batch.decode.options import decode_options
 from gemma4u_batch.decode.vad import speech_probabilities, speech_regions, speech_windows
-from gemma4u_batch.engine import FakeEngine
-from gemma4u_batch.job import run_job
+from gemma4u_batch.engine.fake import FakeEngine
+from gemma4u_batch.job.job import run_job
 from gemma4u_batch.records import Modality, WorkItem
-from gemma4u_batch.writer import OutLayout, iter_committed_records
+from gemma4u_batch.store.layout import OutLayout
+from gemma4u_batch.store.writer import iter_committed_records
 
 from .conftest import REPO
 
@@ -112,8 +114,8 @@ def test_decode_workers_attach_speech_regions_for_speech_tasks() -> None:
     assert "speech" not in decode_item(item, DecodeOptions()).info
     d = decode_item(item, DecodeOptions(vad=True))
     assert d.error is None and len(d.info["speech"]) == 3
-    assert JobConfig(input=Path("."), output=Path("o"), task="transcribe").decode_options().vad
-    assert not JobConfig(input=Path("."), output=Path("o"), task="caption").decode_options().vad
+    assert decode_options(JobConfig(input=Path("."), output=Path("o"), task="transcribe")).vad
+    assert not decode_options(JobConfig(input=Path("."), output=Path("o"), task="caption")).vad
 
 
 def _wav_bytes(x: np.ndarray) -> bytes:
@@ -177,7 +179,7 @@ def _two_hours_with_three_utterances(path: Path) -> list[tuple[float, float]]:
 def test_a_two_hour_file_is_transcribed_in_windows_of_its_speech(tmp_path: Path) -> None:
     """The 2-hour case, through a decode worker process: only the three utterances are sent,
     each in its own ≤30 s window at its true time, with its language identified."""
-    from gemma4u_batch.languages import DETECT_CODES
+    from gemma4u_batch.config.languages import DETECT_CODES
 
     inp = tmp_path / "in"
     inp.mkdir()

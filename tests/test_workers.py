@@ -15,8 +15,9 @@ from collections.abc import Iterator
 import pytest
 
 from gemma4u_batch.decode import DecodeOptions
-from gemma4u_batch.records import DecodedItem, Modality, WorkItem
-from gemma4u_batch.workers import DecodePool
+from gemma4u_batch.decode.item import DecodedItem
+from gemma4u_batch.decode.workers import DecodePool
+from gemma4u_batch.records import Modality, WorkItem
 
 pytestmark = pytest.mark.timeout(120)
 

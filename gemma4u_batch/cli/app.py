@@ -11,7 +11,8 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 
-from ..config import JobConfig
+from ..config.job import JobConfig
+from ..decode.options import decode_options
 from ..errors import EngineFailure, ExitCode, OutputError, OutputLocked, UsageError
 from .launch import config_from_flags, err, fail, job_command
 from .options import make_job_command
@@ -91,9 +92,9 @@ def inspect(
     """Show what the engine will receive for each item (sizes, tokens, frames, audio windows)."""
     import json
 
-    from ..inputs import JobInput
-    from ..inspection import inspect_items, summarize
-    from ..tasks import is_speech_task
+    from ..config.tasks import is_speech_task
+    from ..plan.inspection import inspect_items, summarize
+    from ..sources.job_input import JobInput
 
     if input is None and dataset is None:
         raise UsageError("give an INPUT (folder, manifest or saved dataset) or --dataset")
@@ -120,7 +121,7 @@ def inspect(
     views = []
     for v in inspect_items(
         source,
-        config.decode_options(),
+        decode_options(config),
         windowed_audio=is_speech_task(task),
         workers=workers,
         dump_dir=dump,
@@ -151,8 +152,8 @@ def status(
     record is read); with --count-pending, how many input items have no record yet."""
     import json
 
-    from ..ledger import age, read_status
-    from ..writer import OutLayout
+    from ..store.layout import OutLayout
+    from ..store.ledger import age, read_status
 
     layout = OutLayout(out)
     if not layout.meta.exists():
@@ -187,8 +188,8 @@ def _count_pending(layout: Any) -> int | None:
     """Input items with no current record for one of their tasks (None if the input is gone)."""
     import json
 
-    from ..index import OutIndex
-    from ..inputs import JobInput
+    from ..sources.job_input import JobInput
+    from ..store.index import OutIndex
 
     man = json.loads(layout.run_manifest.read_text())
     try:
@@ -240,8 +241,8 @@ def export_cmd(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing --to folder or file.")] = False,
 ) -> None:
     """Export current records: a Hub-ready dataset folder with the media, or one flat file."""
-    from ..export import FILE_SUFFIXES, ExportOptions, export, parse_size
-    from ..export import push_to_hub as push
+    from ..export.dataset import FILE_SUFFIXES, ExportOptions, export, parse_size
+    from ..export.hub import push_to_hub as push
 
     is_file = to.suffix.lower() in FILE_SUFFIXES
     if push_to_hub and is_file:
@@ -277,8 +278,8 @@ def export_cmd(
 def compact_cmd(out: Annotated[Path, typer.Argument(help="Output folder of a gemma4u job.")]) -> None:
     """Rewrite OUT's data into few large files of current records only (runs do this at their end;
     use it after --shard runs, or after a run that was killed)."""
-    from ..compact import compact_out
-    from ..writer import OutLayout
+    from ..store.compaction import compact_out
+    from ..store.layout import OutLayout
 
     layout = OutLayout(out)
     if not layout.meta.exists():
@@ -308,7 +309,7 @@ def report_cmd(
 ) -> None:
     """Write one self-contained HTML page to review a run: its facts, plots, errors and flags grouped,
     and a sampled grid of items (thumbnails, waveforms, captions, transcripts)."""
-    from ..report import ReportOptions, write_report
+    from ..report.page import ReportOptions, write_report
 
     if sample < 0:
         raise UsageError("--sample must be 0 or more")
@@ -329,7 +330,7 @@ def model_tiny(
 
     Its outputs are meaningless text: it exists to run the real code paths offline.
     """
-    from ..tiny_model import build_tiny_checkpoint
+    from ..verify.tiny_model import build_tiny_checkpoint
 
     if out_dir.exists() and not out_dir.is_dir():
         fail(f"not a folder: {out_dir}")
@@ -358,7 +359,7 @@ def _leave(code: int | None) -> NoReturn:
     after the engine is shut down (every record committed before that) it spent ~2 s in
     native destructors. stdio is flushed and the atexit handlers run first; not under Ray,
     whose handlers stop the local cluster it may have started."""
-    if "vllm" not in sys.modules or "gemma4u_batch.ray_runner" in sys.modules:
+    if "vllm" not in sys.modules or "gemma4u_batch.scale.ray_runner" in sys.modules:
         sys.exit(code)
     import atexit
     import os

@@ -10,10 +10,10 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 
-from ..config import EngineConfig, JobConfig, SamplingConfig
-from ..engineargs import parse_engine_args
+from ..config.engine_args import parse_engine_args
+from ..config.job import EngineConfig, JobConfig, SamplingConfig
+from ..console import USER_STDERR
 from ..errors import ExitCode, UsageError
-from ..messages import USER_STDERR
 
 # gemma4u's own messages: the terminal's stderr, even while a run diverts the engine's log lines.
 err = Console(file=USER_STDERR, highlight=False)
@@ -72,7 +72,7 @@ def _split_format(value: str) -> tuple[str, list[str]]:
 
 def config_from_flags(kw: dict[str, Any]) -> JobConfig:
     """CLI flags → JobConfig; a bad value is a usage error naming the option."""
-    from ..structured import load_schema
+    from ..prompting.structured import load_schema
 
     kw = dict(kw)
     for name in DISPLAY_FLAGS:
@@ -119,9 +119,8 @@ def engine_overrides(engine: EngineConfig, flags: dict[str, Any]) -> EngineConfi
 def run_and_report(config: JobConfig, progress: str, *, verbose: bool = False, log_file: Path | None = None) -> None:
     """Run the job here or on Ray replicas, then print the summary (or why nothing ran).
     The engine's own log lines are kept off the terminal unless `verbose` (see messages.py)."""
-    from ..job import run_job
-    from ..messages import engine_output
-    from ..progress import Reporter
+    from ..console import Reporter, engine_output
+    from ..job.job import run_job
 
     check_progress(progress)
     if config.ray is None and config.replicas > 1:
@@ -129,7 +128,7 @@ def run_and_report(config: JobConfig, progress: str, *, verbose: bool = False, l
     reporter = Reporter("quiet" if config.quiet else progress)
     with engine_output(verbose=verbose, log_file=log_file):
         if config.ray is not None:
-            from ..ray_runner import run_on_ray
+            from ..scale.ray_runner import run_on_ray
 
             summary = run_on_ray(config, reporter=reporter)
         else:
@@ -148,8 +147,8 @@ def run_and_report(config: JobConfig, progress: str, *, verbose: bool = False, l
 
 def _strict_check(config: JobConfig) -> None:
     """--strict: exit 3 when the job has error records (this run's, or earlier ones it skipped)."""
-    from ..ledger import read_status
-    from ..writer import OutLayout
+    from ..store.layout import OutLayout
+    from ..store.ledger import read_status
 
     st = read_status(OutLayout(config.output))
     if st.errors:

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ..config import DEFAULT_MODEL
+from ..config.job import DEFAULT_MODEL
 
 H_IN = "Input"
 H_TASK = "Task and prompt"

@@ -60,9 +60,9 @@ def run_batch(
 ) -> None:
     """Run an OpenAI batch file like `vllm run-batch` (same flags and lines), resumable: a rerun
     sends only lines without an answer."""
-    from ..batchrun import BatchRun
-    from ..engine import VllmEngine
-    from ..messages import engine_output
+    from ..batch.run import BatchRun
+    from ..console import engine_output
+    from ..engine.vllm_engine import VllmEngine
 
     settings = _settings(dict(locals()))
     run = BatchRun(settings)
@@ -94,9 +94,9 @@ def run_batch(
 
 def _settings(a: dict[str, Any]) -> Any:
     """run-batch's flags (its parameters, by name) → BatchSettings, checked before any engine starts."""
-    from ..batchapi import MediaPolicy
-    from ..batchrun import BatchSettings
-    from ..config import EngineConfig
+    from ..batch.lines import MediaPolicy
+    from ..batch.run import BatchSettings
+    from ..config.job import EngineConfig
     from ..decode import DecodeOptions
     from .options import ENGINE_SURFACE
 

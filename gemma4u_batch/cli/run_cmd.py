@@ -13,8 +13,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from ..console import USER_STDERR
 from ..errors import ExitCode, UsageError
-from ..messages import USER_STDERR
 from .launch import check_progress, engine_overrides, run_and_report
 from .options import ENGINE_SURFACE, DownloadDir, EngineArg, KvCacheDtype, Lora, Quantization, Revision, Tokenizer
 
@@ -78,9 +78,10 @@ def run(
     engine_arg: EngineArg = None,
 ) -> None:
     """Run the job a recipe file describes (incremental: a rerun only does new or changed items)."""
-    from ..planning import estimate as run_estimate
-    from ..planning import plan, print_estimate, print_plan, print_resolved_config
-    from ..recipes import load_recipe
+    from ..plan.estimate import estimate as run_estimate
+    from ..plan.estimate import print_estimate
+    from ..plan.plan import plan, print_plan, print_resolved_config
+    from ..plan.recipes import load_recipe
 
     check_progress(progress)
     if dry_run and estimate is not None:
@@ -111,7 +112,7 @@ def run(
             raise UsageError(p.refused)
         return
     if estimate is not None:
-        from ..messages import engine_output
+        from ..console import engine_output
 
         err = Console(file=USER_STDERR, highlight=False)
         with engine_output(verbose=verbose, log_file=log_file):

@@ -16,11 +16,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ..config import DEFAULT_MODEL
+from ..config.job import DEFAULT_MODEL
 from ..errors import ExitCode, UsageError
 
 if TYPE_CHECKING:
-    from ..verify import ModalityReport
+    from ..verify.parity import ModalityReport
 
 
 def _fmt(x: float | None) -> str:
@@ -79,16 +79,16 @@ def verify(
     Both run in float32 on synthetic media; the reference uses Gemma 4's official vision
     attention (image blocks bidirectional on sliding layers). Needs memory for the model twice.
     """
-    from ..config import IMAGE_TOKEN_BUDGETS
-    from ..engine import check_model_path
+    from ..config.job import IMAGE_TOKEN_BUDGETS
+    from ..engine.vllm_engine import check_model_path
 
     out = Console(highlight=False)
     err = Console(stderr=True, highlight=False)
     if image_tokens not in IMAGE_TOKEN_BUDGETS:
         raise UsageError(f"invalid value for image_tokens: must be one of {', '.join(map(str, IMAGE_TOKEN_BUDGETS))}")
     check_model_path(model)
-    from ..verify import verify_model
-    from ..vllm_plugin import describe
+    from ..engine.plugin import describe
+    from ..verify.parity import verify_model
 
     err.print(f"Verifying {model} against transformers (float32 reference; this starts a vLLM engine)...")
     reports, status = verify_model(

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ..errors import ItemError
-from ..records import DecodedItem, Modality, WorkItem
+from ..records import Modality, WorkItem
+from .item import DecodedItem
 from .options import DecodeOptions
 from .spill import SpilledAudio
 

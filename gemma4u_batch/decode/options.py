@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..config.job import JobConfig
+from ..config.tasks import is_speech_task
 from .spill import SPILL_SECONDS
 
 
@@ -45,3 +47,20 @@ class DecodeOptions:
     patches: bool = False
     # --shard I/N: items whose content hash is not ≡ I (mod N) are hashed but not decoded
     shard: tuple[int, int] | None = None
+
+
+def decode_options(config: JobConfig) -> DecodeOptions:
+    """The per-item limits and media settings a job's decode workers apply."""
+    return DecodeOptions(
+        image_tokens=config.image_tokens,
+        max_image_pixels=config.max_image_pixels,
+        max_input_bytes=config.max_input_bytes,
+        max_audio_seconds=config.max_audio_seconds,
+        max_video_seconds=config.max_video_seconds,
+        max_decoded_frames=config.max_decoded_frames,
+        video_frames=config.video_frames,
+        video_fps=config.video_fps,
+        with_audio=config.with_audio,
+        vad=any(is_speech_task(t) for t in config.task_list()),
+        shard=config.shard_index(),
+    )

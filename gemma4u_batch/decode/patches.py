@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from ..records import DecodedItem
+    from .item import DecodedItem
     from .options import DecodeOptions
 
 PATCHES_VERSION = 1

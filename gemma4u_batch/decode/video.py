@@ -12,9 +12,9 @@ import numpy as np
 from PIL import Image
 
 from ..errors import ItemError
-from ..records import VideoFrames
 from .audio import decode_audio_track, looks_like_media, open_container
 from .image import target_size
+from .item import VideoFrames
 from .options import DecodeOptions
 
 __all__ = ["apply_rotation", "decode_video", "sample_indices"]

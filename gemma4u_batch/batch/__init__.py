@@ -1,0 +1,1 @@
+"""`gemma4u run-batch`: OpenAI batch lines in, vLLM-shaped answers out, over the job's feeding loop."""

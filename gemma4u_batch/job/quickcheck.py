@@ -1,0 +1,122 @@
+"""Decide before reading: which input items are already done (issue #13).
+
+An item is skipped before any read when every task has a current record whose key is
+the key the item would get now. The key needs the content hash: for a file, OUT's
+index knows it when `stat` shows the file unchanged since it was read (git's index,
+rsync's quick check); inline bytes are hashed here. Items are looked up a chunk at a
+time, so a no-op rerun costs a few index queries per chunk, not per item.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Iterator
+
+from ..config.job import JobConfig
+from ..decode.item import DecodedItem
+from ..prompting.builder import RequestBuilder
+from ..records import Modality, WorkItem
+from ..store.index import FileFacts, FileStat, OutIndex
+
+CHUNK_ITEMS = 128
+CHUNK_INLINE_BYTES = 64 * 1024**2  # dataset rows carry their bytes: bound what a chunk holds
+
+Known = tuple[str | None, bool]  # (content sha256, a video's soundtrack was decoded)
+Records = dict[tuple[str, str], tuple[str, bool]]  # (id, task) → (key, failed) of its current record
+
+
+class QuickCheck:
+    def __init__(self, config: JobConfig, index: OutIndex, requests: RequestBuilder) -> None:
+        self.config = config
+        self.index = index
+        self.requests = requests
+
+    def pending(
+        self, items: Iterator[WorkItem], skipped: Callable[[int], None], new_work: Callable[[], None]
+    ) -> Iterator[WorkItem]:
+        """The items that need reading; `skipped(n)` counts the units found done; `new_work()` is
+        called for an item known to need generation without reading it (no current record, or
+        one made with another key), not for one that must be read to know (a racy stat)."""
+        for chunk in _chunks(items):
+            records = self.index.get_many([(item.id, t) for item in chunk for t in self.config.tasks_of(item)])
+            known = self._known(chunk, records)
+            for i, item in enumerate(chunk):
+                done = self._done(item, known[i], records) if i in known else None
+                if done is None:
+                    if i in known or not self._recorded(item, records):
+                        new_work()
+                    yield item
+                elif done:
+                    skipped(len(self.config.tasks_of(item)))
+
+    def _known(self, chunk: list[WorkItem], records: Records) -> dict[int, Known]:
+        """Content hashes known without reading, for the chunk's items that have records."""
+        recorded = [i for i, item in enumerate(chunk) if self._recorded(item, records)]
+        known: dict[int, Known] = {}
+        stats: dict[int, tuple[str, FileStat]] = {}
+        for i in recorded:
+            item = chunk[i]
+            if item.error is not None:
+                known[i] = (None, False)
+            elif item.data is not None:
+                if not self._video_audio(item):
+                    known[i] = (hashlib.sha256(item.data).hexdigest(), False)
+            elif item.path is not None and (st := _stat(item.path)) is not None:
+                stats[i] = (os.path.abspath(item.path), st)
+        facts = self.index.file_facts_many(dict(stats.values()))
+        for i, (path, _) in stats.items():
+            f = facts.get(path)
+            if f is not None and not (self._video_audio(chunk[i]) and f.has_audio is None):
+                known[i] = (f.sha256, bool(self._video_audio(chunk[i]) and f.has_audio))
+        return known
+
+    def _recorded(self, item: WorkItem, records: Records) -> bool:
+        return all(self._usable(records.get((item.id, t))) for t in self.config.tasks_of(item))
+
+    def _usable(self, prev: tuple[str, bool] | None) -> bool:
+        return prev is not None and not (self.config.retry_errors and prev[1])
+
+    def _video_audio(self, item: WorkItem) -> bool:
+        return item.modality is Modality.VIDEO and self.config.with_audio
+
+    def _done(self, item: WorkItem, known: Known, records: Records) -> bool | None:
+        """True: done; False: another shard's (neither read nor counted); None: must be read."""
+        sha, has_audio = known
+        if not self.requests.in_shard_of(item, sha):
+            return False  # another shard's item: neither read nor counted
+        for task in self.config.tasks_of(item):
+            prev = records.get((item.id, task))
+            _, rendered, _ = self.requests.prompt(item, task, has_audio)
+            if prev is None or self.requests.key_of(item, sha, task, rendered) != prev[0]:
+                return None
+        return True
+
+    def remember(self, d: DecodedItem) -> None:
+        """What reading a file told us, for the next run's quick check."""
+        if d.file_stat is None or d.content_sha256 is None or d.item.path is None:
+            return
+        video = d.item.modality is Modality.VIDEO
+        has_audio = (d.audio is not None) if (video and self.config.with_audio) else (None if video else False)
+        facts = FileFacts(d.content_sha256, has_audio)
+        self.index.remember_file(os.path.abspath(d.item.path), FileStat(*d.file_stat), facts, d.read_at_ns)
+
+
+def _stat(path: os.PathLike[str] | str) -> FileStat | None:
+    try:
+        return FileStat.of(os.stat(path))
+    except (OSError, ValueError):
+        return None
+
+
+def _chunks(items: Iterator[WorkItem]) -> Iterator[list[WorkItem]]:
+    chunk: list[WorkItem] = []
+    inline = 0
+    for item in items:
+        chunk.append(item)
+        inline += len(item.data) if item.data is not None else 0
+        if len(chunk) >= CHUNK_ITEMS or inline >= CHUNK_INLINE_BYTES:
+            yield chunk
+            chunk, inline = [], 0
+    if chunk:
+        yield chunk

@@ -1,0 +1,216 @@
+"""Decoded items → units of engine requests, one unit per task: the instruction, the
+chat prompt, the content key, the structured-output constraint and the media parts."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from typing import Any, Protocol
+
+from ..config.job import JobConfig, SamplingConfig
+from ..config.languages import DETECT_CODES
+from ..config.tasks import TASKS, is_speech_task, resolve_task
+from ..decode import DecodeOptions, in_shard
+from ..decode.image import num_image_tokens
+from ..decode.item import DecodedItem
+from ..engine.protocol import Engine
+from ..errors import UsageError
+from ..records import Modality, WorkItem
+from .keys import KeyMaker, guarded_settings
+from .prompts import check_template, sent_instruction
+from .quality import quality_flags
+from .structured import load_schema, structured_for
+from .units import EngineRequest, Unit, add_language_parts, build_parts, engine_media, media_flags, no_speech, stitch
+
+LANGUAGE_INSTRUCTION = (
+    "Which language is spoken in this audio? Answer with its ISO 639-1 code (ISO 639-3 where it has none), e.g. en."
+)
+"""What a language-identification request asks; its answer is constrained to DETECT_CODES."""
+
+LANGUAGE_SAMPLING = SamplingConfig(max_tokens=8, temperature=0.0, top_p=1.0, seed=0)
+"""Greedy and short: the longest code is three letters, and the choice ends the answer."""
+
+
+class PromptCache(Protocol):
+    def rendered_prompt(self, digest: str) -> str | None: ...
+    def remember_prompt(self, digest: str, rendered: str) -> None: ...
+
+
+class RequestBuilder:
+    """What the engine is asked for each decoded item, and how a flagged unit is retried."""
+
+    def __init__(
+        self, config: JobConfig, engine: Engine, fingerprint: str, prompt_cache: PromptCache | None = None
+    ) -> None:
+        self.config = config
+        self.engine = engine
+        self.fingerprint = fingerprint
+        self.prompt_cache = prompt_cache
+        self.key = KeyMaker(fingerprint, guarded_settings(config))
+        self._rendered: dict[tuple[Any, ...], str] = {}
+        self._seq = 0
+        self._language_rendered: str | None = None
+        self._frame_opts = DecodeOptions(image_tokens=70)
+        for task in config.task_list():
+            if resolve_task(task) is None and config.prompt is None:
+                raise UsageError(f"unknown task '{task}'; choose one of {', '.join(sorted(TASKS))}")
+        if config.prompt:
+            check_template(config.prompt)
+        self._schema = load_schema(config.json_schema)
+
+    def in_shard(self, d: DecodedItem) -> bool:
+        return not d.skipped and self.in_shard_of(d.item, d.content_sha256)
+
+    def in_shard_of(self, item: WorkItem, content_sha256: str | None) -> bool:
+        """Deterministic partition by content: the input's hash (its id's if unreadable)."""
+        shard = self.config.shard_index()
+        if shard is None:
+            return True
+        basis = content_sha256 or hashlib.sha256(item.id.encode()).hexdigest()
+        return in_shard(basis, shard)
+
+    def units(self, d: DecodedItem) -> list[Unit]:
+        """One unit per task; the media was decoded once and is shared."""
+        return [self._unit(d, task) for task in self.config.tasks_of(d.item)]
+
+    def prompt(self, item: WorkItem, task: str, has_audio: bool) -> tuple[str, str, tuple[str, str] | None]:
+        """(instruction, chat prompt as rendered, (error, kind) if the row's template fails)."""
+        instruction, failed = sent_instruction(self.config, item, task)
+        error = (failed.message, failed.kind) if failed is not None else None
+        with_audio = has_audio and item.modality is Modality.VIDEO
+        memo = (item.modality, with_audio, instruction)
+        rendered = self._rendered.get(memo)
+        if rendered is None:
+            rendered = self._render(self._messages(item.modality, with_audio, instruction))
+            if len(self._rendered) < 4096:  # per-row templates make every prompt unique: bound the memo
+                self._rendered[memo] = rendered
+        return instruction, rendered, error
+
+    def _render(self, messages: list[dict[str, Any]]) -> str:
+        """The chat template applied to messages, from the cache of earlier runs when it has it."""
+        if self.prompt_cache is None:
+            return self.engine.render_prompt(messages)
+        digest = hashlib.sha256(json.dumps([self.fingerprint, messages], sort_keys=True).encode()).hexdigest()
+        rendered = self.prompt_cache.rendered_prompt(digest)
+        if rendered is None:
+            rendered = self.engine.render_prompt(messages)
+            self.prompt_cache.remember_prompt(digest, rendered)
+        return rendered
+
+    def key_of(self, item: WorkItem, content_sha256: str | None, task: str, rendered: str) -> str:
+        """The content key; a speech task under `--language auto` also hashes what identifies
+        the language (its instruction, codes and sampling), since its records carry the answer."""
+        if self.config.identifies_language(task):
+            rendered = json.dumps([rendered, LANGUAGE_INSTRUCTION, DETECT_CODES, LANGUAGE_SAMPLING.model_dump()])
+        return self.key(content=content_sha256 or f"unread:{item.source}", prompt=rendered, task=task)
+
+    def _language_prompt(self) -> str:
+        """The identification prompt: the transcription's messages (system prompt, then the
+        audio) with another question, so the two share their prefix up to the audio's end."""
+        if self._language_rendered is None:
+            messages = self._messages(Modality.AUDIO, False, LANGUAGE_INSTRUCTION)
+            self._language_rendered = self._render(messages)
+        return self._language_rendered
+
+    def _unit(self, d: DecodedItem, task: str) -> Unit:
+        instruction, rendered, error = self.prompt(d.item, task, d.audio is not None)
+        key = self.key_of(d.item, d.content_sha256, task, rendered)
+        parts = []
+        flags: list[str] = []
+        silent = False
+        if d.error is None and error is None:
+            windowed = is_speech_task(task)
+            parts = build_parts(d, windowed_audio=windowed, tokens_per_frame_of=self._frame_tokens)
+            flags = media_flags(d, windowed_audio=windowed)
+            silent = no_speech(d, windowed_audio=windowed)
+        structured = structured_for(self.config, self._schema, task)
+        unit = Unit(
+            decoded=d,
+            key=key,
+            instruction=instruction,
+            rendered=rendered,
+            parts=parts,
+            task=task,
+            structured=structured,
+            media_flags=flags,
+            no_speech=silent,
+            language=self.config.language if is_speech_task(task) else None,
+        )
+        if error is not None:
+            unit.error, unit.error_kind = error
+        elif self.config.identifies_language(task) and not silent:
+            add_language_parts(unit)
+        return unit
+
+    def _messages(self, modality: Modality | None, with_audio: bool, instruction: str) -> list[dict[str, Any]]:
+        msgs: list[dict[str, Any]] = []
+        if self.config.system_prompt:
+            msgs.append({"role": "system", "content": [{"type": "text", "text": self.config.system_prompt}]})
+        content: list[dict[str, Any]] = []
+        if modality is not None:
+            content.append({"type": modality.value})
+            if with_audio:
+                content.append({"type": "audio"})
+        content.append({"type": "text", "text": instruction})
+        msgs.append({"role": "user", "content": content})
+        return msgs
+
+    def _frame_tokens(self, frame: Any) -> int:
+        w, h = frame.size
+        return num_image_tokens(w, h, self._frame_opts)
+
+    def unsendable(self, unit: Unit) -> tuple[str, str] | None:
+        """(message, kind) when a unit cannot go to the engine: it fails before it is sent."""
+        if unit.decoded.error is not None or unit.error is not None or unit.no_speech:
+            return None
+        if not unit.parts:
+            return "nothing to send for this item", "empty"
+        limit = getattr(self.engine, "max_model_len", None)
+        if not limit:
+            return None
+        text_tokens = self.engine.count_tokens(unit.rendered)
+        need = next((n for p in unit.parts if (n := text_tokens + p.mm_tokens) >= limit), None)
+        if need is None:
+            return None
+        return (
+            f"prompt needs about {need} tokens, over max_model_len {limit}; "
+            "lower --image-tokens/--video-frames or raise --max-model-len",
+            "too_long_for_model",
+        )
+
+    def requests(self, unit: Unit) -> list[EngineRequest]:
+        sampling = self.config.retry_flagged if unit.retried and self.config.retry_flagged else self.config.sampling
+        reqs = []
+        for i, part in enumerate(unit.parts):
+            self._seq += 1
+            identify = part.detects is not None
+            reqs.append(
+                EngineRequest(
+                    request_id=f"r{self._seq}",
+                    prompt=self._language_prompt() if identify else unit.rendered,
+                    multi_modal_data=part.mm,
+                    sampling=LANGUAGE_SAMPLING if identify else sampling,
+                    payload=(unit, i),
+                    structured={"choice": list(DETECT_CODES)} if identify else unit.structured,
+                )
+            )
+        return reqs
+
+    def retry(self, unit: Unit) -> list[EngineRequest]:
+        """Requests to regenerate a flagged unit once with `retry_flagged` sampling, or []."""
+        if self.config.retry_flagged is None or unit.retried or unit.error or unit.decoded.error:
+            return []
+        text, _, gen = stitch(unit)
+        if not quality_flags(text, gen.finish_reason if gen else None):
+            return []
+        unit.retried = True
+        unit.reset()
+        return self.requests(unit)
+
+
+def for_engine(req: EngineRequest) -> EngineRequest:
+    """The request as the engine gets it: a window of spilled long audio is read now (the
+    queued request keeps only the reference, so waiting windows hold no samples)."""
+    mm = engine_media(req.multi_modal_data)
+    return req if mm is req.multi_modal_data else dataclasses.replace(req, multi_modal_data=mm)

@@ -1,0 +1,1 @@
+"""`gemma4u report`: one self-contained HTML page to review a labeling run."""

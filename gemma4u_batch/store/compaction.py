@@ -1,0 +1,169 @@
+"""Compaction: many small committed parts → few large data files holding only current
+records. Runs with OUT's lock held exclusively (end of a whole-job run, `gemma4u
+compact`), so no writer can commit in between and every remaining record is current.
+
+Crash safety follows the commit protocol: the new data files are written and renamed
+into place, then one marker names them and the parts they `replace` (the commit point:
+readers ignore replaced parts from then on), then the replaced markers and files go.
+A kill at any point leaves either the old parts or the new one in force, never both
+and never neither; `cleanup_orphans` finishes what a killed compaction left behind.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+from ..atomic import write_atomic, write_json_atomic
+from .index import OutIndex
+from .layout import OutLayout, data_file_name
+from .writer import (
+    cleanup_orphans,
+    committed_parts,
+    finish_replaced,
+    iter_part_records,
+    jsonl_line,
+    new_writer_id,
+    parquet_table,
+)
+
+TARGET_RECORDS = 100_000  # one data file per this many records at most
+TARGET_BYTES = 256 * 1024**2
+
+
+@dataclass
+class CompactResult:
+    parts_before: int = 0
+    parts_after: int = 0
+    dropped: int = 0  # superseded records removed
+
+
+def compact_out(layout: OutLayout) -> CompactResult:
+    """`gemma4u compact OUT`: take OUT's lock (a running job keeps it: OutputLocked),
+    finish what a killed writer left, then compact."""
+    from .lock import RunLock
+
+    lock = RunLock(layout, None)
+    lock.acquire()
+    try:
+        cleanup_orphans(layout)
+        with OutIndex(layout) as index:
+            return compact(layout, index)
+    finally:
+        lock.release()
+
+
+def compact(layout: OutLayout, index: OutIndex, target_records: int = TARGET_RECORDS) -> CompactResult:
+    """Rewrite OUT's parts into ≤ target_records files of current records only."""
+    index.sync()
+    parts = committed_parts(layout)
+    result = CompactResult(parts_before=len(parts), parts_after=len(parts))
+    groups = _plan(layout, parts, index, target_records)
+    if not groups:
+        return result
+    writer = new_writer_id()
+    for seq, group in enumerate(groups):
+        result.dropped += _rewrite(layout, index, group, f"part-{writer}-c{seq:05d}")
+    result.parts_after = len(committed_parts(layout))
+    return result
+
+
+def _plan(
+    layout: OutLayout, parts: list[dict[str, Any]], index: OutIndex, target: int
+) -> list[list[tuple[dict[str, Any], set[int]]]]:
+    """Groups of whole parts (each with its current rows) to rewrite together; a part that
+    is already large and holds no superseded record is left as it is."""
+    groups: list[list[tuple[dict[str, Any], set[int]]]] = [[]]
+    size = rows = 0
+    for part in parts:
+        keep = index.current_rows(part["part"])
+        if len(keep) == part["records"] and part["records"] >= target // 2:
+            continue
+        nbytes = sum((layout.root / f).stat().st_size for f in part["files"])
+        if groups[-1] and (rows + len(keep) > target or size + nbytes > TARGET_BYTES):
+            groups.append([])
+            size = rows = 0
+        groups[-1].append((part, keep))
+        size, rows = size + nbytes, rows + len(keep)
+    worth = [g for g in groups if len(g) > 1 or any(len(k) < p["records"] for p, k in g)]
+    return worth
+
+
+def _rewrite(layout: OutLayout, index: OutIndex, group: list[tuple[dict[str, Any], set[int]]], name: str) -> int:
+    """Write one compacted part replacing `group`; returns how many records were dropped."""
+    formats = sorted({f.rsplit(".", 1)[1] for p, _ in group for f in p["files"]})
+    files = []
+    for fmt in formats:
+        rel = data_file_name(name, fmt, formats)
+        (layout.root / rel).parent.mkdir(exist_ok=True)
+        write = _write_jsonl if fmt == "jsonl" else _write_parquet
+        write_atomic(layout.root / rel, functools.partial(write, layout, group), layout.tmp)
+        files.append(rel)
+    kept = sum(len(k) for _, k in group)
+    marker = {
+        "part": name,
+        "files": files,
+        "records": kept,
+        "writer": name.removeprefix("part-").rsplit("-", 1)[0],
+        "committed_at": max(p.get("committed_at", 0.0) for p, _ in group),
+        "compacted_at": time.time(),
+        "replaces": [p["part"] for p, _ in group],
+    }
+    write_json_atomic(layout.commits / f"{name}.json", marker, layout.tmp)
+    index.ingest_compacted(marker, layout)
+    finish_replaced(layout, marker)
+    return sum(p["records"] for p, _ in group) - kept
+
+
+def _write_jsonl(layout: OutLayout, group: list[tuple[dict[str, Any], set[int]]], out: BinaryIO) -> None:
+    """Current lines, part by part, copied byte for byte where the part has JSONL
+    (converted from its Parquet otherwise); streamed, so memory stays flat."""
+    for part, keep in group:
+        name = next((f for f in part["files"] if f.endswith(".jsonl")), None)
+        if name is None:
+            for i, rec in enumerate(iter_part_records(layout, part)):
+                if i in keep:
+                    out.write(jsonl_line(rec).encode("utf-8"))
+            continue
+        with open(layout.root / name, "rb") as fh:
+            for i, line in enumerate(fh):
+                if i in keep:
+                    out.write(line)
+
+
+def _write_parquet(layout: OutLayout, group: list[tuple[dict[str, Any], set[int]]], out: BinaryIO) -> None:
+    """Current rows, part by part, into one file with the parts' schema and metadata."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    # The newest part's schema and metadata (parts written before a gemma4u upgrade lack
+    # columns added since: they are filled with nulls).
+    newest = next((f for p, _ in reversed(group) for f in p["files"] if f.endswith(".parquet")), None)
+    raw = (pq.read_schema(layout.root / newest).metadata if newest is not None else None) or {}
+    meta = {k.decode(): v.decode() for k, v in raw.items()}
+    schema = parquet_table([], meta).schema
+    writer = pq.ParquetWriter(out, schema, compression="zstd")
+    try:
+        for part, keep in group:
+            name = next((f for f in part["files"] if f.endswith(".parquet")), None)
+            if name is None:
+                recs = [r for i, r in enumerate(iter_part_records(layout, part)) if i in keep]
+                table = parquet_table(recs, meta)
+            else:
+                table = pq.read_table(layout.root / name).take(pa.array(sorted(keep), type=pa.int64()))
+            writer.write_table(_conform(table, schema))
+    finally:
+        writer.close()
+
+
+def _conform(table: Any, schema: Any) -> Any:
+    """`table` with `schema`'s columns in its order: missing ones null, extra ones dropped."""
+    import pyarrow as pa
+
+    cols = [
+        table.column(f.name).cast(f.type) if f.name in table.column_names else pa.nulls(table.num_rows, f.type)
+        for f in schema
+    ]
+    return pa.Table.from_arrays(cols, schema=schema)
