@@ -88,7 +88,7 @@ def measure(path: Path) -> dict[str, float]:
         out["waveform_mb"] = d.audio.size * 4 / 2**20
         out["waveform_in_main_mb"] = d.audio.nbytes / 2**20 if isinstance(d.audio, np.ndarray) else 0.0
         out["main_after_receiving_mb"] = vm_hwm_mb()
-        parts = build_parts(d, windowed_audio=True, tokens_per_frame_of=None)
+        parts = build_parts(d, windowed_audio=True, opts=decode_options(config))
         out["windows"] = len(parts)
         out["main_after_windows_mb"] = vm_hwm_mb()
         d.audio = None  # as the job does once the item's parts are built

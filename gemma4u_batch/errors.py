@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
 
 class UsageError(Exception):
     """Bad usage: missing path, bad flag value, unreadable model dir, invalid recipe."""
@@ -43,3 +50,30 @@ class ExitCode:
     LOCKED = 73  # another run is writing into OUT: retry later
     OUTPUT_ERROR = 74  # OUT full or read-only: stopped cleanly, resumable
     INTERRUPTED = 130  # SIGINT/SIGTERM: committed what finished, resumable
+
+
+@dataclass(frozen=True)
+class InvalidField:
+    """The first error of a pydantic ValidationError: what its one-line message is made of."""
+
+    kind: str  # pydantic's error type: missing, extra_forbidden, value_error, string_type, …
+    loc: tuple[str | int, ...]
+    msg: str  # without pydantic's "Value error, " / "Assertion failed, " prefix
+    value: Any  # the value refused
+
+
+def validation_message(exc: ValidationError, wording: Callable[[InvalidField], str] | None = None) -> str:
+    """A ValidationError as one line, from its first error only: CLI flags and recipe keys both go
+    through here. By default in the flags' words (the validator's own text when it starts with the
+    flag's name, else `invalid value for LOC: MSG`); `wording` says it otherwise (recipes name the
+    key and what it expects)."""
+    first = exc.errors(include_url=False)[0]
+    msg = str(first.get("msg", "")).removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    field = InvalidField(kind=first["type"], loc=tuple(first.get("loc", ())), msg=msg, value=first.get("input"))
+    return (wording or _flag_wording)(field)
+
+
+def _flag_wording(field: InvalidField) -> str:
+    if field.msg.startswith("--"):
+        return field.msg
+    return f"invalid value for {'.'.join(str(p) for p in field.loc)}: {field.msg}"

@@ -21,9 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..decode import DecodeOptions
-from ..decode.item import DecodedItem
 from ..errors import ItemError, UsageError
-from ..records import Modality, WorkItem
 
 CHAT_URL = "/v1/chat/completions"
 # run-batch's other endpoints: a generative model has no handler for them.
@@ -314,16 +312,18 @@ def _part(part: dict[str, Any], conv: Conversation, media: MediaPolicy) -> dict[
 
 def _add_image(conv: Conversation, data: bytes, media: MediaPolicy) -> None:
     from ..decode.image import decode_image
+    from ..prompting.units import image_tokens
 
     img, info = decode_image(data, media.decode)
     conv.images.append(img)
-    conv.mm_tokens += int(info.get("num_tokens", 0)) + 2
+    conv.mm_tokens += image_tokens(info)
 
 
 def _add_audio(conv: Conversation, data: bytes, media: MediaPolicy) -> None:
     import numpy as np
 
-    from ..decode.audio import decode_audio, num_audio_tokens, pad_to_token_multiple
+    from ..decode.audio import decode_audio, pad_to_token_multiple
+    from ..prompting.units import audio_tokens
 
     wave, _ = decode_audio(data, media.decode)
     assert isinstance(wave, np.ndarray)  # no spill folder is given here: decoded in memory
@@ -332,19 +332,16 @@ def _add_audio(conv: Conversation, data: bytes, media: MediaPolicy) -> None:
         raise ItemError("too_long", f"audio of {seconds:.1f} s: the model takes at most 30 s per audio item")
     clip = pad_to_token_multiple(wave)
     conv.audios.append((clip, media.decode.sample_rate))
-    conv.mm_tokens += num_audio_tokens(clip.size) + 2
+    conv.mm_tokens += audio_tokens(clip.size)
 
 
 def _add_video(conv: Conversation, data: bytes, media: MediaPolicy) -> None:
-    from ..decode.image import num_image_tokens
     from ..decode.video import decode_video
-    from ..prompting.units import _video_metadata, video_tokens
+    from ..prompting.units import video_metadata, video_tokens
 
-    frames, _, info = decode_video(data, media.decode)
-    d = DecodedItem(item=WorkItem(id="", source="", modality=Modality.VIDEO), video=frames, info=info)
-    conv.videos.append((list(frames.frames), _video_metadata(d)))
-    opts = DecodeOptions(image_tokens=media.decode.video_tokens_per_frame)
-    conv.mm_tokens += video_tokens(d, lambda f: num_image_tokens(f.size[0], f.size[1], opts))
+    frames, _, _ = decode_video(data, media.decode)
+    conv.videos.append((list(frames.frames), video_metadata(frames)))
+    conv.mm_tokens += video_tokens(frames, media.decode)
 
 
 def media_error(custom_id: str, exc: ItemError) -> dict[str, Any]:

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..engine.protocol import Engine, EngineResult
+from ..engine.protocol import EngineResult
+from ..records import Generation
 
 
-def chat_completion(res: EngineResult, body: Any, model_name: str, engine: Engine) -> Any:
+def chat_completion(res: EngineResult, body: Any, model_name: str) -> Any:
     from vllm.entrypoints.openai.chat_completion.protocol import (
         ChatCompletionResponse,
         ChatCompletionResponseChoice,
@@ -17,38 +18,25 @@ def chat_completion(res: EngineResult, body: Any, model_name: str, engine: Engin
     from vllm.entrypoints.serve.engine.protocol import UsageInfo
 
     role = "assistant" if body.add_generation_prompt else body.messages[-1]["role"]
-    out = res.output
-    gen = res.generation
-    assert gen is not None
-    choices = []
-    if out is None:  # FakeEngine: its one generation
-        choices.append(
-            ChatCompletionResponseChoice(
-                index=0, message=ChatMessage(role=role, content=gen.text), finish_reason=gen.finish_reason or "stop"
-            )
+    choices = [
+        ChatCompletionResponseChoice(
+            index=i,
+            message=ChatMessage(role=role, content=gen.text),
+            logprobs=_logprobs(gen, body) if body.logprobs else None,
+            finish_reason=gen.finish_reason or "stop",
+            stop_reason=gen.stop_reason,
         )
-        prompt_tokens, completion_tokens = gen.num_prompt_tokens, gen.num_output_tokens
-    else:
-        for o in out.outputs:
-            logprobs = _logprobs(o, body) if body.logprobs else None
-            choices.append(
-                ChatCompletionResponseChoice(
-                    index=o.index,
-                    message=ChatMessage(role=role, content=o.text),
-                    logprobs=logprobs,
-                    finish_reason=o.finish_reason or "stop",
-                    stop_reason=o.stop_reason,
-                )
-            )
-        prompt_tokens = len(out.prompt_token_ids or [])
-        completion_tokens = sum(len(o.token_ids) for o in out.outputs)
+        for i, gen in enumerate(res.choices)
+    ]
+    prompt_tokens = res.choices[0].num_prompt_tokens
+    completion_tokens = sum(gen.num_output_tokens for gen in res.choices)
     usage = UsageInfo(
         prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, total_tokens=prompt_tokens + completion_tokens
     )
     return ChatCompletionResponse(model=model_name, choices=choices, usage=usage)
 
 
-def _logprobs(o: Any, body: Any) -> Any:
+def _logprobs(gen: Generation, body: Any) -> Any:
     """Per sampled token: its logprob and the top `top_logprobs` alternatives (vLLM's shape)."""
     from vllm.entrypoints.openai.chat_completion.protocol import (
         ChatCompletionLogProb,
@@ -58,30 +46,25 @@ def _logprobs(o: Any, body: Any) -> Any:
 
     top_n = body.top_logprobs or 0
     content = []
-    for token_id, step in zip(o.token_ids, o.logprobs or [], strict=False):
-        chosen = step.get(token_id)
-        token = _token(chosen, token_id)
+    for step in gen.token_logprobs or []:
+        token = step["token"] or ""
         top = [
             ChatCompletionLogProb(
-                token=_token(lp, tid), logprob=max(lp.logprob, -9999.0), bytes=_bytes(_token(lp, tid))
+                token=alt["token"] or "", logprob=_floor(alt["logprob"]), bytes=_bytes(alt["token"] or "")
             )
-            for i, (tid, lp) in enumerate(sorted(step.items(), key=lambda kv: kv[1].rank or 0))
-            if i < top_n
+            for alt in step["top"][:top_n]
         ]
         content.append(
             ChatCompletionLogProbsContent(
-                token=token,
-                logprob=max(chosen.logprob, -9999.0) if chosen is not None else -9999.0,
-                bytes=_bytes(token),
-                top_logprobs=top,
+                token=token, logprob=_floor(step["logprob"]), bytes=_bytes(token), top_logprobs=top
             )
         )
     return ChatCompletionLogProbs(content=content)
 
 
-def _token(lp: Any, token_id: int) -> str:
-    text = getattr(lp, "decoded_token", None)
-    return text if text is not None else f"token_id:{token_id}"
+def _floor(logprob: float | None) -> float:
+    """vLLM's floor for -inf (and a token it has no logprob for)."""
+    return max(logprob, -9999.0) if logprob is not None else -9999.0
 
 
 def _bytes(token: str) -> list[int]:

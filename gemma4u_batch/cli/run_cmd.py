@@ -16,9 +16,10 @@ from rich.console import Console
 from ..console import USER_STDERR
 from ..errors import ExitCode, UsageError
 from .launch import check_progress, engine_overrides, run_and_report
-from .options import ENGINE_SURFACE, DownloadDir, EngineArg, KvCacheDtype, Lora, Quantization, Revision, Tokenizer
+from .options import EngineFlags, LogFile, Progress, Verbose, engine_options
 
 
+@engine_options
 def run(
     recipe: Annotated[Path, typer.Argument(help="Recipe file (YAML) describing the job; see docs/recipes.md.")],
     set_: Annotated[
@@ -55,7 +56,7 @@ def run(
     json_out: Annotated[
         bool, typer.Option("--json", help="With --dry-run or --estimate: machine-readable JSON on stdout.")
     ] = False,
-    progress: Annotated[str, typer.Option(help="rich, json or quiet.")] = "rich",
+    progress: Progress = "rich",
     strict: Annotated[
         bool,
         typer.Option(
@@ -63,19 +64,10 @@ def run(
             help="Exit 3 when the job has any error record (also `strict: true` in the recipe).",
         ),
     ] = False,
-    verbose: Annotated[
-        bool, typer.Option("--verbose", "-v", help="Show vLLM's and torch's own log lines too.")
-    ] = False,
-    log_file: Annotated[
-        Path | None, typer.Option(help="Append vLLM's and torch's log lines (INFO and up) to this file.")
-    ] = None,
-    quantization: Quantization = None,
-    kv_cache_dtype: KvCacheDtype = "auto",
-    revision: Revision = None,
-    tokenizer: Tokenizer = None,
-    download_dir: DownloadDir = None,
-    lora: Lora = None,
-    engine_arg: EngineArg = None,
+    verbose: Verbose = False,
+    log_file: LogFile = None,
+    *,
+    engine_flags: EngineFlags,
 ) -> None:
     """Run the job a recipe file describes (incremental: a rerun only does new or changed items)."""
     from ..plan.estimate import estimate as run_estimate
@@ -92,10 +84,7 @@ def run(
         raise UsageError("--json applies to --dry-run and --estimate (use --progress json for a run)")
 
     config = load_recipe(recipe, set_ or [], model)
-    flags = locals()
-    config = config.model_copy(
-        update={"engine": engine_overrides(config.engine, {k: flags[k] for k in ENGINE_SURFACE})}
-    )
+    config = config.model_copy(update={"engine": engine_overrides(config.engine, engine_flags)})
     if strict:
         config = config.model_copy(update={"strict": True})
     out = Console(highlight=False)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 from fractions import Fraction
+from typing import Any
 
 import av
 import numpy as np
@@ -13,7 +14,7 @@ from PIL import Image
 
 from ..errors import ItemError
 from .audio import decode_audio_track, looks_like_media, open_container
-from .image import target_size
+from .image import num_image_tokens, target_size
 from .item import VideoFrames
 from .options import DecodeOptions
 
@@ -22,6 +23,17 @@ __all__ = ["apply_rotation", "decode_video", "sample_indices"]
 _NO_FRAMES = "video yielded no decodable frames"
 # Undecodable packets tolerated (FFmpeg's CLI skips them too) before the file counts as corrupt.
 _MAX_BAD_PACKETS = 50
+
+
+def frame_options(opts: DecodeOptions) -> DecodeOptions:
+    """A video frame is an image at the video budget (`video_tokens_per_frame` soft tokens)."""
+    return dataclasses.replace(opts, image_tokens=opts.video_tokens_per_frame)
+
+
+def frame_tokens(frame: Any, opts: DecodeOptions) -> int:
+    """Soft tokens of one sampled frame (a PIL image or the workers' patches: both have `size`)."""
+    width, height = frame.size
+    return num_image_tokens(width, height, frame_options(opts))
 
 
 def sample_indices(total: int, duration: float, opts: DecodeOptions) -> list[int]:
@@ -167,7 +179,7 @@ def _decode_pass(data: bytes, stream_index: int, wanted: list[int], opts: Decode
     stopping after the last one. Sequential decoding is exact where seeking is not."""
     want = set(wanted)
     last = wanted[-1]
-    vopts = dataclasses.replace(opts, image_tokens=opts.video_tokens_per_frame)
+    vopts = frame_options(opts)
     out: dict[int, tuple[Image.Image, float, int]] = {}
     decoded, bad, error = 0, 0, None
     with _open(data) as container:

@@ -51,6 +51,21 @@ class FakeEngine:
                 parts.append(f"<{m['role']}>" + "".join(c.get("text", f"[{c['type']}]") for c in content))
         return "".join(parts) + "<model>"
 
+    def render_chat(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        add_generation_prompt: bool = True,
+        continue_final_message: bool = False,
+        template_kwargs: dict[str, Any] | None = None,
+    ) -> str:
+        """Run-batch lines render like a job's messages (the fake has no template options)."""
+        return self.render_prompt(messages)
+
+    def generation_defaults(self) -> dict[str, Any]:
+        """No generation config: requests keep their own values."""
+        return {}
+
     def count_tokens(self, text: str) -> int:
         return len(text.split())
 
@@ -83,7 +98,8 @@ class FakeEngine:
                     text = json.dumps({"tags": [digest[:4], *mm]})
                 if self.text_for is not None:
                     text = self.text_for(req, text)
-                done.append(EngineResult(req, _fake_generation(req, text, digest)))
+                gen = _fake_generation(req, text, digest)
+                done.append(EngineResult(req, gen, choices=[gen]))
             else:
                 self._inflight[rid] = (req, n + 1)
         return done

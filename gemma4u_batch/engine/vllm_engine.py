@@ -1,9 +1,6 @@
-"""Engine stage: keep a bounded number of requests inside vLLM, top up, harvest.
-
-There is no barrier between batches: as soon as a request finishes, another decoded
-item takes its place, so the engine never waits for a whole chunk to finish.
-`FakeEngine` implements the same interface for fast unit tests of the pipeline.
-"""
+"""vLLM's LLMEngine driven request by request (add_request / step), behind the `Engine`
+protocol: started in the background once an item surely needs it, restarted after a death,
+stopped with a short grace. The feeding loop that drives it is job/feed.py."""
 
 from __future__ import annotations
 
@@ -73,9 +70,18 @@ def sampling_params(request: EngineRequest) -> Any:
     )
 
 
-def _wanted_logprobs(req: EngineRequest, completion: Any) -> list[dict[str, Any]] | None:
+def _generation(req: EngineRequest, out: Any, completion: Any) -> Generation:
+    """One sampled sequence of a finished request, with the token list when the request asks."""
     n = req.sampling.logprobs
-    return token_logprobs(completion, n) if req.params is None and n is not None else None
+    return Generation(
+        text=completion.text,
+        finish_reason=completion.finish_reason,
+        num_prompt_tokens=len(out.prompt_token_ids or []),
+        num_output_tokens=len(completion.token_ids),
+        cumulative_logprob=completion.cumulative_logprob,
+        token_logprobs=token_logprobs(completion, n) if n is not None else None,
+        stop_reason=completion.stop_reason,
+    )
 
 
 def _rank(lp: Any) -> int:
@@ -158,6 +164,8 @@ class VllmEngine:
     _token_counts: dict[str, int] = field(default_factory=dict)
     _sockets: threading.RLock = field(default_factory=threading.RLock)
     _prompt_ids: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    _bos_added: bool | None = None
+    _defaults: dict[str, Any] | None = None
 
     @property
     def model_name(self) -> str:
@@ -381,6 +389,46 @@ class VllmEngine:
     def render_prompt(self, messages: list[dict[str, Any]]) -> str:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
+    def render_chat(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        add_generation_prompt: bool = True,
+        continue_final_message: bool = False,
+        template_kwargs: dict[str, Any] | None = None,
+    ) -> str:
+        """The chat template as vLLM's serving applies it (generation prompt, continuation, the
+        request's chat_template_kwargs). vLLM tokenizes a rendered chat without special tokens
+        but a text prompt with them: the template's BOS is dropped when the tokenizer adds its own."""
+        tok = self.tokenizer
+        text = str(
+            tok.apply_chat_template(
+                messages,
+                tokenize=False,
+                add_generation_prompt=add_generation_prompt,
+                continue_final_message=continue_final_message,
+                **(template_kwargs or {}),
+            )
+        )
+        bos = getattr(tok, "bos_token", None)
+        if bos and text.startswith(bos) and self._adds_bos():
+            text = text[len(bos) :]
+        return text
+
+    def _adds_bos(self) -> bool:
+        if self._bos_added is None:
+            tok = self.tokenizer
+            ids = tok.encode("a", add_special_tokens=True)
+            self._bos_added = bool(ids) and ids[0] == tok.bos_token_id
+        return self._bos_added
+
+    def generation_defaults(self) -> dict[str, Any]:
+        """The model's generation config (vLLM's "diff" sampling parameters), read once the engine is up."""
+        if self._defaults is None:
+            self._ensure_started()
+            self._defaults = dict(self._llm.model_config.get_diff_sampling_param())
+        return self._defaults
+
     def count_tokens(self, text: str) -> int:
         """Tokens of a rendered prompt, counted once per distinct prompt (every item of a task
         usually shares one), not once per item."""
@@ -431,16 +479,8 @@ class VllmEngine:
             req = self._inflight.pop(out.request_id, None)
             if req is None:
                 continue
-            comp = out.outputs[0]
-            generation = Generation(
-                text=comp.text,
-                finish_reason=comp.finish_reason,
-                num_prompt_tokens=len(out.prompt_token_ids or []),
-                num_output_tokens=len(comp.token_ids),
-                cumulative_logprob=comp.cumulative_logprob,
-                token_logprobs=_wanted_logprobs(req, comp),
-            )
-            results.append(EngineResult(req, generation, output=out))
+            choices = [_generation(req, out, c) for c in sorted(out.outputs, key=lambda c: c.index)]
+            results.append(EngineResult(req, choices[0], choices=choices))
         return results
 
     def _wait_for_output(self) -> None:
@@ -522,12 +562,18 @@ def _shutdown_under(lock: threading.RLock, client: Any) -> None:
 
 def build_engine(config: JobConfig) -> VllmEngine:
     """The vLLM engine a job's config asks for: tokenizer now, the engine on first use."""
+    return prompt_renderer(config).start()
+
+
+def prompt_renderer(config: JobConfig) -> VllmEngine:
+    """The job's chat template and tokenizer alone, loaded on first use and never an engine:
+    for keys and counts where nothing is generated (a plan, `status --count-pending`)."""
     return VllmEngine(
         model=config.model,
         engine=config.engine,
         image_tokens=config.image_tokens,
         seed=config.sampling.seed or 0,
-    ).start()
+    )
 
 
 @contextmanager

@@ -1,23 +1,30 @@
-"""Decide before reading: which input items are already done (issue #13).
+"""Decide before reading: which input items are already done.
 
 An item is skipped before any read when every task has a current record whose key is
 the key the item would get now. The key needs the content hash: for a file, OUT's
 index knows it when `stat` shows the file unchanged since it was read (git's index,
 rsync's quick check); inline bytes are hashed here. Items are looked up a chunk at a
 time, so a no-op rerun costs a few index queries per chunk, not per item.
+
+This is what "pending" means everywhere (a run, `--dry-run`, `--estimate`, `status
+--count-pending`): an item is pending unless OUT's index proves it done without reading it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from ..config.job import JobConfig
 from ..decode.item import DecodedItem
+from ..engine.vllm_engine import prompt_renderer
 from ..prompting.builder import RequestBuilder
+from ..prompting.keys import model_fingerprint
 from ..records import Modality, WorkItem
+from ..store.guard import guard_of, guard_refusal
 from ..store.index import FileFacts, FileStat, OutIndex
+from ..store.layout import OutLayout
 
 CHUNK_ITEMS = 128
 CHUNK_INLINE_BYTES = 64 * 1024**2  # dataset rows carry their bytes: bound what a chunk holds
@@ -92,6 +99,24 @@ class QuickCheck:
                 return None
         return True
 
+    def done_when_read(self, item: WorkItem) -> bool:
+        """Whether an item the stat cannot vouch for (racy, or no cache of it) is done, from its
+        bytes' hash alone (nothing decoded); True too for another shard's item."""
+        if self._video_audio(item):  # whether its soundtrack decodes takes the decoder
+            return False
+        try:
+            if item.data is not None:
+                sha = hashlib.sha256(item.data).hexdigest()
+            elif item.path is not None:
+                with open(item.path, "rb") as fh:
+                    sha = hashlib.file_digest(fh, "sha256").hexdigest()
+            else:
+                return False
+        except OSError:
+            return False
+        records = self.index.get_many([(item.id, t) for t in self.config.tasks_of(item)])
+        return self._done(item, (sha, False), records) is not None
+
     def remember(self, d: DecodedItem) -> None:
         """What reading a file told us, for the next run's quick check."""
         if d.file_stat is None or d.content_sha256 is None or d.item.path is None:
@@ -120,3 +145,39 @@ def _chunks(items: Iterator[WorkItem]) -> Iterator[list[WorkItem]]:
             chunk, inline = [], 0
     if chunk:
         yield chunk
+
+
+def count_pending(config: JobConfig, items: Iterable[WorkItem], fingerprint: str | None = None) -> int | None:
+    """How many of `items` (as the job sends them) a run into OUT would generate: new, changed,
+    not yet done with these settings, or errors under --retry-errors. An item the stat cache
+    cannot vouch for is hashed (never decoded). None when OUT holds no results (or --overwrite:
+    every item is) or was made with other settings (a run would be refused). The tokenizer
+    loads only for a prompt that OUT's index has not rendered before. `fingerprint`: the model's,
+    when the caller knows it (OUT's run.json), else it is worked out as a run does."""
+    layout = OutLayout(config.output)
+    if fingerprint is None:
+        fingerprint = model_fingerprint(
+            config.model, verify_weights=config.verify_weights, revision=config.engine.revision
+        )
+    if config.overwrite or not layout.meta.is_dir() or guard_refusal(layout, guard_of(config, fingerprint)):
+        for _ in items:  # the caller's pass over the input still happens
+            pass
+        return None
+    with OutIndex(layout) as index:
+        builder = RequestBuilder(config, prompt_renderer(config), fingerprint, prompt_cache=index)
+        quick = QuickCheck(config, index, builder)
+        needs_work = False
+
+        def known_work() -> None:
+            nonlocal needs_work
+            needs_work = True
+
+        pending = 0
+        for item in quick.pending(iter(items), _ignored, known_work):
+            pending += needs_work or not quick.done_when_read(item)
+            needs_work = False
+        return pending
+
+
+def _ignored(n: int) -> None:
+    """Items found done are not counted here."""

@@ -56,7 +56,7 @@ def estimate(config: JobConfig, n: int, engine: Any = None, console: Console | N
     items = scan.overall.ordered()
     if not items:
         raise UsageError(f"no usable items in {config.dataset or config.input} to estimate with")
-    est = Estimate(sampled=len(items), total_items=scan.items, pending_items=scan.new_items)
+    est = Estimate(sampled=len(items), total_items=scan.items, pending_items=scan.pending)
     est.records_per_item = sum(len(config.tasks_of(it)) for it in items) / len(items)
     job_input = JobInput(config)
     for it in items:
@@ -127,7 +127,7 @@ def _estimate_assumptions(est: Estimate, config: JobConfig, scan: InputScan) -> 
     if est.errors:
         a.append(f"{est.errors} sampled item(s) ended as error records (counted like the others)")
     if est.pending_items is not None and not config.overwrite:
-        a.append(f"a rerun into the same OUT skips items already done: {est.pending_items} have no record yet")
+        a.append(f"a rerun into the same OUT skips items already done: {est.pending_items} are pending")
 
 
 def _duration(s: float) -> str:

@@ -17,7 +17,6 @@ import numpy as np
 
 from ..atomic import write_atomic, write_json_atomic
 from ..decode import DecodeOptions
-from ..decode.image import num_image_tokens
 from ..decode.item import DecodedItem
 from ..decode.spill import SpilledAudio
 from ..decode.workers import DecodePool
@@ -47,18 +46,13 @@ class ItemView:
         }
 
 
-def _frame_tokens(frame: Any) -> int:
-    w, h = frame.size
-    return num_image_tokens(w, h, DecodeOptions(image_tokens=70))
-
-
-def view(d: DecodedItem, windowed_audio: bool) -> tuple[ItemView, list[Any]]:
+def view(d: DecodedItem, windowed_audio: bool, opts: DecodeOptions) -> tuple[ItemView, list[Any]]:
     """The description of one decoded item and the parts it becomes."""
     v = ItemView(d.item.id, d.item.source, d.item.modality.value if d.item.modality else None, d.error, d.error_kind)
     v.detail = {k: val for k, val in d.info.items() if k not in ("audio",)}
     if d.error is not None:
         return v, []
-    parts = build_parts(d, windowed_audio=windowed_audio, tokens_per_frame_of=_frame_tokens)
+    parts = build_parts(d, windowed_audio=windowed_audio, opts=opts)
     for p in parts:
         req: dict[str, Any] = {"media_tokens": p.mm_tokens}
         if p.start is not None:
@@ -120,7 +114,7 @@ def inspect_items(
     with DecodePool(iter(source), opts, workers=workers) as pool:
         while not pool.done:
             for d in pool.poll(timeout=0.1):
-                v, parts = view(d, windowed_audio)
+                v, parts = view(d, windowed_audio, opts)
                 if dump_dir is not None:
                     dump(dump_dir, v, d, parts)
                 if isinstance(d.audio, SpilledAudio):  # long audio: its windows are described (and dumped)

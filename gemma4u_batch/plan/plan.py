@@ -21,10 +21,12 @@ from rich.console import Console
 from rich.table import Table
 
 from ..config.job import JobConfig
-from ..config.tasks import is_speech_task, resolve_task
+from ..config.tasks import resolve_task
+from ..decode.item import DecodedItem
 from ..decode.options import decode_options
 from ..decode.workers import worker_count
 from ..job.job import Job
+from ..prompting.builder import RequestBuilder
 from ..records import WorkItem
 from ..sources.job_input import is_speech_job
 from .scan import InputScan, scan_input
@@ -80,7 +82,7 @@ class Plan:
     modalities: dict[str, ModalityPlan] = field(default_factory=dict)  # by the modality sent
     sample: int = 16
     existing: dict[str, Any] | None = None  # OUT's status when it already holds results
-    new_items: int | None = None  # items with no record in OUT yet (by id)
+    pending: int | None = None  # items a run would read (job/quickcheck.py); None: OUT holds no results
     refused: str | None = None  # why a real run would be refused (a usage error)
     notes: list[str] = field(default_factory=list)
     recipe: str | None = None
@@ -109,7 +111,7 @@ class Plan:
             "formats": self.formats,
             "subtitles": list(self.config.subtitles),
             "existing": self.existing,
-            "new_items": self.new_items,
+            "pending": self.pending,
             "refused": self.refused,
             "notes": self.notes,
             "config": self.config.model_dump(mode="json"),
@@ -119,13 +121,23 @@ class Plan:
 # -------------------------------------------------------------------------- helpers
 
 
-def _approx_tokens(text: str | None) -> int:
-    return math.ceil(len(text) / 4) if text else 0
+class ApproxRenderer:
+    """Prompt tokens without a tokenizer (a plan loads nothing): each message's text at four
+    characters a token, 5 tokens around every message after the first, TEMPLATE_TOKENS around
+    the request. The request builder counts with it exactly as a run counts with the engine."""
 
+    SEP = "\x1f"  # between the messages of a rendered prompt
 
-def request_text_tokens(config: JobConfig, instruction: str) -> int:
-    system = _approx_tokens(config.system_prompt) + (5 if config.system_prompt else 0)
-    return _approx_tokens(instruction) + system + TEMPLATE_TOKENS
+    def __init__(self, max_model_len: int | None) -> None:
+        self.max_model_len = max_model_len
+
+    def render_prompt(self, messages: list[dict[str, Any]]) -> str:
+        texts = ("".join(c.get("text", "") for c in m["content"]) for m in messages)
+        return self.SEP.join(texts)
+
+    def count_tokens(self, text: str) -> int:
+        parts = text.split(self.SEP)
+        return sum(math.ceil(len(p) / 4) for p in parts) + 5 * (len(parts) - 1) + TEMPLATE_TOKENS
 
 
 def _existing(job: Job) -> dict[str, Any] | None:
@@ -150,7 +162,7 @@ def plan(config: JobConfig, sample: int = 16, recipe: str | None = None) -> Plan
     job = Job(config)
     scan = scan_input(config, max(0, sample))
     p = Plan(config=config, source=scan.source, tasks=config.task_list(), sample=max(0, sample), recipe=recipe)
-    p.items, p.bad_rows, p.found, p.new_items = scan.items, scan.bad_rows, scan.found, scan.new_items
+    p.items, p.bad_rows, p.found, p.pending = scan.items, scan.bad_rows, scan.found, scan.pending
     p.existing, p.refused = _existing(job), job.refusal()
     for mod, n in sorted(scan.sent.items()):
         p.modalities[mod] = ModalityPlan(mod, items=n, sampled=len(scan.per_modality[mod].items))
@@ -162,11 +174,12 @@ def plan(config: JobConfig, sample: int = 16, recipe: str | None = None) -> Plan
 
 
 def _measure(p: Plan, job: Job, samples: list[WorkItem]) -> None:
-    """Decode the sample with the real decode stage and count each request's tokens."""
+    """Decode the sample with the real decode stage and count its requests as a run would."""
     from ..decode.spill import SpilledAudio
     from ..decode.workers import DecodePool
 
     c = job.config
+    builder = RequestBuilder(c, ApproxRenderer(c.engine.max_model_len), job.fingerprint)
     workers = min(worker_count(c), len(samples))
     opts = decode_options(c)
     with DecodePool(iter(samples), opts, workers=workers, prefetch=c.prefetch, timeout=c.decode_timeout) as pool:
@@ -178,43 +191,22 @@ def _measure(p: Plan, job: Job, samples: list[WorkItem]) -> None:
                     row.sample_errors += 1
                     continue
                 row.decoded += 1
-                row.over_limit += _count_requests(row, job, d)
+                row.over_limit += _count_requests(row, builder, d)
                 if isinstance(d.audio, SpilledAudio):  # long audio: its requests are counted
                     d.audio.file.unlink()
 
 
-def _count_requests(row: ModalityPlan, job: Job, d: Any) -> bool:
-    """Add one decoded item's requests to its row; whether one would exceed max_model_len."""
-    from .inspection import view
-
-    limit = job.config.engine.max_model_len
+def _count_requests(row: ModalityPlan, builder: RequestBuilder, d: DecodedItem) -> bool:
+    """Add one decoded item's requests to its row (the builder's count, as a run makes them);
+    whether one would exceed max_model_len."""
     too_long = False
-    parts_by_window: dict[bool, list[Any]] = {}
-    for task in job.config.tasks_of(d.item):
-        windowed = is_speech_task(task)
-        if windowed not in parts_by_window:
-            parts_by_window[windowed] = view(d, windowed)[1]
-        parts = parts_by_window[windowed]
-        text = request_text_tokens(job.config, job.instruction(d.item, task))
-        row.requests += len(parts)
-        row.text_tokens += text * len(parts)
-        for part in parts:
-            row.media_tokens += part.mm_tokens
-            too_long = too_long or bool(limit and text + part.mm_tokens >= limit)
-        if job.config.identifies_language(task):  # --language auto: one identification request a window
-            _count_identification(row, job.config, parts)
+    for unit in builder.units(d):
+        n = builder.count(unit)
+        row.requests += n.requests
+        row.media_tokens += n.media_tokens
+        row.text_tokens += n.text_tokens
+        too_long = too_long or n.too_long is not None
     return too_long
-
-
-def _count_identification(row: ModalityPlan, config: JobConfig, parts: list[Any]) -> None:
-    """The language-identification requests of a window list (requests.py): same audio, another question."""
-    from ..prompting.builder import LANGUAGE_INSTRUCTION
-    from ..prompting.units import language_parts
-
-    identify = language_parts(parts)
-    row.requests += len(identify)
-    row.text_tokens += request_text_tokens(config, LANGUAGE_INSTRUCTION) * len(identify)
-    row.media_tokens += sum(p.mm_tokens for p in identify)
 
 
 def _add_notes(p: Plan, scan: InputScan) -> None:
@@ -256,10 +248,10 @@ def _add_notes(p: Plan, scan: InputScan) -> None:
     if p.existing is not None:
         if c.overwrite:
             p.notes.append(f"overwrite: true — the {p.existing['records']} record(s) already in OUT will be deleted")
-        elif p.new_items is not None:
+        elif p.pending is not None:
             p.notes.append(
-                f"OUT already holds {p.existing['records']} record(s); {p.new_items} item(s) have none yet "
-                "(items whose content or prompt changed are redone too)"
+                f"OUT already holds {p.existing['records']} record(s); {p.pending} item(s) are pending: new, "
+                "changed, or not yet done with these settings"
             )
         if p.existing.get("active"):
             p.notes.append("another run is writing into OUT right now: a run now would be refused (lock held)")
@@ -308,7 +300,7 @@ def _job_table(p: Plan) -> Table:
         ex = p.existing
         state = "running" if ex["active"] else ("complete" if ex["complete"] else "incomplete")
         t.add_row("OUT now", f"{ex['records']:,} records ({ex['done']:,} done, {ex['errors']:,} errors), {state}")
-        t.add_row("to process", f"{_fmt_int(p.items if c.overwrite else p.new_items)} new item(s) by id")
+        t.add_row("to process", f"{_fmt_int(p.items if c.overwrite else p.pending)} pending item(s)")
     _settings_rows(t, c)
     return t
 

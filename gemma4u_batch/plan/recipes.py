@@ -29,7 +29,7 @@ from pydantic import BaseModel, ValidationError
 
 from ..config.job import JobConfig
 from ..config.tasks import TASKS, is_speech_task, resolve_task
-from ..errors import UsageError
+from ..errors import InvalidField, UsageError, validation_message
 
 RECIPE_VERSION = 1
 META_KEYS = ("version", "description")
@@ -218,21 +218,18 @@ def _field_at(loc: Sequence[Any]) -> tuple[str, str | None]:
     return path, describe_field(name, info)
 
 
-def _validation_message(exc: ValidationError) -> str:
-    err = exc.errors(include_url=False)[0]
-    kind = err["type"]
-    loc = err.get("loc", ())
-    path, expected = _field_at(loc)
-    msg = str(err.get("msg", "")).removeprefix("Value error, ").removeprefix("Assertion failed, ")
+def _recipe_wording(error: InvalidField) -> str:
+    """A JobConfig validation error in a recipe's words: the dotted key, what it expects, YAML's pitfalls."""
+    kind, msg, got = error.kind, error.msg, error.value
+    path, expected = _field_at(error.loc)
     if not path:
         return msg
     if kind == "missing":
         return f"missing required key '{path}'" + (" (the output folder)" if path == "output" else "")
     if kind == "extra_forbidden":
-        return f"unknown key '{'.'.join(str(p) for p in loc)}'"
+        return f"unknown key '{'.'.join(str(p) for p in error.loc)}'"
     if kind in ("value_error", "assertion_error") or expected is None:
         return f"{path}: {msg}"
-    got = err.get("input")
     hint = (
         " (YAML reads yes/no/on/off as true/false: quote the text)"
         if kind == "string_type" and got in (True, False) and isinstance(got, bool)
@@ -511,7 +508,7 @@ def resolve(
     try:
         config = JobConfig(**data)
     except ValidationError as exc:
-        raise _RecipeProblem(_validation_message(exc)) from None
+        raise _RecipeProblem(validation_message(exc, _recipe_wording)) from None
     except (TypeError, ValueError) as exc:  # e.g. a non-string key in a nested mapping
         raise _RecipeProblem(" ".join(str(exc).split())) from None
     _check_semantics(data, config)

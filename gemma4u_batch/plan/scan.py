@@ -1,16 +1,16 @@
-"""One streamed pass over a job's input for plans and estimates: counts per modality, deterministic
-samples, items not yet in OUT.
+"""One streamed pass over a job's input for plans and estimates: counts per modality,
+deterministic samples, and how many items are pending (the quick check's rule, job/quickcheck.py).
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from ..config.job import JobConfig
 from ..errors import UsageError
+from ..job.quickcheck import count_pending
 from ..records import WorkItem
 from ..sources.job_input import JobInput
 
@@ -50,39 +50,24 @@ class InputScan:
     sent: dict[str, int] = field(default_factory=dict)
     per_modality: dict[str, Reservoir] = field(default_factory=dict)
     overall: Reservoir | None = None
-    new_items: int | None = None
-
-
-@contextmanager
-def recorded_ids(config: JobConfig) -> Iterator[Callable[[str], bool] | None]:
-    """Whether an id has a current record, from OUT's index: one indexed lookup per item, so
-    no data file is read and memory does not grow with OUT (None: no OUT to look in)."""
-    from ..store.index import OutIndex
-    from ..store.layout import OutLayout
-
-    layout = OutLayout(config.output)
-    if config.overwrite or not layout.meta.is_dir():
-        yield None
-        return
-    with OutIndex(layout) as index:
-        yield index.has_id
+    pending: int | None = None  # items a run would read (None: OUT holds no results)
 
 
 def scan_input(config: JobConfig, per_modality: int, overall: int = 0) -> InputScan:
-    """Stream the source once: counts, samples, and items not yet in OUT."""
+    """Stream the source once: counts, samples, and the items a run would read."""
     job_input = JobInput(config)
     source = job_input.open()
     scan = InputScan(job_input.label(source))
     if overall:
         scan.overall = Reservoir(overall, "all")
-    with recorded_ids(config) as recorded:
-        if recorded is not None:
-            scan.new_items = 0
+
+    def offered() -> Iterator[WorkItem]:
         for index, item in enumerate(source):
             scan.items += 1
-            if recorded is not None and not recorded(item.id):
-                scan.new_items = (scan.new_items or 0) + 1
             _offer(scan, job_input, index, item, per_modality)
+            yield job_input.as_sent(item)
+
+    scan.pending = count_pending(config, offered())
     if scan.items == 0:
         raise UsageError(f"no media files found in {config.dataset or config.input}")
     return scan

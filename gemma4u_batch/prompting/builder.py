@@ -1,27 +1,31 @@
 """Decoded items → units of engine requests, one unit per task: the instruction, the
-chat prompt, the content key, the structured-output constraint and the media parts."""
+chat prompt, the content key, the structured-output constraint and the media parts.
+
+`RequestBuilder` is also the one place that says what an item costs the engine (`count`:
+requests, media and text tokens, whether one is over max_model_len): a run, a plan and an
+estimate count the same way.
+"""
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ..config.job import JobConfig, SamplingConfig
 from ..config.languages import DETECT_CODES
 from ..config.tasks import TASKS, is_speech_task, resolve_task
-from ..decode import DecodeOptions, in_shard
-from ..decode.image import num_image_tokens
+from ..decode import in_shard
 from ..decode.item import DecodedItem
-from ..engine.protocol import Engine
+from ..decode.options import decode_options
 from ..errors import UsageError
 from ..records import Modality, WorkItem
 from .keys import KeyMaker, guarded_settings
 from .prompts import check_template, sent_instruction
 from .quality import quality_flags
 from .structured import load_schema, structured_for
-from .units import EngineRequest, Unit, add_language_parts, build_parts, engine_media, media_flags, no_speech, stitch
+from .units import EngineRequest, Part, Unit, add_language_parts, build_parts, media_flags, no_speech, stitch
 
 LANGUAGE_INSTRUCTION = (
     "Which language is spoken in this audio? Answer with its ISO 639-1 code (ISO 639-3 where it has none), e.g. en."
@@ -37,21 +41,45 @@ class PromptCache(Protocol):
     def remember_prompt(self, digest: str, rendered: str) -> None: ...
 
 
+class PromptRenderer(Protocol):
+    """What request building needs of a tokenizer: the chat template, token counts and the
+    context length (an engine is one; a plan uses an approximation that loads nothing)."""
+
+    @property
+    def max_model_len(self) -> int | None: ...
+
+    def render_prompt(self, messages: list[dict[str, Any]]) -> str:
+        """The chat template applied to a job's messages, ready for generation."""
+        ...
+
+    def count_tokens(self, text: str) -> int: ...
+
+
+@dataclass(frozen=True)
+class RequestCount:
+    """What one unit costs the engine."""
+
+    requests: int = 0
+    media_tokens: int = 0
+    text_tokens: int = 0
+    too_long: int | None = None  # tokens of the first request over max_model_len, if one is
+
+
 class RequestBuilder:
     """What the engine is asked for each decoded item, and how a flagged unit is retried."""
 
     def __init__(
-        self, config: JobConfig, engine: Engine, fingerprint: str, prompt_cache: PromptCache | None = None
+        self, config: JobConfig, renderer: PromptRenderer, fingerprint: str, prompt_cache: PromptCache | None = None
     ) -> None:
         self.config = config
-        self.engine = engine
+        self.renderer = renderer
         self.fingerprint = fingerprint
         self.prompt_cache = prompt_cache
         self.key = KeyMaker(fingerprint, guarded_settings(config))
         self._rendered: dict[tuple[Any, ...], str] = {}
         self._seq = 0
         self._language_rendered: str | None = None
-        self._frame_opts = DecodeOptions(image_tokens=70)
+        self._media = decode_options(config)
         for task in config.task_list():
             if resolve_task(task) is None and config.prompt is None:
                 raise UsageError(f"unknown task '{task}'; choose one of {', '.join(sorted(TASKS))}")
@@ -90,11 +118,11 @@ class RequestBuilder:
     def _render(self, messages: list[dict[str, Any]]) -> str:
         """The chat template applied to messages, from the cache of earlier runs when it has it."""
         if self.prompt_cache is None:
-            return self.engine.render_prompt(messages)
+            return self.renderer.render_prompt(messages)
         digest = hashlib.sha256(json.dumps([self.fingerprint, messages], sort_keys=True).encode()).hexdigest()
         rendered = self.prompt_cache.rendered_prompt(digest)
         if rendered is None:
-            rendered = self.engine.render_prompt(messages)
+            rendered = self.renderer.render_prompt(messages)
             self.prompt_cache.remember_prompt(digest, rendered)
         return rendered
 
@@ -121,7 +149,7 @@ class RequestBuilder:
         silent = False
         if d.error is None and error is None:
             windowed = is_speech_task(task)
-            parts = build_parts(d, windowed_audio=windowed, tokens_per_frame_of=self._frame_tokens)
+            parts = build_parts(d, windowed_audio=windowed, opts=self._media)
             flags = media_flags(d, windowed_audio=windowed)
             silent = no_speech(d, windowed_audio=windowed)
         structured = structured_for(self.config, self._schema, task)
@@ -156,9 +184,19 @@ class RequestBuilder:
         msgs.append({"role": "user", "content": content})
         return msgs
 
-    def _frame_tokens(self, frame: Any) -> int:
-        w, h = frame.size
-        return num_image_tokens(w, h, self._frame_opts)
+    def count(self, unit: Unit) -> RequestCount:
+        """The unit's requests, their media and text tokens, and the first over max_model_len."""
+        if unit.decoded.error is not None or unit.error is not None or unit.no_speech:
+            return RequestCount()
+        limit = self.renderer.max_model_len
+        media = text = 0
+        too_long = None
+        for part in unit.parts:
+            tokens = self.renderer.count_tokens(self._prompt_of(unit, part))
+            media, text = media + part.mm_tokens, text + tokens
+            if too_long is None and limit and tokens + part.mm_tokens >= limit:
+                too_long = tokens + part.mm_tokens
+        return RequestCount(len(unit.parts), media, text, too_long)
 
     def unsendable(self, unit: Unit) -> tuple[str, str] | None:
         """(message, kind) when a unit cannot go to the engine: it fails before it is sent."""
@@ -166,18 +204,20 @@ class RequestBuilder:
             return None
         if not unit.parts:
             return "nothing to send for this item", "empty"
-        limit = getattr(self.engine, "max_model_len", None)
-        if not limit:
+        if not self.renderer.max_model_len:
             return None
-        text_tokens = self.engine.count_tokens(unit.rendered)
-        need = next((n for p in unit.parts if (n := text_tokens + p.mm_tokens) >= limit), None)
+        need = self.count(unit).too_long
         if need is None:
             return None
         return (
-            f"prompt needs about {need} tokens, over max_model_len {limit}; "
+            f"prompt needs about {need} tokens, over max_model_len {self.renderer.max_model_len}; "
             "lower --image-tokens/--video-frames or raise --max-model-len",
             "too_long_for_model",
         )
+
+    def _prompt_of(self, unit: Unit, part: Part) -> str:
+        """A part's prompt: the unit's, or the language question for an identification request."""
+        return self._language_prompt() if part.detects is not None else unit.rendered
 
     def requests(self, unit: Unit) -> list[EngineRequest]:
         sampling = self.config.retry_flagged if unit.retried and self.config.retry_flagged else self.config.sampling
@@ -188,7 +228,7 @@ class RequestBuilder:
             reqs.append(
                 EngineRequest(
                     request_id=f"r{self._seq}",
-                    prompt=self._language_prompt() if identify else unit.rendered,
+                    prompt=self._prompt_of(unit, part),
                     multi_modal_data=part.mm,
                     sampling=LANGUAGE_SAMPLING if identify else sampling,
                     payload=(unit, i),
@@ -207,10 +247,3 @@ class RequestBuilder:
         unit.retried = True
         unit.reset()
         return self.requests(unit)
-
-
-def for_engine(req: EngineRequest) -> EngineRequest:
-    """The request as the engine gets it: a window of spilled long audio is read now (the
-    queued request keeps only the reference, so waiting windows hold no samples)."""
-    mm = engine_media(req.multi_modal_data)
-    return req if mm is req.multi_modal_data else dataclasses.replace(req, multi_modal_data=mm)

@@ -7,6 +7,7 @@ is written — when every window is back, with the windows as `segments`.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,9 +15,11 @@ import numpy as np
 
 from ..config.job import SamplingConfig
 from ..decode.audio import num_audio_tokens, pad_to_token_multiple, split_windows
-from ..decode.item import DecodedItem
+from ..decode.item import DecodedItem, VideoFrames
+from ..decode.options import DecodeOptions
 from ..decode.spill import SpilledAudio, SpillFile, Waveform
 from ..decode.vad import speech_windows
+from ..decode.video import frame_tokens
 from ..errors import ItemError
 from ..records import Generation, Modality, OutputRecord
 from .quality import parse_structured, quality_flags
@@ -67,6 +70,12 @@ class Unit:
         self.outstanding = len(self.parts)
         self.error = self.error_kind = None
 
+    def release(self) -> None:
+        """The unit is finished with its media: the last unit of long audio removes its spill file."""
+        if self.spill is not None:
+            self.spill.release()
+            self.spill = None
+
     def finish_part(self, index: int, gen: Generation | None, error: str | None, kind: str | None) -> bool:
         """Record one part's outcome; True when the unit is complete."""
         self.results[index] = gen
@@ -76,9 +85,8 @@ class Unit:
         return self.outstanding == 0
 
 
-def _video_metadata(d: DecodedItem) -> dict[str, Any]:
-    v = d.video
-    assert v is not None
+def video_metadata(v: VideoFrames) -> dict[str, Any]:
+    """The frames' timeline as vLLM's video processor takes it (frames already sampled)."""
     fps = float(v.fps) if v.fps else 24.0
     indices = list(v.indices)
     # vLLM (like transformers) stamps frame i at indices[i] / fps. For variable frame
@@ -94,11 +102,20 @@ def _video_metadata(d: DecodedItem) -> dict[str, Any]:
     }
 
 
-def video_tokens(d: DecodedItem, tokens_per_frame_of: Any) -> int:
-    v = d.video
-    assert v is not None
-    # each frame: "mm:ss " (~4 tokens) + <boi> + soft tokens + <eoi>
-    return sum(tokens_per_frame_of(f) + 6 for f in v.frames)
+# What each medium costs in the prompt: its soft tokens plus the tokens around them.
+def image_tokens(info: dict[str, Any]) -> int:
+    """A decoded image: its soft tokens (decode's `num_tokens`) + <boi> and <eoi>."""
+    return int(info.get("num_tokens", 0)) + 2
+
+
+def audio_tokens(samples: int) -> int:
+    """An audio clip: one soft token per 40 ms + <boa> and <eoa>."""
+    return num_audio_tokens(samples) + 2
+
+
+def video_tokens(v: VideoFrames, opts: DecodeOptions) -> int:
+    """Sampled frames: each "mm:ss " (~4 tokens) + <boi> + its soft tokens + <eoi>."""
+    return sum(frame_tokens(f, opts) + 6 for f in v.frames)
 
 
 NO_SPEECH = "no_speech"
@@ -126,17 +143,17 @@ def no_speech(d: DecodedItem, *, windowed_audio: bool) -> bool:
     return windowed_audio and d.video is None and d.audio is not None and d.info.get("speech") == []
 
 
-def build_parts(d: DecodedItem, *, windowed_audio: bool, tokens_per_frame_of: Any) -> list[Part]:
+def build_parts(d: DecodedItem, *, windowed_audio: bool, opts: DecodeOptions) -> list[Part]:
     """Split a decoded item into the media of each request it needs."""
     if d.image is not None:
-        return [Part({"image": d.image}, int(d.info.get("num_tokens", 0)) + 2)]
+        return [Part({"image": d.image}, image_tokens(d.info))]
     if d.video is not None:
-        mm: dict[str, Any] = {"video": (list(d.video.frames), _video_metadata(d))}
-        tokens = video_tokens(d, tokens_per_frame_of)
+        mm: dict[str, Any] = {"video": (list(d.video.frames), video_metadata(d.video))}
+        tokens = video_tokens(d.video, opts)
         if d.audio is not None and d.audio.size:
             clip = pad_to_token_multiple(np.array(d.audio[: int(WINDOW_SECONDS * SAMPLE_RATE)], dtype=np.float32))
             mm["audio"] = (clip, SAMPLE_RATE)
-            tokens += num_audio_tokens(clip.size) + 2
+            tokens += audio_tokens(clip.size)
         return [Part(mm, tokens, 0.0, float(d.video.duration))]
     if d.audio is not None:
         x = d.audio
@@ -150,7 +167,7 @@ def build_parts(d: DecodedItem, *, windowed_audio: bool, tokens_per_frame_of: An
         parts = []
         for s, e in spans:
             window = _clip(x, s, e)
-            tokens = num_audio_tokens(window.size) + 2
+            tokens = audio_tokens(window.size)
             parts.append(Part({"audio": (window, SAMPLE_RATE)}, tokens, s / SAMPLE_RATE, e / SAMPLE_RATE))
         return parts
     return []
@@ -188,13 +205,12 @@ def engine_media(mm: dict[str, Any] | None) -> dict[str, Any] | None:
 
 def language_parts(parts: list[Part]) -> list[Part]:
     """With `--language auto`, one language-identification request per speech window (the
-    window's audio alone, answered with a constrained choice of codes; see requests.py)."""
+    window's audio alone, answered with a constrained choice of codes; see builder.py)."""
     found = []
     for i, part in enumerate(parts):
         audio = part.mm.get("audio")
         if part.detects is None and audio is not None:
-            tokens = num_audio_tokens(audio[0].size) + 2
-            found.append(Part({"audio": audio}, tokens, part.start, part.end, detects=i))
+            found.append(Part({"audio": audio}, audio_tokens(audio[0].size), part.start, part.end, detects=i))
     return found
 
 
@@ -224,7 +240,7 @@ def stitch(unit: Unit) -> tuple[str, list[dict[str, Any]] | None, Generation | N
     """(text, segments, a representative generation) for a finished unit; language
     identification requests are not part of the text nor of the token counts.
 
-    Windows do not overlap (cuts fall in the quietest stretch between 20 and 30 s), so
+    Windows do not overlap (VAD windows of speech, or cuts at the quietest point), so
     stitching is concatenation in time order; nothing needs de-duplicating.
     """
     pairs = [(p, g) for p, g in zip(unit.parts, unit.results, strict=True) if p.detects is None]
@@ -303,6 +319,8 @@ def to_record(unit: Unit, model: str) -> OutputRecord:
 
 @dataclass
 class EngineRequest:
+    """One request for the engine: what request building hands the feeding loop (job or run-batch)."""
+
     request_id: str
     prompt: str
     multi_modal_data: dict[str, Any] | None
@@ -310,3 +328,9 @@ class EngineRequest:
     payload: Any = None  # the runner's context for this request, returned untouched
     structured: dict[str, Any] | None = None  # {"json": schema} or {"choice": [...]}
     params: Any = None  # vLLM SamplingParams used as given instead of `sampling` (run-batch)
+
+    def with_media_read(self) -> EngineRequest:
+        """The request as an engine takes it: a window of spilled long audio is read now (a
+        queued request keeps only the reference, so windows waiting their turn hold no samples)."""
+        mm = engine_media(self.multi_modal_data)
+        return self if mm is self.multi_modal_data else dataclasses.replace(self, multi_modal_data=mm)

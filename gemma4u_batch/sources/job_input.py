@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 from ..config.job import JobConfig
 from ..config.tasks import is_speech_task
@@ -81,10 +81,6 @@ class JobInput:
         extra = "".join(f", {k}={v}" for k, v in (("split", c.split), ("column", c.column)) if v)
         mods = f", modalities={','.join(m.value for m in c.modalities)}" if c.modalities else ""
         return f"{kind} {where}{extra}{mods}"
-
-    def count_missing(self, has_record: Callable[[WorkItem], bool]) -> int:
-        """Items without a current record (a streamed pass, flat memory)."""
-        return sum(1 for i in self.items() if not has_record(i))
 
     def count_in_background(self, counters: Counters) -> None:
         """Count the items on a side thread so progress can show a total and an ETA

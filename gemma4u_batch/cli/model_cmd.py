@@ -1,16 +1,20 @@
-"""`gemma4u model verify`: does this vLLM setup compute what the reference model computes?
+"""`gemma4u model tiny` and `gemma4u model verify` (registered on the `model` sub-app by app.py).
 
-Registered on the `model` sub-app by cli/app.py. Runs a text, image, two-image, audio and
-video prompt through vLLM and through transformers (float32) and prints, per prompt, the
-largest |Δ logprob| and whether the greedy continuations agree. Exit 0 when every prompt
-agrees within the tolerance, 1 otherwise, 2 on a usage error.
+`model tiny` writes a tiny random-weight checkpoint, to run the real code paths offline.
+
+`model verify`: does this vLLM setup compute what the reference model computes? It runs a
+text, image, two-image, audio and video prompt through vLLM and through transformers
+(float32) and prints, per prompt, the largest |Δ logprob| and whether the greedy
+continuations agree. Exit 0 when every prompt agrees within the tolerance, 1 otherwise, 2 on
+a usage error.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -111,3 +115,23 @@ def verify(
     if not all_ok:
         err.print("[bold red]Parity check failed[/]: see the reports above.")
         raise typer.Exit(ExitCode.FAILED)
+
+
+def tiny(
+    out_dir: Annotated[Path, typer.Argument(help="Folder to write the checkpoint into.")],
+    seed: Annotated[int, typer.Option(help="Weight seed (same seed → same checkpoint).")] = 0,
+) -> None:
+    """Write a tiny random-weight Gemma 4 Unified checkpoint (a few MB).
+
+    Its outputs are meaningless text: it exists to run the real code paths offline.
+    """
+    from ..verify.tiny_model import build_tiny_checkpoint
+    from .launch import err, fail
+
+    if out_dir.exists() and not out_dir.is_dir():
+        fail(f"not a folder: {out_dir}")
+    try:
+        build_tiny_checkpoint(out_dir, seed=seed)
+    except PermissionError as exc:
+        fail(f"cannot write {out_dir}: {exc.strerror}")
+    err.print(f"Wrote tiny Gemma 4 Unified checkpoint to {out_dir} (random weights: its text is meaningless).")

@@ -1,0 +1,73 @@
+"""`gemma4u status OUT`: how far a job is, from OUT's index alone."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+
+from ..config.job import JobConfig
+from ..errors import UsageError
+from .options import OutFolder
+
+
+def status(
+    out: OutFolder,
+    json_out: Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")] = False,
+    count_pending: Annotated[
+        bool, typer.Option(help="Also enumerate the input to count items without a record (reads the input's listing).")
+    ] = False,
+) -> None:
+    """Done, errors, throughput, last update, whether a run is active (from OUT's index: no
+    record is read); with --count-pending, how many input items have no record yet."""
+    import json
+
+    from ..store.layout import OutLayout
+    from ..store.ledger import age, read_status
+
+    layout = OutLayout(out)
+    if not layout.meta.exists():
+        raise UsageError(f"{out} is not a gemma4u output folder")
+    st = read_status(layout)
+    if count_pending and st.input and layout.run_manifest.exists():
+        st.pending = _count_pending(layout)
+    if json_out:
+        print(json.dumps(st.to_dict(), default=str))
+        return
+    from rich.table import Table
+
+    t = Table(title=f"gemma4u status: {out}", show_header=False)
+    state = "running" if st.active else ("complete" if st.complete else "incomplete (rerun to resume)")
+    t.add_row("state", state)
+    t.add_row("model", str(st.model))
+    t.add_row("input", str(st.input))
+    t.add_row("records (current)", str(st.records))
+    t.add_row("done", str(st.done))
+    t.add_row("errors", str(st.errors))
+    for kind, n in sorted(st.errors_by_kind.items()):
+        t.add_row(f"  {kind}", str(n))
+    t.add_row("pending", "?" if st.pending is None else str(st.pending))
+    t.add_row("superseded records", str(st.superseded))
+    t.add_row("parts / writers", f"{st.parts} / {len(st.writers)} ({st.active_writers} active)")
+    t.add_row("throughput", "-" if st.throughput is None else f"{st.throughput:.2f} records/s")
+    t.add_row("last update", age(st.last_update))
+    Console(highlight=False).print(t)
+
+
+def _count_pending(layout: Any) -> int | None:
+    """The input's pending items for the job OUT's run.json describes, the whole job (every
+    shard): what a rerun of it would generate (job/quickcheck.py). None if the input is gone."""
+    import json
+
+    from ..job.quickcheck import count_pending
+    from ..sources.job_input import JobInput
+
+    man = json.loads(layout.run_manifest.read_text())
+    try:
+        update = {"output": str(layout.root), "overwrite": False, "shard": None, "ray": None}
+        config = JobConfig(**{**man["config"], **update})
+        return count_pending(config, JobInput(config).items(), man["guard"]["model_fingerprint"])
+    except (UsageError, ValidationError, KeyError):
+        return None
