@@ -1,10 +1,9 @@
-"""Shared fixtures. Engine tests share one real vLLM engine on the tiny checkpoint
-(start-up takes ~30-60 s on CPU); CLI subprocess runs are kept few."""
+"""Shared fixtures (plain helpers are in helpers.py). Engine tests share one real vLLM engine on
+the tiny checkpoint (start-up takes ~30-60 s on CPU); CLI subprocess runs are kept few."""
 
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,9 +16,6 @@ if TYPE_CHECKING:
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
-REPO = Path(__file__).resolve().parent.parent
-GEMMA4U = str(Path(sys.executable).with_name("gemma4u"))
 
 
 @pytest.fixture(scope="session")
@@ -43,3 +39,19 @@ def shared_engine(tiny_model: Path) -> Iterator[VllmEngine]:
     ).start()
     yield eng
     eng.shutdown()
+
+
+@pytest.fixture
+def reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Ids of the items the decode stage opened (inline decoding: `workers=0`)."""
+    import gemma4u_batch.decode as decode_mod
+
+    seen: list[str] = []
+    real = decode_mod.read_input
+
+    def counting(item, opts):
+        seen.append(item.id)
+        return real(item, opts)
+
+    monkeypatch.setattr(decode_mod, "read_input", counting)
+    return seen

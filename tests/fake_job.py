@@ -1,33 +1,20 @@
 """A gemma4u job on the FakeEngine in its own process, for the fast SIGKILL-at-random-points
 test of the commit protocol (the real engine's resume is tested in test_e2e_resume.py).
+Tests start it with `helpers.fake_job`.
 
 It is not the CLI and maps no exit codes: exit codes, signals included, are tested by running the
 real `gemma4u` (test_exit_codes.py). An exception here is a traceback and exit 1.
 
-usage: python -m tests.fake_job IN OUT [--step-delay S] [--commit-every N]
+usage: python -m tests.fake_job IN OUT [--step-delay S] [--commit-every N] [--format F]
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
-from gemma4u_batch.config.job import JobConfig
-from gemma4u_batch.console import Reporter
-from gemma4u_batch.engine.fake import FakeEngine
-from gemma4u_batch.job.job import run_job
-
-
-class SlowFakeEngine(FakeEngine):
-    def __init__(self, delay: float) -> None:
-        super().__init__(max_in_flight=4, steps_to_finish=2)
-        self.delay = delay
-
-    def step(self):
-        time.sleep(self.delay)
-        return super().step()
+from tests.helpers import SlowFakeEngine, run_fake
 
 
 def main() -> int:
@@ -38,10 +25,8 @@ def main() -> int:
     ap.add_argument("--commit-every", type=int, default=4)
     ap.add_argument("--format", default="jsonl")
     a = ap.parse_args()
-    config = JobConfig(
-        input=a.input, output=a.output, model="fake-model", workers=1, commit_every=a.commit_every, format=a.format
-    )
-    summary = run_job(config, SlowFakeEngine(a.step_delay), reporter=Reporter("quiet"))
+    engine = SlowFakeEngine(a.step_delay)
+    summary = run_fake(a.input, a.output, engine=engine, workers=1, commit_every=a.commit_every, format=a.format)
     if summary.already_complete:
         print("Nothing to do", file=sys.stderr)
     return 0

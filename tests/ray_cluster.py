@@ -159,7 +159,7 @@ def leave_local_ray_state(home: Path, model: Path, base: dict[str, str] | None =
     cannot rely on. Returns the token file."""
     import psutil
 
-    from .conftest import GEMMA4U
+    from .helpers import GEMMA4U
 
     sandbox_home(home)
     with tempfile.TemporaryDirectory(prefix="g4ray-auto-") as tmp:

@@ -10,7 +10,7 @@ from gemma4u_batch.decode import DecodeOptions
 from gemma4u_batch.decode.image import decode_image, num_image_tokens, target_size
 from gemma4u_batch.errors import ItemError
 
-from .media import _gif, jpeg_bytes, photo, png_bytes
+from .helpers import gif_bytes, jpeg_bytes, photo, png_bytes
 
 OPTS = DecodeOptions(image_tokens=280)
 
@@ -77,7 +77,7 @@ def test_cmyk_gif_webp_decode_to_rgb() -> None:
     assert out.mode == "RGB" and info["format"] == "JPEG"
     # Colours survive the CMYK round trip (not inverted): the suit is bright.
     assert np.asarray(out).mean() > 60
-    out, info = decode_image(_gif(astro), OPTS)
+    out, info = decode_image(gif_bytes(astro), OPTS)
     assert out.mode == "RGB" and info["format"] == "GIF"
     buf = io.BytesIO()
     astro.save(buf, format="WEBP")

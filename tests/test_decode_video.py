@@ -15,66 +15,12 @@ from gemma4u_batch.decode.options import DecodeOptions
 from gemma4u_batch.decode.video import apply_rotation, decode_video, sample_indices
 from gemma4u_batch.errors import ItemError
 
+from .helpers import VIDEO_FPS, VIDEO_FRAMES, VIDEO_SIZE, gray_level, make_video
+
 OPTS = DecodeOptions()
-W, H, N, FPS = 96, 64, 30, 25
+(W, H), N, FPS = VIDEO_SIZE, VIDEO_FRAMES, VIDEO_FPS
 # 96x64 at 70 tokens per frame: transformers' formula gives 480x288 (60 tokens).
 TARGET = (480, 288)
-
-
-def _gray(i: int) -> int:
-    """Each frame is flat gray with a level encoding its index, so a test can tell which
-    frame was really returned."""
-    return 30 + 7 * i
-
-
-def _make_video(
-    path,
-    fmt: str,
-    codec: str,
-    n: int = N,
-    w: int = W,
-    h: int = H,
-    rotation: float | None = None,
-    audio: str | None = None,
-    marker: bool = False,
-    noise: bool = False,
-    options: dict | None = None,
-) -> bytes:
-    rng = np.random.default_rng(0)
-    with av.open(str(path), "w", format=fmt, options=options or {}) as c:
-        s = c.add_stream(codec, rate=FPS)
-        s.width, s.height, s.pix_fmt = w, h, "yuv420p"
-        s.bit_rate = 4_000_000  # mpeg4's default is low enough to shift flat gray levels
-        if rotation is not None:
-            s.set_display_rotation(rotation)
-        a = None
-        if audio:
-            a = c.add_stream(audio, rate=44100)
-            a.layout = "stereo"
-        for i in range(n):
-            img = np.full((h, w, 3), _gray(i) % 256, np.uint8)
-            if noise:  # texture so every frame costs about the same number of bytes
-                img = np.clip(img + rng.integers(-40, 41, img.shape), 0, 255).astype(np.uint8)
-            if marker:  # red block in the stored frame's top-left corner
-                img[: h // 4, : w // 4] = (255, 0, 0)
-            f = av.VideoFrame.from_ndarray(img, format="rgb24")
-            f.pts = i
-            for p in s.encode(f):
-                c.mux(p)
-        for p in s.encode(None):
-            c.mux(p)
-        if a is not None:
-            t = np.arange(int(44100 * n / FPS)) / 44100
-            x = (0.4 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
-            for i in range(0, len(x), 1024):
-                chunk = np.ascontiguousarray(np.stack([x[i : i + 1024]] * 2))
-                fr = av.AudioFrame.from_ndarray(chunk, format="fltp", layout="stereo")
-                fr.sample_rate, fr.pts = 44100, i
-                for p in a.encode(fr):
-                    c.mux(p)
-            for p in a.encode(None):
-                c.mux(p)
-    return path.read_bytes()
 
 
 def _kind(data: bytes, opts: DecodeOptions = OPTS) -> ItemError:
@@ -98,7 +44,7 @@ CONTAINERS = [
 def test_containers_sample_the_right_frames(tmp_path, name, fmt, codec, demuxer):
     if codec not in av.codecs_available:
         pytest.skip(f"{codec} not in this PyAV build")
-    video, audio, info = decode_video(_make_video(tmp_path / name, fmt, codec), OPTS)
+    video, audio, info = decode_video(make_video(tmp_path / name, fmt, codec), OPTS)
     want = [int(i) for i in np.arange(8) * N // 8]
     assert want == [0, 3, 7, 11, 15, 18, 22, 26]
     assert video.indices == want and info["indices"] == want
@@ -112,7 +58,7 @@ def test_containers_sample_the_right_frames(tmp_path, name, fmt, codec, demuxer)
     for i, img in zip(want, video.frames, strict=True):
         assert img.mode == "RGB" and img.size == TARGET
         level = float(np.asarray(img, dtype=np.float64).mean())
-        assert abs(level - _gray(i)) < 3.0, (i, level)
+        assert abs(level - gray_level(i)) < 3.0, (i, level)
 
 
 def test_sample_indices_formula():
@@ -127,20 +73,20 @@ def test_sample_indices_formula():
 
 
 def test_video_fps_option(tmp_path):
-    data = _make_video(tmp_path / "a.mp4", "mp4", "h264")
+    data = make_video(tmp_path / "a.mp4", "mp4", "h264")
     video, _, _ = decode_video(data, dataclasses.replace(OPTS, video_fps=5.0))
     assert video.indices == [0, 5, 10, 15, 20, 25]  # 1.2 s * 5 fps = 6 frames
     for i, img in zip(video.indices, video.frames, strict=True):
-        assert abs(float(np.asarray(img, dtype=np.float64).mean()) - _gray(i)) < 3.0
+        assert abs(float(np.asarray(img, dtype=np.float64).mean()) - gray_level(i)) < 3.0
 
 
 def test_short_video_gives_every_frame(tmp_path):
-    video, _, _ = decode_video(_make_video(tmp_path / "a.webm", "webm", "libvpx", n=5), OPTS)
+    video, _, _ = decode_video(make_video(tmp_path / "a.webm", "webm", "libvpx", n=5), OPTS)
     assert video.indices == [0, 1, 2, 3, 4] and video.total_frames == 5 and len(video.frames) == 5
 
 
 def test_max_video_frames_caps_the_count(tmp_path):
-    data = _make_video(tmp_path / "a.mkv", "matroska", "h264")
+    data = make_video(tmp_path / "a.mkv", "matroska", "h264")
     video, _, _ = decode_video(data, dataclasses.replace(OPTS, video_frames=100, max_video_frames=12))
     assert video.indices == [int(i) for i in np.arange(12) * N // 12]
     assert len(video.frames) == 12
@@ -149,7 +95,7 @@ def test_max_video_frames_caps_the_count(tmp_path):
 def test_rotation_metadata_makes_frames_upright(tmp_path):
     # A phone's portrait clip: stored landscape, display matrix says turn 90° clockwise
     # (PyAV reads it back as frame.rotation == -90, counter-clockwise).
-    data = _make_video(tmp_path / "r.mp4", "mp4", "h264", rotation=-90, marker=True)
+    data = make_video(tmp_path / "r.mp4", "mp4", "h264", rotation=-90, marker=True)
     video, _, info = decode_video(data, OPTS)
     assert info["rotation"] == 90 and info["source_size"] == [W, H]
     img = video.frames[0]
@@ -161,7 +107,7 @@ def test_rotation_metadata_makes_frames_upright(tmp_path):
 
 
 def test_rotation_180_in_matroska(tmp_path):
-    data = _make_video(tmp_path / "r.mkv", "matroska", "h264", rotation=180, marker=True)
+    data = make_video(tmp_path / "r.mkv", "matroska", "h264", rotation=180, marker=True)
     video, _, info = decode_video(data, OPTS)
     assert info["rotation"] == 180
     arr = np.asarray(video.frames[0])
@@ -180,7 +126,7 @@ def test_apply_rotation_is_clockwise():
 
 
 def test_with_audio_returns_16k_mono_soundtrack(tmp_path):
-    data = _make_video(tmp_path / "av.mp4", "mp4", "h264", n=50, audio="aac")
+    data = make_video(tmp_path / "av.mp4", "mp4", "h264", n=50, audio="aac")
     video, audio, info = decode_video(data, dataclasses.replace(OPTS, with_audio=True))
     assert len(video.frames) == 8
     assert audio is not None and audio.dtype == np.float32 and audio.ndim == 1
@@ -193,13 +139,13 @@ def test_with_audio_returns_16k_mono_soundtrack(tmp_path):
 
 
 def test_with_audio_on_a_silent_video_is_none(tmp_path):
-    data = _make_video(tmp_path / "v.mp4", "mp4", "h264")
+    data = make_video(tmp_path / "v.mp4", "mp4", "h264")
     _, audio, info = decode_video(data, dataclasses.replace(OPTS, with_audio=True))
     assert audio is None and "audio_error" not in info
 
 
 def test_max_video_seconds(tmp_path):
-    data = _make_video(tmp_path / "a.mp4", "mp4", "h264")
+    data = make_video(tmp_path / "a.mp4", "mp4", "h264")
     err = _kind(data, dataclasses.replace(OPTS, max_video_seconds=1.0))
     assert err.kind == "too_long" and "max_video_seconds" in err.message
 
@@ -227,20 +173,20 @@ def test_audio_only_file_has_no_frames(tmp_path):
 
 
 def test_truncated_mp4_moov_at_end(tmp_path):
-    data = _make_video(tmp_path / "a.mp4", "mp4", "h264")
+    data = make_video(tmp_path / "a.mp4", "mp4", "h264")
     err = _kind(data[: len(data) // 2])
     assert err.kind == "corrupt"
 
 
 def test_truncated_faststart_mp4(tmp_path):
-    data = _make_video(tmp_path / "a.mp4", "mp4", "h264", n=60, noise=True, options={"movflags": "faststart"})
+    data = make_video(tmp_path / "a.mp4", "mp4", "h264", n=60, noise=True, options={"movflags": "faststart"})
     assert 0 < data.find(b"moov") < data.find(b"mdat")
     err = _kind(data[: len(data) // 2])
     assert err.kind == "corrupt" and "truncated" in err.message
 
 
 def test_truncated_webm_keeps_what_is_there(tmp_path):
-    data = _make_video(tmp_path / "a.webm", "webm", "libvpx", n=60)
+    data = make_video(tmp_path / "a.webm", "webm", "libvpx", n=60)
     try:
         video, _, _ = decode_video(data[: int(len(data) * 0.6)], OPTS)
     except ItemError as exc:
@@ -249,10 +195,10 @@ def test_truncated_webm_keeps_what_is_there(tmp_path):
         assert 0 < video.total_frames < 60
         assert video.indices == [int(i) for i in np.arange(8) * video.total_frames // 8]
         for i, img in zip(video.indices, video.frames, strict=True):
-            assert abs(float(np.asarray(img, dtype=np.float64).mean()) - _gray(i) % 256) < 3.0
+            assert abs(float(np.asarray(img, dtype=np.float64).mean()) - gray_level(i) % 256) < 3.0
 
 
 def test_header_only_container_has_no_frames_or_is_corrupt(tmp_path):
-    data = _make_video(tmp_path / "a.webm", "webm", "libvpx")
+    data = make_video(tmp_path / "a.webm", "webm", "libvpx")
     err = _kind(data[:200])
     assert err.kind in ("no_frames", "corrupt")

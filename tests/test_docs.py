@@ -14,7 +14,8 @@ import pytest
 
 from gemma4u_batch.cli import reference
 
-REPO = Path(__file__).resolve().parent.parent
+from .helpers import REPO
+
 DOCS = sorted([REPO / "README.md", *(REPO / "docs").glob("*.md")])
 REGENERATE = f".venv/bin/{reference.REGENERATE}"
 

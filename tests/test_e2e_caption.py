@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -11,12 +10,8 @@ import pytest
 from gemma4u_batch.config.job import JobConfig, SamplingConfig
 from gemma4u_batch.console import Reporter
 from gemma4u_batch.job.job import run_job
-from gemma4u_batch.store.layout import OutLayout
-from gemma4u_batch.store.writer import iter_committed_records
 
-from .cli_checks import documented_code, engine_noise
-from .conftest import GEMMA4U
-from .media import write_image_folder
+from .helpers import documented_code, engine_noise, gemma4u, records_by_id, tiny_args, write_image_folder
 
 pytestmark = pytest.mark.engine
 
@@ -36,10 +31,6 @@ REQUIRED = {
 }
 
 
-def gemma4u(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([GEMMA4U, *args], capture_output=True, text=True, timeout=timeout)
-
-
 def test_cli_caption_folder_with_bad_files(tmp_path: Path, tiny_model: Path) -> None:
     root = tmp_path / "images"
     expected = write_image_folder(root)
@@ -49,20 +40,13 @@ def test_cli_caption_folder_with_bad_files(tmp_path: Path, tiny_model: Path) -> 
         str(root),
         "-o",
         str(out),
-        "--model",
-        str(tiny_model),
-        "--dtype",
-        "float32",
-        "--max-tokens",
-        "12",
-        "--max-model-len",
-        "4096",
+        *tiny_args(tiny_model, max_tokens=12),
         "--workers",
         "2",
         "--progress",
         "json",
     ]
-    proc = gemma4u(*args)
+    proc = gemma4u(*args, timeout=900)
     assert proc.returncode == documented_code("OK"), proc.stderr[-3000:]
     # By default only gemma4u's own output: no vLLM/torch/Triton lines, stdout left alone.
     assert proc.stdout == ""
@@ -84,14 +68,14 @@ def test_cli_caption_folder_with_bad_files(tmp_path: Path, tiny_model: Path) -> 
     assert progress and progress[-1]["done"] == len(expected)
 
     # The same command again: nothing to do, no engine start, nothing new written.
-    again = gemma4u(*args)
+    again = gemma4u(*args, timeout=900)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "Nothing to do" in again.stderr
     assert sorted(p for p in out.iterdir() if p.is_file()) == files
 
 
 def _texts(out: Path) -> dict[str, str]:
-    return {r["id"]: r["text"] for r in iter_committed_records(OutLayout(out))}
+    return {i: r["text"] for i, r in records_by_id(out).items()}
 
 
 def test_same_seed_same_text(tmp_path: Path, tiny_model: Path, shared_engine) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import json
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -17,15 +16,11 @@ from gemma4u_batch.config.job import JobConfig, SamplingConfig
 from gemma4u_batch.config.languages import DETECT_CODES
 from gemma4u_batch.console import Reporter
 from gemma4u_batch.job.job import run_job
-from gemma4u_batch.store.layout import OutLayout
 from gemma4u_batch.store.subtitles import clean_text
-from gemma4u_batch.store.writer import iter_committed_records
 
-from .conftest import GEMMA4U, REPO
-from .media import jpeg_bytes, photo
+from .helpers import EXAMPLES, gemma4u, jpeg_bytes, photo, records_by_id, tiny_args
 
 pytestmark = pytest.mark.engine
-EXAMPLES = REPO / "examples"
 
 
 def _run(shared_engine, tiny_model: Path, inp: Path | None, out: Path, **kw) -> dict[str, dict]:
@@ -38,10 +33,7 @@ def _run(shared_engine, tiny_model: Path, inp: Path | None, out: Path, **kw) -> 
         **kw,
     )
     run_job(config, shared_engine, reporter=Reporter("quiet"))
-    recs = list(iter_committed_records(OutLayout(out)))
-    by_id = {r["id"]: r for r in recs}
-    assert len(by_id) == len(recs), "duplicate ids"
-    return by_id
+    return records_by_id(out)
 
 
 def _encode_av(path: Path, container: str, vcodec: str | None, acodec: str | None, seconds: float = 2.0) -> None:
@@ -175,32 +167,20 @@ def test_transcribe_95s_file_cli(tmp_path: Path, tiny_model: Path) -> None:
     shutil.copy(EXAMPLES / "audio" / "lecture_95s.flac", inp / "lecture.flac")
     shutil.copy(EXAMPLES / "video" / "moving_square.mp4", inp / "with_sound.mp4")
     out = tmp_path / "out"
-    proc = subprocess.run(
-        [
-            GEMMA4U,
-            "transcribe",
-            str(inp),
-            "-o",
-            str(out),
-            "--model",
-            str(tiny_model),
-            "--dtype",
-            "float32",
-            "--max-tokens",
-            "8",
-            "--max-model-len",
-            "4096",
-            "--format",
-            "jsonl,srt,vtt,txt,tsv,json",
-            "--max-cue-seconds",
-            "5",
-            "--max-lines",
-            "1",
-            "--progress",
-            "quiet",
-        ],
-        capture_output=True,
-        text=True,
+    proc = gemma4u(
+        "transcribe",
+        str(inp),
+        "-o",
+        str(out),
+        *tiny_args(tiny_model, max_tokens=8),
+        "--format",
+        "jsonl,srt,vtt,txt,tsv,json",
+        "--max-cue-seconds",
+        "5",
+        "--max-lines",
+        "1",
+        "--progress",
+        "quiet",
         timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]

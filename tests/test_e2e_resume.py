@@ -16,10 +16,9 @@ from gemma4u_batch.config.job import JobConfig, SamplingConfig
 from gemma4u_batch.console import Reporter
 from gemma4u_batch.job.job import run_job
 from gemma4u_batch.store.layout import OutLayout
-from gemma4u_batch.store.writer import committed_parts, iter_committed_records
+from gemma4u_batch.store.writer import committed_parts
 
-from .conftest import GEMMA4U
-from .test_resume import data_records, make_images
+from .helpers import GEMMA4U, data_records, gemma4u, make_images, records_by_id, tiny_args
 
 pytestmark = pytest.mark.engine
 
@@ -34,14 +33,7 @@ def test_cli_sigkill_then_resume(tmp_path: Path, tiny_model: Path, shared_engine
         str(inp),
         "-o",
         str(out),
-        "--model",
-        str(tiny_model),
-        "--dtype",
-        "float32",
-        "--max-tokens",
-        "24",
-        "--max-model-len",
-        "4096",
+        *tiny_args(tiny_model, max_tokens=24),
         "--commit-every",
         "3",
         "--max-num-seqs",
@@ -69,11 +61,9 @@ def test_cli_sigkill_then_resume(tmp_path: Path, tiny_model: Path, shared_engine
     ref = tmp_path / "ref"
     config = JobConfig(input=inp, output=ref, model=str(tiny_model), sampling=SamplingConfig(max_tokens=24))
     run_job(config, shared_engine, reporter=Reporter("quiet"))
-    expected = {r["id"]: r["text"] for r in iter_committed_records(OutLayout(ref))}
+    expected = {i: r["text"] for i, r in records_by_id(ref).items()}
     assert {r["id"]: r["text"] for r in recs} == expected
-    status = subprocess.run(
-        [GEMMA4U, "status", str(out), "--json", "--count-pending"], capture_output=True, text=True, timeout=120
-    )
+    status = gemma4u("status", str(out), "--json", "--count-pending", timeout=120)
     st = json.loads(status.stdout)
     assert st["records"] == 40 and st["pending"] == 0 and st["complete"] and not st["active"]
 

@@ -1,5 +1,6 @@
-"""Scale-out with the same exactly-once output: --shard runs and Ray replicas
-(real engines on the tiny checkpoint; its text is meaningless but deterministic)."""
+"""Scale-out with the same exactly-once output: --shard runs and Ray replicas (real engines on
+the tiny checkpoint; its text is meaningless but deterministic), and the Ray driver's refusals and
+replacement bookkeeping without a cluster."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from gemma4u_batch.store.layout import OutLayout
 from gemma4u_batch.store.ledger import read_status
 from gemma4u_batch.store.writer import committed_parts
 
-from .conftest import GEMMA4U
+from .helpers import GEMMA4U, data_records, documented_code, make_images
 from .ray_cluster import (
     LOOPBACK,
     RayCluster,
@@ -35,7 +36,6 @@ from .ray_cluster import (
     sandbox_home,
     used_home,
 )
-from .test_resume import data_records, make_images
 
 __all__ = ["machine_state", "ray_cluster", "used_home"]  # module-scoped fixtures from ray_cluster.py
 
@@ -227,6 +227,49 @@ def test_refusal_messages_name_cause_and_fix(monkeypatch: pytest.MonkeyPatch, tm
     assert _refusal(ConnectionError("Could not find any running Ray instance."), "auto", generic=False) is None
 
 
+def test_ray_replicas_that_keep_dying_are_an_engine_failure() -> None:
+    """Under --ray a replica whose process dies (OOM kill, node lost) is replaced and its shard
+    requeued; past MAX_REPLACEMENTS the job stops with EngineFailure (exit 75), and a replica's
+    own EngineFailure / OutputError / UsageError is re-raised as itself (not Ray's wrapper)."""
+    from collections import deque
+
+    from gemma4u_batch.cli.app import _exit_code
+    from gemma4u_batch.errors import EngineFailure, OutputError
+    from gemma4u_batch.scale.ray_runner import MAX_REPLACEMENTS, _Driver
+
+    ray = pytest.importorskip("ray")
+
+    class Cluster:  # the part of the `ray` module the driver's bookkeeping uses
+        exceptions = ray.exceptions
+
+        def __init__(self, error: BaseException) -> None:
+            self.error = error
+
+        def get(self, ref: object) -> dict:
+            raise self.error
+
+    def collect(error: BaseException, replacements: int = 0) -> tuple[_Driver, deque[int]]:
+        driver = _Driver.__new__(_Driver)  # no cluster: only what _collect touches
+        driver.ray, driver.replacements, driver.idle = Cluster(error), replacements, []
+        driver.running = {"ref": ("actor", 3)}
+        driver._spawn = lambda: "fresh actor"  # type: ignore[method-assign]
+        queue: deque[int] = deque([4])
+        assert driver._collect("ref", queue) is None
+        return driver, queue
+
+    died = ray.exceptions.RayActorError()
+    driver, queue = collect(died)
+    assert list(queue) == [3, 4] and driver.idle == ["fresh actor"] and driver.replacements == 1
+    with pytest.raises(EngineFailure, match=f"replicas died {MAX_REPLACEMENTS + 1} times") as info:
+        collect(died, replacements=MAX_REPLACEMENTS)
+    assert _exit_code(info.value) == ExitCode.ENGINE_FAILED
+    for cause in (EngineFailure("the engine died 1 times"), OutputError("cannot write"), UsageError("bad")):
+        wrapped = ray.exceptions.RayTaskError("run_shard", "Traceback ...", cause)
+        with pytest.raises(type(cause)) as raised:
+            collect(wrapped)
+        assert raised.value is cause
+
+
 def _ray_caption(
     inputs: Path, out: Path, model: Path, cluster: RayCluster, *, commit_every: int, progress: str, replicas: int = 2
 ) -> list[str]:
@@ -294,7 +337,6 @@ def test_ray_lock_held_read_only_and_full_out_keep_their_exit_codes(inputs, tiny
     (the driver finds it), OUT full (a replica finds it: the run manifest cannot be written)."""
     import fcntl
 
-    from .cli_checks import documented_code
     from .mounts import fill_up, read_only, tmpfs
 
     out = tmp_path / "out"
@@ -342,7 +384,6 @@ def test_ray_driver_sigterm_and_sigint_commit_exit_130_and_resume_exactly_once(
 ):
     """SIGTERM, then (on the rerun) SIGINT: each run commits what finished, starts no new shard
     and exits 130 without a traceback; the third run finishes, every id once."""
-    from .cli_checks import documented_code
 
     out = tmp_path / "out"
     args = _ray_caption(inputs, out, tiny_model, ray_cluster, commit_every=1, progress="quiet")
@@ -366,8 +407,6 @@ def test_ray_engine_dying_past_its_restarts_exits_75(inputs, tiny_model, ray_clu
     """A replica's engine core is SIGKILLed with --engine-restarts 0: the replica's EngineFailure
     is the job's, 75 and one line (no traceback, no exit 1), finished work committed once."""
     import psutil
-
-    from .cli_checks import documented_code
 
     out = tmp_path / "out"
     args = _ray_caption(inputs, out, tiny_model, ray_cluster, commit_every=1, progress="quiet", replicas=1)

@@ -11,10 +11,8 @@ import pytest
 from gemma4u_batch.config.job import JobConfig, SamplingConfig
 from gemma4u_batch.console import Reporter
 from gemma4u_batch.job.job import run_job
-from gemma4u_batch.store.layout import OutLayout
-from gemma4u_batch.store.ledger import current_records
 
-from .test_resume import make_images
+from .helpers import make_images, records_by_task
 
 pytestmark = pytest.mark.engine
 
@@ -38,7 +36,7 @@ def test_json_schema_and_choices_on_the_real_engine(tmp_path: Path, tiny_model: 
             input=inp, output=tmp_path / out, model=str(tiny_model), sampling=SamplingConfig(max_tokens=160), **kw
         )
         run_job(config, shared_engine, reporter=Reporter("quiet"))
-        return {(r["id"], r["task"]): r for r in current_records(OutLayout(tmp_path / out))}
+        return records_by_task(tmp_path / out)
 
     recs = run("json", json_schema=SCHEMA)
     assert len(recs) == 6

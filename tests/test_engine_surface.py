@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import subprocess
+import os
 from pathlib import Path
 
 import pytest
@@ -22,8 +22,7 @@ from gemma4u_batch.store.guard import guard_of, guard_refusal
 from gemma4u_batch.store.layout import OutLayout
 from gemma4u_batch.store.runs import run_manifest
 
-from .cli_checks import documented_code
-from .conftest import GEMMA4U
+from .helpers import documented_code, gemma4u, job_flags, jpeg_bytes, photo, records_by_id
 
 
 def write_lora(folder: Path, rank: int = 4, seed: int = 0, scale: float = 0.5) -> Path:
@@ -50,17 +49,6 @@ def write_lora(folder: Path, rank: int = 4, seed: int = 0, scale: float = 0.5) -
     }
     (folder / "adapter_config.json").write_text(json.dumps(config))
     return folder
-
-
-def _flags(tmp_path: Path, **over: object) -> dict[str, object]:
-    """caption's flags at their defaults (as Typer passes them), with `over` applied."""
-    import inspect
-
-    from gemma4u_batch.cli.options import job_options
-
-    kw = {n: p.default for n, p in inspect.signature(job_options).parameters.items()}
-    kw.update(input=tmp_path, output=tmp_path / "out", **over)
-    return kw
 
 
 # ------------------------------------------------------------------ parsing and checks
@@ -110,8 +98,9 @@ def test_field_names_match_vllms_engine_args() -> None:
 def test_flags_reach_the_config_and_the_run_manifest(tmp_path: Path) -> None:
     lora = write_lora(tmp_path / "adapter")
     config = config_from_flags(
-        _flags(
+        job_flags(
             tmp_path,
+            tmp_path / "out",
             quantization="fp8",
             kv_cache_dtype="fp8_e5m2",
             revision="main",
@@ -136,10 +125,10 @@ def test_flags_reach_the_config_and_the_run_manifest(tmp_path: Path) -> None:
 
 def test_cli_errors_are_one_line(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match=r"^--lora: adapter folder not found"):
-        config_from_flags(_flags(tmp_path, lora=str(tmp_path / "missing")))
+        config_from_flags(job_flags(tmp_path, tmp_path / "out", lora=str(tmp_path / "missing")))
     (tmp_path / "notlora").mkdir()
     with pytest.raises(UsageError, match=r"^--lora: .* has no adapter_config.json"):
-        config_from_flags(_flags(tmp_path, lora=str(tmp_path / "notlora")))
+        config_from_flags(job_flags(tmp_path, tmp_path / "out", lora=str(tmp_path / "notlora")))
 
 
 # -------------------------------------------------------------- guard and content keys
@@ -262,14 +251,26 @@ def test_cli_unknown_engine_arg_fails_before_the_engine(tmp_path: Path) -> None:
         ["caption", str(tmp_path / "in"), "-o", str(tmp_path / "out")],
         ["run-batch", "-i", str(tmp_path / "b.jsonl"), "-o", str(tmp_path / "o.jsonl")],
     ):
-        proc = subprocess.run(
-            [GEMMA4U, *cmd, "--model", "no/such-model", "--engine-arg", "nonsense=1"],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        proc = gemma4u(*cmd, "--model", "no/such-model", "--engine-arg", "nonsense=1", timeout=120)
         assert proc.returncode == documented_code("USAGE")
         assert proc.stderr.strip().splitlines() == ["error: unknown engine argument 'nonsense' (see vLLM's EngineArgs)"]
+
+
+def test_batch_invariant_is_refused_on_cpu_before_the_engine_starts(tiny_model: Path) -> None:
+    """vLLM 0.32's batch-invariant kernels crash the CPU engine at its first request (three
+    engine deaths, exit 75); gemma4u says so up front instead."""
+    from vllm.platforms import current_platform
+
+    from gemma4u_batch.config.job import SamplingConfig
+    from gemma4u_batch.engine.vllm_engine import VllmEngine
+    from gemma4u_batch.prompting.units import EngineRequest
+
+    if not current_platform.is_cpu():
+        pytest.skip("on a GPU the option is passed through to vLLM (not tested here)")
+    eng = VllmEngine(model=str(tiny_model), engine=EngineConfig(batch_invariant=True)).start()
+    with pytest.raises(UsageError, match="needs a GPU"):
+        eng.add(EngineRequest("r1", "hi", None, SamplingConfig()))
+    assert eng._llm is None and os.environ.get("VLLM_BATCH_INVARIANT") != "1"
 
 
 # ------------------------------------------------------------------ on the real engine
@@ -284,9 +285,6 @@ def test_lora_applies_to_every_request(tmp_path: Path, tiny_model: Path, shared_
     from gemma4u_batch.console import Reporter
     from gemma4u_batch.engine.vllm_engine import open_engine
     from gemma4u_batch.job.job import run_job
-    from gemma4u_batch.store.writer import iter_committed_records
-
-    from .media import jpeg_bytes, photo
 
     root = tmp_path / "images"
     root.mkdir()
@@ -313,8 +311,8 @@ def test_lora_applies_to_every_request(tmp_path: Path, tiny_model: Path, shared_
     assert warned == [
         "gemma4u: WARNING: --lora: image attention stays bidirectional, but LoRA outputs are not parity-checked"
     ]
-    base = {r["id"]: r["text"] for r in iter_committed_records(OutLayout(tmp_path / "base"))}
-    adapted = {r["id"]: r["text"] for r in iter_committed_records(OutLayout(tmp_path / "lora"))}
+    base = {i: r["text"] for i, r in records_by_id(tmp_path / "base").items()}
+    adapted = {i: r["text"] for i, r in records_by_id(tmp_path / "lora").items()}
     assert base.keys() == adapted.keys() == {"astronaut.jpg", "coffee.jpg"}
     assert all(adapted.values()) and base != adapted
     manifest = json.loads(OutLayout(tmp_path / "lora").run_manifest.read_text())

@@ -25,17 +25,21 @@ from gemma4u_batch.errors import ExitCode
 from gemma4u_batch.store.layout import OutLayout
 from gemma4u_batch.store.writer import committed_parts
 
-from .cli_checks import documented_code, documented_codes, engine_noise
-from .conftest import GEMMA4U, REPO
-from .media import write_image_folder
+from .helpers import (
+    GEMMA4U,
+    REPO,
+    data_records,
+    documented_code,
+    documented_codes,
+    engine_noise,
+    gemma4u,
+    make_images,
+    tiny_args,
+    write_image_folder,
+)
 from .mounts import fill_up, read_only, tmpfs
-from .test_resume import data_records, make_images
 
 NOT_PROVOKED = {"FAILED": "an unexpected crash is a bug: no test provokes one on purpose"}
-
-
-def gemma4u(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([GEMMA4U, *args], capture_output=True, text=True, timeout=timeout)
 
 
 # ------------------------------------------------------------------------ the table
@@ -188,14 +192,7 @@ def test_engine_failure_then_sigterm_then_sigint(tmp_path: Path, tiny_model: Pat
         str(inp),
         "-o",
         str(out),
-        "--model",
-        str(tiny_model),
-        "--dtype",
-        "float32",
-        "--max-tokens",
-        "24",
-        "--max-model-len",
-        "4096",
+        *tiny_args(tiny_model, max_tokens=24),
         "--commit-every",
         "2",
         "--max-num-seqs",

@@ -19,25 +19,18 @@ from PIL import Image, ImageOps
 from typer.testing import CliRunner
 
 from gemma4u_batch.cli.app import app
-from gemma4u_batch.config.job import JobConfig
 from gemma4u_batch.config.languages import DETECT_CODES
-from gemma4u_batch.console import Reporter
-from gemma4u_batch.engine.fake import FakeEngine
 from gemma4u_batch.errors import UsageError
 from gemma4u_batch.export.dataset import ExportOptions, export
-from gemma4u_batch.job.job import run_job
+from gemma4u_batch.job.job import JobSummary
 
-from .conftest import GEMMA4U, REPO
+from .helpers import EXAMPLES, GEMMA4U, jpeg_bytes, make_images, photo, png_bytes, records, run_fake
 from .hub_standin import GITATTRIBUTES, HubStandin
-from .media import jpeg_bytes, photo, png_bytes
-from .test_resume import make_images
-
-EXAMPLES = REPO / "examples"
 
 
-def run(inp: Path, out: Path, **kw) -> object:
-    config = JobConfig(input=inp, output=out, model="fake-model", workers=0, commit_every=3, **kw)
-    return run_job(config, FakeEngine(), reporter=Reporter("quiet"))
+def run(inp: Path, out: Path, **settings) -> JobSummary:
+    """A FakeEngine job committing every 3 records (several parts, compacted at the end)."""
+    return run_fake(inp, out, commit_every=3, **settings)
 
 
 def load(folder: Path, tmp_path: Path):
@@ -370,10 +363,10 @@ def test_card_renders_the_run_facts(tmp_path: Path) -> None:
     assert f"* run id: `{man['run_id']}`, started {started}" in body
     assert "* split `train`: 6 rows (one per item and task) in 1 Parquet file(s)" in body
     assert "* tasks: `caption` (3 rows), `tags` (3 rows)" in body
-    prompts = {r["task"]: r["prompt"] for r in current_records_of(out)}
+    prompts = {r["task"]: r["prompt"] for r in records(out)}
     assert all(f"* prompt of `{task}`: {prompts[task]!r}" in body for task in ("caption", "tags"))
     assert "* sampling: max_tokens=33, temperature=0.5," in body
-    kinds = {r["error_kind"] for r in current_records_of(out) if r["error_kind"]}
+    kinds = {r["error_kind"] for r in records(out) if r["error_kind"]}
     assert kinds and f"* rows with errors (item and task): 2 ({kinds.pop()}: 2), left out" in body
     assert "gemma4u-batch 0.1.0" in body and f"datasets {man['versions']['datasets']}" in body
     recipe = tmp_path / "recipe.yaml"
@@ -385,13 +378,6 @@ def test_card_renders_the_run_facts(tmp_path: Path) -> None:
     assert "e.g. \"Caption the photo titled 't0'.\"" in body2 and "with errors" not in body2
 
 
-def current_records_of(out: Path) -> list[dict]:
-    from gemma4u_batch.store.layout import OutLayout
-    from gemma4u_batch.store.ledger import current_records
-
-    return list(current_records(OutLayout(out)))
-
-
 def test_exports_keep_every_record_column(tmp_path: Path) -> None:
     """Nothing of a record is dropped: the flat and the folder export have every column OUT's
     Parquet has (`fields` becomes the input's own columns), with the same values — after an
@@ -401,7 +387,7 @@ def test_exports_keep_every_record_column(tmp_path: Path) -> None:
     inp, out = tmp_path / "in", tmp_path / "out"
     make_images(inp, 3)
     run(inp, out, format="parquet")
-    first = {r["id"]: r["key"] for r in current_records_of(out)}
+    first = {r["id"]: r["key"] for r in records(out)}
     Image.new("RGB", (40, 30), (9, 9, 9)).save(inp / "img_0001.png")
     run(inp, out, format="parquet")
     table = pq.read_table(next(out.glob("*.parquet")))

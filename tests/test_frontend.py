@@ -8,14 +8,12 @@ from pathlib import Path
 import pytest
 
 from gemma4u_batch.config.job import JobConfig
-from gemma4u_batch.console import Reporter
 from gemma4u_batch.decode.patches import ImagePatches
 from gemma4u_batch.decode.workers import AUTO_MAX_WORKERS, auto_workers, worker_count
 from gemma4u_batch.engine.fake import FakeEngine
-from gemma4u_batch.job.job import run_job
 from gemma4u_batch.prompting.units import EngineRequest
 
-from .media import write_image_folder
+from .helpers import fake_config, run_fake, write_image_folder
 
 
 class CountingEngine(FakeEngine):
@@ -39,26 +37,26 @@ class CountingEngine(FakeEngine):
 
 
 def _config(inp: Path, out: Path, workers: int | str = 1) -> JobConfig:
-    return JobConfig(input=inp, output=out, model="fake-model", workers=workers, commit_every=3)
+    return fake_config(inp, out, workers=workers, commit_every=3)
 
 
 def test_engine_start_is_asked_before_the_first_request_and_never_on_a_finished_rerun(tmp_path: Path) -> None:
     write_image_folder(tmp_path / "in", with_bad=False)
     first = CountingEngine()
-    run_job(_config(tmp_path / "in", tmp_path / "out"), first, reporter=Reporter("quiet"))
+    run_fake(_config(tmp_path / "in", tmp_path / "out"), engine=first)
     assert first.prestarts >= 1 and first.adds_before_prestart == 0 and first.added > 0
     rerun = CountingEngine()
-    summary = run_job(_config(tmp_path / "in", tmp_path / "out"), rerun, reporter=Reporter("quiet"))
+    summary = run_fake(_config(tmp_path / "in", tmp_path / "out"), engine=rerun)
     assert summary.already_complete and rerun.prestarts == 0 and rerun.added == 0
 
 
 def test_workers_send_patches_only_to_an_engine_that_takes_them(tmp_path: Path) -> None:
     write_image_folder(tmp_path / "in", with_bad=False)
     takes = CountingEngine(accepts_patches=True)
-    run_job(_config(tmp_path / "in", tmp_path / "a"), takes, reporter=Reporter("quiet"))
+    run_fake(_config(tmp_path / "in", tmp_path / "a"), engine=takes)
     assert takes.media and all(isinstance(m, ImagePatches) for m in takes.media)
     plain = CountingEngine(accepts_patches=False)
-    run_job(_config(tmp_path / "in", tmp_path / "b"), plain, reporter=Reporter("quiet"))
+    run_fake(_config(tmp_path / "in", tmp_path / "b"), engine=plain)
     assert plain.media and not any(isinstance(m, ImagePatches) for m in plain.media)
 
 
@@ -97,7 +95,6 @@ def test_a_speech_job_starts_the_engine_only_for_speech(tmp_path: Path) -> None:
 
     (tmp_path / "in").mkdir()
     sf.write(tmp_path / "in" / "silence.wav", np.zeros(16000 * 3, dtype=np.float32), 16000)
-    config = JobConfig(input=tmp_path / "in", output=tmp_path / "out", model="fake-model", workers=0, task="transcribe")
     engine = CountingEngine()
-    summary = run_job(config, engine, reporter=Reporter("quiet"))
+    summary = run_fake(tmp_path / "in", tmp_path / "out", engine=engine, task="transcribe")
     assert summary.done == 1 and engine.prestarts == 0 and engine.added == 0

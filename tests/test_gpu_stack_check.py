@@ -18,7 +18,7 @@ import pytest
 from packaging.markers import default_environment
 from packaging.utils import canonicalize_name
 
-from .conftest import REPO
+from .helpers import REPO
 
 
 @pytest.fixture(scope="module")

@@ -25,19 +25,16 @@ import pytest
 import soundfile as sf
 from PIL import Image
 
-from gemma4u_batch.config.job import JobConfig
-from gemma4u_batch.console import Reporter
 from gemma4u_batch.decode import DecodeOptions, decode_item, read_input_bytes
 from gemma4u_batch.decode.audio import decode_audio
 from gemma4u_batch.decode.image import decode_image
 from gemma4u_batch.decode.video import decode_video
-from gemma4u_batch.engine.fake import FakeEngine
 from gemma4u_batch.errors import ItemError
-from gemma4u_batch.job.job import run_job
 from gemma4u_batch.records import Modality, WorkItem
 from gemma4u_batch.sources import FolderSource
 from gemma4u_batch.store.layout import OutLayout
-from gemma4u_batch.store.writer import iter_committed_records
+
+from .helpers import fake_config, records_by_id, run_fake
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -160,17 +157,6 @@ def hostile(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, t
     return root, expected
 
 
-def _records(out: Path) -> dict[str, dict]:
-    recs = list(iter_committed_records(OutLayout(out)))
-    by_id = {r["id"]: r for r in recs}
-    assert len(by_id) == len(recs), "one record per entry"
-    return by_id
-
-
-def _run(config: JobConfig):
-    return run_job(config, FakeEngine(), reporter=Reporter("quiet"))
-
-
 def _check(recs: dict[str, dict], expected: dict[str, tuple[str | None, str]]) -> None:
     assert sorted(recs) == sorted(expected)
     for rid, (kind, needle) in expected.items():
@@ -191,10 +177,9 @@ def test_hostile_folder_one_record_each_quickly(hostile, tmp_path: Path) -> None
     ids = [i.id for i in FolderSource(root)]
     assert "dev.wav" not in ids and "urandom.jpg" not in ids  # links out of the root are skipped
     started = time.monotonic()
-    config = JobConfig(input=root, output=tmp_path / "out", model="fake-model", workers=2, decode_timeout=20.0)
-    summary = _run(config)
+    summary = run_fake(root, tmp_path / "out", workers=2, decode_timeout=20.0)
     elapsed = time.monotonic() - started
-    recs = _records(tmp_path / "out")
+    recs = records_by_id(tmp_path / "out")
     _check(recs, expected)
     assert summary.done == len(expected)
     assert summary.errors == sum(1 for k, _ in expected.values() if k)
@@ -226,21 +211,19 @@ def test_hostile_manifest_stays_inside_allowed_roots(hostile, tmp_path: Path) ->
     ]
     manifest = mdir / "list.jsonl"
     manifest.write_text("".join(json.dumps(r) + "\n" for r, _ in rows))
-    config = JobConfig(
-        input=manifest, output=tmp_path / "out", model="fake-model", workers=2, decode_timeout=20.0, allow_roots=[root]
-    )
+    config = fake_config(manifest, tmp_path / "out", workers=2, decode_timeout=20.0, allow_roots=[root])
     started = time.monotonic()
-    _run(config)
+    run_fake(config)
     assert time.monotonic() - started < 150
-    _check(_records(tmp_path / "out"), {r["id"]: exp for r, exp in rows})
+    _check(records_by_id(tmp_path / "out"), {r["id"]: exp for r, exp in rows})
 
 
 def test_manifest_default_root_is_its_own_folder(hostile, tmp_path: Path) -> None:
     root, _ = hostile
     manifest = tmp_path / "list.jsonl"
     manifest.write_text(json.dumps({"id": "elsewhere", "path": str(root / "good.png")}) + "\n")
-    _run(JobConfig(input=manifest, output=tmp_path / "out", model="fake-model", workers=0))
-    rec = _records(tmp_path / "out")["elsewhere"]
+    run_fake(manifest, tmp_path / "out")
+    rec = records_by_id(tmp_path / "out")["elsewhere"]
     assert rec["error_kind"] == "bad_input_row" and "pass --allow-root" in rec["error"]
 
 

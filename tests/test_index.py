@@ -14,55 +14,25 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-import gemma4u_batch.decode as decode_mod
-from gemma4u_batch.config.job import JobConfig
-from gemma4u_batch.console import Reporter
 from gemma4u_batch.decode.workers import DecodePool
 from gemma4u_batch.engine.fake import FakeEngine
-from gemma4u_batch.job.job import run_job
-from gemma4u_batch.prompting.keys import KeyMaker, content_key
 from gemma4u_batch.store import compaction as compact_mod
 from gemma4u_batch.store.index import OutIndex
 from gemma4u_batch.store.layout import OutLayout
-from gemma4u_batch.store.ledger import current_records, read_status
+from gemma4u_batch.store.ledger import read_status
 from gemma4u_batch.store.writer import committed_parts
 
-from .test_resume import data_records, make_images
-
-HOUR_AGO = time.time() - 3600
-
-
-def aged(root: Path) -> None:
-    """Files last modified an hour ago: the quick check may trust them."""
-    for p in root.rglob("*"):
-        if p.is_file():
-            os.utime(p, (HOUR_AGO, HOUR_AGO))
-
-
-@pytest.fixture
-def reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Ids of the items the (inline) decode stage opened."""
-    seen: list[str] = []
-    real = decode_mod.read_input
-
-    def counting(item, opts):
-        seen.append(item.id)
-        return real(item, opts)
-
-    monkeypatch.setattr(decode_mod, "read_input", counting)
-    return seen
-
-
-def run(inp: Path, out: Path, engine: FakeEngine | None = None, **kw):
-    kw = {"workers": 0, "commit_every": 4, **kw}
-    config = JobConfig(input=inp, output=out, model="fake-model", **kw)
-    return run_job(config, engine or FakeEngine(), reporter=Reporter("quiet"))
-
-
-def current(out: Path) -> dict[str, dict]:
-    recs = list(current_records(OutLayout(out)))
-    assert len({r["id"] for r in recs}) == len(recs), "an id has two current records"
-    return {r["id"]: r for r in recs}
+from .helpers import (
+    HOUR_AGO,
+    aged,
+    data_records,
+    fake_config,
+    fake_job,
+    gemma4u,
+    make_images,
+    records_by_id,
+    run_fake,
+)
 
 
 def test_noop_rerun_opens_no_file_and_starts_nothing(tmp_path: Path, reads, monkeypatch) -> None:
@@ -70,13 +40,13 @@ def test_noop_rerun_opens_no_file_and_starts_nothing(tmp_path: Path, reads, monk
     make_images(inp, 12)
     (inp / "broken.png").write_bytes(b"not a png")  # an error record is done too
     aged(inp)
-    run(inp, out)
+    run_fake(inp, out)
     assert len(reads) == 13
     reads.clear()
     spawned: list[int] = []
     monkeypatch.setattr(DecodePool, "_spawn", lambda self: spawned.append(1) or pytest.fail("worker started"))
     engine = FakeEngine()
-    summary = run(inp, out, engine, workers=2)
+    summary = run_fake(inp, out, engine=engine, workers=2)
     assert (summary.done, summary.skipped, summary.already_complete) == (0, 13, True)
     assert reads == [] and spawned == [] and engine.added == 0
 
@@ -87,8 +57,8 @@ def test_racy_rewrite_within_the_timestamp_tick_is_read_again(tmp_path: Path, re
     aged(inp)
     racy = inp / "img_0001.png"
     os.utime(racy, ns=(time.time_ns(), time.time_ns()))  # written just before the run hashed it
-    run(inp, out)
-    before = current(out)["img_0001.png"]
+    run_fake(inp, out)
+    before = records_by_id(out)["img_0001.png"]
     st = racy.stat()
     data = bytearray(racy.read_bytes())
     data[-20] ^= 0xFF  # same size, same inode, and the mtime put back: only the racy guard can tell
@@ -97,9 +67,9 @@ def test_racy_rewrite_within_the_timestamp_tick_is_read_again(tmp_path: Path, re
     os.utime(racy, ns=(st.st_atime_ns, st.st_mtime_ns))
     assert racy.stat().st_size == st.st_size and racy.stat().st_ino == st.st_ino
     reads.clear()
-    summary = run(inp, out)
+    summary = run_fake(inp, out)
     assert reads == ["img_0001.png"]  # the three trusted files are not opened
-    now = current(out)["img_0001.png"]
+    now = records_by_id(out)["img_0001.png"]
     assert summary.done == 1 and now["content_sha256"] != before["content_sha256"]
     assert now["supersedes"] == before["key"]
 
@@ -108,20 +78,20 @@ def test_copied_inputs_and_changed_files_are_read_again(tmp_path: Path, reads) -
     inp, out = tmp_path / "in", tmp_path / "out"
     make_images(inp, 5)
     aged(inp)
-    run(inp, out)
+    run_fake(inp, out)
     # Another copy of the files (restored from backup, another machine): new inodes, same
     # mtimes and sizes. The cache does not match; the content does, so nothing is redone.
     for p in sorted(inp.iterdir()):
         shutil.copy2(p, p.with_suffix(".tmp"))
         os.replace(p.with_suffix(".tmp"), p)
     reads.clear()
-    summary = run(inp, out)
+    summary = run_fake(inp, out)
     assert sorted(reads) == sorted(p.name for p in inp.iterdir()) and summary.done == 0 and summary.skipped == 5
     Image.new("RGB", (40, 40), (9, 9, 9)).save(inp / "img_0003.png")  # a real change, new mtime
     aged(inp)
     os.utime(inp / "img_0003.png", (HOUR_AGO + 60, HOUR_AGO + 60))
     reads.clear()
-    summary = run(inp, out)
+    summary = run_fake(inp, out)
     assert reads == ["img_0003.png"] and summary.done == 1
 
 
@@ -132,14 +102,14 @@ def test_changed_row_prompt_redoes_that_row_only(tmp_path: Path, reads) -> None:
     rows = [{"path": f"img_{i:04d}.png", "prompt": f"Describe {i}."} for i in range(3)]
     man = inp / "m.jsonl"
     man.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    run(man, out)
-    first = current(out)
+    run_fake(man, out)
+    first = records_by_id(out)
     rows[1]["prompt"] = "Describe it differently."
     man.write_text("".join(json.dumps(r) + "\n" for r in rows))
     reads.clear()
-    summary = run(man, out)
+    summary = run_fake(man, out)
     assert summary.done == 1 and summary.skipped == 2 and reads == ["img_0001.png"]
-    assert current(out)["img_0001.png"]["supersedes"] == first["img_0001.png"]["key"]
+    assert records_by_id(out)["img_0001.png"]["supersedes"] == first["img_0001.png"]["key"]
 
 
 def test_unchanged_dataset_rows_are_skipped_without_decoding(tmp_path: Path, reads) -> None:
@@ -162,18 +132,18 @@ def test_unchanged_dataset_rows_are_skipped_without_decoding(tmp_path: Path, rea
 
     rows = [(png(i), f"thing {i}") for i in range(5)]
     out, prompt = tmp_path / "out", "Describe the {{ label }}."
-    run(save(tmp_path / "v1", rows), out, prompt=prompt)
+    run_fake(save(tmp_path / "v1", rows), out, prompt=prompt)
     assert sorted(reads) == [f"r{i}" for i in range(5)]
-    first = current(out)
+    first = records_by_id(out)
     reads.clear()
     engine = FakeEngine()
-    summary = run(tmp_path / "v1", out, engine, prompt=prompt)
+    summary = run_fake(tmp_path / "v1", out, engine=engine, prompt=prompt)
     assert (summary.done, summary.skipped, reads, engine.added) == (0, 5, [], 0)
     rows[1] = (png(99), rows[1][1])  # new bytes, same row fields
     rows[3] = (rows[3][0], "other thing")  # same bytes, a field the prompt uses changed
-    summary = run(save(tmp_path / "v2", rows), out, prompt=prompt)
+    summary = run_fake(save(tmp_path / "v2", rows), out, prompt=prompt)
     assert (summary.done, summary.skipped, sorted(reads)) == (2, 3, ["r1", "r3"])
-    now = current(out)
+    now = records_by_id(out)
     assert [now[i]["supersedes"] for i in ("r1", "r3")] == [first[i]["key"] for i in ("r1", "r3")]
     assert now["r0"]["key"] == first["r0"]["key"]
 
@@ -186,7 +156,7 @@ def _quick_check(inp: Path, out: Path, **kw) -> tuple[list[str], int, int]:
     from gemma4u_batch.prompting.builder import RequestBuilder
     from gemma4u_batch.sources.job_input import JobInput
 
-    config = JobConfig(input=inp, output=out, **{"model": "fake-model", "workers": 0, **kw})
+    config = fake_config(inp, out, **kw)
     requests = RequestBuilder(config, FakeEngine(), Job(config).fingerprint)
     skipped: list[int] = []
     new_work: list[int] = []
@@ -212,7 +182,7 @@ def test_changed_prompt_or_settings_invalidate_the_cached_keys(tmp_path: Path, r
     inp, out = tmp_path / "in", tmp_path / "out"
     make_images(inp, 4)
     aged(inp)
-    run(inp, out)
+    run_fake(inp, out)
     reads.clear()
     names = sorted(p.name for p in inp.iterdir())
     assert _quick_check(inp, out) == ([], 4, 0)
@@ -226,32 +196,32 @@ def test_a_file_cache_from_another_device_is_not_trusted(tmp_path: Path, reads) 
     inp, out = tmp_path / "in", tmp_path / "out"
     make_images(inp, 4)
     aged(inp)
-    run(inp, out)
+    run_fake(inp, out)
     with sqlite3.connect(out / ".gemma4u" / "index.sqlite") as db:
         db.execute("UPDATE files SET dev = dev + 1")
     reads.clear()
-    summary = run(inp, out)
+    summary = run_fake(inp, out)
     assert sorted(reads) == sorted(p.name for p in inp.iterdir()) and (summary.done, summary.skipped) == (0, 4)
     reads.clear()
-    summary = run(inp, out)
+    summary = run_fake(inp, out)
     assert reads == [] and (summary.done, summary.skipped) == (0, 4)
 
 
 def test_deleted_input_keeps_its_record(tmp_path: Path) -> None:
     inp, out = tmp_path / "in", tmp_path / "out"
     make_images(inp, 3)
-    run(inp, out)
+    run_fake(inp, out)
     (inp / "img_0000.png").unlink()
-    summary = run(inp, out)
-    assert summary.done == 0 and "img_0000.png" in current(out) and read_status(OutLayout(out)).records == 3
+    summary = run_fake(inp, out)
+    assert summary.done == 0 and "img_0000.png" in records_by_id(out) and read_status(OutLayout(out)).records == 3
 
 
 @pytest.mark.parametrize("damage", ["garbage", "old_version", "deleted", "behind"])
 def test_a_broken_or_stale_index_is_rebuilt_from_the_data(tmp_path: Path, damage: str) -> None:
     inp, out = tmp_path / "in", tmp_path / "out"
     make_images(inp, 10)
-    run(inp, out, commit_every=3, format="both")
-    expected = current(out)
+    run_fake(inp, out, commit_every=3, format="both")
+    expected = records_by_id(out)
     path = out / ".gemma4u" / "index.sqlite"
     if damage == "garbage":
         path.write_bytes(b"\x00garbage" * 100)
@@ -267,10 +237,10 @@ def test_a_broken_or_stale_index_is_rebuilt_from_the_data(tmp_path: Path, damage
             db.execute("DELETE FROM parts WHERE part = ?", (part,))
     st = read_status(OutLayout(out))
     assert (st.records, st.done) == (10, 10)
-    assert current(out) == expected
+    assert records_by_id(out) == expected
     make_images(inp, 2, start=10)
-    summary = run(inp, out)
-    assert summary.done == 2 and summary.skipped == 10 and len(current(out)) == 12
+    summary = run_fake(inp, out)
+    assert summary.done == 2 and summary.skipped == 10 and len(records_by_id(out)) == 12
 
 
 def _damage(db_path: Path, table: str) -> None:
@@ -297,16 +267,16 @@ def test_a_damaged_index_page_is_rebuilt_not_fatal(tmp_path: Path, reads, table:
     inp, out = tmp_path / "in", tmp_path / "out"
     make_images(inp, 40)
     aged(inp)
-    run(inp, out, commit_every=8)
-    expected = current(out)
+    run_fake(inp, out, commit_every=8)
+    expected = records_by_id(out)
     path = out / ".gemma4u" / "index.sqlite"
     _damage(path, table)
     st = read_status(OutLayout(out))
     assert (st.records, st.done) == (40, 40)
     _damage(path, table)
     reads.clear()
-    summary = run(inp, out)
-    assert (summary.done, summary.skipped) == (0, 40) and current(out) == expected
+    summary = run_fake(inp, out)
+    assert (summary.done, summary.skipped) == (0, 40) and records_by_id(out) == expected
     db = sqlite3.connect(path)
     assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
     db.close()
@@ -315,11 +285,11 @@ def test_a_damaged_index_page_is_rebuilt_not_fatal(tmp_path: Path, reads, table:
 def test_compaction_leaves_few_files_of_current_records(tmp_path: Path) -> None:
     inp, out = tmp_path / "in", tmp_path / "out"
     make_images(inp, 30)
-    run(inp, out, commit_every=2, format="both")
+    run_fake(inp, out, commit_every=2, format="both")
     assert len(list(out.glob("__jsonl__/part-*.jsonl"))) == 1 and len(list(out.glob("part-*.parquet"))) == 1
     assert not list(out.glob("*.jsonl"))  # Parquet is the table under OUT, JSONL beside it
     Image.new("RGB", (50, 50), (1, 2, 3)).save(inp / "img_0002.png")
-    run(inp, out, commit_every=2, format="both")
+    run_fake(inp, out, commit_every=2, format="both")
     recs = data_records(out)  # what a naive reader loads: current records only
     assert sorted(r["id"] for r in recs) == sorted(f"img_{i:04d}.png" for i in range(30))
     assert len(committed_parts(OutLayout(out))) == 1
@@ -329,13 +299,13 @@ def test_compaction_splits_at_the_target_size(tmp_path: Path, monkeypatch) -> No
     inp, out = tmp_path / "in", tmp_path / "out"
     make_images(inp, 20)
     monkeypatch.setattr("gemma4u_batch.job.job.compact", lambda layout, index: None)  # keep the 10 small parts
-    run(inp, out, commit_every=2)
+    run_fake(inp, out, commit_every=2)
     layout = OutLayout(out)
     assert len(committed_parts(layout)) == 10
     with OutIndex(layout) as index:
         compact_mod.compact(layout, index, target_records=8)
     assert [p["records"] for p in committed_parts(layout)] == [8, 8, 4]
-    assert len(current(out)) == 20 and len(data_records(out)) == 20
+    assert len(records_by_id(out)) == 20 and len(data_records(out)) == 20
 
 
 @pytest.mark.parametrize("kill_at", ["before_marker", "after_marker"])
@@ -353,11 +323,11 @@ def test_a_killed_compaction_loses_nothing_and_duplicates_nothing(tmp_path: Path
     target = "write_json_atomic" if kill_at == "before_marker" else "finish_replaced"
     monkeypatch.setattr(compact_mod, target, die)
     with pytest.raises(Killed):
-        run(inp, out, commit_every=3)
+        run_fake(inp, out, commit_every=3)
     monkeypatch.undo()
-    recs = current(out)  # readers are right at once: old parts, or the new one, never both
+    recs = records_by_id(out)  # readers are right at once: old parts, or the new one, never both
     assert sorted(recs) == sorted(f"img_{i:04d}.png" for i in range(16))
-    summary = run(inp, out, commit_every=3)  # the next run cleans up and compacts
+    summary = run_fake(inp, out, commit_every=3)  # the next run cleans up and compacts
     assert summary.done == 0 and summary.skipped == 16
     assert len(committed_parts(layout)) == 1 and len(data_records(out)) == 16
     assert not list(layout.tmp.iterdir())
@@ -371,7 +341,7 @@ def test_a_killed_overwrite_never_leaves_a_marker_without_its_data(tmp_path: Pat
 
     inp, out = tmp_path / "in", tmp_path / "out"
     make_images(inp, 12)
-    run(inp, out, commit_every=3)
+    run_fake(inp, out, commit_every=3)
     layout = OutLayout(out)
 
     class Killed(BaseException):
@@ -386,49 +356,35 @@ def test_a_killed_overwrite_never_leaves_a_marker_without_its_data(tmp_path: Pat
     else:
         monkeypatch.setattr(OutLayout, "data_dirs", die)
     with pytest.raises(Killed):
-        run(inp, out, overwrite=True)
+        run_fake(inp, out, overwrite=True)
     monkeypatch.undo()
     assert all((out / f).exists() for p in committed_parts(layout) for f in p["files"])
-    assert read_status(layout).records == len(current(out))
-    run(inp, out)
-    assert sorted(current(out)) == sorted(f"img_{i:04d}.png" for i in range(12))
-    assert sorted(r["id"] for r in data_records(out)) == sorted(current(out))
-
-
-def test_key_maker_gives_content_key_bytes() -> None:
-    settings = {"task": "caption", "sampling": {"max_tokens": 5}, "json_schema": None, "tasks": ["a", "b"]}
-    make = KeyMaker("tiny@abc", settings)
-    for task in ("caption", "tags"):
-        for content, prompt in (("x" * 64, '<p>\n\u00e9"q"'), ("unread:/a b", "")):
-            want = content_key(
-                content=content, prompt=prompt, model_fingerprint="tiny@abc", settings={**settings, "task": task}
-            )
-            assert make(content=content, prompt=prompt, task=task) == want
+    assert read_status(layout).records == len(records_by_id(out))
+    run_fake(inp, out)
+    assert sorted(records_by_id(out)) == sorted(f"img_{i:04d}.png" for i in range(12))
+    assert sorted(r["id"] for r in data_records(out)) == sorted(records_by_id(out))
 
 
 def test_last_shard_compacts_and_compact_command(tmp_path: Path) -> None:
     import fcntl
-    import subprocess
-
-    from .conftest import GEMMA4U
 
     inp, out = tmp_path / "in", tmp_path / "out"
     make_images(inp, 12)
-    run(inp, out, commit_every=1, shard="0/2")
+    run_fake(inp, out, commit_every=1, shard="0/2")
     layout = OutLayout(out)
     n0 = len(committed_parts(layout))
     assert n0 > 1  # the other shard still has to run: nobody may compact yet
-    run(inp, out, commit_every=1, shard="1/2")
-    assert len(committed_parts(layout)) == 1 and len(current(out)) == 12  # the last shard compacted
+    run_fake(inp, out, commit_every=1, shard="1/2")
+    assert len(committed_parts(layout)) == 1 and len(records_by_id(out)) == 12  # the last shard compacted
 
     out2 = tmp_path / "out2"
-    run(inp, out2, commit_every=1, shard="0/2")
+    run_fake(inp, out2, commit_every=1, shard="0/2")
     parts = len(committed_parts(OutLayout(out2)))
     with open(out2 / ".gemma4u" / "run.lock", "a") as fh:
         fcntl.flock(fh, fcntl.LOCK_SH)  # a shard is running
-        busy = subprocess.run([GEMMA4U, "compact", str(out2)], capture_output=True, text=True)
+        busy = gemma4u("compact", str(out2))
     assert busy.returncode == 73 and "lock held" in busy.stderr and len(committed_parts(OutLayout(out2))) == parts
-    done = subprocess.run([GEMMA4U, "compact", str(out2)], capture_output=True, text=True)
+    done = gemma4u("compact", str(out2))
     assert done.returncode == 0, done.stderr
     assert f"{parts} data part(s) → 1" in done.stderr and len(committed_parts(OutLayout(out2))) == 1
 
@@ -454,8 +410,6 @@ def test_sigkill_during_index_update_or_compaction_then_resume_exactly_once(tmp_
     """A real SIGKILL inside an index transaction (its rollback journal exists) or inside
     compaction (a compacted file is being written): afterwards index and data agree, and a
     rerun ends with every id once in few files."""
-    from .test_resume import fake_job
-
     inp = tmp_path / "in"
     make_images(inp, 1500)
     for attempt in range(3):
@@ -470,9 +424,9 @@ def test_sigkill_during_index_update_or_compaction_then_resume_exactly_once(tmp_
     committed = [r["id"] for p in committed_parts(layout) for r in _records_of(out, p)]
     assert len(committed) == len(set(committed))  # readable data is duplicate-free right after the kill
     assert read_status(layout).records == len(committed)  # the index agrees with the data (caught up)
-    summary = run(inp, out)
+    summary = run_fake(inp, out)
     assert summary.done == 1500 - len(committed)
-    assert sorted(current(out)) == sorted(f"img_{i:04d}.png" for i in range(1500))
+    assert sorted(records_by_id(out)) == sorted(f"img_{i:04d}.png" for i in range(1500))
     assert len(data_records(out)) == 1500 and len(committed_parts(layout)) == 1
     assert not list((meta / "tmp").iterdir())
 

@@ -5,7 +5,6 @@ constrained to a list of codes."""
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -19,14 +18,8 @@ from gemma4u_batch.engine.fake import FakeEngine
 from gemma4u_batch.errors import UsageError
 from gemma4u_batch.job.job import run_job
 from gemma4u_batch.prompting.units import EngineRequest
-from gemma4u_batch.store.layout import OutLayout
-from gemma4u_batch.store.writer import iter_committed_records
 
-from .cli_checks import documented_code
-from .conftest import GEMMA4U, REPO
-from .test_vad import SR, three_utterances
-
-AUDIO = REPO / "examples" / "audio"
+from .helpers import AUDIO, SR, aged, documented_code, gemma4u, records_by_id, run_fake, three_utterances
 
 
 @pytest.mark.parametrize("value", ["fr", "FR", "fra", "fre", "French", "french", " French "])
@@ -45,11 +38,8 @@ def test_639_3_only_languages_keep_their_639_3_code_and_auto_is_none() -> None:
 
 def test_an_unknown_language_is_bad_usage_before_any_engine(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    r = subprocess.run(
-        [GEMMA4U, "transcribe", str(AUDIO), "-o", str(out), "--language", "klingonx", "--model", "/nonexistent"],
-        capture_output=True,
-        text=True,
-        timeout=120,
+    r = gemma4u(
+        "transcribe", str(AUDIO), "-o", str(out), "--language", "klingonx", "--model", "/nonexistent", timeout=120
     )
     assert r.returncode == documented_code("USAGE"), r.stderr
     lines = r.stderr.strip().splitlines()
@@ -66,13 +56,8 @@ def _three(tmp_path: Path) -> Path:
     return inp
 
 
-def _records(out: Path) -> dict[str, dict]:
-    return {r["id"]: r for r in iter_committed_records(OutLayout(out))}
-
-
-def _run(inp: Path, out: Path, engine: FakeEngine, **kw) -> object:
-    config = JobConfig(input=inp, output=out, model="fake-model", task="transcribe", workers=0, **kw)
-    return run_job(config, engine, reporter=Reporter("quiet"))
+def _transcribe(inp: Path, out: Path, engine: FakeEngine, **settings) -> object:
+    return run_fake(inp, out, engine=engine, task="transcribe", **settings)
 
 
 def test_auto_identifies_each_window_and_records_where_they_disagree(tmp_path: Path) -> None:
@@ -89,8 +74,8 @@ def test_auto_identifies_each_window_and_records_where_they_disagree(tmp_path: P
         return answers[detects] if detects is not None else f"words {unit.parts[i].start:.0f}"
 
     inp, out = _three(tmp_path), tmp_path / "out"
-    _run(inp, out, FakeEngine(text_for=text_for), subtitles=["json"])
-    rec = _records(out)["three.wav"]
+    _transcribe(inp, out, FakeEngine(text_for=text_for), subtitles=["json"])
+    rec = records_by_id(out)["three.wav"]
     assert rec["language"] == "en"
     assert [s["language"] for s in rec["segments"]] == ["en", "fr", "en"]
     assert rec["text"] == " ".join(s["text"] for s in rec["segments"]) and "fr" not in rec["text"].split()
@@ -101,28 +86,22 @@ def test_auto_identifies_each_window_and_records_where_they_disagree(tmp_path: P
     assert all("The speech is in" not in r.prompt and "language" not in r.prompt for r in speech)
     doc = json.loads((out / "__transcripts__" / "three.wav.json").read_text())
     assert doc["language"] == "en" and [s["language"] for s in doc["segments"]] == ["en", "fr", "en"]
-    silent = _records(out)["silence.flac"]
+    silent = records_by_id(out)["silence.flac"]
     assert silent["flags"] == ["no_speech"] and silent["language"] is None  # nothing to identify
 
 
-def test_auto_answers_are_allowed_codes_and_a_rerun_costs_nothing(tmp_path: Path, monkeypatch) -> None:
+def test_auto_answers_are_allowed_codes_and_a_rerun_costs_nothing(tmp_path: Path, reads: list[str]) -> None:
     """Rerun with the same setting: the quick check finds every record done without opening a
     file or sending a request."""
-    import gemma4u_batch.decode as decode_mod
-
-    from .test_index import aged
-
     inp, out = _three(tmp_path), tmp_path / "out"
     aged(inp)
     engine = FakeEngine()
-    _run(inp, out, engine)
-    rec = _records(out)["three.wav"]
+    _transcribe(inp, out, engine)
+    rec = records_by_id(out)["three.wav"]
     assert rec["language"] in DETECT_CODES and all(s["language"] in DETECT_CODES for s in rec["segments"])
-    reads: list[str] = []
-    real = decode_mod.read_input
-    monkeypatch.setattr(decode_mod, "read_input", lambda item, opts: reads.append(item.id) or real(item, opts))
+    reads.clear()
     sent = engine.steps
-    again = _run(inp, out, engine)
+    again = _transcribe(inp, out, engine)
     assert again.done == 0 and again.skipped == 2 and reads == [] and engine.steps == sent  # type: ignore[attr-defined]
 
 
@@ -130,8 +109,8 @@ def test_auto_answers_are_allowed_codes_and_a_rerun_costs_nothing(tmp_path: Path
 def test_a_given_language_is_recorded_as_its_code_and_sent_by_name(tmp_path: Path, given: str) -> None:
     sent: list[EngineRequest] = []
     inp, out = _three(tmp_path), tmp_path / "out"
-    _run(inp, out, FakeEngine(text_for=lambda req, text: sent.append(req) or text), language=given)
-    recs = _records(out)
+    _transcribe(inp, out, FakeEngine(text_for=lambda req, text: sent.append(req) or text), language=given)
+    recs = records_by_id(out)
     rec = recs["three.wav"]
     assert rec["language"] == "fr" and [s["language"] for s in rec["segments"]] == ["fr"] * 3
     assert recs["silence.flac"]["language"] == "fr"
@@ -147,19 +126,15 @@ def test_the_language_setting_is_part_of_the_key_and_guarded(tmp_path: Path) -> 
     keys = {}
     for given in (None, "fr"):
         out = tmp_path / f"out-{given}"
-        _run(inp, out, FakeEngine(), language=given)
-        keys[given] = _records(out)["three.wav"]["key"]
+        _transcribe(inp, out, FakeEngine(), language=given)
+        keys[given] = records_by_id(out)["three.wav"]["key"]
     assert keys[None] != keys["fr"]
-    assert _run(inp, tmp_path / "out-fr", FakeEngine(), language="French").done == 0  # type: ignore[attr-defined]
+    assert _transcribe(inp, tmp_path / "out-fr", FakeEngine(), language="French").done == 0  # type: ignore[attr-defined]
     with pytest.raises(UsageError, match="different language"):
-        _run(inp, tmp_path / "out-fr", FakeEngine(), language="de")
+        _transcribe(inp, tmp_path / "out-fr", FakeEngine(), language="de")
     out = tmp_path / "captions"
-    run_job(
-        JobConfig(input=inp, output=out, model="fake-model", task="caption", workers=0),
-        FakeEngine(),
-        reporter=Reporter("quiet"),
-    )
-    assert all(r["language"] is None for r in _records(out).values())
+    run_fake(inp, out, task="caption")
+    assert all(r["language"] is None for r in records_by_id(out).values())
 
 
 @pytest.mark.engine
@@ -182,23 +157,10 @@ def test_the_real_model_identifies_from_the_allowed_codes(tmp_path: Path, tiny_m
             engine={"dtype": "float32", "max_model_len": 4096, "max_num_seqs": 8},
         )
         run_job(config, shared_engine, reporter=Reporter("quiet"))
-        rec = _records(out)["lecture.flac"]
+        rec = records_by_id(out)["lecture.flac"]
         assert rec["error"] is None and len(rec["segments"]) >= 2
         if given is None:
             assert rec["language"] in DETECT_CODES and all(s["language"] in DETECT_CODES for s in rec["segments"])
             assert rec["language"] == rec["segments"][0]["language"]
         else:
             assert rec["language"] == "fr" and {s["language"] for s in rec["segments"]} == {"fr"}
-
-
-def test_the_plan_counts_the_identification_requests(tmp_path: Path) -> None:
-    from gemma4u_batch.plan.plan import plan
-
-    inp = _three(tmp_path)
-    counts = {}
-    for given in (None, "fr"):
-        config = JobConfig(input=inp, output=tmp_path / "o", task="transcribe", workers=0, language=given)
-        counts[given] = plan(config, sample=4).modalities["audio"]
-    assert counts["fr"].requests == 3  # three.wav's windows; the silent file sends nothing
-    assert counts[None].requests == 2 * counts["fr"].requests
-    assert counts[None].media_tokens == 2 * counts["fr"].media_tokens

@@ -25,10 +25,11 @@ from gemma4u_batch.records import Modality, WorkItem
 from gemma4u_batch.store.layout import OutLayout
 from gemma4u_batch.store.writer import cleanup_orphans
 
+from .helpers import AUDIO, SR, records, run_fake
+
 pytestmark = pytest.mark.timeout(300)
 
-LECTURE = Path(__file__).resolve().parent.parent / "examples" / "audio" / "lecture_95s.flac"
-SR = 16_000
+LECTURE = AUDIO / "lecture_95s.flac"
 
 
 def _item(path: Path, name: str | None = None) -> WorkItem:
@@ -78,16 +79,16 @@ def test_spilled_audio_gives_the_same_windows_and_samples(tmp_path: Path) -> Non
     assert np.array_equal(np.asarray(streamed.audio), in_memory.audio) and streamed.info == in_memory.info
     assert (streamed.content_sha256, streamed.file_stat) == (in_memory.content_sha256, in_memory.file_stat)
     for windowed in (True, False):
-        a = build_parts(in_memory, windowed_audio=windowed, tokens_per_frame_of=None)
-        b = build_parts(spilled, windowed_audio=windowed, tokens_per_frame_of=None)
+        a = build_parts(in_memory, windowed_audio=windowed, opts=DecodeOptions())
+        b = build_parts(spilled, windowed_audio=windowed, opts=DecodeOptions())
         assert [(p.start, p.end, p.mm_tokens) for p in a] == [(p.start, p.end, p.mm_tokens) for p in b]
         for pa, pb in zip(a, b, strict=True):
             media = engine_media(pb.mm)
             assert media is not None and isinstance(media["audio"][0], np.ndarray)
             assert np.array_equal(media["audio"][0], pa.mm["audio"][0])
     del in_memory.info["speech"], spilled.info["speech"]  # no VAD: the whole file cut at its quietest points
-    a = build_parts(in_memory, windowed_audio=True, tokens_per_frame_of=None)
-    b = build_parts(spilled, windowed_audio=True, tokens_per_frame_of=None)
+    a = build_parts(in_memory, windowed_audio=True, opts=DecodeOptions())
+    b = build_parts(spilled, windowed_audio=True, opts=DecodeOptions())
     assert len(a) == 4 and [(p.start, p.end) for p in a] == [(p.start, p.end) for p in b]
 
 
@@ -167,7 +168,7 @@ def test_memory_is_bounded_by_the_window_not_the_file(one_hour: Path) -> None:
         try:
             (d,) = _drain(pool, 1)
             assert d.error is None and isinstance(d.audio, SpilledAudio) and d.audio.size == 3600 * SR
-            parts = build_parts(d, windowed_audio=True, tokens_per_frame_of=None)
+            parts = build_parts(d, windowed_audio=True, opts=DecodeOptions())
             d.audio = None
             sent = 0
             for part in parts:
@@ -188,11 +189,8 @@ def test_a_job_sends_each_window_as_samples_and_removes_the_spill_file(one_hour:
     """In-process decoding (`--workers 0`): the engine gets every window (and its language
     identification request) as a sample array read at request time, the record has one
     segment per window, and no spill file or folder is left in OUT."""
-    from gemma4u_batch.config.job import JobConfig
     from gemma4u_batch.engine.fake import FakeEngine
-    from gemma4u_batch.job.job import run_job
     from gemma4u_batch.prompting.units import EngineRequest
-    from gemma4u_batch.store.writer import iter_committed_records
 
     seen: list[type] = []
 
@@ -200,11 +198,8 @@ def test_a_job_sends_each_window_as_samples_and_removes_the_spill_file(one_hour:
         seen.append(type((req.multi_modal_data or {})["audio"][0]))
 
     out = tmp_path / "out"
-    config = JobConfig(
-        input=one_hour.parent, output=out, model="fake-model", task="transcribe", workers=0, decode_timeout=600
-    )
-    run_job(config, engine=FakeEngine(fail_if=note))
-    (rec,) = list(iter_committed_records(OutLayout(out)))
+    run_fake(one_hour.parent, out, engine=FakeEngine(fail_if=note), task="transcribe", decode_timeout=600)
+    (rec,) = records(out)
     assert rec["error"] is None and len(rec["segments"]) == 189
     assert len(seen) == 2 * 189 and set(seen) == {np.ndarray}
     assert not _spill_files(out) and not list(OutLayout(out).tmp.glob("spill-*"))

@@ -1,15 +1,12 @@
-"""Recipes (`gemma4u run RECIPE.yaml`): loading, overrides, refusals, dry-run plans, estimates.
-
-Everything here runs without the engine except the one `engine`-marked estimate test."""
+"""Recipes (`gemma4u run RECIPE.yaml`): loading, overrides, refusals, the shipped recipes' dry
+runs, and the recipe reference. Plans and estimates themselves are in test_planning.py."""
 
 from __future__ import annotations
 
-import inspect
 import io
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,20 +14,13 @@ from rich.console import Console
 
 from gemma4u_batch.config.job import JobConfig
 from gemma4u_batch.config.tasks import TASKS
-from gemma4u_batch.console import Reporter
-from gemma4u_batch.engine.fake import FakeEngine
 from gemma4u_batch.errors import UsageError
-from gemma4u_batch.job.job import run_job
-from gemma4u_batch.plan.estimate import estimate, print_estimate
 from gemma4u_batch.plan.plan import plan, print_plan
 from gemma4u_batch.plan.recipes import load_recipe
-from gemma4u_batch.records import Modality
-from gemma4u_batch.sources import open_source
 
-from .conftest import GEMMA4U, REPO
+from .helpers import EXAMPLES, GEMMA4U, REPO, job_flags
 
 RECIPES = REPO / "recipes"
-EXAMPLES = REPO / "examples"
 SHIPPED = sorted(RECIPES.glob("*.yaml"))
 REQUIRED = {
     "image_captions",
@@ -299,13 +289,11 @@ def test_unknown_task_is_fine_with_a_prompt(base_recipe: Path) -> None:
 
 
 def test_recipe_and_flags_resolve_into_the_same_config(tmp_path: Path) -> None:
-    from gemma4u_batch.cli.app import config_from_flags
-    from gemma4u_batch.cli.options import job_options
+    from gemma4u_batch.cli.launch import config_from_flags
 
-    flags = {n: p.default for n, p in inspect.signature(job_options).parameters.items() if n != "progress"}
-    flags.update(
-        input=EXAMPLES / "audio",
-        output=tmp_path / "out",
+    flags = job_flags(
+        EXAMPLES / "audio",
+        tmp_path / "out",
         task="transcribe",
         modality=["audio"],
         max_tokens=448,
@@ -320,199 +308,12 @@ def test_recipe_and_flags_resolve_into_the_same_config(tmp_path: Path) -> None:
     assert load_recipe(recipe) == from_flags
 
 
-# ---------------------------------------------------------------------- planning
-
-
-def test_plan_counts_per_modality_and_maps_speech_videos(tmp_path: Path) -> None:
-    both = tmp_path / "in"
-    shutil.copytree(EXAMPLES / "audio", both / "audio")
-    shutil.copytree(EXAMPLES / "video", both / "video")
-    shutil.copytree(EXAMPLES / "images", both / "images")
-    p = plan(JobConfig(input=both, output=tmp_path / "out", workers=0), sample=2)
-    assert p.found == {"audio": 2, "image": 5, "video": 1} and p.items == 8
-    assert {k: v.items for k, v in p.modalities.items()} == {"audio": 2, "image": 5, "video": 1}
-    assert p.modalities["image"].sampled == 2 and p.modalities["image"].decoded == 2
-    assert p.modalities["image"].estimated_prompt_tokens > 0
-    assert any("deterministic sample" in n for n in p.notes)
-    speech = plan(
-        JobConfig(input=both, output=tmp_path / "out", task="transcribe", workers=0, modalities=["audio", "video"]),
-        sample=4,
-    )
-    assert set(speech.modalities) == {"audio"} and speech.modalities["audio"].items == 3
-    assert any("soundtrack" in n for n in speech.notes)
-    # the 95 s lecture is cut into windows: more than one request per audio item
-    assert speech.modalities["audio"].requests > speech.modalities["audio"].decoded
-
-
-def test_plan_is_deterministic(tmp_path: Path) -> None:
-    c = JobConfig(input=EXAMPLES / "images", output=tmp_path / "o", workers=0)
-    a, b = plan(c, sample=2).to_dict(), plan(c, sample=2).to_dict()
-    assert a == b
-
-
-def test_plan_counts_one_request_per_task(tmp_path: Path) -> None:
-    one = plan(JobConfig(input=EXAMPLES / "images", output=tmp_path / "o", workers=0), sample=2)
-    two = plan(
-        JobConfig(input=EXAMPLES / "images", output=tmp_path / "o", workers=0, tasks=["caption", "tags"]), sample=2
-    )
-    assert two.tasks == ["caption", "tags"]
-    assert two.modalities["image"].requests == 2 * two.modalities["image"].decoded
-    assert two.prompt_tokens > 1.8 * one.prompt_tokens
-
-
-def test_plan_of_a_manifest_and_a_saved_dataset(tmp_path: Path) -> None:
-    p = plan(JobConfig(input=EXAMPLES / "manifest.jsonl", output=tmp_path / "o", workers=0), sample=4)
-    assert p.found == {"image": 2, "audio": 1, "video": 1} and p.source.startswith("manifest ")
-    d = plan(JobConfig(input=EXAMPLES / "dataset", output=tmp_path / "o", workers=0), sample=4)
-    assert d.found == {"image": 3} and d.modalities["image"].decoded == 3
-
-
-def test_plan_counts_bad_rows_and_empty_input_is_refused(tmp_path: Path) -> None:
-    shutil.copy(EXAMPLES / "images" / "shapes.png", tmp_path / "shapes.png")
-    _write(tmp_path / "m.jsonl", '{"path": "shapes.png"}\n{"nopath": 1}\nnot json\n')
-    p = plan(JobConfig(input=tmp_path / "m.jsonl", output=tmp_path / "o", workers=0))
-    assert p.items == 3 and p.bad_rows == 2 and any("unusable" in n for n in p.notes)
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(UsageError, match="no media files found"):
-        plan(JobConfig(input=tmp_path / "empty", output=tmp_path / "o"))
-
-
-def test_plan_flags_items_over_max_model_len(tmp_path: Path) -> None:
-    c = JobConfig(
-        input=EXAMPLES / "images", output=tmp_path / "o", workers=0, image_tokens=1120, engine={"max_model_len": 512}
-    )
-    p = plan(c, sample=2)
-    assert p.modalities["image"].over_limit == 2
-    assert any("max_model_len=512" in n for n in p.notes)
-
-
-def test_plan_reads_an_existing_out_incrementally(tmp_path: Path) -> None:
-    inp = tmp_path / "in"
-    inp.mkdir()
-    for name in ("sunset.jpg", "shapes.png"):
-        shutil.copy(EXAMPLES / "images" / name, inp / name)
-    config = JobConfig(input=inp, output=tmp_path / "out", model="fake-model", workers=0)
-    run_job(config, FakeEngine(), reporter=Reporter("quiet"))
-    p = plan(config, sample=2)
-    assert p.existing is not None and p.existing["records"] == 2 and p.existing["complete"]
-    assert p.new_items == 0 and p.refused is None
-    shutil.copy(EXAMPLES / "images" / "banner.webp", inp / "banner.webp")
-    assert plan(config, sample=1).new_items == 1
-    changed = config.model_copy(update={"prompt": "Something else."})
-    refused = plan(changed, sample=1).refused
-    assert refused is not None and "different prompt" in refused
-    assert plan(changed.model_copy(update={"overwrite": True}), sample=1).refused is None
-    console = Console(file=io.StringIO(), width=120)
-    print_plan(plan(config, sample=1), console)
-    assert "2 records" in console.file.getvalue()  # type: ignore[attr-defined]
-
-
-def test_plan_refuses_what_a_run_refuses(tmp_path: Path) -> None:
-    """--dry-run names the same refusal the run would stop with (OUT is a file; --overwrite with --shard)."""
-    a_file = tmp_path / "out.txt"
-    a_file.write_text("not a folder")
-    base = JobConfig(input=EXAMPLES / "images", output=tmp_path / "out", model="fake-model", workers=0)
-    for config in (
-        base.model_copy(update={"output": a_file}),
-        base.model_copy(update={"overwrite": True, "shard": "0/2"}),
-    ):
-        refused = plan(config, sample=1).refused
-        with pytest.raises(UsageError) as run_refusal:
-            run_job(config, FakeEngine(), reporter=Reporter("quiet"))
-        assert refused is not None and refused == str(run_refusal.value)
-
-
-# ---------------------------------------------------------------------- estimate
-
-
-def test_estimate_sends_sampled_items_as_found(tmp_path: Path) -> None:
-    """Sampled manifest rows and dataset rows reach the engine with their ids, prompts,
-    tasks and fields (inline bytes included), as in a real run."""
-    for src in (EXAMPLES / "manifest.jsonl", EXAMPLES / "dataset"):
-        items = {i.id: i for i in open_source(src) if i.error is None}
-        seen: list = []
-        engine = FakeEngine(text_for=lambda req, text, seen=seen: seen.append(req.payload[0].decoded) or text)
-        config = JobConfig(input=src, output=tmp_path / src.stem, model="fake-model", workers=0)
-        est = estimate(config, 3, engine=engine)
-        assert est.records == 3 and len(seen) >= 3
-        for d in seen:
-            want = items[d.item.id]
-            assert (d.item.prompt, d.item.task, d.item.fields) == (want.prompt, want.task, want.fields)
-            assert d.error is None and d.content_sha256 is not None
-
-
-def test_estimate_runs_a_sample_and_projects(tmp_path: Path) -> None:
-    out = tmp_path / "out"
-    config = JobConfig(input=EXAMPLES, output=out, model="fake-model", workers=0)
-    est = estimate(config, 3, engine=FakeEngine())
-    assert est.sampled == 3 and est.records == 3 and est.total_items == 8
-    assert est.projected_s >= est.startup_s and est.per_item_s >= 0
-    assert not out.exists()  # the sample ran into a temporary folder
-    assert any("uniformly" in a for a in est.assumptions)
-    console = Console(file=io.StringIO(), width=120)
-    print_estimate(est, console)
-    assert "projected: whole job" in console.file.getvalue()  # type: ignore[attr-defined]
-    with pytest.raises(UsageError):
-        estimate(config, 0, engine=FakeEngine())
-
-
-def test_estimate_names_the_modalities_its_sample_missed(tmp_path: Path) -> None:
-    """Modalities as sent: under speech tasks a video is audio, so a sample of audio misses nothing."""
-    config = JobConfig(input=EXAMPLES, output=tmp_path / "out", model="fake-model", workers=0)
-    est = estimate(config, 1, engine=FakeEngine())
-    (missed,) = [a for a in est.assumptions if "was sampled" in a]
-    assert {"image", "audio", "video"} - set(est.sample_modalities) == {
-        m for m in ("image", "audio", "video") if m in missed
-    }
-    speech_config = config.model_copy(update={"task": "transcribe", "modalities": [Modality.AUDIO, Modality.VIDEO]})
-    speech = estimate(speech_config, 1, engine=FakeEngine())
-    assert set(speech.sample_modalities) == {"audio"}
-    assert not [a for a in speech.assumptions if "was sampled" in a]
-
-
-@pytest.mark.engine
-def test_estimate_on_the_tiny_model(tiny_model: Path, tmp_path: Path) -> None:
-    config = load_recipe(
-        RECIPES / "image_captions.yaml",
-        [
-            f"output={tmp_path / 'out'}",
-            "engine.dtype=float32",
-            "engine.max_model_len=4096",
-            "engine.max_num_seqs=8",
-            "sampling.max_tokens=8",
-            "workers=1",
-        ],
-        model=str(tiny_model),
-    )
-    est = estimate(config, 2)
-    assert est.records == 2 and est.errors == 0 and est.total_items == 5
-    assert est.startup_s > 0 and est.per_item_s > 0
-    assert est.projected_s == pytest.approx(est.startup_s + 5 * est.per_item_s)
-
-
 # ------------------------------------------------------------------------- CLI
-
-SHIM = """
-import sys
-from gemma4u_batch.cli.app import app, main
-from gemma4u_batch.cli.run_cmd import run
-if not any(c.name == "run" for c in app.registered_commands):
-    app.command("run")(run)
-sys.argv[0] = "gemma4u"
-main()
-"""
-
-
-def _run_registered() -> bool:
-    from gemma4u_batch.cli.app import app
-
-    return any(c.name == "run" for c in app.registered_commands)
 
 
 def _cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
-    """`gemma4u run ...` (through the real main(); registered on the fly until app.py has it)."""
-    cmd = [GEMMA4U, *args] if _run_registered() else [sys.executable, "-c", SHIM, *args]
-    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=300)
+    """`gemma4u run ...` from `cwd` (the recipes' relative paths resolve against their own folder)."""
+    return subprocess.run([GEMMA4U, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
 
 
 def test_cli_dry_run(tiny_model: Path, tmp_path: Path) -> None:

@@ -8,25 +8,18 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from gemma4u_batch.config.job import JobConfig
-from gemma4u_batch.console import Reporter
 from gemma4u_batch.engine.fake import FakeEngine
 from gemma4u_batch.errors import UsageError
-from gemma4u_batch.job.job import run_job
 from gemma4u_batch.prompting.units import EngineRequest
 from gemma4u_batch.report.page import ReportOptions, write_report
-from gemma4u_batch.store.layout import OutLayout
-from gemma4u_batch.store.writer import iter_committed_records
 
 from .browser import Browser, chromium_or_skip
-from .conftest import GEMMA4U, REPO
-from .media import write_image_folder
+from .helpers import EXAMPLES, gemma4u, records, run_fake, write_image_folder
 
 XSS = "<script>alert(1)</script>"
 
@@ -45,8 +38,8 @@ def run_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
     base = tmp_path_factory.mktemp("report")
     media = base / "in"
     expected = write_image_folder(media)
-    shutil.copy(REPO / "examples" / "audio" / "hello.wav", media / "hello.wav")
-    shutil.copy(REPO / "examples" / "video" / "moving_square.mp4", media / "square.mp4")
+    shutil.copy(EXAMPLES / "audio" / "hello.wav", media / "hello.wav")
+    shutil.copy(EXAMPLES / "video" / "moving_square.mp4", media / "square.mp4")
     rows = [{"path": p, "id": p} for p in sorted(expected)]
     for row in rows:
         if row["id"] == "astronaut.jpg":
@@ -58,26 +51,19 @@ def run_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
     manifest = media / "manifest.jsonl"
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = base / "out"
-    config = JobConfig(input=manifest, output=out, model="fake-model", workers=0, commit_every=4)
-    run_job(config, FakeEngine(text_for=_text_for), reporter=Reporter("quiet"))
+    run_fake(manifest, out, engine=FakeEngine(text_for=_text_for), commit_every=4)
     (media / "wide.png").unlink()  # captioned, then gone: its card says so instead of a picture
     shutil.copy(media / "astronaut.jpg", media / "cmyk.jpg")  # changed since: not previewed either
     return out
-
-
-def _records(out: Path) -> list[dict]:
-    return list(iter_committed_records(OutLayout(out)))
 
 
 @pytest.mark.timeout(180)  # a hung browser fails here, not at the suite's timeout
 def test_page_in_a_real_browser(run_out: Path, tmp_path: Path) -> None:
     exe = chromium_or_skip()
     page = tmp_path / "report.html"
-    res = subprocess.run(
-        [GEMMA4U, "report", str(run_out), "-o", str(page), "--sample", "50"], capture_output=True, text=True
-    )
+    res = gemma4u("report", str(run_out), "-o", str(page), "--sample", "50")
     assert res.returncode == 0, res.stderr
-    recs = _records(run_out)
+    recs = records(run_out)
     with Browser(exe) as b:
         b.open(page)
         b.eval("Promise.all([...document.images].map(i => i.decode().catch(() => null)))")
@@ -139,7 +125,7 @@ def test_sample_is_seeded_and_filtered(run_out: Path, tmp_path: Path) -> None:
             part.split('"', 1)[0] for part in html.split('class="card')[1:] for part in [part.split('data-id="', 1)[1]]
         ]
 
-    recs = _records(run_out)
+    recs = records(run_out)
     assert shown(sample=5, seed=1) == shown(sample=5, seed=1)
     assert len(shown(sample=5, seed=1)) == 5
     assert shown(sample=50, seed=1) != shown(sample=50, seed=2)
@@ -152,7 +138,7 @@ def test_sample_is_seeded_and_filtered(run_out: Path, tmp_path: Path) -> None:
 
 
 def test_bad_usage_is_one_line(tmp_path: Path) -> None:
-    res = subprocess.run([GEMMA4U, "report", str(tmp_path)], capture_output=True, text=True)
+    res = gemma4u("report", str(tmp_path))
     assert res.returncode != 0
     assert "not a gemma4u output folder" in res.stderr and "Traceback" not in res.stderr
 
@@ -164,11 +150,10 @@ def test_default_page_leaves_out_a_table(tmp_path: Path) -> None:
 
     root = tmp_path / "in"
     root.mkdir()
-    shutil.copy(REPO / "examples" / "images" / "sunset.jpg", root / "sunset.jpg")
-    shutil.copy(REPO / "examples" / "images" / "shapes.png", root / "shapes.png")
+    shutil.copy(EXAMPLES / "images" / "sunset.jpg", root / "sunset.jpg")
+    shutil.copy(EXAMPLES / "images" / "shapes.png", root / "shapes.png")
     out = tmp_path / "out"
-    config = JobConfig(input=root, output=out, model="fake-model", workers=0, format="parquet")
-    run_job(config, FakeEngine(), reporter=Reporter("quiet"))
+    run_fake(root, out, format="parquet")
     res = write_report(out)
     assert res.path == out / "__report__" / "report.html" and res.sampled == 2
     assert "data:image/webp;base64," in res.path.read_text()  # a folder input's media, found by id
@@ -180,12 +165,11 @@ def test_structured_data_is_shown_escaped(tmp_path: Path) -> None:
     """`data` (here a --choices label carrying markup) is pretty-printed as text, never as HTML."""
     root = tmp_path / "in"
     root.mkdir()
-    shutil.copy(REPO / "examples" / "images" / "shapes.png", root / "shapes.png")
+    shutil.copy(EXAMPLES / "images" / "shapes.png", root / "shapes.png")
     out = tmp_path / "out"
     labels = ["<b>shapes</b>", "<img src=x onerror=alert(1)>"]
-    config = JobConfig(input=root, output=out, model="fake-model", workers=0, choices=labels)
-    run_job(config, FakeEngine(), reporter=Reporter("quiet"))
-    (rec,) = _records(out)
+    run_fake(root, out, choices=labels)
+    (rec,) = records(out)
     assert rec["data"] in labels
     html = write_report(out, tmp_path / "r.html").path.read_text()
     shown = html.split('class="data">', 1)[1].split("</pre>", 1)[0]

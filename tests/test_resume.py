@@ -8,54 +8,20 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from gemma4u_batch.config.job import JobConfig
-from gemma4u_batch.console import Reporter
 from gemma4u_batch.engine.fake import FakeEngine
 from gemma4u_batch.errors import OutputError, UsageError
-from gemma4u_batch.job.job import run_job
 from gemma4u_batch.store.layout import OutLayout
 from gemma4u_batch.store.ledger import current_records, read_status
 from gemma4u_batch.store.writer import committed_parts
 
-from .conftest import REPO
+from .helpers import SlowFakeEngine, data_records, fake_config, fake_job, make_images, run_fake
 from .mounts import read_only, tmpfs
-
-
-def make_images(root: Path, n: int, start: int = 0) -> None:
-    root.mkdir(parents=True, exist_ok=True)
-    for i in range(start, start + n):
-        Image.new("RGB", (32 + i % 7, 24), ((i * 37) % 255, (i * 91) % 255, 40)).save(root / f"img_{i:04d}.png")
-
-
-def data_records(out: Path) -> list[dict]:
-    """Every record in every data file under OUT (what a naive reader would load)."""
-    recs = []
-    for p in sorted([*out.glob("part-*.jsonl"), *out.glob("__jsonl__/part-*.jsonl")]):
-        recs += [json.loads(line) for line in p.read_text().splitlines()]
-    return recs
-
-
-def fake_job(inp: Path, out: Path, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "tests.fake_job", str(inp), str(out), *extra],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-
-
-def run_fake(inp: Path, out: Path, **kw) -> object:
-    config = JobConfig(input=inp, output=out, model="fake-model", workers=0, commit_every=4, **kw)
-    return run_job(config, FakeEngine(), reporter=Reporter("quiet"))
 
 
 @pytest.mark.timeout(600)
@@ -165,15 +131,15 @@ def test_full_disk_stops_cleanly_and_resumes(tmp_path: Path) -> None:
     with tmpfs(tmp_path / "small", "96k") as mnt:
         inp = tmp_path / "in"
         make_images(inp, 400)
-        config = JobConfig(input=inp, output=mnt / "out", model="fake-model", workers=0, commit_every=2)
+        config = fake_config(inp, mnt / "out", commit_every=2)
         with pytest.raises(OutputError, match="No space left"):
-            run_job(config, FakeEngine(), reporter=Reporter("quiet"))
+            run_fake(config)
         committed = list(current_records(OutLayout(mnt / "out")))
         assert committed and len({r["id"] for r in committed}) == len(committed)  # readable, no dupes
         # Move the output somewhere with room: the same job resumes from there.
         subprocess.run(["cp", "-a", str(mnt / "out"), str(tmp_path / "moved")], check=True)
         config2 = config.model_copy(update={"output": tmp_path / "moved"})
-        summary = run_job(config2, FakeEngine(), reporter=Reporter("quiet"))
+        summary = run_fake(config2)
         assert summary.skipped == len(committed)
         assert len(list(current_records(OutLayout(tmp_path / "moved")))) == 400
 
@@ -195,18 +161,16 @@ def test_read_only_output_is_a_clear_error(tmp_path: Path) -> None:
 def test_stop_file_stops_a_replica_like_a_signal(tmp_path: Path) -> None:
     """A Ray driver that is told to stop creates OUT/.gemma4u/stop; each replica's job sees
     it within a second, commits what finished and returns interrupted (no lost record)."""
-    from .fake_job import SlowFakeEngine
-
     inp, out = tmp_path / "in", tmp_path / "out"
     make_images(inp, 200)
     stop_file = tmp_path / "stop"
     stop_file.touch()
-    config = JobConfig(input=inp, output=out, model="fake-model", workers=0, commit_every=4)
-    summary = run_job(config, SlowFakeEngine(0.02), reporter=Reporter("quiet"), stop_file=stop_file)
+    config = fake_config(inp, out, commit_every=4)
+    summary = run_fake(config, engine=SlowFakeEngine(0.02), stop_file=stop_file)
     assert summary.interrupted and 0 < summary.done < 200
     assert len(list(current_records(OutLayout(out)))) == summary.done  # everything that finished is committed
     stop_file.unlink()
-    again = run_job(config, SlowFakeEngine(0.0), reporter=Reporter("quiet"), stop_file=stop_file)
+    again = run_fake(config, engine=SlowFakeEngine(0.0), stop_file=stop_file)
     assert not again.interrupted and again.done == 200 - summary.done
     ids = [r["id"] for r in current_records(OutLayout(out))]
     assert sorted(ids) == sorted(f"img_{i:04d}.png" for i in range(200))
@@ -215,14 +179,11 @@ def test_stop_file_stops_a_replica_like_a_signal(tmp_path: Path) -> None:
 def test_a_crashed_shard_rerun_leaves_no_false_complete_marker(tmp_path: Path) -> None:
     """Shard markers from an earlier, finished run must not complete a rerun in which one
     shard stopped early: each shard forgets its old done marker when it starts."""
-    from .fake_job import SlowFakeEngine
-
     inp, out = tmp_path / "in", tmp_path / "out"
     make_images(inp, 8)
 
     def shard(i: int, engine: FakeEngine, stop_file: Path | None = None) -> object:
-        config = JobConfig(input=inp, output=out, model="fake-model", workers=0, commit_every=2, shard=f"{i}/2")
-        return run_job(config, engine, reporter=Reporter("quiet"), stop_file=stop_file)
+        return run_fake(inp, out, engine=engine, stop_file=stop_file, commit_every=2, shard=f"{i}/2")
 
     shard(0, FakeEngine())
     shard(1, FakeEngine())
@@ -243,15 +204,12 @@ def test_markers_of_an_earlier_job_never_complete_a_rerun(tmp_path: Path) -> Non
     """After a complete sharded job the corpus grows and only shard 1 is rerun (shard 0 crashed
     before it started, or has not started yet): shard 0's marker is the earlier job's, so no
     complete.json until shard 0 ran too. The same after a whole-job run that was stopped."""
-    from .fake_job import SlowFakeEngine
-
     inp, out = tmp_path / "in", tmp_path / "out"
     make_images(inp, 8)
     complete = out / ".gemma4u" / "complete.json"
 
     def shard(i: int) -> object:
-        config = JobConfig(input=inp, output=out, model="fake-model", workers=0, commit_every=2, shard=f"{i}/2")
-        return run_job(config, FakeEngine(), reporter=Reporter("quiet"))
+        return run_fake(inp, out, commit_every=2, shard=f"{i}/2")
 
     shard(0)
     shard(1)
@@ -265,8 +223,7 @@ def test_markers_of_an_earlier_job_never_complete_a_rerun(tmp_path: Path) -> Non
     make_images(inp, 200, start=28)
     stop = tmp_path / "stop"
     stop.touch()
-    config = JobConfig(input=inp, output=out, model="fake-model", workers=0, commit_every=2)
-    assert run_job(config, SlowFakeEngine(0.02), reporter=Reporter("quiet"), stop_file=stop).interrupted
+    assert run_fake(inp, out, engine=SlowFakeEngine(0.02), stop_file=stop, commit_every=2).interrupted
     shard(1)  # the whole-job run began a new job: shard 0's old marker does not count
     assert not complete.exists()
     shard(0)

@@ -19,7 +19,8 @@ from gemma4u_batch.batch.lines import MediaPolicy, conversation_of
 from gemma4u_batch.batch.run import BatchRun, BatchSettings, state_dir
 from gemma4u_batch.engine.fake import FakeEngine
 from gemma4u_batch.errors import ItemError, UsageError
-from tests.media import photo, png_bytes
+
+from .helpers import documented_code, gemma4u, photo, png_bytes
 
 MODEL = "hmellor/tiny-random-LlamaForCausalLM"  # the name vLLM's test batches use
 
@@ -231,20 +232,17 @@ def test_sigkill_then_resume_exactly_once(tmp_path: Path) -> None:
 def test_cli_reports_bad_lines_and_refuses_duplicates(tmp_path: Path, tiny_model: Path) -> None:
     """The real command (no line reaches the engine, so none starts): unreadable lines are
     reported as FILE:LINE and exit 3 after the others are answered; duplicates exit 2."""
-    from tests.cli_checks import documented_code
-    from tests.conftest import GEMMA4U
-
     bad = {k: v for k, v in chat("x", "s").items() if k != "custom_id"}
     inp = write_lines(tmp_path / "in.jsonl", [bad, chat("m", "s", model="NonExistModel"), chat("u", "s", url="/x")])
     out = tmp_path / "out.jsonl"
-    cmd = [GEMMA4U, "run-batch", "-i", str(inp), "-o", str(out), "--model", str(tiny_model)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    cmd = ["run-batch", "-i", str(inp), "-o", str(out), "--model", str(tiny_model)]
+    proc = gemma4u(*cmd)
     assert proc.returncode == documented_code("ITEM_ERRORS"), proc.stderr
     assert f"{inp}:1: no custom_id" in " ".join(proc.stderr.split())
     assert [o["custom_id"] for o in outputs(out)] == ["m", "u"]
     write_lines(inp, [chat("a", "s"), chat("a", "t")])
     out.unlink()
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    proc = gemma4u(*cmd)
     assert proc.returncode == documented_code("USAGE") and "duplicate custom_id 'a'" in proc.stderr
     assert not out.exists()
 
@@ -254,8 +252,8 @@ def test_template_bos_dropped_when_the_tokenizer_adds_its_own(tmp_path: Path) ->
     engine is tokenized with them: the prompt must not end up with two BOS tokens."""
     from types import SimpleNamespace
 
-    from gemma4u_batch.batch.lines import Conversation
-    from gemma4u_batch.batch.run import _Feeder
+    from gemma4u_batch.config.job import EngineConfig
+    from gemma4u_batch.engine.vllm_engine import VllmEngine
 
     for adds, expected in [(True, "<|turn>user\nhi"), (False, "<bos><|turn>user\nhi")]:
         tok = SimpleNamespace(
@@ -264,7 +262,5 @@ def test_template_bos_dropped_when_the_tokenizer_adds_its_own(tmp_path: Path) ->
             apply_chat_template=lambda *a, **k: "<bos><|turn>user\nhi",
             encode=lambda text, add_special_tokens, adds=adds: [2, 9] if adds and add_special_tokens else [9],
         )
-        feeder = _Feeder.__new__(_Feeder)
-        feeder.engine, feeder.adds_bos = SimpleNamespace(tokenizer=tok), None  # type: ignore[assignment]
-        body = SimpleNamespace(chat_template_kwargs=None, add_generation_prompt=True, continue_final_message=False)
-        assert feeder._render(Conversation(), body) == expected
+        engine = VllmEngine(model="m", engine=EngineConfig(), _tokenizer=tok)
+        assert engine.render_chat([{"role": "user", "content": "hi"}]) == expected

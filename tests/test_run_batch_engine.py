@@ -23,8 +23,7 @@ from gemma4u_batch.batch.lines import MediaPolicy, conversation_of
 from gemma4u_batch.batch.run import BatchRun, BatchSettings
 from gemma4u_batch.decode import DecodeOptions
 
-from .media import photo, png_bytes
-from .test_decode_video import _make_video
+from .helpers import make_video, photo, png_bytes
 
 pytestmark = pytest.mark.engine
 
@@ -195,7 +194,7 @@ def test_per_line_sampling(tmp_path: Path, tiny_model: Path, shared_engine) -> N
             response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": schema}},
         ),
     ]
-    video = _make_video(tmp_path / "v.mp4", "mp4", "mpeg4")
+    video = make_video(tmp_path / "v.mp4", "mp4", "mpeg4")
     video_uri = "data:video/mp4;base64," + base64.b64encode(video).decode()
     part = {"type": "video_url", "video_url": {"url": video_uri}}
     lines.append(_line("video", str(tiny_model), [{"role": "user", "content": [part, {"type": "text", "text": "?"}]}]))

@@ -10,24 +10,13 @@ from pathlib import Path
 import pytest
 
 from gemma4u_batch.config.job import JobConfig, SamplingConfig
-from gemma4u_batch.console import Reporter
 from gemma4u_batch.engine.fake import FakeEngine
 from gemma4u_batch.errors import UsageError
-from gemma4u_batch.job.job import run_job
 from gemma4u_batch.prompting.units import EngineRequest
 from gemma4u_batch.store.layout import OutLayout
-from gemma4u_batch.store.writer import committed_parts, iter_committed_records
+from gemma4u_batch.store.writer import committed_parts
 
-from .media import write_image_folder
-
-
-def _records(out: Path) -> list[dict]:
-    return list(iter_committed_records(OutLayout(out)))
-
-
-def _run(config: JobConfig, engine: FakeEngine | None = None):
-    eng = engine or FakeEngine()
-    return run_job(config, eng, reporter=Reporter("quiet")), eng
+from .helpers import fake_config, records, run_fake, write_image_folder
 
 
 @pytest.fixture(scope="module")
@@ -36,14 +25,15 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, st
     return root, write_image_folder(root)
 
 
-def cfg(inp: Path, out: Path, **kw) -> JobConfig:
-    return JobConfig(input=inp, output=out, model="fake-model", workers=kw.pop("workers", 0), commit_every=3, **kw)
+def cfg(inp: Path, out: Path, **settings) -> JobConfig:
+    """A FakeEngine job committing every 3 records (several parts, compacted at the end)."""
+    return fake_config(inp, out, commit_every=3, **settings)
 
 
 def test_one_record_per_input_with_errors(folder, tmp_path: Path) -> None:
     root, expected = folder
-    summary, _eng = _run(cfg(root, tmp_path / "out", workers=2))
-    recs = _records(tmp_path / "out")
+    summary = run_fake(cfg(root, tmp_path / "out", workers=2))
+    recs = records(tmp_path / "out")
     assert sorted(r["id"] for r in recs) == sorted(expected)
     assert summary.done == len(expected)
     by_id = {r["id"]: r for r in recs}
@@ -64,9 +54,10 @@ def test_one_record_per_input_with_errors(folder, tmp_path: Path) -> None:
 def test_rerun_does_nothing_and_engine_not_used(folder, tmp_path: Path) -> None:
     root, expected = folder
     out = tmp_path / "out"
-    _run(cfg(root, out))
+    run_fake(cfg(root, out))
     before = sorted(p.name for p in out.iterdir())
-    summary, eng = _run(cfg(root, out))
+    eng = FakeEngine()
+    summary = run_fake(cfg(root, out), engine=eng)
     assert summary.already_complete and summary.skipped == len(expected) and summary.done == 0
     assert eng.added == 0
     assert sorted(p.name for p in out.iterdir()) == before
@@ -75,21 +66,22 @@ def test_rerun_does_nothing_and_engine_not_used(folder, tmp_path: Path) -> None:
 def test_guard_refuses_other_settings_unless_overwrite(folder, tmp_path: Path) -> None:
     root, _ = folder
     out = tmp_path / "out"
-    _run(cfg(root, out))
+    run_fake(cfg(root, out))
     with pytest.raises(UsageError, match="different prompt"):
-        _run(cfg(root, out, prompt="Other instruction"))
+        run_fake(cfg(root, out, prompt="Other instruction"))
     with pytest.raises(UsageError, match="different sampling"):
-        _run(cfg(root, out, sampling=SamplingConfig(temperature=0.7)))
-    summary, _ = _run(cfg(root, out, prompt="Other instruction", overwrite=True))
-    recs = _records(out)
+        run_fake(cfg(root, out, sampling=SamplingConfig(temperature=0.7)))
+    summary = run_fake(cfg(root, out, prompt="Other instruction", overwrite=True))
+    recs = records(out)
     assert len(recs) == summary.done and {r["prompt"] for r in recs if r["error"] is None} == {"Other instruction"}
 
 
 def test_retry_errors_redoes_only_errors(folder, tmp_path: Path) -> None:
     root, expected = folder
     out = tmp_path / "out"
-    _run(cfg(root, out))
-    summary, eng = _run(cfg(root, out, retry_errors=True))
+    run_fake(cfg(root, out))
+    eng = FakeEngine()
+    summary = run_fake(cfg(root, out, retry_errors=True), engine=eng)
     n_err = sum(1 for k in expected.values() if k != "ok")
     assert summary.done == n_err and summary.skipped == len(expected) - n_err
     assert eng.added == 0  # the bad files are still bad: error records again, no engine work
@@ -98,8 +90,8 @@ def test_retry_errors_redoes_only_errors(folder, tmp_path: Path) -> None:
 def test_engine_rejection_is_a_record(folder, tmp_path: Path) -> None:
     root, _expected = folder
     eng = FakeEngine(fail_if=lambda r: "prompt too long" if "astronaut.jpg" in r.payload[0].decoded.item.id else None)
-    _run(cfg(root, tmp_path / "out"), eng)
-    by_id = {r["id"]: r for r in _records(tmp_path / "out")}
+    run_fake(cfg(root, tmp_path / "out"), engine=eng)
+    by_id = {r["id"]: r for r in records(tmp_path / "out")}
     assert by_id["astronaut.jpg"]["error_kind"] == "rejected"
     assert "prompt too long" in by_id["astronaut.jpg"]["error"]
     assert by_id["astro.webp"]["error"] is None
@@ -107,10 +99,10 @@ def test_engine_rejection_is_a_record(folder, tmp_path: Path) -> None:
 
 def test_keys_change_with_content_and_settings(folder, tmp_path: Path) -> None:
     root, _ = folder
-    _run(cfg(root, tmp_path / "a"))
-    _run(cfg(root, tmp_path / "b", sampling=SamplingConfig(max_tokens=7)))
-    a = {r["id"]: r["key"] for r in _records(tmp_path / "a")}
-    b = {r["id"]: r["key"] for r in _records(tmp_path / "b")}
+    run_fake(cfg(root, tmp_path / "a"))
+    run_fake(cfg(root, tmp_path / "b", sampling=SamplingConfig(max_tokens=7)))
+    a = {r["id"]: r["key"] for r in records(tmp_path / "a")}
+    b = {r["id"]: r["key"] for r in records(tmp_path / "b")}
     assert a.keys() == b.keys() and all(a[k] != b[k] for k in a)
     assert len(set(a.values())) == len(a)
 
@@ -120,7 +112,7 @@ def test_parquet_and_both_formats(folder, tmp_path: Path) -> None:
 
     root, expected = folder
     out = tmp_path / "out"
-    _run(cfg(root, out, format="both"))
+    run_fake(cfg(root, out, format="both"))
     pqs = sorted(out.glob("*.parquet"))
     jsonls = sorted(out.glob("__jsonl__/*.jsonl"))  # beside the table: pyarrow/pandas read OUT as Parquet
     assert not list(out.glob("*.jsonl"))
@@ -136,10 +128,10 @@ def test_parquet_and_both_formats(folder, tmp_path: Path) -> None:
 
 def test_usage_errors(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="not found"):
-        _run(cfg(tmp_path / "missing", tmp_path / "out"))
+        run_fake(cfg(tmp_path / "missing", tmp_path / "out"))
     (tmp_path / "empty").mkdir()
     with pytest.raises(UsageError, match="no media files"):
-        _run(cfg(tmp_path / "empty", tmp_path / "out"))
+        run_fake(cfg(tmp_path / "empty", tmp_path / "out"))
 
 
 def test_fake_engine_keeps_bounded_in_flight(folder, tmp_path: Path) -> None:
@@ -153,7 +145,7 @@ def test_fake_engine_keeps_bounded_in_flight(folder, tmp_path: Path) -> None:
             peak = max(peak, len(self._inflight))
             return res
 
-    _run(cfg(root, tmp_path / "out"), Probe(max_in_flight=3))
+    run_fake(cfg(root, tmp_path / "out"), engine=Probe(max_in_flight=3))
     assert peak == 3
 
 
@@ -162,14 +154,14 @@ def test_engine_death_requeues_in_flight_and_is_bounded(folder, tmp_path: Path) 
 
     root, expected = folder
     eng = FakeEngine(die_at_steps=(2, 5))
-    summary, _ = _run(cfg(root, tmp_path / "out", engine_restarts=2), eng)
-    recs = _records(tmp_path / "out")
+    summary = run_fake(cfg(root, tmp_path / "out", engine_restarts=2), engine=eng)
+    recs = records(tmp_path / "out")
     assert sorted(r["id"] for r in recs) == sorted(expected)  # nothing lost, nothing doubled
     assert summary.done == len(expected)
     # Dying more often than allowed: stops with a resumable state.
     with pytest.raises(EngineFailure, match="died 2 times"):
-        _run(cfg(root, tmp_path / "out2", engine_restarts=1), FakeEngine(die_at_steps=(2, 3)))
-    partial = _records(tmp_path / "out2")
+        run_fake(cfg(root, tmp_path / "out2", engine_restarts=1), engine=FakeEngine(die_at_steps=(2, 3)))
+    partial = records(tmp_path / "out2")
     assert len({r["id"] for r in partial}) == len(partial)
-    summary, _ = _run(cfg(root, tmp_path / "out2"))
-    assert sorted(r["id"] for r in _records(tmp_path / "out2")) == sorted(expected)
+    summary = run_fake(cfg(root, tmp_path / "out2"))
+    assert sorted(r["id"] for r in records(tmp_path / "out2")) == sorted(expected)

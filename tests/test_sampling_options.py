@@ -11,23 +11,19 @@ import pytest
 from gemma4u_batch.cli.launch import config_from_flags
 from gemma4u_batch.config.job import JobConfig, SamplingConfig
 from gemma4u_batch.console import Reporter
-from gemma4u_batch.engine.fake import FakeEngine
 from gemma4u_batch.errors import UsageError
 from gemma4u_batch.job.job import run_job
 from gemma4u_batch.plan.recipes import load_recipe
 from gemma4u_batch.prompting.keys import guarded_settings
-from gemma4u_batch.store.layout import OutLayout
-from gemma4u_batch.store.writer import iter_committed_records
 
-from .media import jpeg_bytes, photo
-from .test_engine_surface import _flags
-from .test_resume import make_images
+from .helpers import job_flags, jpeg_bytes, make_images, photo, records, records_by_id, run_fake
 
 
 def test_flags_reach_the_sampling_config(tmp_path: Path) -> None:
     config = config_from_flags(
-        _flags(
+        job_flags(
             tmp_path,
+            tmp_path / "out",
             top_k=5,
             min_p=0.1,
             stop=["###", "\n\n"],
@@ -40,7 +36,7 @@ def test_flags_reach_the_sampling_config(tmp_path: Path) -> None:
     s = config.sampling
     assert (s.top_k, s.min_p, s.stop, s.logprobs) == (5, 0.1, ["###", "\n\n"], 3)
     assert (s.presence_penalty, s.frequency_penalty, s.repetition_penalty) == (0.5, -0.5, 1.2)
-    assert config_from_flags(_flags(tmp_path)).sampling == SamplingConfig()
+    assert config_from_flags(job_flags(tmp_path, tmp_path / "out")).sampling == SamplingConfig()
 
 
 @pytest.mark.parametrize(
@@ -54,7 +50,7 @@ def test_flags_reach_the_sampling_config(tmp_path: Path) -> None:
 )
 def test_bad_values_are_usage_errors(tmp_path: Path, over: dict[str, object], message: str) -> None:
     with pytest.raises(UsageError, match=message):
-        config_from_flags(_flags(tmp_path, **over))
+        config_from_flags(job_flags(tmp_path, tmp_path / "out", **over))
 
 
 def test_recipe_sampling_keys(tmp_path: Path) -> None:
@@ -81,16 +77,9 @@ def test_keys_change_only_when_a_new_setting_is_set(tmp_path: Path) -> None:
 def test_fake_records_carry_mean_logprob_and_logprobs_on_request(tmp_path: Path) -> None:
     make_images(tmp_path / "in", 3)
     for name, logprobs in (("plain", None), ("lp", 2)):
-        config = JobConfig(
-            input=tmp_path / "in",
-            output=tmp_path / name,
-            model="fake-model",
-            workers=0,
-            sampling=SamplingConfig(logprobs=logprobs),
-        )
-        run_job(config, FakeEngine(), reporter=Reporter("quiet"))
-    plain = list(iter_committed_records(OutLayout(tmp_path / "plain")))
-    lp = list(iter_committed_records(OutLayout(tmp_path / "lp")))
+        run_fake(tmp_path / "in", tmp_path / name, sampling=SamplingConfig(logprobs=logprobs))
+    plain = records(tmp_path / "plain")
+    lp = records(tmp_path / "lp")
     assert all(r["mean_logprob"] is not None and r["mean_logprob"] <= 0 and r["logprobs"] is None for r in plain)
     assert all(len(r["logprobs"]) == r["num_output_tokens"] for r in lp)
 
@@ -131,7 +120,7 @@ def _engine_run(tmp_path: Path, tiny_model: Path, engine, name: str, **sampling:
         sampling=SamplingConfig(**{"max_tokens": 12, **sampling}),
     )
     run_job(config, engine, reporter=Reporter("quiet"))
-    return {r["id"]: r for r in iter_committed_records(OutLayout(tmp_path / name))}
+    return records_by_id(tmp_path / name)
 
 
 @pytest.mark.engine

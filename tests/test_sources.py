@@ -1,10 +1,13 @@
-"""Sources: folder walk, manifest rows (good and bad), Hugging Face datasets built locally."""
+"""Sources: folder walk, manifest rows (good and bad), the media column, Hugging Face datasets
+built locally."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
+import shutil
 
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -24,6 +27,8 @@ from gemma4u_batch.sources.hf_dataset import (
     looks_like_shard_folder,
 )
 from gemma4u_batch.sources.manifest import ManifestSource
+
+from .helpers import EXAMPLES, records_by_task, run_fake
 
 
 @pytest.fixture(autouse=True)
@@ -353,6 +358,32 @@ def test_manifest_unparseable_raises_usage_error(media, name, content, kwargs, n
     assert needle in message
     assert str(target) in message
     assert "\n" not in message
+
+
+def test_column_chooses_the_manifest_media_column(tmp_path: Path) -> None:
+    from gemma4u_batch.sources import open_source
+
+    shutil.copy(EXAMPLES / "images" / "shapes.png", tmp_path / "a.png")
+    shutil.copy(EXAMPLES / "images" / "sunset.jpg", tmp_path / "b.jpg")
+    man = tmp_path / "m.jsonl"
+    # `image` would be picked by name; --column media says the media is elsewhere.
+    man.write_text(json.dumps({"id": "x", "image": "a.png", "media": "b.jpg"}) + "\n")
+    assert next(iter(open_source(man))).path.name == "a.png"
+    assert next(iter(open_source(man, column="media"))).path.name == "b.jpg"
+    csv = tmp_path / "m.csv"
+    csv.write_text("id,image,media\nx,a.png,b.jpg\n")
+    assert next(iter(open_source(csv, column="media"))).path.name == "b.jpg"
+    with pytest.raises(UsageError, match=r"path column 'nope' not found .*--column"):
+        open_source(csv, column="nope")
+    bare = tmp_path / "bare.csv"
+    bare.write_text("where\na.png\n")
+    with pytest.raises(UsageError, match="name it with --column") as info:
+        open_source(bare)
+    assert "--path-column" not in str(info.value)
+    run_fake(man, tmp_path / "out", column="media")
+    rec = records_by_task(tmp_path / "out")[("x", "caption")]
+    assert rec["content_sha256"] == hashlib.sha256((tmp_path / "b.jpg").read_bytes()).hexdigest()
+    assert rec["fields"] == {"image": "a.png"}  # the other column is just a field now
 
 
 # -------------------------------------------------------------------------- datasets

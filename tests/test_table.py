@@ -13,19 +13,15 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from gemma4u_batch.config.job import JobConfig
 from gemma4u_batch.config.languages import DETECT_CODES
-from gemma4u_batch.console import Reporter
-from gemma4u_batch.engine.fake import FakeEngine
-from gemma4u_batch.job.job import run_job
+from gemma4u_batch.job.job import JobSummary
 
-from .conftest import REPO
-from .test_resume import make_images
+from .helpers import EXAMPLES, fake_job, make_images, records, run_fake
 
 
-def run(inp: Path, out: Path, **kw) -> object:
-    config = JobConfig(input=inp, output=out, model="fake-model", workers=0, commit_every=3, **kw)
-    return run_job(config, FakeEngine(), reporter=Reporter("quiet"))
+def run(inp: Path, out: Path, **settings) -> JobSummary:
+    """A FakeEngine job committing every 3 records (several parts, compacted at the end)."""
+    return run_fake(inp, out, commit_every=3, **settings)
 
 
 TASKS = ["caption", "tags"]
@@ -36,7 +32,7 @@ def incremental(tmp_path: Path, fmt: str, **kw) -> tuple[Path, set[tuple[str, st
     tasks) and adding one item."""
     inp, out = tmp_path / "in", tmp_path / f"out-{fmt}"
     make_images(inp, 8)
-    shutil.copy(REPO / "examples" / "audio" / "hello.wav", inp / "hello.wav")
+    shutil.copy(EXAMPLES / "audio" / "hello.wav", inp / "hello.wav")
     run(inp, out, format=fmt, tasks=TASKS, **kw)
     Image.new("RGB", (40, 30), (9, 9, 9)).save(inp / "img_0001.png")
     Image.new("RGB", (40, 30), (7, 7, 7)).save(inp / "img_0005.png")
@@ -120,7 +116,7 @@ def test_transcripts_sit_beside_the_table(tmp_path: Path, fmt: str) -> None:
 
     inp, out = tmp_path / "in", tmp_path / "out"
     inp.mkdir()
-    shutil.copy(REPO / "examples" / "audio" / "hello.wav", inp / "hello.wav")
+    shutil.copy(EXAMPLES / "audio" / "hello.wav", inp / "hello.wav")
     run(inp, out, task="transcribe", format=fmt, subtitles=["srt", "vtt", "txt"])
     assert (out / "__transcripts__" / "hello.wav.srt").read_text().startswith("1\n")
     data = {p.suffix for p in out.iterdir() if not p.name.startswith(("_", "."))}
@@ -173,9 +169,6 @@ def test_an_out_in_the_old_layout_still_reads_and_compacts(tmp_path: Path) -> No
     import pandas as pd
     import pyarrow.parquet as pq
 
-    from gemma4u_batch.store.layout import OutLayout
-    from gemma4u_batch.store.ledger import current_records
-
     inp, out = tmp_path / "in", tmp_path / "out"
     make_images(inp, 6)
     run(inp, out, format="both")
@@ -190,7 +183,7 @@ def test_an_out_in_the_old_layout_still_reads_and_compacts(tmp_path: Path) -> No
         marker["files"] = [Path(f).name for f in marker["files"]]
         marker_path.write_text(json.dumps(marker))
     (out / ".gemma4u" / "index.sqlite").unlink()  # rebuilt from the markers
-    assert len(list(current_records(OutLayout(out)))) == 6
+    assert len(records(out)) == 6
     Image.new("RGB", (40, 30), (9, 9, 9)).save(inp / "img_0001.png")
     make_images(inp, 1, start=6)
     assert run(inp, out, format="both").done == 2
@@ -211,8 +204,6 @@ def test_a_stopped_run_leaves_a_clean_table(tmp_path: Path, fmt: str) -> None:
 
     from gemma4u_batch.store.layout import OutLayout
     from gemma4u_batch.store.writer import committed_parts
-
-    from .test_resume import fake_job
 
     inp = tmp_path / "in"
     make_images(inp, 20)

@@ -1,22 +1,24 @@
-"""Tasks, prompt templates, structured output, quality flags and multi-task runs (FakeEngine)."""
+"""Tasks, prompt templates, structured output, quality and media flags and multi-task runs
+(FakeEngine)."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile as sf
 from PIL import Image
 
 from gemma4u_batch.config.job import JobConfig, SamplingConfig
 from gemma4u_batch.config.tasks import TASKS
-from gemma4u_batch.console import Reporter
 from gemma4u_batch.engine.fake import FakeEngine
 from gemma4u_batch.errors import UsageError
-from gemma4u_batch.job.job import run_job
 from gemma4u_batch.prompting.quality import parse_structured, quality_flags, repetitive
-from gemma4u_batch.store.layout import OutLayout
-from gemma4u_batch.store.ledger import current_records
+
+from .helpers import EXAMPLES, SR, records_by_task, run_fake, tone
 
 
 @pytest.fixture()
@@ -29,10 +31,10 @@ def manifest(tmp_path: Path) -> Path:
     return tmp_path / "m.jsonl"
 
 
-def run(inp: Path, out: Path, engine: FakeEngine | None = None, **kw) -> dict:
-    config = JobConfig(input=inp, output=out, model="fake-model", workers=0, **kw)
-    run_job(config, engine or FakeEngine(), reporter=Reporter("quiet"))
-    return {(r["id"], r["task"]): r for r in current_records(OutLayout(out))}
+def run(inp: Path, out: Path, engine: FakeEngine | None = None, **settings) -> dict[tuple[str, str], dict]:
+    """A FakeEngine job's records by (id, task)."""
+    run_fake(inp, out, engine=engine, **settings)
+    return records_by_task(out)
 
 
 def test_builtin_tasks_cover_the_issue() -> None:
@@ -141,3 +143,67 @@ def test_parse_structured_choice() -> None:
     assert parse_structured(" yes ", {"choice": ["yes", "no"]}) == "yes"
     with pytest.raises(Exception, match="not one of"):
         parse_structured("maybe", {"choice": ["yes", "no"]})
+
+
+# ---------------------------------------------------------------- tasks and modalities
+
+
+def _mixed_media(root: Path) -> Path:
+    root.mkdir(parents=True)
+    shutil.copy(EXAMPLES / "images" / "shapes.png", root / "shapes.png")
+    shutil.copy(EXAMPLES / "audio" / "hello.wav", root / "hello.wav")
+    return root
+
+
+def test_task_without_an_instruction_for_the_modality_is_an_item_error(tmp_path: Path) -> None:
+    """`--task ocr` on audio used to send the image instruction; now that item is an error
+    record of its own kind and the rest of the job goes on."""
+    inp = _mixed_media(tmp_path / "in")
+    summary = run_fake(inp, tmp_path / "out", task="ocr")
+    recs = records_by_task(tmp_path / "out")
+    audio, image = recs[("hello.wav", "ocr")], recs[("shapes.png", "ocr")]
+    assert audio["error_kind"] == "unsupported_modality" and audio["text"] is None
+    assert "task 'ocr' has no instruction for audio" in audio["error"]
+    assert "image" not in (audio["prompt"] or "")  # nothing about reading text in an image was sent
+    assert image["error"] is None and image["text"] and "visible in this image" in image["prompt"]
+    assert summary.errors == 1 and summary.done == 2
+    # A rerun skips it like any other record (same key); a prompt makes the task usable on audio.
+    assert run_fake(inp, tmp_path / "out", task="ocr").already_complete
+    run_fake(inp, tmp_path / "p", task="ocr", prompt="Any words?")
+    assert records_by_task(tmp_path / "p")[("hello.wav", "ocr")]["error"] is None
+
+
+# ------------------------------------------------------------------------ media flags
+
+
+def test_captioning_long_audio_flags_the_truncation(tmp_path: Path) -> None:
+    """Captioning sends the first 30 s of audio: the record says so (`audio_truncated`); speech
+    tasks window the whole file's speech and short files are whole, so neither is flagged. A steady
+    tone holds no speech: its transcription sends nothing and says so (`no_speech`)."""
+    inp = tmp_path / "in"
+    inp.mkdir()
+    lecture, sr = sf.read(EXAMPLES / "audio" / "lecture_95s.flac", dtype="float32")
+    sf.write(inp / "long.wav", lecture[: 35 * sr], sr)
+    sf.write(inp / "short.wav", tone(5.0, amp=0.2), SR)
+    run_fake(inp, tmp_path / "cap", tasks=["caption", "transcribe"])
+    recs = records_by_task(tmp_path / "cap")
+    assert "audio_truncated" in recs[("long.wav", "caption")]["flags"]
+    assert "audio_truncated" not in recs[("long.wav", "transcribe")]["flags"]
+    assert len(recs[("long.wav", "transcribe")]["segments"]) == 2
+    assert "audio_truncated" not in recs[("short.wav", "caption")]["flags"]
+    silent = recs[("short.wav", "transcribe")]
+    assert (silent["text"], silent["segments"], silent["error"]) == ("", [], None)
+    assert silent["flags"] == ["no_speech"]
+
+
+def test_video_soundtrack_past_30s_is_flagged(tmp_path: Path) -> None:
+    from gemma4u_batch.decode.item import DecodedItem, VideoFrames
+    from gemma4u_batch.prompting.units import media_flags
+    from gemma4u_batch.records import Modality, WorkItem
+
+    item = WorkItem(id="v.mp4", source="v.mp4", modality=Modality.VIDEO)
+    video = VideoFrames(frames=[], timestamps=[], indices=[], fps=1.0, duration=40.0, total_frames=40)
+    cut = DecodedItem(item, video=video, audio=np.zeros(480000, np.float32), info={"audio": {"truncated": True}})
+    whole = DecodedItem(item, video=video, audio=np.zeros(16000, np.float32), info={"audio": {"truncated": False}})
+    assert media_flags(cut, windowed_audio=False) == ["audio_truncated"]
+    assert media_flags(whole, windowed_audio=False) == []

@@ -12,45 +12,10 @@ from gemma4u_batch.config.job import JobConfig
 from gemma4u_batch.decode import DecodeOptions, decode_item
 from gemma4u_batch.decode.options import decode_options
 from gemma4u_batch.decode.vad import speech_probabilities, speech_regions, speech_windows
-from gemma4u_batch.engine.fake import FakeEngine
-from gemma4u_batch.job.job import run_job
 from gemma4u_batch.records import Modality, WorkItem
 from gemma4u_batch.store.layout import OutLayout
-from gemma4u_batch.store.writer import iter_committed_records
 
-from .conftest import REPO
-
-SR = 16_000
-AUDIO = REPO / "examples" / "audio"
-
-
-def _hello() -> np.ndarray:
-    x, sr = sf.read(AUDIO / "hello.wav", dtype="float32")
-    assert sr == SR
-    return x
-
-
-def _quiet(seconds: float, rng: np.random.Generator) -> np.ndarray:
-    return (rng.standard_normal(int(seconds * SR)) * 0.001).astype(np.float32)  # near-silence, -60 dBFS
-
-
-def _tone(seconds: float) -> np.ndarray:
-    t = np.arange(int(seconds * SR)) / SR
-    return (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
-
-
-def three_utterances() -> tuple[np.ndarray, list[tuple[float, float]]]:
-    """The issue's case: three short utterances between near-silence and a steady tone, and
-    where each utterance truly is (seconds)."""
-    rng = np.random.default_rng(0)
-    hello = _hello()
-    pieces = [_quiet(4, rng), hello, _quiet(5, rng), _tone(6), hello, _tone(5), _quiet(3, rng), hello, _quiet(4, rng)]
-    truth, pos = [], 0
-    for p in pieces:
-        if p is hello:
-            truth.append((pos / SR, (pos + len(p)) / SR))
-        pos += len(p)
-    return np.concatenate(pieces), truth
+from .helpers import AUDIO, SR, hello, quiet, records_by_id, run_fake, three_utterances, tone, wav_bytes
 
 
 def _regions_seconds(x: np.ndarray) -> list[tuple[float, float]]:
@@ -68,8 +33,8 @@ def test_utterances_between_silence_and_tone_are_found_and_nothing_else() -> Non
 def test_silence_and_tone_hold_no_speech() -> None:
     rng = np.random.default_rng(1)
     assert _regions_seconds(np.zeros(60 * SR, np.float32)) == []
-    assert _regions_seconds(_quiet(60, rng)) == []
-    assert _regions_seconds(_tone(20)) == []
+    assert _regions_seconds(quiet(60, rng)) == []
+    assert _regions_seconds(tone(20)) == []
 
 
 def test_parallel_streams_agree_with_one_stream() -> None:
@@ -110,24 +75,12 @@ def test_windows_cover_speech_split_at_the_longest_pause() -> None:
 
 def test_decode_workers_attach_speech_regions_for_speech_tasks() -> None:
     x, _ = three_utterances()
-    item = WorkItem(id="a.wav", source="a.wav", modality=Modality.AUDIO, data=_wav_bytes(x))
+    item = WorkItem(id="a.wav", source="a.wav", modality=Modality.AUDIO, data=wav_bytes(x))
     assert "speech" not in decode_item(item, DecodeOptions()).info
     d = decode_item(item, DecodeOptions(vad=True))
     assert d.error is None and len(d.info["speech"]) == 3
     assert decode_options(JobConfig(input=Path("."), output=Path("o"), task="transcribe")).vad
     assert not decode_options(JobConfig(input=Path("."), output=Path("o"), task="caption")).vad
-
-
-def _wav_bytes(x: np.ndarray) -> bytes:
-    import io
-
-    buf = io.BytesIO()
-    sf.write(buf, x, SR, format="WAV")
-    return buf.getvalue()
-
-
-def _records(out: Path) -> dict[str, dict]:
-    return {r["id"]: r for r in iter_committed_records(OutLayout(out))}
 
 
 def test_transcription_sends_only_speech(tmp_path: Path) -> None:
@@ -138,14 +91,10 @@ def test_transcription_sends_only_speech(tmp_path: Path) -> None:
     inp.mkdir()
     x, truth = three_utterances()
     sf.write(inp / "three.wav", x, SR)
-    sf.write(inp / "silence.flac", _quiet(600, np.random.default_rng(3)), SR)
-    engine = FakeEngine()
+    sf.write(inp / "silence.flac", quiet(600, np.random.default_rng(3)), SR)
     out = tmp_path / "out"
-    run_job(
-        JobConfig(input=inp, output=out, model="fake-model", task="transcribe", workers=0, subtitles=["srt"]),
-        engine=engine,
-    )
-    recs = _records(out)
+    run_fake(inp, out, task="transcribe", subtitles=["srt"])
+    recs = records_by_id(out)
     three = recs["three.wav"]
     assert three["error"] is None and three["text"]
     segs = three["segments"]
@@ -162,7 +111,7 @@ def test_transcription_sends_only_speech(tmp_path: Path) -> None:
 def _two_hours_with_three_utterances(path: Path) -> list[tuple[float, float]]:
     """A 2-hour 16 kHz FLAC, silent but for `hello.wav` at 5 min, 1 h and 1 h 59 min, written
     block by block; where each utterance is (seconds)."""
-    hello = _hello()
+    speech = hello()
     at = [300.0, 3600.0, 7140.0]
     block = np.zeros(60 * SR, dtype=np.float32)
     with sf.SoundFile(path, "w", samplerate=SR, channels=1, format="FLAC") as fh:
@@ -171,9 +120,9 @@ def _two_hours_with_three_utterances(path: Path) -> list[tuple[float, float]]:
             for t in at:
                 if int(t // 60) == minute:
                     s = int((t - minute * 60) * SR)
-                    block[s : s + len(hello)] = hello
+                    block[s : s + len(speech)] = speech
             fh.write(block)
-    return [(t, t + len(hello) / SR) for t in at]
+    return [(t, t + len(speech) / SR) for t in at]
 
 
 def test_a_two_hour_file_is_transcribed_in_windows_of_its_speech(tmp_path: Path) -> None:
@@ -184,13 +133,9 @@ def test_a_two_hour_file_is_transcribed_in_windows_of_its_speech(tmp_path: Path)
     inp = tmp_path / "in"
     inp.mkdir()
     truth = _two_hours_with_three_utterances(inp / "two_hours.flac")
-    engine = FakeEngine()
     out = tmp_path / "out"
-    config = JobConfig(
-        input=inp, output=out, model="fake-model", task="transcribe", workers=1, decode_timeout=600, subtitles=["tsv"]
-    )
-    run_job(config, engine=engine)
-    rec = _records(out)["two_hours.flac"]
+    run_fake(inp, out, task="transcribe", workers=1, decode_timeout=600, subtitles=["tsv"])
+    rec = records_by_id(out)["two_hours.flac"]
     assert rec["error"] is None and rec["flags"] == [] and rec["text"]
     segs = rec["segments"]
     assert len(segs) == 3, segs

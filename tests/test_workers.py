@@ -238,7 +238,7 @@ def test_image_patches_come_back_exact_through_the_framed_pipe(tmp_path) -> None
 
     from gemma4u_batch.decode import decode_item
 
-    from .media import jpeg_bytes, photo
+    from .helpers import jpeg_bytes, photo
 
     opts = DecodeOptions(patches=True)
     items = []
