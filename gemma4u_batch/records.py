@@ -21,11 +21,36 @@ class Modality(StrEnum):
 
 
 @dataclass(frozen=True)
+class ObjectStat:
+    """What a listing says of a stored object (or a URL's last fetch): enough to know it
+    unchanged without reading it, the object-store twin of a file's `stat`."""
+
+    etag: str | None = None
+    version: str | None = None  # the store's version id or generation, when it keeps them
+    size: int | None = None
+    mtime_ns: int | None = None
+    last_modified: str | None = None  # an http(s) response's Last-Modified header, as sent
+
+
+@dataclass(frozen=True)
+class Known:
+    """What OUT's index knows of a URL from its last fetch: the validators a conditional request
+    sends (If-None-Match / If-Modified-Since) and the sha256 its body had then."""
+
+    sha256: str
+    etag: str | None = None
+    last_modified: str | None = None
+
+
+@dataclass(frozen=True)
 class WorkItem:
     """One input as a source found it, before any bytes are read.
 
     `error` is set when the source itself could not make a usable item (a malformed
-    manifest row); such an item still flows through so it gets its own record.
+    manifest row); such an item still flows through so it gets its own record. A remote item
+    has a `url` (with any credentials it was given: `source` is what is shown) and, when a
+    listing found it, the object's `stat`; `known` is attached by the quick check for a
+    conditional request.
     """
 
     id: str
@@ -37,6 +62,9 @@ class WorkItem:
     task: str | None = None
     fields: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    url: str | None = None
+    stat: ObjectStat | None = None
+    known: Known | None = None
 
 
 @dataclass(frozen=True)

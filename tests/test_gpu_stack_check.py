@@ -30,7 +30,7 @@ def gpu_check() -> ModuleType:
     return module
 
 
-def _report(drop: tuple[str, ...] = ()) -> dict[str, Any]:
+def _report(gpu_check: ModuleType, drop: tuple[str, ...] = ()) -> dict[str, Any]:
     """What `pip install --dry-run --report` would say, from this venv's distributions."""
     install = []
     for dist in distributions():
@@ -39,7 +39,7 @@ def _report(drop: tuple[str, ...] = ()) -> dict[str, Any]:
             continue
         item: dict[str, Any] = {"metadata": {"name": name, "version": dist.version, "requires_dist": dist.requires}}
         if name == "gemma4u-batch":
-            item["requested_extras"] = ["ray", "dev"]
+            item["requested_extras"] = gpu_check.setup_extras()
         install.append(item)
     install.append({"metadata": {"name": "vllm", "version": "0.32.0", "requires_dist": ["torch==2.13.0"]}})
     return {"install": install, "environment": default_environment()}
@@ -54,20 +54,21 @@ def test_ci_runs_the_check_and_resolves_what_setup_installs(gpu_check: ModuleTyp
     assert ci.index(".ci/check_gpu_stack.py") < ci.index("./setup.sh test")  # it runs, and first
     setup = (REPO / "setup.sh").read_text()
     extras = gpu_check.setup_extras()
-    assert extras == ["ray", "dev"]
+    # the Ray runner, the test tools and every remote input's filesystem, on both stacks
+    assert {"ray", "dev", "s3", "gcs", "azure", "http", "hf"} <= set(extras)
     # setup.sh's GPU branch: one resolution of gpu.txt with the package and those extras (deps included)
     assert re.search(r'pip install --quiet -r requirements/gpu\.txt -e "\.\[\$EXTRAS\]"', setup)
     assert "check_imports" in setup and "check_declared_deps" in setup
 
 
 def test_the_full_set_passes(gpu_check: ModuleType) -> None:
-    assert _problems(gpu_check, _report()) == []
+    assert _problems(gpu_check, _report(gpu_check)) == []
 
 
 def test_a_missing_runtime_dependency_fails(gpu_check: ModuleType) -> None:
     """vllm alone brings none of av, soundfile, datasets, pyarrow, ray: a GPU set without them
     (the old `--no-deps` install) fails, naming each."""
-    problems = _problems(gpu_check, _report(drop=("av", "soundfile", "ray")))
+    problems = _problems(gpu_check, _report(gpu_check, drop=("av", "soundfile", "ray")))
     text = "\n".join(problems)
     for needed in ("av>=14", "soundfile>=0.12", "ray>=2.40"):
         assert f"{needed} is not in the GPU resolution" in text, text
@@ -80,5 +81,5 @@ def test_an_undeclared_import_of_the_package_fails(gpu_check: ModuleType, monkey
     monkeypatch.setattr(
         gpu_check, "pyproject_requirements", lambda extras: [r for r in declared(extras) if r[0].name != "psutil"]
     )
-    problems = _problems(gpu_check, _report())
+    problems = _problems(gpu_check, _report(gpu_check))
     assert any("`import psutil`" in p and "declare it in pyproject.toml" in p for p in problems), problems

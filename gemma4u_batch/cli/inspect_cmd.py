@@ -14,11 +14,15 @@ from .launch import config_from_flags, err
 
 
 def inspect(
-    input: Annotated[Path | None, typer.Argument(help="Folder, manifest or saved dataset.")] = None,
+    input: Annotated[
+        str | None, typer.Argument(help="Folder, manifest or saved dataset, or a URL (see caption).")
+    ] = None,
     dataset: Annotated[str | None, typer.Option(help="HF `datasets` loader or hub id.")] = None,
     split: Annotated[str | None, typer.Option(help="Dataset split.")] = None,
     column: Annotated[str | None, typer.Option(help="Media column.")] = None,
-    allow_root: Annotated[list[Path] | None, typer.Option(help="Extra folder manifest rows may read from.")] = None,
+    allow_root: Annotated[
+        list[str] | None, typer.Option(help="Extra folder or URL prefix manifest rows may read from.")
+    ] = None,
     task: Annotated[str, typer.Option(help="caption or transcribe (transcribe cuts audio into windows).")] = "caption",
     image_tokens: Annotated[int, typer.Option(help="Soft tokens per image.")] = 280,
     video_frames: Annotated[int, typer.Option(help="Frames per video.")] = 8,

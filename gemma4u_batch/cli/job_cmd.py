@@ -39,7 +39,11 @@ from .options import (
 @engine_options
 def job_options(
     input: Annotated[
-        Path | None, typer.Argument(help="A folder, a manifest (.jsonl/.csv/.parquet) or a saved HF dataset.")
+        str | None,
+        typer.Argument(
+            help="A folder, a manifest (.jsonl/.csv/.parquet) or a saved HF dataset; or a URL: s3://, gs://, "
+            "az://, hf://datasets/… (a prefix lists like a folder) or http(s):// (a manifest or one file)."
+        ),
     ] = None,
     *,
     output: Annotated[Path, typer.Option("--output", "-o", help="Output folder.", rich_help_panel=H_OUT)],
@@ -51,12 +55,28 @@ def job_options(
     split: Annotated[str | None, typer.Option(help="Dataset split.", rich_help_panel=H_IN)] = None,
     column: Annotated[str | None, typer.Option(help="Dataset/manifest media column.", rich_help_panel=H_IN)] = None,
     allow_root: Annotated[
-        list[Path] | None,
+        list[str] | None,
         typer.Option(
-            help="Folder manifest rows may read from (repeatable; default: the manifest's folder).",
+            help="Folder or URL prefix manifest rows may read from (repeatable; default: the manifest's folder).",
             rich_help_panel=H_IN,
         ),
     ] = None,
+    allow_private_urls: Annotated[
+        bool,
+        typer.Option(
+            help="Let http(s) rows reach loopback, link-local and private addresses (default: only the INPUT's "
+            "own origin may).",
+            rich_help_panel=H_IN,
+        ),
+    ] = False,
+    trust_urls: Annotated[
+        bool,
+        typer.Option(
+            help="Take an http(s) or object URL that OUT already holds as unchanged, without asking the server "
+            "(default: a conditional request per URL no listing vouches for).",
+            rich_help_panel=H_IN,
+        ),
+    ] = False,
     modality: Annotated[
         list[str] | None,
         typer.Option(help="Only these modalities: image, audio, video (repeatable).", rich_help_panel=H_IN),
@@ -189,6 +209,14 @@ def job_options(
     decode_timeout: Annotated[
         float, typer.Option(help="Wall-clock decode seconds per item (timeout).", rich_help_panel=H_LIM)
     ] = 60.0,
+    fetch_timeout: Annotated[
+        float,
+        typer.Option(help="Seconds to fetch a remote item, retries included (fetch_timeout).", rich_help_panel=H_LIM),
+    ] = 30.0,
+    fetch_ahead: Annotated[
+        int,
+        typer.Option(help="Remote items each decode worker fetches while it decodes.", min=1, rich_help_panel=H_LIM),
+    ] = 16,
     engine_restarts: Annotated[
         int,
         typer.Option(

@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, PlainValidator, field_validator, model_validator
 
 from ..records import Modality, WorkItem
 from .languages import normalise_language
 from .tasks import is_speech_task
+from .urls import path_or_url, was_url
 
 DEFAULT_MODEL = "google/gemma-4-12B-it"
+
+Location = Annotated[
+    Path | str,
+    PlainValidator(path_or_url, json_schema_input_type=str),
+    PlainSerializer(str, return_type=str, when_used="json"),
+]
+"""A local path or a URL (config/urls.py): a URL stays text, since a Path would drop a `/`."""
 IMAGE_TOKEN_BUDGETS = (70, 140, 280, 560, 1120)
 
 
@@ -114,14 +122,14 @@ class EngineConfig(BaseModel):
 class JobConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    input: Path | None = None
+    input: Location | None = None  # a local path, or a URL (config/urls.py): kept as text
     output: Path
     model: str = DEFAULT_MODEL
     # Source selection
     dataset: str | None = None  # a `datasets` loader or hub id instead of a path
     split: str | None = None
     column: str | None = None
-    allow_roots: list[Path] = Field(default_factory=list)
+    allow_roots: list[Location] = Field(default_factory=list)  # folders or URL prefixes rows may name
     modalities: list[Modality] | None = None
     # Task and prompt
     task: str = "caption"
@@ -160,6 +168,11 @@ class JobConfig(BaseModel):
     max_decoded_frames: int = Field(500_000, ge=1)
     decode_timeout: float = Field(60.0, gt=0)
     engine_restarts: int = Field(2, ge=0)  # restarts allowed after the engine dies mid-run
+    # Remote inputs (object stores, the Hub, http(s)): see docs/inputs.md
+    fetch_timeout: float = Field(30.0, gt=0)  # seconds per remote item, retries included
+    fetch_ahead: int = Field(16, ge=1)  # remote items a decode worker fetches while it decodes
+    allow_private_urls: bool = False  # rows may name loopback/private addresses (else only the INPUT's origin)
+    trust_urls: bool = False  # an http(s) row whose URL OUT knows is done without asking the server again
     overwrite: bool = False
     retry_errors: bool = False
     strict: bool = False  # exit 3 when any current record in OUT is an error
@@ -168,6 +181,15 @@ class JobConfig(BaseModel):
     ray: str | None = None  # "auto" or a cluster address: run on Ray replicas
     replicas: int = Field(1, ge=1)
     quiet: bool = False
+
+    @field_validator("output", mode="before")
+    @classmethod
+    def _output(cls, v: Any) -> Any:
+        """OUT is a local folder: a URL is refused here, never made a folder named after it."""
+        if was_url(v):
+            scheme = str(v).split(":", 1)[0].lower()
+            raise ValueError(f"output must be a local folder, not a URL ({scheme}:// is not supported as OUT)")
+        return v
 
     @field_validator("image_tokens")
     @classmethod

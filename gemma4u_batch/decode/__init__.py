@@ -6,20 +6,26 @@ every failure of one input into an error on that input, never an exception out.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import stat
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
 from ..errors import ItemError
 from ..records import Modality, WorkItem
+from .fetch import Fetched, is_remote
+from .fetch import fetch as fetch_remote
 from .item import DecodedItem
 from .options import DecodeOptions
 from .spill import SpilledAudio
 
-__all__ = ["DecodeOptions", "decode_item", "read_input", "read_input_bytes"]
+__all__ = ["DecodeFn", "DecodeOptions", "decode_fetched", "decode_item", "read_input", "read_input_bytes"]
+
+DecodeFn = Callable[[WorkItem, DecodeOptions], DecodedItem]
 
 _OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
 _GROWTH_CHUNK = 1 << 20
@@ -52,8 +58,10 @@ def read_input_bytes(item: WorkItem, opts: DecodeOptions) -> bytes:
 
 
 def read_input(item: WorkItem, opts: DecodeOptions) -> tuple[bytes, os.stat_result | None]:
-    """The item's bytes and the stat of the file as opened (None for inline bytes),
+    """The item's bytes and the stat of the file as opened (None for inline bytes or a URL's),
     refusing special files and anything over the byte limit."""
+    if is_remote(item):
+        return fetch_remote(item, opts).body or b"", None
     limit = opts.max_input_bytes
     if item.data is not None:
         if len(item.data) > limit:
@@ -144,7 +152,14 @@ def _drop_media(out: DecodedItem) -> None:
 
 
 def decode_item(item: WorkItem, opts: DecodeOptions) -> DecodedItem:
-    """Read, hash and decode one item. Never raises for a bad input."""
+    """Read (a remote item: fetch), hash and decode one item. Never raises for a bad input."""
+    if is_remote(item):
+        started = time.perf_counter()
+        try:
+            fetched = fetch_remote(item, opts)
+        except ItemError as exc:
+            return _timed(DecodedItem(item=item, error=exc.message, error_kind=exc.kind), started)
+        return _timed(decode_fetched(item, fetched, opts), started)
     started = time.perf_counter()
     out = DecodedItem(item=item)
     try:
@@ -192,6 +207,20 @@ def decode_item(item: WorkItem, opts: DecodeOptions) -> DecodedItem:
         out.error_kind = "decode_error"
         _drop_media(out)
     return _timed(out, started)
+
+
+def decode_fetched(
+    item: WorkItem, fetched: Fetched, opts: DecodeOptions, decode_fn: DecodeFn | None = None
+) -> DecodedItem:
+    """A remote item decoded from the bytes its fetch brought (a worker may fetch ahead, in
+    threads, while it decodes). Unchanged since the last run (a 304): no media, the hash OUT's
+    index knows. The record keeps the item as listed, never its bytes."""
+    if fetched.not_modified:
+        assert item.known is not None, "a conditional fetch is made only for an item OUT's index knows"
+        return DecodedItem(item=item, content_sha256=item.known.sha256, fetched=fetched.stat, unchanged=True)
+    out = (decode_fn or decode_item)(dataclasses.replace(item, data=fetched.body), opts)
+    out.item, out.fetched = item, fetched.stat
+    return out
 
 
 def _timed(out: DecodedItem, started: float) -> DecodedItem:

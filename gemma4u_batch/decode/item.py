@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..records import WorkItem
+from ..records import ObjectStat, WorkItem
 
 if TYPE_CHECKING:
     from .spill import SpilledAudio
@@ -40,3 +40,5 @@ class DecodedItem:
     skipped: bool = False  # belongs to another --shard
     file_stat: tuple[int, int, int, int] | None = None  # (size, mtime_ns, ino, dev) as read: the quick check
     read_at_ns: int = 0  # wall clock just before the read (racy-clean guard)
+    fetched: ObjectStat | None = None  # a remote item: what its fetch saw (etag, version, Last-Modified)
+    unchanged: bool = False  # a remote item the server said is unchanged (304): no media, `content_sha256` known

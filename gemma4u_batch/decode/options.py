@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from ..config.job import JobConfig
 from ..config.tasks import is_speech_task
+from ..sources.locations import origin, scheme_of
 from .spill import SPILL_SECONDS
 
 
@@ -47,6 +48,14 @@ class DecodeOptions:
     patches: bool = False
     # --shard I/N: items whose content hash is not ≡ I (mod N) are hashed but not decoded
     shard: tuple[int, int] | None = None
+    # Remote items (decode/fetch.py): a deadline per item, retries included; how many items a
+    # worker fetches ahead while it decodes (object stores and web servers are latency-bound);
+    # which origins may resolve to private addresses (the manifest's own, a URL typed as INPUT).
+    fetch_timeout: float = 30.0
+    fetch_retries: int = 3
+    fetch_ahead: int = 16
+    allow_private_urls: bool = False
+    trusted_origins: tuple[str, ...] = ()
 
 
 def decode_options(config: JobConfig) -> DecodeOptions:
@@ -63,4 +72,16 @@ def decode_options(config: JobConfig) -> DecodeOptions:
         with_audio=config.with_audio,
         vad=any(is_speech_task(t) for t in config.task_list()),
         shard=config.shard_index(),
+        fetch_timeout=config.fetch_timeout,
+        fetch_ahead=config.fetch_ahead,
+        allow_private_urls=config.allow_private_urls,
+        trusted_origins=trusted_origins(config),
     )
+
+
+def trusted_origins(config: JobConfig) -> tuple[str, ...]:
+    """Origins whose URLs may name private addresses: the INPUT a user typed (an http(s) manifest's
+    own origin). Rows are not trusted beyond it, --allow-root URLs included: only
+    --allow-private-urls lets them reach loopback, link-local or private addresses."""
+    url = str(config.input) if config.input is not None else ""
+    return (origin(url),) if scheme_of(url) in ("http", "https") else ()

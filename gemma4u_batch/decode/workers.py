@@ -1,11 +1,15 @@
 """Decode workers: a pool of processes that can be timed out, killed and replaced.
 
-Each worker owns one duplex pipe and holds at most one item, so when a worker hangs
+Each worker owns one duplex pipe and decodes one item at a time, so when a worker hangs
 (stalled read, spinning codec) or dies (segfault in a native decoder, OOM kill) we know
 exactly which item it cost: that item becomes an error record and a fresh worker takes
-its place. Memory stays flat: at most `workers` items decoding plus `prefetch` ready, and
-long audio (over `SPILL_SECONDS`) is not held at all: a worker writes its waveform to a spill
-file of this pool's folder and sends a small handle (decode/spill.py).
+its place. Remote items (a URL: decode/fetch.py) are handed over up to `fetch_ahead` at a time:
+the worker fetches them in threads while it decodes the one before (object stores and web
+servers are latency-bound), and the ones still fetching when it dies go back to the queue.
+Memory stays flat: at most `workers` items decoding plus `prefetch` ready (and, per worker,
+`fetch_ahead` bodies of at most AHEAD_LIMIT bytes), and long audio (over `SPILL_SECONDS`) is
+not held at all: a worker writes its waveform to a spill file of this pool's folder and sends
+a small handle (decode/spill.py).
 """
 
 from __future__ import annotations
@@ -24,8 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from ..config.job import JobConfig
+from ..errors import ItemError
 from ..records import WorkItem
-from . import DecodeOptions, decode_item
+from . import DecodeOptions, decode_fetched, decode_item
+from .fetch import fetch, is_remote
 from .item import DecodedItem
 from .spill import SpillDir
 
@@ -130,6 +136,42 @@ def _warm_up(opts: DecodeOptions) -> None:
         pass
 
 
+AHEAD_LIMIT = 64 * 1024**2
+"""An item fetched ahead (before its turn to decode) is read up to this many bytes; a larger one
+is fetched again when its turn comes, so the bodies a worker holds ahead stay bounded."""
+
+
+class _Fetcher:
+    """A worker's fetches of remote items, many in flight while the worker decodes in order."""
+
+    def __init__(self, opts: DecodeOptions) -> None:
+        self.opts = opts
+        self._pool: Any = None
+
+    def ahead(self, item: WorkItem) -> Any:
+        """Start fetching a remote item now (a future), or None for an item read locally."""
+        if not is_remote(item):
+            return None
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(max(1, self.opts.fetch_ahead), thread_name_prefix="gemma4u-fetch")
+        limit = min(self.opts.max_input_bytes, AHEAD_LIMIT)
+        return self._pool.submit(fetch, item, self.opts, limit)
+
+    def decoded(self, item: WorkItem, fut: Any, decode_fn: DecodeFn) -> DecodedItem:
+        """The item decoded, from the bytes fetched ahead when there are any."""
+        if fut is None:
+            return decode_fn(item, self.opts)
+        try:
+            fetched = fut.result()
+        except ItemError as exc:
+            if exc.kind != "too_large" or self.opts.max_input_bytes <= AHEAD_LIMIT:
+                return DecodedItem(item=item, error=exc.message, error_kind=exc.kind)
+            return decode_fn(item, self.opts)  # over the ahead limit: fetched now, with the item's own
+        return decode_fetched(item, fetched, self.opts, decode_fn)
+
+
 def _worker_main(conn: Connection, opts: DecodeOptions, decode_fn: DecodeFn) -> None:
     import signal
 
@@ -140,17 +182,22 @@ def _worker_main(conn: Connection, opts: DecodeOptions, decode_fn: DecodeFn) -> 
         conn.send(_READY)
     except OSError:
         return
+    fetcher = _Fetcher(opts)
+    queued: deque[tuple[WorkItem, Any]] = deque()  # in the order handed over: results go back in it
     while True:
         try:
-            item = conn.recv()
+            while not queued or conn.poll():  # take every item handed over; wait only when idle
+                item = conn.recv()
+                if item is None:
+                    # Told to stop: every result went over the pipe, nothing to flush; skip the
+                    # interpreter's teardown (~0.5 s with torch loaded, paid while the job waits).
+                    os._exit(0)
+                queued.append((item, fetcher.ahead(item)))
         except (EOFError, OSError):
             return
-        if item is None:
-            # Told to stop: every result went over the pipe, nothing to flush; skip the
-            # interpreter's teardown (~0.5 s with torch loaded, paid while the job waits).
-            os._exit(0)
+        item, fut = queued.popleft()
         try:
-            result = decode_fn(item, opts)
+            result = fetcher.decoded(item, fut, decode_fn)
         except Exception as exc:
             result = _failed(item, exc)
         try:
@@ -167,8 +214,13 @@ class _Worker:
     conn: Connection
     spawned: float
     ready: bool = False
-    item: WorkItem | None = None
-    started: float = 0.0
+    items: deque[WorkItem] = dataclasses.field(default_factory=deque)  # handed over, in order
+    started: float = 0.0  # when the first of `items` became the one the worker decodes
+
+    @property
+    def item(self) -> WorkItem | None:
+        """The item the worker decodes now (the rest of `items` are being fetched ahead)."""
+        return self.items[0] if self.items else None
 
 
 class DecodePool:
@@ -204,6 +256,7 @@ class DecodePool:
         self._timeout = timeout
         self._start_timeout = start_timeout
         self._decode = decode_fn or decode_item
+        self._ahead = max(1, opts.fetch_ahead)
         self._exhausted = False
         self._taken: deque[WorkItem] = deque()  # taken from the source, not yet handed to a worker
         self._ready: deque[DecodedItem] = deque()
@@ -253,7 +306,7 @@ class DecodePool:
 
     @property
     def in_progress(self) -> int:
-        return sum(1 for w in self._workers if w.item is not None)
+        return sum(len(w.items) for w in self._workers)
 
     @property
     def held(self) -> int:
@@ -270,9 +323,11 @@ class DecodePool:
         self._taken.clear()
 
     def _replace(self, idx: int, kind: str | None = None, message: str = "") -> None:
-        """Kill worker `idx` and start a fresh one; its item (if any) becomes an error."""
+        """Kill worker `idx` and start a fresh one; the item it decoded (if any) becomes an error,
+        the items it was fetching ahead go back to the queue."""
         w = self._workers[idx]
         item = w.item
+        self._taken.extendleft(reversed(list(w.items)[1:]))
         if w.process.is_alive():
             w.process.kill()
         w.process.join(timeout=2)  # a kill in uninterruptible sleep may take longer: don't wait
@@ -294,21 +349,40 @@ class DecodePool:
         self._replace(idx)
 
     def _dispatch(self) -> None:
+        """Hand items to ready workers: one at a time, or for remote items up to `fetch_ahead`
+        each, which the worker fetches while it decodes the one before."""
         for idx, w in enumerate(self._workers):
-            if not w.ready or w.item is not None:
-                continue
-            if self.held >= self._prefetch + self._n:
-                return
-            item = self._next_item()
-            if item is None:
-                return
-            try:
-                w.conn.send(item)
-            except (OSError, EOFError):  # died while idle: the item waits for the next worker
-                self._taken.appendleft(item)
-                self._crashed(idx)
-                continue
-            w.item, w.started = item, time.monotonic()
+            while w.ready and self._backlog() < self._prefetch + self._n and self._may_take(w):
+                item = self._next_item()
+                if item is None:
+                    return
+                if not self._fits(w, item):
+                    self._taken.appendleft(item)
+                    break
+                try:
+                    w.conn.send(item)
+                except (OSError, EOFError):  # died while idle: the item waits for the next worker
+                    self._taken.appendleft(item)
+                    self._crashed(idx)
+                    break
+                if not w.items:
+                    w.started = time.monotonic()
+                w.items.append(item)
+
+    def _backlog(self) -> int:
+        """Items taken and not handed back, items fetched ahead left out (`fetch_ahead` bounds them)."""
+        return len(self._taken) + len(self._ready) + sum(1 for w in self._workers if w.items)
+
+    def _may_take(self, w: _Worker) -> bool:
+        """Whether to take an item for this worker: when idle, or busy with remote items only (a
+        worker busy decoding a local item takes nothing: the next item waits in the source)."""
+        return not w.items or (len(w.items) < self._ahead and all(is_remote(i) for i in w.items))
+
+    def _fits(self, w: _Worker, item: WorkItem) -> bool:
+        """An idle worker takes any item; a busy one another remote item, up to `fetch_ahead`."""
+        if not w.items:
+            return True
+        return is_remote(item) and len(w.items) < self._ahead and all(is_remote(i) for i in w.items)
 
     def _crashed(self, idx: int) -> None:
         w = self._workers[idx]
@@ -343,8 +417,10 @@ class DecodePool:
             self._take(w, msg)
 
     def _take(self, w: _Worker, item: DecodedItem) -> None:
-        if w.item is not None:
-            w.item = None
+        """A result, for the worker's first item (results come back in the order handed over)."""
+        if w.items:
+            w.items.popleft()
+            w.started = time.monotonic()  # the next item's turn starts now
             self._ready.append(item)
 
     def poll(self, timeout: float = 0.0) -> list[DecodedItem]:
@@ -363,7 +439,7 @@ class DecodePool:
         self._dispatch()
         if not self._ready:
             watch = {w.conn: i for i, w in enumerate(self._workers) if w.item is not None or not w.ready}
-            deadlines = [w.started + self._timeout for w in self._workers if w.item is not None]
+            deadlines = [w.started + self._limit(w) for w in self._workers if w.item is not None]
             deadlines += [w.spawned + self._start_timeout for w in self._workers if not w.ready]
             wait_for = timeout
             if deadlines:
@@ -374,7 +450,7 @@ class DecodePool:
         for idx, w in enumerate(self._workers):
             if not w.ready and now - w.spawned > self._start_timeout:
                 self._start_failed(idx, f"not ready after {self._start_timeout:g} s")
-            elif w.item is not None and now - w.started > self._timeout:
+            elif w.item is not None and now - w.started > self._limit(w):
                 self._replace(
                     idx,
                     "timeout",
@@ -384,6 +460,11 @@ class DecodePool:
         out = list(self._ready)
         self._ready.clear()
         return out
+
+    def _limit(self, w: _Worker) -> float:
+        """Seconds the worker's current item may take: a remote one's fetch has its own deadline."""
+        item = w.item
+        return self._timeout + (self._opts.fetch_timeout if item is not None and is_remote(item) else 0.0)
 
     def close(self) -> None:
         for w in self._workers:

@@ -17,13 +17,16 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import posixpath
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import UsageError
+from ..decode import DecodeOptions, read_input
+from ..errors import ItemError, UsageError
+from ..records import WorkItem
 from ..store.layout import OutLayout
 from ..store.ledger import current_records
 
@@ -216,8 +219,8 @@ def _features(fields: dict[str, str], ftypes: dict[str, str], data_schema: Any, 
     return hf.Features(feats)
 
 
-def _media_source(layout: OutLayout) -> Iterator[tuple[str, Path | None, bytes | None]]:
-    """(id, path, inline bytes) of each input item, from the run's input as recorded in run.json."""
+def _media_source(layout: OutLayout) -> Iterator[WorkItem]:
+    """Each input item, from the run's input as recorded in run.json."""
     from ..config.job import JobConfig
     from ..sources.job_input import JobInput
 
@@ -225,8 +228,7 @@ def _media_source(layout: OutLayout) -> Iterator[tuple[str, Path | None, bytes |
     if not man.get("config"):
         raise UsageError(f"{layout.root} has no run manifest (.gemma4u/run.json); export with --no-media")
     config = JobConfig(**{**man["config"], "output": str(layout.root)})
-    for item in JobInput(config).open():
-        yield item.id, item.path, item.data
+    yield from JobInput(config).open()
 
 
 def _with_media(layout: OutLayout, rows: list[dict[str, Any]], result: ExportResult) -> Iterator[dict[str, Any]]:
@@ -236,12 +238,11 @@ def _with_media(layout: OutLayout, rows: list[dict[str, Any]], result: ExportRes
     for row in rows:
         by_id.setdefault(row["id"], []).append(row)
     try:
-        items = _media_source(layout)
-        for item_id, path, data in items:
-            group = by_id.pop(item_id, None)
+        for item in _media_source(layout):
+            group = by_id.pop(item.id, None)
             if group is None:
                 continue
-            yield from _attach(group, path, data, result)
+            yield from _attach(group, item, result)
     except UsageError:
         raise
     except Exception as exc:  # the input moved or cannot be opened: captions without media
@@ -251,14 +252,13 @@ def _with_media(layout: OutLayout, rows: list[dict[str, Any]], result: ExportRes
         yield from group
 
 
-def _attach(
-    group: list[dict[str, Any]], path: Path | None, data: bytes | None, result: ExportResult
-) -> Iterator[dict[str, Any]]:
-    if data is None and path is not None:
-        try:
-            data = Path(path).read_bytes()
-        except OSError:
-            data = None
+def _attach(group: list[dict[str, Any]], item: WorkItem, result: ExportResult) -> Iterator[dict[str, Any]]:
+    """The item's rows with its bytes (a file's, a row's, a URL's) attached where unchanged."""
+    try:
+        data: bytes | None = read_input(item, DecodeOptions())[0]
+    except ItemError:
+        data = None
+    path = item.path
     for row in group:
         if row.get("error") is not None:  # often the media itself is bad: it would not decode
             yield row
@@ -269,7 +269,7 @@ def _attach(
             result.media_missing += 1  # gone, or changed since its caption was made
             yield row
             continue
-        name = Path(path).name if path is not None else row["id"]
+        name = Path(path).name if path is not None else posixpath.basename(item.url or row["id"])
         row[column] = data if column == "video" else {"bytes": data, "path": name}
         result.media[column] = result.media.get(column, 0) + 1
         yield row

@@ -137,6 +137,9 @@ class JobRun:
             return False
         d = self.decoded.popleft()
         self.quick.remember(d)
+        if d.unchanged:  # a URL the quick check found done unless it changed, and it did not
+            self.counters.skipped += len(self.config.tasks_of(d.item))
+            return True
         if not self.builder.in_shard(d):
             if isinstance(d.audio, SpilledAudio):
                 d.audio.file.unlink()

@@ -29,6 +29,7 @@ from ..job.job import Job
 from ..prompting.builder import RequestBuilder
 from ..records import WorkItem
 from ..sources.job_input import is_speech_job
+from ..store.runs import shown_config
 from .scan import InputScan, scan_input
 
 TEMPLATE_TOKENS = 20
@@ -114,7 +115,7 @@ class Plan:
             "pending": self.pending,
             "refused": self.refused,
             "notes": self.notes,
-            "config": self.config.model_dump(mode="json"),
+            "config": shown_config(self.config),
         }
 
 
@@ -350,7 +351,7 @@ def print_resolved_config(config: JobConfig, console: Console) -> None:
     import yaml
 
     console.print("[bold]resolved config[/]")
-    console.print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False).rstrip(), markup=False)
+    console.print(yaml.safe_dump(shown_config(config), sort_keys=False).rstrip(), markup=False)
 
 
 # ------------------------------------------------------------------------- estimate

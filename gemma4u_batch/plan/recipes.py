@@ -29,6 +29,7 @@ from pydantic import BaseModel, ValidationError
 
 from ..config.job import JobConfig
 from ..config.tasks import TASKS, is_speech_task, resolve_task
+from ..config.urls import is_url
 from ..errors import InvalidField, UsageError, validation_message
 
 RECIPE_VERSION = 1
@@ -347,7 +348,8 @@ def apply_set(data: dict[str, Any], raw: str, cwd: Path | None = None) -> None:
 
 
 def _resolve_one(value: Any, base: Path) -> Any:
-    if isinstance(value, str) and value:
+    """A relative path against the recipe's folder; a URL stays as written."""
+    if isinstance(value, str) and value and not is_url(value):
         p = Path(os.path.expanduser(value))
         return p if p.is_absolute() else (base / p)
     return value
@@ -429,7 +431,8 @@ def _check_semantics(data: dict[str, Any], config: JobConfig) -> None:
         raise _RecipeProblem(
             f"translate_to only applies to the transcribe and translate tasks, not '{', '.join(names)}'"
         )
-    manifest_input = config.input is not None and config.input.is_file()
+    local_input = config.input if isinstance(config.input, Path) else None
+    manifest_input = local_input is not None and local_input.is_file()
     if config.subtitles and names and not speech and not manifest_input:
         raise _RecipeProblem(f"subtitles only come from the transcribe and translate tasks, not '{', '.join(names)}'")
     if config.modalities and config.prompt is None and names:
@@ -439,7 +442,7 @@ def _check_semantics(data: dict[str, Any], config: JobConfig) -> None:
                 works = ", ".join(m.value for m in task.instructions)
                 asked = ", ".join(m.value for m in config.modalities)
                 raise _RecipeProblem(f"modalities: task '{n}' works on {works}, not {asked}")
-    if config.input is not None and not config.input.exists():
+    if local_input is not None and not local_input.exists():
         raise _RecipeProblem(
             f"input: not found: {config.input} (relative paths in a recipe are resolved against its folder)"
         )

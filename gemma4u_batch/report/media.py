@@ -20,7 +20,10 @@ from typing import Any
 
 import numpy as np
 
+from ..decode import read_input
 from ..decode.options import DecodeOptions
+from ..errors import ItemError
+from ..records import WorkItem
 
 log = logging.getLogger(__name__)
 
@@ -136,19 +139,17 @@ def audio_view(data: bytes, opts: DecodeOptions) -> MediaView:
 _VIEWS = {"image": image_view, "video": video_view, "audio": audio_view}
 
 
-def _read(path: Path | None, data: bytes | None, limit: int) -> tuple[bytes | None, str | None]:
-    """The item's bytes, or why there are none."""
-    if data is not None or path is None:
-        return data, None
+def _read(item: WorkItem, limit: int) -> tuple[bytes | None, str | None]:
+    """The item's bytes (a file, a dataset row's, a URL's), or why there are none."""
     try:
-        if Path(path).stat().st_size > limit:
+        return read_input(item, DecodeOptions(max_input_bytes=limit))[0], None
+    except ItemError as exc:
+        if exc.kind == "too_large":
             return None, f"no preview: the file is over {limit // 2**20} MB"
-        return Path(path).read_bytes(), None
-    except OSError as exc:
-        return None, f"cannot read the media file {path}: {exc.strerror or exc}"
+        return None, f"cannot read the media file {item.path or item.source}: {exc.message}"
 
 
-def media_view(rec: dict[str, Any], found: tuple[Path | None, bytes | None] | None, opts: DecodeOptions) -> MediaView:
+def media_view(rec: dict[str, Any], found: WorkItem | None, opts: DecodeOptions) -> MediaView:
     """The view of one record's media; a placeholder naming the reason when there is none.
 
     Only media the run decoded without error, and unchanged since (same sha256), is decoded
@@ -161,7 +162,7 @@ def media_view(rec: dict[str, Any], found: tuple[Path | None, bytes | None] | No
         return MediaView(note="no media (modality unknown)")
     if found is None:
         return MediaView(note="media not found: the item is no longer in the run's input")
-    data, why = _read(*found, min(MAX_PREVIEW_BYTES, opts.max_input_bytes))
+    data, why = _read(found, min(MAX_PREVIEW_BYTES, opts.max_input_bytes))
     if not data:
         return MediaView(note=why or "media file is empty")
     sha = rec.get("content_sha256")
@@ -174,20 +175,18 @@ def media_view(rec: dict[str, Any], found: tuple[Path | None, bytes | None] | No
         return MediaView(note=f"no preview: {type(exc).__name__}: {str(exc)[:200]}")
 
 
-def _folder_items(folder: Path, ids: set[str]) -> dict[str, tuple[Path | None, bytes | None]]:
+def _folder_items(folder: Path, ids: set[str]) -> dict[str, WorkItem]:
     """A folder input's items by id (their path under the folder), never outside it."""
     top = folder.resolve()
-    found: dict[str, tuple[Path | None, bytes | None]] = {}
+    found: dict[str, WorkItem] = {}
     for i in ids:
         path = (folder / i).resolve()
         if path.is_relative_to(top) and path.is_file():
-            found[i] = (path, None)
+            found[i] = WorkItem(id=i, source=str(path), modality=None, path=path)
     return found
 
 
-def locate_media(
-    manifest: dict[str, Any], root: Path, ids: Iterable[str]
-) -> dict[str, tuple[Path | None, bytes | None]]:
+def locate_media(manifest: dict[str, Any], root: Path, ids: Iterable[str]) -> dict[str, WorkItem]:
     """Where the sampled items' media is now, from the run's input as run.json records it.
 
     A folder input is looked up by id (the path under the folder: no listing); other inputs
@@ -201,15 +200,15 @@ def locate_media(
     wanted = set(ids)
     if not wanted or not manifest.get("config"):
         return {}
-    found: dict[str, tuple[Path | None, bytes | None]] = {}
+    found: dict[str, WorkItem] = {}
     try:
         config = JobConfig(**{**manifest["config"], "output": str(root)})
-        if config.input is not None and Path(config.input).is_dir():
+        if isinstance(config.input, Path) and config.input.is_dir():
             found = _folder_items(Path(config.input), wanted)
             wanted -= set(found)
         for item in JobInput(config).open() if wanted else ():
             if item.id in wanted:
-                found[item.id] = (item.path, item.data)
+                found[item.id] = item
                 wanted.discard(item.id)
                 if not wanted:
                     break

@@ -12,13 +12,15 @@ import dataclasses
 import math
 import os
 import re
-from collections.abc import Iterable, Iterator
+import urllib.parse
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
 from ..records import Modality, WorkItem
 from .folder import modality_for
+from .locations import EXTRAS, is_url, redact, scheme_of, under
 from .paths import BadRowPath, outside_roots, real_path
 from .rows import DuplicateIds, one_line, unknown_type_message
 
@@ -194,9 +196,12 @@ class DatasetSource:
     arrow, csv, json, webdataset) or a hub id (needs a reachable hub). Ids are the "id"
     column when present, else "SPLIT/00000042", so they are stable across runs.
 
-    Rows that name a file instead of carrying bytes may only reach files under
-    `allow_roots` (default: the dataset's folder; for a hub id, the Hugging Face caches),
-    so a dataset from elsewhere cannot make the job read arbitrary files.
+    Rows that name a file instead of carrying bytes may only reach files under the folders
+    in `allow_roots` (default: the dataset's folder; for a hub id, the Hugging Face caches),
+    so a dataset from elsewhere cannot make the job read arbitrary files. A row naming a
+    URL (s3://, gs://, az://, hf://, http(s)://: the schemes gemma4u reads) is a remote item,
+    fetched by the decode stage, only when the URL lies under one of the URL roots in
+    `allow_roots` (none by default); else it is an error item that says to pass --allow-root.
     """
 
     def __init__(
@@ -207,7 +212,7 @@ class DatasetSource:
         modalities: frozenset[Modality] | None = None,
         streaming: bool | None = None,
         name: str | None = None,
-        allow_roots: list[Path] | None = None,
+        allow_roots: Sequence[Path | str] | None = None,
     ) -> None:
         self.spec = str(spec)
         self.modalities = modalities
@@ -223,8 +228,9 @@ class DatasetSource:
         self._ds, self.column, self._modality = self._prepare(ds, column)
         # Relative paths in rows resolve against the dataset's folder (a single file's folder).
         self._base = self.root if not self.root.is_file() else self.root.parent
-        roots = list(allow_roots) if allow_roots else self._default_roots()
-        self._allow_roots = [os.path.realpath(r) for r in roots]
+        local = [Path(r) for r in allow_roots or [] if not is_url(r)]
+        self._url_roots = [str(r) for r in allow_roots or [] if is_url(r)]
+        self._allow_roots = [os.path.realpath(r) for r in local or self._default_roots()]
 
     def _default_roots(self) -> list[Path]:
         if self._local:
@@ -287,8 +293,12 @@ class DatasetSource:
         return self._load(text, split, streaming, name=name)
 
     def _load(self, loader: str, split: str | None, streaming: bool | None, **kwargs: Any):
+        # Only the dataset's own files are read, from HF_ENDPOINT: no download counter (a request
+        # to another host) and no dataset-viewer export in place of the repo's files.
         import datasets
 
+        datasets.config.HF_UPDATE_DOWNLOAD_COUNTS = False
+        datasets.config.USE_PARQUET_EXPORT = False
         kwargs = {k: v for k, v in kwargs.items() if v is not None}
         loaded = datasets.load_dataset(loader, streaming=True if streaming is None else streaming, **kwargs)
         if isinstance(loaded, (datasets.DatasetDict, datasets.IterableDatasetDict)):
@@ -371,24 +381,39 @@ class DatasetSource:
             data, path = _cell_media(row.get(column))
         except _BadCell as exc:
             return error(str(exc))
+        remote = not data and is_url(path)
         if item.modality is None:
-            modality = modality_for(path) if path else None
+            # A URL's type is its path's extension (a query string, a presigned URL's, aside).
+            modality = modality_for(urllib.parse.urlsplit(path).path if remote else path) if path else None
             if modality is None:
-                return error(unknown_type_message(path or ""))
+                return error(unknown_type_message(redact(path) if remote and path else path or ""))
             item = dataclasses.replace(item, modality=modality)
         if self.modalities is not None and item.modality not in self.modalities:
             return None
         if data:
             return dataclasses.replace(item, data=bytes(data))
         assert path is not None
-        if "://" in path:
-            return error(f"media is a remote reference without bytes ({path})")
+        if remote:
+            return self._url_item(item, path, error)
         try:
             real = real_path(path, self._base if self._local else None)
         except BadRowPath as exc:
             return error(exc.message)
         refused = outside_roots(path, real, self._allow_roots)
         return error(refused) if refused else dataclasses.replace(item, path=Path(real))
+
+    def _url_item(self, item: WorkItem, url: str, error: Callable[[str], WorkItem]) -> WorkItem:
+        """A row naming a URL: a remote item when gemma4u reads its scheme and it lies under an
+        allowed URL root, else an error item naming it (redacted)."""
+        shown = redact(url)
+        scheme = scheme_of(url)
+        if scheme not in EXTRAS:
+            known = ", ".join(sorted({f"{s}://" for s in EXTRAS}))
+            return error(f"unsupported URL scheme {scheme}:// in {shown} (gemma4u reads {known} and local paths)")
+        if not any(under(url, root) for root in self._url_roots):
+            roots = ", ".join(redact(r) for r in self._url_roots) or "none for URLs"
+            return error(f"{shown} is outside the allowed roots ({roots}); pass --allow-root to allow it")
+        return dataclasses.replace(item, url=url)
 
     def __iter__(self) -> Iterator[WorkItem]:
         ids = DuplicateIds()

@@ -14,6 +14,7 @@ from ..console import Counters
 from ..errors import UsageError
 from ..records import Modality, WorkItem
 from . import Source, open_source
+from .locations import redact
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ class JobInput:
         """'folder examples/images, modalities=image' and the like, for plans and logs."""
         c = self.config
         kind = type(source or self.open()).__name__.removesuffix("Source").lower() or "source"
-        where = self.dataset_spec() if c.dataset else str(c.input)
+        where = self.dataset_spec() if c.dataset else redact(str(c.input))
         extra = "".join(f", {k}={v}" for k, v in (("split", c.split), ("column", c.column)) if v)
         mods = f", modalities={','.join(m.value for m in c.modalities)}" if c.modalities else ""
         return f"{kind} {where}{extra}{mods}"

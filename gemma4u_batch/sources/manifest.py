@@ -11,16 +11,20 @@ import csv
 import dataclasses
 import datetime as _dt
 import decimal
+import io
 import json
 import math
 import os
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
 from ..records import Modality, WorkItem
+from . import locations
 from .folder import modality_for
+from .locations import is_url, redact
 from .paths import BadRowPath, outside_roots, real_path
 from .rows import DuplicateIds, one_line, unknown_type_message
 
@@ -184,27 +188,31 @@ class ManifestSource:
 
     def __init__(
         self,
-        path: Path,
+        path: Path | str,
         modalities: frozenset[Modality] | None = None,
-        allow_roots: list[Path] | None = None,
+        allow_roots: list[Path | str] | None = None,
         path_column: str | None = None,
     ) -> None:
-        self.path = Path(path)
-        self.root = self.path.parent
+        self.remote = is_url(path)
+        self.location: Path | str = str(path) if self.remote else Path(path)
+        self.path = Path(urllib.parse.urlsplit(str(path)).path) if self.remote else Path(path)  # its name
+        self.where = redact(str(path)) if self.remote else str(path)  # as messages and sources show it
+        self.root: Path | str = locations.parent(str(path)) if self.remote else self.path.parent
         self.modalities = modalities
         self.path_column = path_column
         roots = allow_roots if allow_roots else [self.root]
-        self._allow_roots = [os.path.realpath(r) for r in roots]
-        self._real_root = os.path.realpath(self.root)
+        self._url_roots = [str(r) for r in roots if is_url(str(r))]
+        self._allow_roots = [os.path.realpath(r) for r in roots if not is_url(str(r))]
+        self._real_root = None if self.remote else os.path.realpath(self.path.parent)
         self._format = _FORMATS.get(self.path.suffix.lower())
         if self._format is None:
             raise UsageError(
-                f"manifest {self.path}: unsupported format '{self.path.suffix}' "
+                f"manifest {self.where}: unsupported format '{self.path.suffix}' "
                 "(use .jsonl, .ndjson, .csv, .tsv or .parquet)"
             )
-        if not self.path.is_file():
+        if not self.remote and not self.path.is_file():
             what = "not found" if not self.path.exists() else "not a regular file"
-            raise UsageError(f"manifest {self.path}: {what}")
+            raise UsageError(f"manifest {self.where}: {what}")
         # Validate the header/schema now so a bad manifest fails before any work starts.
         if self._format in ("csv", "tsv"):
             self._header = self._read_csv_header()
@@ -212,10 +220,22 @@ class ManifestSource:
             self._parquet_columns = self._read_parquet_schema()
         else:
             try:
-                with open(self.path, "rb") as fh:
+                with self._open_bytes() as fh:
                     fh.read(1)
             except OSError as exc:
-                raise UsageError(f"manifest {self.path}: cannot read: {exc.strerror or exc}") from exc
+                raise UsageError(f"manifest {self.where}: cannot read: {exc.strerror or exc}") from exc
+
+    def _open_bytes(self) -> Any:
+        """The manifest as a binary stream, local or remote (streamed, never read whole); a
+        missing remote manifest is one clear line."""
+        if not self.remote:
+            return open(self.path, "rb")
+        fs, path = locations.filesystem(str(self.location))
+        try:
+            # fsspec's files take no size in readline: buffered like a local file, they do
+            return io.BufferedReader(fs.open(path, "rb", block_size=1 << 20), buffer_size=1 << 20)
+        except FileNotFoundError:
+            raise UsageError(f"manifest {self.where}: not found") from None
 
     # ----------------------------------------------------------------- formats
 
@@ -223,7 +243,7 @@ class ManifestSource:
         if self.path_column is not None:
             if self.path_column not in names:
                 raise UsageError(
-                    f"manifest {self.path}: path column '{self.path_column}' not found "
+                    f"manifest {self.where}: path column '{self.path_column}' not found "
                     f"(--column; columns: {_names(names)})"
                 )
             return self.path_column
@@ -231,13 +251,13 @@ class ManifestSource:
             if name in names:
                 return name
         raise UsageError(
-            f"manifest {self.path}: no path column (expected one of {', '.join(PATH_COLUMNS)}; "
+            f"manifest {self.where}: no path column (expected one of {', '.join(PATH_COLUMNS)}; "
             f"found {_names(names) or 'none'}); name it with --column (column: in a recipe)"
         )
 
     def _open_csv(self):
         # Bad UTF-8 after the header is one bad row, not a failed manifest.
-        return open(self.path, encoding="utf-8-sig", errors="surrogateescape", newline="")
+        return io.TextIOWrapper(self._open_bytes(), encoding="utf-8-sig", errors="surrogateescape", newline="")
 
     def _csv_reader(self, fh):
         return csv.reader(fh, delimiter="\t" if self._format == "tsv" else ",")
@@ -249,18 +269,18 @@ class ManifestSource:
                 for row in reader:
                     if row:
                         if not all(_valid_utf8(c) for c in row):
-                            raise UsageError(f"manifest {self.path}: header is not valid UTF-8")
+                            raise UsageError(f"manifest {self.where}: header is not valid UTF-8")
                         header = [c.strip() for c in row]
                         self._pick_column(header)
                         return header
         except UnicodeDecodeError as exc:
-            raise UsageError(f"manifest {self.path}: header is not valid UTF-8") from exc
+            raise UsageError(f"manifest {self.where}: header is not valid UTF-8") from exc
         except csv.Error as exc:
-            raise UsageError(f"manifest {self.path}: cannot parse CSV header: {one_line(exc)}") from exc
+            raise UsageError(f"manifest {self.where}: cannot parse CSV header: {one_line(exc)}") from exc
         except _LineTooLong as exc:
-            raise UsageError(f"manifest {self.path}: header line is longer than {MAX_LINE_BYTES} bytes") from exc
+            raise UsageError(f"manifest {self.where}: header line is longer than {MAX_LINE_BYTES} bytes") from exc
         except OSError as exc:
-            raise UsageError(f"manifest {self.path}: cannot read: {exc.strerror or exc}") from exc
+            raise UsageError(f"manifest {self.where}: cannot read: {exc.strerror or exc}") from exc
         return None  # empty file: zero rows
 
     def _read_parquet_schema(self) -> list[str]:
@@ -268,14 +288,15 @@ class ManifestSource:
         import pyarrow.parquet as pq
 
         try:
-            names = list(pq.ParquetFile(self.path).schema_arrow.names)
+            with self._open_bytes() as fh:
+                names = list(pq.ParquetFile(fh).schema_arrow.names)
         except (pa.ArrowException, OSError, ValueError) as exc:
-            raise UsageError(f"manifest {self.path}: not a readable Parquet file: {one_line(exc)}") from exc
+            raise UsageError(f"manifest {self.where}: not a readable Parquet file: {one_line(exc)}") from exc
         self._pick_column(names)
         return names
 
     def _rows_jsonl(self) -> Iterator[tuple[int, dict[str, Any] | _RowError]]:
-        with open(self.path, "rb") as fh:
+        with self._open_bytes() as fh:
             n = 0
             while True:
                 raw = fh.readline(MAX_LINE_BYTES + 1)
@@ -350,13 +371,13 @@ class ManifestSource:
 
         n = 0
         try:
-            pf = pq.ParquetFile(self.path)
-            for batch in pf.iter_batches(batch_size=_PARQUET_BATCH_ROWS):
-                for row in batch.to_pylist():
-                    n += 1
-                    yield n, row
+            with self._open_bytes() as fh:
+                for batch in pq.ParquetFile(fh).iter_batches(batch_size=_PARQUET_BATCH_ROWS):
+                    for row in batch.to_pylist():
+                        n += 1
+                        yield n, row
         except (pa.ArrowException, OSError) as exc:
-            raise UsageError(f"manifest {self.path}: cannot read Parquet after row {n}: {one_line(exc)}") from exc
+            raise UsageError(f"manifest {self.where}: cannot read Parquet after row {n}: {one_line(exc)}") from exc
 
     # -------------------------------------------------------------------- rows
 
@@ -407,6 +428,8 @@ class ManifestSource:
         )
         if data is not None:
             return row_id, item
+        if self.remote or is_url(raw_path):
+            return row_id, self._url_item(item, raw_path, where)
         try:
             real = real_path(raw_path, self._real_root)
         except BadRowPath as exc:
@@ -415,6 +438,18 @@ class ManifestSource:
         if refused:
             return row_id, dataclasses.replace(item, error=f"{where}: {refused}")
         return row_id, dataclasses.replace(item, path=Path(real))
+
+    def _url_item(self, item: WorkItem, raw_path: str, where: str) -> WorkItem:
+        """A row naming a URL, or a relative path in a remote manifest (resolved against the
+        manifest's folder URL): allowed only under an allowed root, like a local path."""
+        url = raw_path if is_url(raw_path) else locations.join(str(self.root), raw_path)
+        if not is_url(url) or locations.scheme_of(url) not in locations.EXTRAS:
+            return dataclasses.replace(item, error=f"{where}: unsupported location {redact(raw_path)!r}")
+        if not any(locations.under(url, root) for root in self._url_roots):
+            roots = ", ".join(redact(r) for r in self._url_roots) or "none for URLs"
+            refused = f"{redact(url)} is outside the allowed roots ({roots}); pass --allow-root to allow it"
+            return dataclasses.replace(item, error=f"{where}: {refused}")
+        return dataclasses.replace(item, url=url)
 
     def __iter__(self) -> Iterator[WorkItem]:
         if self._format == "jsonl":
@@ -429,7 +464,7 @@ class ManifestSource:
         ids = DuplicateIds()
         for n, row in rows:
             where = f"manifest {unit} {n}"
-            source = f"{self.path}:{n}"
+            source = f"{self.where}:{n}"
             fallback_id = f"{self.path.name}:{unit}{n}"
             if isinstance(row, _RowError):
                 item = WorkItem(id=fallback_id, source=source, modality=None, error=f"{where}: {row.message}")

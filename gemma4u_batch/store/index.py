@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..records import ObjectStat
 from .layout import OutLayout
 from .writer import effective_parts, iter_part_records
 
@@ -32,6 +33,12 @@ log = logging.getLogger(__name__)
 VERSION = 2
 RACY_NS = 2_000_000_000  # coarse filesystems keep 1-2 s timestamps
 INDEX_COLUMNS = ("id", "task", "key", "error", "error_kind")
+
+_REMOTE = """CREATE TABLE IF NOT EXISTS remote (
+    url TEXT PRIMARY KEY, etag TEXT, version TEXT, size INTEGER, mtime_ns INTEGER, last_modified TEXT,
+    sha256 TEXT, has_audio INTEGER) WITHOUT ROWID;"""
+"""Remote inputs' quick check: a URL's listing facts (or its last fetch's validators) and the
+sha256 its bytes had. Added beside version 2's tables when missing (no rebuild needed)."""
 
 _SCHEMA = f"""
 BEGIN;
@@ -45,6 +52,7 @@ CREATE TABLE files (
     path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, ino INTEGER, dev INTEGER,
     sha256 TEXT, has_audio INTEGER, hashed_at_ns INTEGER) WITHOUT ROWID;
 CREATE TABLE prompts (digest TEXT PRIMARY KEY, rendered TEXT) WITHOUT ROWID;
+{_REMOTE}
 PRAGMA user_version = {VERSION};
 COMMIT;
 """
@@ -97,6 +105,7 @@ class OutIndex:
         self._db: sqlite3.Connection | None = None
         self._pending_files: list[tuple[Any, ...]] = []
         self._pending_prompts: list[tuple[str, str]] = []
+        self._pending_remote: list[tuple[Any, ...]] = []
         self._recovering = False
 
     # ------------------------------------------------------------------ open / sync
@@ -164,6 +173,7 @@ class OutIndex:
                 db = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
                 db.execute("PRAGMA synchronous = NORMAL")
             db.executescript(_SCHEMA)
+        db.execute(_REMOTE)  # an index made before remote inputs gains its table
         return db
 
     def _unlink(self) -> None:
@@ -345,15 +355,38 @@ class OutIndex:
             (path, st.size, st.mtime_ns, st.ino, st.dev, facts.sha256, facts.has_audio, hashed_at_ns)
         )
 
+    def remote_facts_many(self, urls: list[str]) -> dict[str, tuple[ObjectStat, FileFacts]]:
+        """What OUT knows of each URL: the listing's facts (or the last fetch's validators) and the
+        hash of its bytes then."""
+        out: dict[str, tuple[ObjectStat, FileFacts]] = {}
+        for start in range(0, len(urls), 500):
+            part = urls[start : start + 500]
+            q = (
+                "SELECT url, etag, version, size, mtime_ns, last_modified, sha256, has_audio FROM remote "
+                f"WHERE url IN ({','.join('?' * len(part))})"
+            )
+            for row in self._rows(q, part):
+                facts = FileFacts(row[6], None if row[7] is None else bool(row[7]))
+                out[row[0]] = (ObjectStat(*row[1:6]), facts)
+        return out
+
+    def remember_remote(self, url: str, stat: ObjectStat, facts: FileFacts) -> None:
+        """Queue a URL's facts; written with the next flush (a hint: losing it costs a fetch)."""
+        self._pending_remote.append(
+            (url, stat.etag, stat.version, stat.size, stat.mtime_ns, stat.last_modified, facts.sha256, facts.has_audio)
+        )
+
     def flush_files(self) -> None:
-        """Write the queued file facts and rendered prompts."""
-        if not (self._pending_files or self._pending_prompts) or self._db is None:
+        """Write the queued file facts, remote facts and rendered prompts."""
+        if not (self._pending_files or self._pending_prompts or self._pending_remote) or self._db is None:
             return
         with self._tx():
             self.db.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?)", self._pending_files)
             self.db.executemany("INSERT OR REPLACE INTO prompts VALUES (?, ?)", self._pending_prompts)
+            self.db.executemany("INSERT OR REPLACE INTO remote VALUES (?, ?, ?, ?, ?, ?, ?, ?)", self._pending_remote)
         self._pending_files.clear()
         self._pending_prompts.clear()
+        self._pending_remote.clear()
 
     # ---------------------------------------------------------------------- prompts
 

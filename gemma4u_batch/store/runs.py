@@ -14,6 +14,7 @@ from .. import __version__
 from ..atomic import write_json_atomic
 from ..config.job import JobConfig
 from ..prompting.keys import fingerprint_note
+from ..sources.locations import redact
 from .layout import OutLayout
 from .lock import shard_file, shard_markers
 
@@ -68,7 +69,7 @@ def run_manifest(config: JobConfig, guard: dict[str, Any], engine_notes: dict[st
     """What run.json records: the config, the guard, limits, versions, where and when."""
     return {
         "tool": "gemma4u",
-        "config": config.model_dump(mode="json"),
+        "config": shown_config(config),
         "guard": guard,
         "model": config.model,
         "model_fingerprint": guard["model_fingerprint"],
@@ -79,6 +80,16 @@ def run_manifest(config: JobConfig, guard: dict[str, Any], engine_notes: dict[st
         "started_at": time.time(),
         "host": socket.gethostname(),
     }
+
+
+def shown_config(config: JobConfig) -> dict[str, Any]:
+    """The config as run.json keeps it: a URL's credentials (user:password, a signed query
+    string) taken out, since OUT is shared and read by others."""
+    data = config.model_dump(mode="json")
+    if isinstance(data.get("input"), str):
+        data["input"] = redact(data["input"])
+    data["allow_roots"] = [redact(r) for r in data.get("allow_roots") or []]
+    return data
 
 
 def write_run_manifest(layout: OutLayout, shard: tuple[int, int] | None, manifest: dict[str, Any]) -> None:
