@@ -292,6 +292,16 @@ def _replica_pids(cluster: RayCluster) -> list[int]:
     return [p.pid for p in cluster.processes() if "ray::_Replica" in (command_line(p) or "")]
 
 
+def _signal_all(pids: list[int], sig: signal.Signals) -> list[int]:
+    """The pids that received `sig` (a process may have exited since it was listed)."""
+    sent = []
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+            sent.append(pid)
+    return sent
+
+
 @pytest.mark.engine
 @pytest.mark.timeout(1500)
 def test_ray_two_replicas_one_killed_still_exactly_once(inputs, tiny_model, reference, ray_cluster, tmp_path):
@@ -304,17 +314,20 @@ def test_ray_two_replicas_one_killed_still_exactly_once(inputs, tiny_model, refe
     killed = False
     off_loopback: list = []
     deadline = time.time() + 900
-    while time.time() < deadline and proc.poll() is None:
-        if not killed and len(committed_parts(OutLayout(out))) >= 2:
+    while time.time() < deadline and proc.poll() is None and not killed:
+        if committed_parts(OutLayout(out)):
             pids = [pid for pid in _replica_pids(ray_cluster) if pid not in earlier]
-            if pids:
-                # Mid-run (driver, both replicas and their engines up): every socket on loopback.
-                off_loopback = ray_cluster.off_loopback(extra_pids=(proc.pid,))
-                try:
-                    os.kill(pids[0], signal.SIGKILL)  # a replica dies mid-run (its engine with it)
-                    killed = True
-                except ProcessLookupError:  # it exited between the listing and the kill: try the next one
-                    earlier.add(pids[0])
+            # Freeze this job's replicas first: on a loaded machine the tiny model can finish the
+            # remaining records between two polls, and a frozen job cannot.
+            frozen = _signal_all(pids, signal.SIGSTOP)
+            try:
+                if frozen:
+                    # Mid-run (driver, both replicas and their engines up): every socket on loopback.
+                    off_loopback = ray_cluster.off_loopback(extra_pids=(proc.pid,))
+                    killed = bool(_signal_all(frozen[:1], signal.SIGKILL))  # a replica dies mid-run
+                earlier.update(set(pids) - set(frozen))  # exited between the listing and the signal
+            finally:
+                _signal_all(frozen, signal.SIGCONT)
         time.sleep(0.2)
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err[-3000:]

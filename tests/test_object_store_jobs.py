@@ -124,3 +124,39 @@ def test_decode_workers_fetch_from_the_store_with_its_own_configuration(s3_store
     trusted = FakeEngine()
     run_fake(manifest, tmp_path / "out2", engine=trusted, allow_roots=roots, trust_urls=True)
     assert trusted.added == 0 and not [r for r in s3_store.requests() if r.path.endswith("/data/a.jpg")]
+
+
+def test_plan_status_inspect_report_and_recipes_take_a_prefix(s3_store: ObjectStore, tmp_path: Path) -> None:
+    """The other commands read the same prefix: a recipe's `input`, `--dry-run`'s plan and pending
+    count, `status --count-pending`, `inspect` and the report's media previews."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from gemma4u_batch.cli.app import app
+    from gemma4u_batch.plan.plan import plan
+    from gemma4u_batch.plan.recipes import load_recipe
+    from gemma4u_batch.report.page import ReportOptions, write_report
+
+    files = _photos()
+    bucket, prefix = _fill(s3_store, files)
+    recipe = tmp_path / "job.yaml"
+    recipe.write_text(f"input: {prefix}\noutput: out\nmodel: fake-model\nworkers: 0\n")
+    config = load_recipe(recipe)
+    assert config.input == prefix  # a URL stays as typed, not resolved against the recipe's folder
+    before = plan(config, sample=2)
+    assert before.items == 4 and before.found == {"image": 4} and before.pending is None
+    assert before.modalities["image"].decoded == 2 and before.modalities["image"].media_tokens > 0
+    run_fake(config)
+    s3_store.put(bucket, "data/g.jpg", jpeg_bytes(photo("coffee").resize((30, 20))))
+    assert plan(config, sample=1).pending == 1
+    status = CliRunner().invoke(app, ["status", str(config.output), "--count-pending", "--json"])
+    assert status.exit_code == 0, status.output
+    assert json.loads(status.stdout)["pending"] == 1
+    shown = CliRunner().invoke(app, ["inspect", prefix, "--json"])
+    assert shown.exit_code == 0, shown.output
+    ids = {json.loads(line)["id"] for line in shown.stdout.splitlines() if line.startswith("{")}
+    assert ids == {"a.jpg", "b/c.png", "b/d.jpg", "e.jpg", "g.jpg"}
+    page = write_report(config.output, tmp_path / "report.html", ReportOptions(sample=4))
+    html = page.path.read_text()
+    assert page.sampled == 4 and html.count("data:image/") >= 4 and "media not found" not in html

@@ -153,6 +153,12 @@ class OutIndex:
                 raise
             return self.db.execute(sql, params).fetchall()
 
+    def _rows_in(self, select_where: str, values: Sequence[Any]) -> Iterator[Any]:
+        """Rows of `select_where` + ` IN (…)` over `values`, 500 at a time (SQLite's variable limit)."""
+        for start in range(0, len(values), 500):
+            part = list(values[start : start + 500])
+            yield from self._rows(f"{select_where} IN ({','.join('?' * len(part))})", part)
+
     def _close_db(self) -> None:
         if self._db is not None:
             self._db.close()
@@ -281,13 +287,8 @@ class OutIndex:
     def get_many(self, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], tuple[str, bool]]:
         """`get` for many (id, task) pairs in one query."""
         ids = sorted({i for i, _ in pairs})
-        out: dict[tuple[str, str], tuple[str, bool]] = {}
-        for start in range(0, len(ids), 500):
-            part = ids[start : start + 500]
-            q = f"SELECT id, task, key, failed FROM records WHERE id IN ({','.join('?' * len(part))})"
-            for r in self._rows(q, part):
-                out[(r[0], r[1])] = (r[2], bool(r[3]))
-        return out
+        rows = self._rows_in("SELECT id, task, key, failed FROM records WHERE id", ids)
+        return {(r[0], r[1]): (r[2], bool(r[3])) for r in rows}
 
     def get(self, id: str, task: str) -> tuple[str, bool] | None:
         """(key, failed) of the current record of (id, task), or None."""
@@ -332,21 +333,15 @@ class OutIndex:
 
     def file_facts_many(self, stats: dict[str, FileStat]) -> dict[str, FileFacts]:
         """The hashes of the input files whose stat shows them unchanged since they were read."""
-        paths = list(stats)
         out: dict[str, FileFacts] = {}
-        for start in range(0, len(paths), 500):
-            part = paths[start : start + 500]
-            q = (
-                "SELECT path, size, mtime_ns, ino, dev, sha256, has_audio, hashed_at_ns FROM files "
-                f"WHERE path IN ({','.join('?' * len(part))})"
-            )
-            for row in self._rows(q, part):
-                st = stats[row[0]]
-                if FileStat(*row[1:5]) != st:
-                    continue
-                if st.mtime_ns + RACY_NS >= row[7]:  # modified too close to being read: can't trust the stat
-                    continue
-                out[row[0]] = FileFacts(row[5], None if row[6] is None else bool(row[6]))
+        q = "SELECT path, size, mtime_ns, ino, dev, sha256, has_audio, hashed_at_ns FROM files WHERE path"
+        for row in self._rows_in(q, list(stats)):
+            st = stats[row[0]]
+            if FileStat(*row[1:5]) != st:
+                continue
+            if st.mtime_ns + RACY_NS >= row[7]:  # modified too close to being read: can't trust the stat
+                continue
+            out[row[0]] = FileFacts(row[5], None if row[6] is None else bool(row[6]))
         return out
 
     def remember_file(self, path: str, st: FileStat, facts: FileFacts, hashed_at_ns: int) -> None:
@@ -358,17 +353,11 @@ class OutIndex:
     def remote_facts_many(self, urls: list[str]) -> dict[str, tuple[ObjectStat, FileFacts]]:
         """What OUT knows of each URL: the listing's facts (or the last fetch's validators) and the
         hash of its bytes then."""
-        out: dict[str, tuple[ObjectStat, FileFacts]] = {}
-        for start in range(0, len(urls), 500):
-            part = urls[start : start + 500]
-            q = (
-                "SELECT url, etag, version, size, mtime_ns, last_modified, sha256, has_audio FROM remote "
-                f"WHERE url IN ({','.join('?' * len(part))})"
-            )
-            for row in self._rows(q, part):
-                facts = FileFacts(row[6], None if row[7] is None else bool(row[7]))
-                out[row[0]] = (ObjectStat(*row[1:6]), facts)
-        return out
+        q = "SELECT url, etag, version, size, mtime_ns, last_modified, sha256, has_audio FROM remote WHERE url"
+        return {
+            row[0]: (ObjectStat(*row[1:6]), FileFacts(row[6], None if row[7] is None else bool(row[7])))
+            for row in self._rows_in(q, urls)
+        }
 
     def remember_remote(self, url: str, stat: ObjectStat, facts: FileFacts) -> None:
         """Queue a URL's facts; written with the next flush (a hint: losing it costs a fetch)."""
