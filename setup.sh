@@ -6,6 +6,8 @@
 #   ./setup.sh test      set up (+ Debian chromium for the report test, Azurite for the az:// tests),
 #                        then run the test suite
 #   ./setup.sh lint      set up, then ruff check, ruff format --check and mypy (CI runs it)
+#   ./setup.sh test-deps only the test command's non-Python tools (chromium, Azurite); CI runs it
+#                        while the venv installs, `test` then finds them in place
 # The package's dependencies are declared once, in pyproject.toml [project]; see docs/install.md.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -133,8 +135,8 @@ system_deps() {
     exit 1
   fi
   echo "setup: installing ffmpeg (apt-get) for the FFmpeg shared libraries: $missing" >&2
-  DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ffmpeg >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends ffmpeg >/dev/null
   missing=$(ffmpeg_missing)
   if [ -n "$missing" ]; then
     echo "setup: still missing after apt-get install ffmpeg: $missing" >&2
@@ -156,8 +158,8 @@ browser_deps() {
     return 0
   fi
   echo "setup: installing chromium (apt-get) for the report browser test" >&2
-  DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null || true
-  if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; then
+  DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 update -qq >/dev/null || true
+  if ! DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends chromium >/dev/null; then
     echo "setup: apt-get install chromium failed: the report browser test will be skipped" >&2
   fi
 }
@@ -238,6 +240,7 @@ case "$cmd" in
   setup) setup ;;
   demo) setup; demo ;;
   test) setup; browser_deps; azurite_deps; run_tests "$@" ;;
+  test-deps) browser_deps; azurite_deps ;;
   lint) setup; lint ;;
-  *) echo "usage: ./setup.sh [setup|demo|test [pytest args]|lint]" >&2; exit 2 ;;
+  *) echo "usage: ./setup.sh [setup|demo|test [pytest args]|test-deps|lint]" >&2; exit 2 ;;
 esac
