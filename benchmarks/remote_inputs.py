@@ -15,8 +15,9 @@ this script's that counts every request by kind; nothing leaves the machine.
 2. A no-op rerun over M zero-byte objects (`s3://bench/objs/`, 1,000 per prefix): the real CLI's
    first run (every object an error record: the engine never starts; straight to the store),
    then the same command again through the proxy: its wall time, and the store requests it made
-   by kind (LIST, GET, HEAD). The quick check knows every object from the listing alone, so the
-   rerun should make no GET or HEAD.
+   by kind (LIST, GET, HEAD), and the CPU time the gemma4u process used. The quick check knows
+   every object from the listing alone, so the rerun should make no GET or HEAD. Last, the same
+   keys listed by boto3 alone through the proxy: the store's own share of the rerun's wall time.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import http.client
 import io
 import json
 import os
+import resource
 import shutil
 import socket
 import subprocess
@@ -233,12 +235,31 @@ def part_rerun(work: Path, proxy: CountingProxy, m: int, model: Path) -> dict:
     for step, endpoint in (("first_run", direct), ("noop_rerun", proxy.endpoint)):
         env = {**os.environ, **ENV, "AWS_ENDPOINT_URL": endpoint}
         proxy.counts.clear()
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.monotonic()
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        wall = time.monotonic() - t0
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
         if proc.returncode not in (0,):
             raise SystemExit(f"{step} failed ({proc.returncode}): {proc.stderr[-2000:]}")
-        steps[step] = {"wall_s": round(time.monotonic() - t0, 2), "requests": dict(proxy.counts)}
+        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        steps[step] = {"wall_s": round(wall, 2), "gemma4u_cpu_s": round(cpu, 2), "requests": dict(proxy.counts)}
+    steps["bare_listing"] = bare_listing(proxy)
     return {"objects": m, **steps}
+
+
+def bare_listing(proxy: CountingProxy) -> dict:
+    """The store's own floor: the same keys listed with boto3 (one level at a time, as the
+    rerun lists them), through the same proxy; no gemma4u code."""
+    client = s3_client(proxy.endpoint)
+    proxy.counts.clear()
+    t0, keys = time.monotonic(), 0
+    pages = client.get_paginator("list_objects_v2")
+    for top in pages.paginate(Bucket="bench", Prefix="objs/", Delimiter="/"):
+        for sub in top.get("CommonPrefixes", []):
+            for page in pages.paginate(Bucket="bench", Prefix=sub["Prefix"], Delimiter="/"):
+                keys += len(page.get("Contents", []))
+    return {"wall_s": round(time.monotonic() - t0, 2), "keys": keys, "requests": dict(proxy.counts)}
 
 
 def main() -> int:

@@ -154,10 +154,10 @@ class Job:
             reporter=self.reporter,
             stop_file=self.stop_file,
         )
-        self._count_total(run.counters)
+        items = self._with_total(self._items, run.counters)
         self.reporter.start(None)
         try:
-            run.process(self._items)
+            run.process(items)
             self.reporter.update(run.counters, force=True)
         finally:
             self.reporter.stop()
@@ -165,12 +165,13 @@ class Job:
         self._compact(self._index)
         return summary
 
-    def _count_total(self, counters: Counters) -> None:
-        """A total for progress: a given sample's size, else a background count of the input."""
+    def _with_total(self, items: Iterator[WorkItem], counters: Counters) -> Iterator[WorkItem]:
+        """The items, with a total for progress: a given sample's size, else the input's count."""
         if isinstance(self._given, list | tuple):
             counters.total = len(self._given) * len(self.config.task_list())
         elif self._given is None:
-            self.input.count_in_background(counters)
+            return self.input.with_total(items, counters)
+        return items
 
     def _finish(self, run: JobRun, engine: Engine, started: float) -> JobSummary:
         c = run.counters

@@ -10,6 +10,7 @@ from collections.abc import Iterable, Iterator
 
 from ..config.job import JobConfig
 from ..config.tasks import is_speech_task
+from ..config.urls import is_url
 from ..console import Counters
 from ..errors import UsageError
 from ..records import Modality, WorkItem
@@ -83,7 +84,24 @@ class JobInput:
         mods = f", modalities={','.join(m.value for m in c.modalities)}" if c.modalities else ""
         return f"{kind} {where}{extra}{mods}"
 
-    def count_in_background(self, counters: Counters) -> None:
+    def with_total(self, items: Iterator[WorkItem], counters: Counters) -> Iterator[WorkItem]:
+        """`items` unchanged, with progress's total set. Where a second pass is cheap (a folder,
+        a local manifest, a dataset) a side thread counts the input so the total shows from the
+        start; a URL INPUT (a bucket's prefix, a remote manifest) would cost the store a second
+        listing as large as the first, so its total is set when this pass has seen every item."""
+        if is_url(self.config.input):
+            return self._counted(items, counters)
+        self._count_in_background(counters)
+        return items
+
+    def _counted(self, items: Iterator[WorkItem], counters: Counters) -> Iterator[WorkItem]:
+        n = 0
+        for item in items:
+            n += 1
+            yield item
+        self._set_total(counters, n)
+
+    def _count_in_background(self, counters: Counters) -> None:
         """Count the items on a side thread so progress can show a total and an ETA
         without delaying the start (a second streamed pass, flat memory)."""
 
@@ -93,10 +111,13 @@ class JobInput:
             except Exception as exc:  # progress only: without a second pass there is no total
                 log.debug("input count failed: %s", exc)
                 return
-            shard = self.config.shard_index()
-            counters.total = n * len(self.config.task_list()) // (shard[1] if shard else 1)
+            self._set_total(counters, n)
 
         threading.Thread(target=count, name="gemma4u-count", daemon=True).start()
+
+    def _set_total(self, counters: Counters, items: int) -> None:
+        shard = self.config.shard_index()
+        counters.total = items * len(self.config.task_list()) // (shard[1] if shard else 1)
 
 
 def _chain(first: WorkItem, rest: Iterator[WorkItem]) -> Iterator[WorkItem]:
