@@ -45,7 +45,13 @@ SCANNED = ("gemma4u_batch", "tests", "benchmarks")  # the package first: only it
 # Import name -> distribution name, where they differ. An import that is neither listed here nor
 # a distribution of the same name fails the check with a hint to add it.
 IMPORT_MAP = "IMPORT_TO_DIST in .ci/check_gpu_stack.py"
-IMPORT_TO_DIST = {"PIL": "pillow", "yaml": "pyyaml", "skimage": "scikit-image", "cv2": "opencv-python-headless"}
+IMPORT_TO_DIST = {
+    "PIL": "pillow",
+    "yaml": "pyyaml",
+    "skimage": "scikit-image",
+    "cv2": "opencv-python-headless",
+    "azure": "azure-core",
+}
 # pip settings that only say how to reach the registry; every other PIP_* variable is dropped.
 TRANSPORT_ENV = {
     "PIP_INDEX_URL",

@@ -250,7 +250,7 @@ def test_ray_replicas_that_keep_dying_are_an_engine_failure() -> None:
 
     def collect(error: BaseException, replacements: int = 0) -> tuple[_Driver, deque[int]]:
         driver = _Driver.__new__(_Driver)  # no cluster: only what _collect touches
-        driver.ray, driver.replacements, driver.idle = Cluster(error), replacements, []
+        driver.ray, driver.replacements, driver.idle, driver.retried = Cluster(error), replacements, [], set()
         driver.running = {"ref": ("actor", 3)}
         driver._spawn = lambda: "fresh actor"  # type: ignore[method-assign]
         queue: deque[int] = deque([4])
@@ -260,6 +260,7 @@ def test_ray_replicas_that_keep_dying_are_an_engine_failure() -> None:
     died = ray.exceptions.RayActorError()
     driver, queue = collect(died)
     assert list(queue) == [3, 4] and driver.idle == ["fresh actor"] and driver.replacements == 1
+    assert driver.retried == {3}  # its next replica waits for the dead one's lease (an object-store OUT)
     with pytest.raises(EngineFailure, match=f"replicas died {MAX_REPLACEMENTS + 1} times") as info:
         collect(died, replacements=MAX_REPLACEMENTS)
     assert _exit_code(info.value) == ExitCode.ENGINE_FAILED

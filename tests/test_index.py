@@ -320,7 +320,7 @@ def test_a_killed_compaction_loses_nothing_and_duplicates_nothing(tmp_path: Path
     def die(*a, **k):
         raise Killed
 
-    target = "write_json_atomic" if kill_at == "before_marker" else "finish_replaced"
+    target = "json_bytes" if kill_at == "before_marker" else "finish_replaced"  # the marker made, or committed
     monkeypatch.setattr(compact_mod, target, die)
     with pytest.raises(Killed):
         run_fake(inp, out, commit_every=3)
@@ -333,11 +333,11 @@ def test_a_killed_compaction_loses_nothing_and_duplicates_nothing(tmp_path: Path
     assert not list(layout.tmp.iterdir())
 
 
-@pytest.mark.parametrize("kill_at", ["markers", "data_files"])
+@pytest.mark.parametrize("kill_at", ["markers", "data"])
 def test_a_killed_overwrite_never_leaves_a_marker_without_its_data(tmp_path: Path, monkeypatch, kill_at: str) -> None:
     """--overwrite killed part-way: what remains is committed parts whole, or data files
     without markers (orphans, removed next time); a rerun ends with every id once."""
-    from gemma4u_batch.store import runs as outdir
+    from gemma4u_batch.store.objects import LocalFiles
 
     inp, out = tmp_path / "in", tmp_path / "out"
     make_images(inp, 12)
@@ -350,11 +350,18 @@ def test_a_killed_overwrite_never_leaves_a_marker_without_its_data(tmp_path: Pat
     def die(*a, **k):
         raise Killed
 
-    if kill_at == "markers":
-        real = shutil.rmtree
-        monkeypatch.setattr(outdir.shutil, "rmtree", lambda p, *a, **k: die() if Path(p).name == "commits" else real(p))
-    else:
-        monkeypatch.setattr(OutLayout, "data_dirs", die)
+    real_delete = LocalFiles.delete
+    deleted: list[str] = []
+
+    def delete(self: LocalFiles, name: str) -> None:  # killed as the first marker, or data file, goes
+        kind = "markers" if name.startswith(".gemma4u/commits/") else "data" if "/part-" in f"/{name}" else None
+        if kind == kill_at:
+            deleted.append(name)
+            if len(deleted) == 1:
+                die()
+        real_delete(self, name)
+
+    monkeypatch.setattr(LocalFiles, "delete", delete)
     with pytest.raises(Killed):
         run_fake(inp, out, overwrite=True)
     monkeypatch.undo()

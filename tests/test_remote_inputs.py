@@ -200,7 +200,7 @@ def test_urls_gemma4u_cannot_use_are_one_line_before_any_work(tmp_path: Path) ->
     r = gemma4u("caption", "ftp://example.com/imgs", "-o", str(tmp_path / "out"), "--model", "fake-model")
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0, r.stderr
     assert "unsupported URL scheme ftp://" in r.stderr
-    r = gemma4u("caption", str(tmp_path), "-o", "s3://results/big", "--model", "fake-model", cwd=tmp_path)
+    r = gemma4u("caption", str(tmp_path), "-o", "https://results/big", "--model", "fake-model", cwd=tmp_path)
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0, r.stderr
-    assert "output must be a local folder" in r.stderr
-    assert not (tmp_path / "s3:").exists() and not (tmp_path / "out").exists()
+    assert "output must be a local folder or an object-store URL (s3://, gs://, az://), not https://" in r.stderr
+    assert not (tmp_path / "https:").exists() and not (tmp_path / "out").exists()

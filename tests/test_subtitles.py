@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gemma4u_batch.store.objects import LocalFiles
 from gemma4u_batch.store.subtitles import (
     CueLimits,
     clean_text,
@@ -101,7 +102,8 @@ def test_any_text_gives_files_that_parse_within_the_limits(rows: list[tuple[floa
 
 
 def test_tsv_and_json_follow_whisper(tmp_path: Path) -> None:
-    write_transcripts(tmp_path, "a/b.wav", SEGMENTS, ("tsv", "json", "srt"))
+    write_transcripts(LocalFiles(tmp_path), "a/b.wav", SEGMENTS, ("tsv", "json", "srt"))
+    tmp_path = tmp_path / "__transcripts__"
     tsv = (tmp_path / "a" / "b.wav.tsv").read_text().splitlines()
     assert tsv[0] == "start\tend\ttext" and tsv[2] == "31000\t33200\tShort one." and len(tsv) == 3
     doc = json.loads((tmp_path / "a" / "b.wav.json").read_text())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..errors import UsageError
 from .launch import err
-from .options import OutFolder
+from .options import OutFolder, out_location
 
 
 def compact_cmd(out: OutFolder) -> None:
@@ -13,9 +13,9 @@ def compact_cmd(out: OutFolder) -> None:
     from ..store.compaction import compact_out
     from ..store.layout import OutLayout
 
-    layout = OutLayout(out)
-    if not layout.meta.exists():
-        raise UsageError(f"{out} is not a gemma4u output folder")
+    layout = OutLayout(out_location(out))
+    if not layout.made():
+        raise UsageError(f"{layout.where} is not a gemma4u output folder")
     res = compact_out(layout)
     removed = f"{res.dropped} superseded record(s) removed"
     err.print(f"{out}: {res.parts_before} data part(s) → {res.parts_after}; {removed}.", soft_wrap=True)

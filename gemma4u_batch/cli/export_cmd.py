@@ -9,7 +9,7 @@ import typer
 
 from ..errors import UsageError
 from .launch import err
-from .options import OutFolder
+from .options import OutFolder, out_location
 
 
 def export_cmd(
@@ -64,7 +64,7 @@ def export_cmd(
         columns=[c.strip() for c in columns.split(",") if c.strip()] if columns else None,
         overwrite=overwrite,
     )
-    res = export(out, to, opts)
+    res = export(out_location(out), to, opts)
     skipped = f"; {res.excluded_errors} with errors left out" if res.excluded_errors else ""
     if is_file:
         err.print(f"Exported {res.rows} records to {to}{skipped}.", soft_wrap=True)

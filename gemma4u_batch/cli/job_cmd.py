@@ -46,7 +46,12 @@ def job_options(
         ),
     ] = None,
     *,
-    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder.", rich_help_panel=H_OUT)],
+    output: Annotated[
+        str,
+        typer.Option(
+            "--output", "-o", help="Output folder, or an object-store URL: s3://, gs://, az://.", rich_help_panel=H_OUT
+        ),
+    ],
     model: Annotated[str, typer.Option("--model", "-m", help="Model path or HF id.")] = DEFAULT_MODEL,
     dataset: Annotated[
         str | None,

@@ -18,6 +18,8 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
+from ..config.urls import path_or_url
+
 # Help panels of `caption` and `transcribe` (and of the engine options wherever they appear).
 H_IN = "Input"
 H_TASK = "Task and prompt"
@@ -35,7 +37,12 @@ PROGRESS = typer.Option(help="rich, json or quiet.")
 Verbose = Annotated[bool, VERBOSE]
 LogFile = Annotated[Path | None, LOG_FILE]
 Progress = Annotated[str, PROGRESS]
-OutFolder = Annotated[Path, typer.Argument(help="Output folder of a gemma4u job.")]
+OutFolder = Annotated[str, typer.Argument(help="Output folder of a gemma4u job, or its object-store URL.")]
+
+
+def out_location(text: str) -> Path | str:
+    """OUT as typed: a URL stays text (a Path would drop a `/`), anything else a local path."""
+    return path_or_url(text)
 
 
 def in_panel(option: Any, panel: str) -> Any:

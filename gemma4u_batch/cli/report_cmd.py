@@ -9,7 +9,7 @@ import typer
 
 from ..errors import UsageError
 from .launch import err
-from .options import OutFolder
+from .options import OutFolder, out_location
 
 
 def report_cmd(
@@ -35,7 +35,8 @@ def report_cmd(
 
     if sample < 0:
         raise UsageError("--sample must be 0 or more")
-    res = write_report(out, output, ReportOptions(sample=sample, seed=seed, filters=tuple(filter or ())))
+    opts = ReportOptions(sample=sample, seed=seed, filters=tuple(filter or ()))
+    res = write_report(out_location(out), output, opts)
     err.print(
         f"Wrote {res.path} ({res.bytes / 1e6:.1f} MB): {res.sampled} of {res.matched} matching records "
         f"shown, {res.records} in all, in {res.seconds:.1f} s.",

@@ -10,7 +10,7 @@ from rich.console import Console
 
 from ..config.job import JobConfig
 from ..errors import UsageError
-from .options import OutFolder
+from .options import OutFolder, out_location
 
 
 def status(
@@ -24,14 +24,14 @@ def status(
     record is read); with --count-pending, how many input items have no record yet."""
     import json
 
-    from ..store.layout import OutLayout
+    from ..store.layout import RUN_MANIFEST, OutLayout
     from ..store.ledger import age, read_status
 
-    layout = OutLayout(out)
-    if not layout.meta.exists():
-        raise UsageError(f"{out} is not a gemma4u output folder")
+    layout = OutLayout(out_location(out))
+    if not layout.made():
+        raise UsageError(f"{layout.where} is not a gemma4u output folder")
     st = read_status(layout)
-    if count_pending and st.input and layout.run_manifest.exists():
+    if count_pending and st.input and layout.files.exists(RUN_MANIFEST):
         st.pending = _count_pending(layout)
     if json_out:
         print(json.dumps(st.to_dict(), default=str))
@@ -63,8 +63,9 @@ def _count_pending(layout: Any) -> int | None:
 
     from ..job.quickcheck import count_pending
     from ..sources.job_input import JobInput
+    from ..store.layout import RUN_MANIFEST
 
-    man = json.loads(layout.run_manifest.read_text())
+    man = json.loads(layout.files.read(RUN_MANIFEST))
     try:
         update = {"output": str(layout.root), "overwrite": False, "shard": None, "ray": None}
         config = JobConfig(**{**man["config"], **update})

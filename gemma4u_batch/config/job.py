@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, PlainValidat
 from ..records import Modality, WorkItem
 from .languages import normalise_language
 from .tasks import is_speech_task
-from .urls import path_or_url, was_url
+from .urls import WRITABLE_STORES, path_or_url, scheme_of, was_url
 
 DEFAULT_MODEL = "google/gemma-4-12B-it"
 
@@ -123,7 +123,7 @@ class JobConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     input: Location | None = None  # a local path, or a URL (config/urls.py): kept as text
-    output: Path
+    output: Location
     model: str = DEFAULT_MODEL
     # Source selection
     dataset: str | None = None  # a `datasets` loader or hub id instead of a path
@@ -185,10 +185,15 @@ class JobConfig(BaseModel):
     @field_validator("output", mode="before")
     @classmethod
     def _output(cls, v: Any) -> Any:
-        """OUT is a local folder: a URL is refused here, never made a folder named after it."""
+        """OUT is a local folder or an object-store prefix; another URL is refused here, never
+        made a folder named after it."""
         if was_url(v):
-            scheme = str(v).split(":", 1)[0].lower()
-            raise ValueError(f"output must be a local folder, not a URL ({scheme}:// is not supported as OUT)")
+            scheme = scheme_of(str(v))
+            if scheme not in WRITABLE_STORES:
+                shown = f"{scheme}://" if scheme else f"{str(v).split(':', 1)[0].lower()}:/ (a mangled URL)"
+                raise ValueError(
+                    f"output must be a local folder or an object-store URL (s3://, gs://, az://), not {shown}"
+                )
         return v
 
     @field_validator("image_tokens")

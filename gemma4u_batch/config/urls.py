@@ -6,6 +6,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+WRITABLE_STORES = frozenset({"s3", "gs", "gcs", "az", "abfs", "abfss"})
+"""Schemes OUT may have: object stores with conditional writes (the commit protocol's)."""
+
 _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 
 

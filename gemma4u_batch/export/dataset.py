@@ -27,7 +27,7 @@ from typing import Any
 from ..decode import DecodeOptions, read_input
 from ..errors import ItemError, UsageError
 from ..records import WorkItem
-from ..store.layout import OutLayout
+from ..store.layout import RUN_MANIFEST, OutLayout
 from ..store.ledger import current_records
 
 log = logging.getLogger(__name__)
@@ -108,10 +108,7 @@ def parse_size(text: str) -> int:
 
 
 def _manifest(layout: OutLayout) -> dict[str, Any]:
-    try:
-        return dict(json.loads(layout.run_manifest.read_text()))
-    except (OSError, ValueError):
-        return {}
+    return layout.read_json(RUN_MANIFEST) or {}
 
 
 def _data_schema(layout: OutLayout) -> dict[str, Any] | None:
@@ -226,7 +223,7 @@ def _media_source(layout: OutLayout) -> Iterator[WorkItem]:
 
     man = _manifest(layout)
     if not man.get("config"):
-        raise UsageError(f"{layout.root} has no run manifest (.gemma4u/run.json); export with --no-media")
+        raise UsageError(f"{layout.where} has no run manifest (.gemma4u/run.json); export with --no-media")
     config = JobConfig(**{**man["config"], "output": str(layout.root)})
     yield from JobInput(config).open()
 
@@ -278,18 +275,18 @@ def _attach(group: list[dict[str, Any]], item: WorkItem, result: ExportResult) -
 # ------------------------------------------------------------------------ writing
 
 
-def _prepare(out: Path, to: Path, opts: ExportOptions) -> OutLayout:
+def _prepare(out: Path | str, to: Path, opts: ExportOptions) -> OutLayout:
     layout = OutLayout(out)
-    if not layout.commits.exists():
-        raise UsageError(f"{out} holds no gemma4u results")
-    if to.resolve().is_relative_to(out.resolve()):
+    if not layout.made():
+        raise UsageError(f"{layout.where} holds no gemma4u results")
+    if isinstance(out, Path) and to.resolve().is_relative_to(out.resolve()):
         raise UsageError(f"--to {to} is inside {out}: OUT's readers would take it for data; export elsewhere")
     if to.exists() and (to.is_file() or any(to.iterdir())) and not opts.overwrite:
         raise UsageError(f"{to} exists and is not empty; pass --overwrite to replace it")
     return layout
 
 
-def export(out: Path, to: Path, opts: ExportOptions | None = None) -> ExportResult:
+def export(out: Path | str, to: Path, opts: ExportOptions | None = None) -> ExportResult:
     """Export OUT's current records to `to`: a Hub folder, or one .jsonl/.parquet/.csv file."""
     opts = opts or ExportOptions()
     layout = _prepare(out, to, opts)

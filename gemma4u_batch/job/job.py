@@ -29,7 +29,7 @@ from ..sources.job_input import JobInput
 from ..store.compaction import compact
 from ..store.guard import guard_of, guard_refusal
 from ..store.index import OutIndex
-from ..store.layout import OutLayout
+from ..store.layout import COMPLETE, OutLayout, unreachable
 from ..store.lock import RunLock
 from ..store.runs import mark_done, new_run_id, run_manifest, wipe, write_run_manifest
 from ..store.writer import cleanup_orphans
@@ -61,7 +61,8 @@ class Job:
         items: Iterable[WorkItem] | None = None,
         reporter: Reporter | None = None,
         manifest_extra: dict[str, Any] | None = None,
-        stop_file: Path | None = None,
+        stop_file: Path | str | None = None,
+        lock_wait: float = 0.0,
     ) -> None:
         self.config = config
         self.stop_file = stop_file  # a Ray driver asks its replicas to stop by creating it
@@ -77,7 +78,7 @@ class Job:
         self._given = items
         self._items: Iterator[WorkItem] | None = None  # while open
         self._index: OutIndex | None = None  # while open
-        self._lock = RunLock(self.layout, self.shard)
+        self._lock = RunLock(self.layout, self.shard, wait=lock_wait)
 
     # ------------------------------------------------------------ what a run would do
 
@@ -90,8 +91,10 @@ class Job:
     def _unusable(self) -> str | None:
         """Why OUT cannot be opened at all with these settings (checked before its lock), or None."""
         c = self.config
-        if c.output.exists() and not c.output.is_dir():
+        if isinstance(c.output, Path) and c.output.exists() and not c.output.is_dir():
             return f"output exists and is not a folder: {c.output}"
+        if not self.layout.is_local and (why := unreachable(self.layout)) is not None:
+            return why
         if c.overwrite and self.shard:
             return "--overwrite cannot be combined with --shard (other shards share OUT)"
         return None
@@ -200,7 +203,7 @@ class Job:
     def _compact(self, index: OutIndex) -> None:
         """Few large data files of current records only: after a whole-job run (OUT's lock
         is exclusive), or after the last shard when no other writer holds OUT."""
-        if self.shard and not (self.layout.complete_marker.exists() and self._lock.try_exclusive()):
+        if self.shard and not (self.layout.files.exists(COMPLETE) and self._lock.try_exclusive()):
             return
         try:
             compact(self.layout, index)
@@ -215,11 +218,22 @@ def run_job(
     items: Iterable[WorkItem] | None = None,
     reporter: Reporter | None = None,
     manifest_extra: dict[str, Any] | None = None,
-    stop_file: Path | None = None,
+    stop_file: Path | str | None = None,
+    lock_wait: float = 0.0,
 ) -> JobSummary:
     """Run (or resume) one job to completion. OUT is opened first (usage errors cost no
-    engine start); a given engine stays its owner's, else one is opened for this run."""
-    with Job(config, items=items, reporter=reporter, manifest_extra=manifest_extra, stop_file=stop_file) as job:
+    engine start); a given engine stays its owner's, else one is opened for this run.
+    `lock_wait`: how long to wait for a lease on OUT to run out (a Ray shard whose replica
+    died: its lease outlives it), instead of OutputLocked at once."""
+    job = Job(
+        config,
+        items=items,
+        reporter=reporter,
+        manifest_extra=manifest_extra,
+        stop_file=stop_file,
+        lock_wait=lock_wait,
+    )
+    with job:
         if engine is not None:
             return job.run(engine)
         with open_engine(config) as owned:

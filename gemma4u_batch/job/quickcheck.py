@@ -224,7 +224,7 @@ def count_pending(config: JobConfig, items: Iterable[WorkItem], fingerprint: str
         fingerprint = model_fingerprint(
             config.model, verify_weights=config.verify_weights, revision=config.engine.revision
         )
-    if config.overwrite or not layout.meta.is_dir() or guard_refusal(layout, guard_of(config, fingerprint)):
+    if config.overwrite or not layout.made() or guard_refusal(layout, guard_of(config, fingerprint)):
         for _ in items:  # the caller's pass over the input still happens
             pass
         return None

@@ -68,7 +68,7 @@ class JobRun:
         fingerprint: str,
         run_id: str,
         reporter: Reporter,
-        stop_file: Path | None = None,
+        stop_file: Path | str | None = None,
     ) -> None:
         self.config = config
         self.engine = engine
@@ -106,7 +106,7 @@ class JobRun:
             workers=worker_count(c),
             prefetch=c.prefetch,
             timeout=c.decode_timeout,
-            spill_root=self.layout.tmp,
+            spill_root=self.layout.tmp if self.layout.is_local else None,
         )
         try:
             with self.stop, pool:
@@ -187,10 +187,16 @@ class JobRun:
     def save(self) -> None:
         self.writer.commit()
 
+    def _stop_asked(self) -> bool:
+        """The stop file is a local path, or a name in OUT (a Ray driver's, wherever OUT is)."""
+        if isinstance(self.stop_file, Path):
+            return self.stop_file.exists()
+        return self.stop_file is not None and self.layout.files.exists(self.stop_file)
+
     def tick(self) -> None:
         if self.stop_file is not None and time.monotonic() - self._stop_checked >= STOP_FILE_POLL_S:
             self._stop_checked = time.monotonic()
-            self.stop.requested = self.stop.requested or self.stop_file.exists()
+            self.stop.requested = self.stop.requested or self._stop_asked()
         if self.writer.due():
             self.writer.commit()
         self.reporter.update(self.counters)
@@ -207,7 +213,7 @@ class JobRun:
         if rec.segments is not None and self.config.subtitles:
             c = self.config
             limits = CueLimits(c.max_cue_seconds, c.max_line_width, c.max_lines)
-            write_transcripts(self.layout.transcripts, rec.id, rec.segments, tuple(c.subtitles), limits, rec.language)
+            write_transcripts(self.layout.files, rec.id, rec.segments, tuple(c.subtitles), limits, rec.language)
 
     def _skipped(self, n: int) -> None:
         self.counters.skipped += n

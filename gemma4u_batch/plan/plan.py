@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -145,7 +146,7 @@ def _existing(job: Job) -> dict[str, Any] | None:
     """OUT's status when OUT already is a gemma4u folder."""
     from ..store.ledger import read_status
 
-    if not job.layout.meta.is_dir():
+    if not job.layout.made():
         return None
     st = read_status(job.layout)
     keys = ("records", "done", "errors", "complete", "active", "last_update")
@@ -296,7 +297,12 @@ def _job_table(p: Plan) -> Table:
     outs = ", ".join(p.formats) + (f"; subtitles {', '.join(c.subtitles)}" if c.subtitles else "")
     t.add_row("output", f"{c.output} ({outs})")
     if p.existing is None:
-        t.add_row("OUT now", "no results yet" if not c.output.exists() else "exists, no gemma4u results")
+        t.add_row(
+            "OUT now",
+            "no results yet"
+            if not isinstance(c.output, Path) or not c.output.exists()
+            else "exists, no gemma4u results",
+        )
     else:
         ex = p.existing
         state = "running" if ex["active"] else ("complete" if ex["complete"] else "incomplete")

@@ -446,7 +446,7 @@ def _check_semantics(data: dict[str, Any], config: JobConfig) -> None:
         raise _RecipeProblem(
             f"input: not found: {config.input} (relative paths in a recipe are resolved against its folder)"
         )
-    if config.output.exists() and not config.output.is_dir():
+    if isinstance(config.output, Path) and config.output.exists() and not config.output.is_dir():
         raise _RecipeProblem(f"output: exists and is not a folder: {config.output}")
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from ..errors import UsageError
 from ..store.index import OutIndex
-from ..store.layout import OutLayout
+from ..store.layout import COMPLETE, RUN_MANIFEST, OutLayout
 from ..store.ledger import Status, current_records, read_status
 
 EXAMPLES_PER_GROUP = 5
@@ -149,8 +149,8 @@ def _read_json(path: Any) -> dict[str, Any]:
 
 def read_report_data(layout: OutLayout, opts: ReportOptions) -> ReportData:
     """Everything the page needs: the run's facts, whole-run aggregates and the sample."""
-    if not layout.meta.exists():
-        raise UsageError(f"{layout.root} is not a gemma4u output folder")
+    if not layout.made():
+        raise UsageError(f"{layout.where} is not a gemma4u output folder")
     preds = [parse_filter(f) for f in opts.filters]
     status = read_status(layout)
     with OutIndex(layout) as index:
@@ -162,8 +162,8 @@ def read_report_data(layout: OutLayout, opts: ReportOptions) -> ReportData:
             matched += 1
             sampler.offer(rec)
     return ReportData(
-        manifest=_read_json(layout.run_manifest),
-        finished=_read_json(layout.complete_marker),
+        manifest=layout.read_json(RUN_MANIFEST) or {},
+        finished=layout.read_json(COMPLETE) or {},
         status=status,
         timeline=timeline,
         agg=agg,

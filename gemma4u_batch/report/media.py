@@ -186,7 +186,7 @@ def _folder_items(folder: Path, ids: set[str]) -> dict[str, WorkItem]:
     return found
 
 
-def locate_media(manifest: dict[str, Any], root: Path, ids: Iterable[str]) -> dict[str, WorkItem]:
+def locate_media(manifest: dict[str, Any], root: Path | str, ids: Iterable[str]) -> dict[str, WorkItem]:
     """Where the sampled items' media is now, from the run's input as run.json records it.
 
     A folder input is looked up by id (the path under the folder: no listing); other inputs

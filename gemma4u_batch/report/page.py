@@ -31,7 +31,7 @@ DEFAULT_PATH = ("__report__", "report.html")
 
 @dataclass(frozen=True)
 class ReportResult:
-    path: Path
+    path: Path | str  # a file, or the page's URL in an object-store OUT
     sampled: int
     matched: int
     records: int
@@ -134,8 +134,8 @@ def build_page(layout: OutLayout, opts: ReportOptions, started: float) -> tuple[
     cards = [card(r, media_view(r, found.get(str(r.get("id"))), popts)) for r in d.sample]
     page = render_page(
         {
-            "title": str(layout.root),
-            "out": str(layout.root),
+            "title": layout.where,
+            "out": layout.where,
             "facts": run_facts(d),
             "plots": plots(d),
             "groups": [
@@ -153,14 +153,20 @@ def build_page(layout: OutLayout, opts: ReportOptions, started: float) -> tuple[
     return page, d
 
 
-def write_report(out: Path, dest: Path | None = None, opts: ReportOptions | None = None) -> ReportResult:
-    """Write OUT's report page to `dest` (default OUT/__report__/report.html), atomically."""
+def write_report(out: Path | str, dest: Path | None = None, opts: ReportOptions | None = None) -> ReportResult:
+    """Write OUT's report page to `dest` (default OUT/__report__/report.html, in the bucket for
+    an object-store OUT), atomically."""
     started = time.monotonic()
     layout = OutLayout(out)
     opts = opts or ReportOptions()
     page, d = build_page(layout, opts, started)
     payload = page.encode("utf-8")
-    target = dest or layout.root.joinpath(*DEFAULT_PATH)
+    stats = (len(d.sample), d.matched, d.agg.records, len(payload))
+    if dest is None and not layout.is_local:
+        name = "/".join(DEFAULT_PATH)
+        layout.files.put(name, payload)
+        return ReportResult(f"{layout.where}/{name}", *stats, time.monotonic() - started)
+    target = dest or layout.folder.joinpath(*DEFAULT_PATH)
     try:
         if dest is None:
             target.parent.mkdir(exist_ok=True)
@@ -170,4 +176,4 @@ def write_report(out: Path, dest: Path | None = None, opts: ReportOptions | None
         raise OutputError(
             f"cannot write the report to {target}: {exc.strerror or exc}{hint}; choose another -o FILE"
         ) from exc
-    return ReportResult(target, len(d.sample), d.matched, d.agg.records, len(payload), time.monotonic() - started)
+    return ReportResult(target, *stats, time.monotonic() - started)

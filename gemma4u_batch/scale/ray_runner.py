@@ -18,7 +18,6 @@ import logging
 import os
 import time
 from collections import deque
-from pathlib import Path
 from typing import Any
 
 from ..config.job import JobConfig
@@ -26,7 +25,8 @@ from ..console import Counters, Reporter
 from ..errors import EngineFailure, OutputError, OutputLocked, UsageError
 from ..job.job import JobSummary
 from ..job.signals import StopSignal
-from ..store.layout import OutLayout
+from ..store.layout import STOP, OutLayout
+from ..store.lease import LEASE_SECONDS, SKEW_SECONDS
 from ..store.ledger import read_status
 from ..store.runs import new_run_id
 
@@ -56,7 +56,11 @@ class _Replica:
 
         return {"host": socket.gethostname(), "pid": os.getpid()}
 
-    def run_shard(self, index: int, total: int, manifest_extra: dict[str, Any], stop_file: str) -> dict[str, Any]:
+    def run_shard(
+        self, index: int, total: int, manifest_extra: dict[str, Any], stop_file: str, retried: bool = False
+    ) -> dict[str, Any]:
+        """One shard. `retried`: its last replica died, and on an object store that replica's
+        lease on the shard outlives it; wait for it to run out rather than refuse."""
         from ..engine.vllm_engine import build_engine
         from ..job.job import run_job
 
@@ -64,7 +68,12 @@ class _Replica:
         if self.engine is None:
             self.engine = build_engine(config)  # the actor's: kept across shards, gone with the actor
         summary = run_job(
-            config, self.engine, reporter=Reporter("quiet"), manifest_extra=manifest_extra, stop_file=Path(stop_file)
+            config,
+            self.engine,
+            reporter=Reporter("quiet"),
+            manifest_extra=manifest_extra,
+            stop_file=stop_file,
+            lock_wait=LEASE_SECONDS + SKEW_SECONDS + 5.0 if retried else 0.0,
         )
         return {
             "shard": index,
@@ -282,6 +291,7 @@ class _Driver:
         self.config_json = config.model_dump_json()
         self.spawned = 0
         self.replacements = 0
+        self.retried: set[int] = set()  # shards whose replica died
         self.idle = [self._spawn() for _ in range(config.replicas)]
         self.running: dict[Any, tuple[Any, int]] = {}
         self.extra: dict[str, Any] = {
@@ -306,31 +316,31 @@ class _Driver:
         queue: deque[int] = deque(range(self.n_shards))
         results: list[dict[str, Any]] = []
         layout = OutLayout(self.config.output)
-        stop_file = layout.meta / "stop"
+        stop_file = STOP  # a name in OUT: replicas on any node see it
         try:
             layout.ensure()
-            stop_file.unlink(missing_ok=True)
+            layout.files.delete(stop_file)
         except OSError as exc:
-            raise OutputError(f"cannot write to output folder {layout.root}: {exc.strerror or exc}") from exc
+            raise OutputError(f"cannot write to output folder {layout.where}: {exc.strerror or exc}") from exc
         counters = Counters()
         while self.running or (queue and not stop.requested):
-            if stop.requested and not stop_file.exists():
-                stop_file.touch()
+            if stop.requested and not layout.files.exists(stop_file):
+                layout.files.put(stop_file, b"")
             while queue and self.idle and not stop.requested:
                 actor = self.idle.pop()
                 shard = queue.popleft()
-                ref = actor.run_shard.remote(shard, self.n_shards, self.extra, str(stop_file))
+                ref = actor.run_shard.remote(shard, self.n_shards, self.extra, stop_file, shard in self.retried)
                 self.running[ref] = (actor, shard)
             ready, _ = self.ray.wait(list(self.running), num_returns=1, timeout=2.0)
             for ref in ready:
                 result = self._collect(ref, queue)
                 if result is not None:
                     results.append(result)
-            if layout.commits.exists():
+            if layout.made():
                 st = read_status(layout)
                 counters.done, counters.errors = st.records, st.errors
                 reporter.update(counters)
-        stop_file.unlink(missing_ok=True)
+        layout.files.delete(stop_file)
         return results
 
     def _collect(self, ref: Any, queue: deque[int]) -> dict[str, Any] | None:
@@ -349,6 +359,7 @@ class _Driver:
                     "rerun the same command to resume"
                 ) from None
             queue.appendleft(shard)
+            self.retried.add(shard)
             self.idle.append(self._spawn())
             return None
         except self.ray.exceptions.RayTaskError as exc:

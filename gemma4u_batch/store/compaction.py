@@ -16,14 +16,14 @@ import time
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-from ..atomic import write_atomic, write_json_atomic
 from .index import OutIndex
-from .layout import OutLayout, data_file_name
+from .layout import COMMITS, OutLayout, data_file_name
 from .writer import (
     cleanup_orphans,
     committed_parts,
     finish_replaced,
     iter_part_records,
+    json_bytes,
     jsonl_line,
     new_writer_id,
     parquet_table,
@@ -81,7 +81,7 @@ def _plan(
         keep = index.current_rows(part["part"])
         if len(keep) == part["records"] and part["records"] >= target // 2:
             continue
-        nbytes = sum((layout.root / f).stat().st_size for f in part["files"])
+        nbytes = sum(layout.files.size(f) for f in part["files"])
         if groups[-1] and (rows + len(keep) > target or size + nbytes > TARGET_BYTES):
             groups.append([])
             size = rows = 0
@@ -97,9 +97,8 @@ def _rewrite(layout: OutLayout, index: OutIndex, group: list[tuple[dict[str, Any
     files = []
     for fmt in formats:
         rel = data_file_name(name, fmt, formats)
-        (layout.root / rel).parent.mkdir(exist_ok=True)
         write = _write_jsonl if fmt == "jsonl" else _write_parquet
-        write_atomic(layout.root / rel, functools.partial(write, layout, group), layout.tmp)
+        layout.files.write(rel, functools.partial(write, layout, group))
         files.append(rel)
     kept = sum(len(k) for _, k in group)
     marker = {
@@ -111,7 +110,8 @@ def _rewrite(layout: OutLayout, index: OutIndex, group: list[tuple[dict[str, Any
         "compacted_at": time.time(),
         "replaces": [p["part"] for p, _ in group],
     }
-    write_json_atomic(layout.commits / f"{name}.json", marker, layout.tmp)
+    if not layout.files.create(f"{COMMITS}/{name}.json", json_bytes(marker)):
+        raise RuntimeError(f"compacted part {name} was committed twice (writer ids are unique)")
     index.ingest_compacted(marker, layout)
     finish_replaced(layout, marker)
     return sum(p["records"] for p, _ in group) - kept
@@ -127,7 +127,7 @@ def _write_jsonl(layout: OutLayout, group: list[tuple[dict[str, Any], set[int]]]
                 if i in keep:
                     out.write(jsonl_line(rec).encode("utf-8"))
             continue
-        with open(layout.root / name, "rb") as fh:
+        with layout.files.open(name) as fh:
             for i, line in enumerate(fh):
                 if i in keep:
                     out.write(line)
@@ -141,7 +141,10 @@ def _write_parquet(layout: OutLayout, group: list[tuple[dict[str, Any], set[int]
     # The newest part's schema and metadata (parts written before a gemma4u upgrade lack
     # columns added since: they are filled with nulls).
     newest = next((f for p, _ in reversed(group) for f in p["files"] if f.endswith(".parquet")), None)
-    raw = (pq.read_schema(layout.root / newest).metadata if newest is not None else None) or {}
+    raw: dict[bytes, bytes] = {}
+    if newest is not None:
+        with layout.files.open(newest) as fh:
+            raw = pq.read_schema(fh).metadata or {}
     meta = {k.decode(): v.decode() for k, v in raw.items()}
     schema = parquet_table([], meta).schema
     writer = pq.ParquetWriter(out, schema, compression="zstd")
@@ -152,7 +155,8 @@ def _write_parquet(layout: OutLayout, group: list[tuple[dict[str, Any], set[int]
                 recs = [r for i, r in enumerate(iter_part_records(layout, part)) if i in keep]
                 table = parquet_table(recs, meta)
             else:
-                table = pq.read_table(layout.root / name).take(pa.array(sorted(keep), type=pa.int64()))
+                with layout.files.open(name) as fh:
+                    table = pq.read_table(fh).take(pa.array(sorted(keep), type=pa.int64()))
             writer.write_table(_conform(table, schema))
     finally:
         writer.close()

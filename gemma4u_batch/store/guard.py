@@ -7,7 +7,7 @@ from typing import Any
 
 from ..config.job import JobConfig
 from ..prompting.keys import guarded_settings
-from .layout import OutLayout
+from .layout import RUN_MANIFEST, OutLayout
 
 OPTIONAL_GUARD_KEYS = ("engine",)
 """Guard keys present only when a setting is made (so older OUT folders keep their keys)."""
@@ -21,7 +21,7 @@ def guard_of(config: JobConfig, fingerprint: str) -> dict[str, Any]:
 def guard_refusal(layout: OutLayout, guard: dict[str, Any]) -> str | None:
     """Why OUT cannot take a run with this guard (it was made with another), or None."""
     try:
-        old = json.loads(layout.run_manifest.read_text()).get("guard", {})
+        old = json.loads(layout.files.read(RUN_MANIFEST)).get("guard", {})
     except FileNotFoundError:
         return None
     except (OSError, ValueError):

@@ -15,6 +15,7 @@ clean" case: a rewrite in the same timestamp tick would go unseen), then it is r
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import sqlite3
@@ -31,6 +32,7 @@ from .writer import effective_parts, iter_part_records
 log = logging.getLogger(__name__)
 
 VERSION = 2
+SYNC_ATTEMPTS = 5
 RACY_NS = 2_000_000_000  # coarse filesystems keep 1-2 s timestamps
 INDEX_COLUMNS = ("id", "task", "key", "error", "error_kind")
 
@@ -96,12 +98,24 @@ class FileFacts:
     has_audio: bool | None
 
 
+def index_path(layout: OutLayout) -> Path:
+    """Beside the data for a local OUT; for an object-store OUT a local cache of it, under
+    $XDG_CACHE_HOME/gemma4u/out/ (else ~/.cache/...), keyed by OUT's URL."""
+    if layout.is_local:
+        return layout.meta / "index.sqlite"
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gemma4u" / "out"
+    digest = hashlib.sha256(str(layout.root).rstrip("/").encode()).hexdigest()[:24]
+    folder = base / digest
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / "index.sqlite"
+
+
 class OutIndex:
     """`with OutIndex(layout) as idx:` — opened, caught up with the markers."""
 
     def __init__(self, layout: OutLayout) -> None:
         self.layout = layout
-        self.path = layout.meta / "index.sqlite"
+        self.path = index_path(layout)
         self._db: sqlite3.Connection | None = None
         self._pending_files: list[tuple[Any, ...]] = []
         self._pending_prompts: list[tuple[str, str]] = []
@@ -201,7 +215,19 @@ class OutIndex:
     def sync(self) -> None:
         """Catch up with the commit markers: ingest parts not seen yet, forget parts that
         compaction replaced. A part that vanished any other way means OUT changed under
-        us (wiped, files deleted by hand): rebuild."""
+        us (wiped, files deleted by hand): rebuild. A part whose data file is gone by the time
+        it is read was replaced by a compaction running meanwhile (a shard's, or a Ray
+        replica's, while the driver follows progress): look at the markers again."""
+        for attempt in range(SYNC_ATTEMPTS):
+            try:
+                self._sync_once()
+                return
+            except FileNotFoundError:
+                if attempt == SYNC_ATTEMPTS - 1:
+                    raise
+                log.info("a part was replaced while it was read; reading OUT's markers again")
+
+    def _sync_once(self) -> None:
         parts, replaced = effective_parts(self.layout)
         known = {row[0] for row in self._rows("SELECT part FROM parts")}
         names = {p["part"] for p in parts}

@@ -1,18 +1,35 @@
 """Where things live under OUT: the table's data files, bookkeeping under `.gemma4u/`, JSONL and
-transcripts in `__` folders that table readers skip.
+transcripts in `__` folders that table readers skip. OUT is a local folder or an object-store
+URL; the names below (relative to OUT, `/`-separated) are the same in both, read and written
+through `OutLayout.files`.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
+from typing import Any
+
+from .objects import OutFiles, out_files
 
 META_DIR = ".gemma4u"
+COMMITS = f"{META_DIR}/commits"
+WRITERS = f"{META_DIR}/writers"
+LOCKS = f"{META_DIR}/locks"
+RUN_MANIFEST = f"{META_DIR}/run.json"
+COMPLETE = f"{META_DIR}/complete.json"
+SHARDS = f"{META_DIR}/shards"
+STOP = f"{META_DIR}/stop"
+"""A Ray driver asks its replicas to commit what finished and return by creating it."""
 
 # Folders under OUT that table readers skip: pyarrow (and so pandas) ignore names starting
 # with "_" or ".", `datasets` ignores folders starting with "__" or ".". The table's data
 # files sit directly under OUT; JSONL goes here when Parquet is the table (--format both).
 JSONL_DIR = "__jsonl__"
+DATA_DIRS = ("", JSONL_DIR)
+"""Where data files may be, relative to OUT (old OUTs: everything directly under OUT)."""
 
 TRANSCRIPTS_DIR = "__transcripts__"
 
@@ -29,23 +46,58 @@ class OutLayout:
     """Where things live under OUT. The table's data files sit directly under OUT; JSONL
     next to Parquet (--format both) in `__jsonl__/`, transcripts in `__transcripts__/`."""
 
-    root: Path
+    root: Path | str
+
+    @cached_property
+    def files(self) -> OutFiles:
+        """OUT's files, wherever OUT is (the one way to read and write them on an object store)."""
+        return out_files(self.root)
+
+    @property
+    def is_local(self) -> bool:
+        return isinstance(self.root, Path)
+
+    @property
+    def where(self) -> str:
+        """OUT as messages show it."""
+        return self.files.where
+
+    @property
+    def folder(self) -> Path:
+        """OUT as a local folder (what only a local OUT has: flocks, the index beside the data)."""
+        if not isinstance(self.root, Path):
+            raise TypeError(f"{self.where} is not a local folder")
+        return self.root
+
+    def made(self) -> bool:
+        """Whether OUT holds a gemma4u job's bookkeeping (a run manifest or a commit)."""
+        if self.is_local:
+            return self.meta.is_dir()
+        return self.files.exists(RUN_MANIFEST) or bool(self.files.list(COMMITS))
+
+    def read_json(self, name: str) -> dict[str, Any] | None:
+        """A bookkeeping file's JSON object; None when it is missing or unreadable."""
+        try:
+            obj = json.loads(self.files.read(name))
+        except (OSError, ValueError):
+            return None
+        return obj if isinstance(obj, dict) else None
 
     @property
     def jsonl_dir(self) -> Path:
-        return self.root / JSONL_DIR
+        return self.folder / JSONL_DIR
 
     @property
     def transcripts(self) -> Path:
-        return self.root / TRANSCRIPTS_DIR
+        return self.folder / TRANSCRIPTS_DIR
 
     def data_dirs(self) -> list[Path]:
         """Folders that may hold data files (old OUTs: everything directly under OUT)."""
-        return [self.root, self.jsonl_dir]
+        return [self.folder, self.jsonl_dir]
 
     @property
     def meta(self) -> Path:
-        return self.root / META_DIR
+        return self.folder / META_DIR
 
     @property
     def tmp(self) -> Path:
@@ -68,5 +120,27 @@ class OutLayout:
         return self.meta / "complete.json"
 
     def ensure(self) -> None:
-        for d in (self.root, self.meta, self.tmp, self.commits, self.writers):
-            d.mkdir(parents=True, exist_ok=True)
+        """A local OUT's folders (an object store has none to make)."""
+        if self.is_local:
+            for d in (self.folder, self.meta, self.tmp, self.commits, self.writers):
+                d.mkdir(parents=True, exist_ok=True)
+
+
+def unreachable(layout: OutLayout) -> str | None:
+    """Why an object-store OUT cannot be used (the scheme's extra missing, no credentials, no
+    bucket, the store unreachable), as one line; None when listing its bookkeeping works."""
+    from ..errors import UsageError
+    from .objects import ObjectFiles
+
+    try:
+        files = layout.files
+        if isinstance(files, ObjectFiles):
+            files.probe()
+    except FileNotFoundError as exc:
+        if "no bucket" in str(exc):
+            return f"cannot use {layout.where} as OUT: {exc}"
+    except UsageError as exc:
+        return str(exc)
+    except Exception as exc:  # the store's own errors: credentials, permissions, endpoint, network
+        return f"cannot use {layout.where} as OUT: {type(exc).__name__}: {exc}"
+    return None

@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .index import OutIndex
-from .layout import OutLayout
-from .writer import committed_parts, iter_part_records, lock_held
+from .layout import COMPLETE, RUN_MANIFEST, OutLayout
+from .lock import run_lock_held
+from .writer import committed_parts, iter_part_records, live_writers
 
 
 def current_records(layout: OutLayout, columns: tuple[str, ...] | None = None) -> Iterator[dict[str, Any]]:
@@ -65,16 +66,17 @@ def read_status(layout: OutLayout) -> Status:
     st.done = st.records - st.errors
     st.superseded = t["committed"] - st.records
     st.parts, st.writers, st.last_update = t["parts"], t["writers"], t["last_commit"]
-    if layout.run_manifest.exists():
-        man = json.loads(layout.run_manifest.read_text())
+    try:
+        man = json.loads(layout.files.read(RUN_MANIFEST))
+    except FileNotFoundError:
+        man = None
+    if man is not None:
         st.started_at = man.get("started_at")
         st.model = man.get("model")
         st.input = (man.get("config") or {}).get("input") or (man.get("config") or {}).get("dataset")
-    run_lock = layout.meta / "run.lock"
-    alive_writers = list(layout.writers.glob("*.lock")) if layout.writers.exists() else []
-    st.active_writers = sum(1 for w in alive_writers if lock_held(w))
-    st.active = (run_lock.exists() and lock_held(run_lock)) or st.active_writers > 0
-    st.complete = layout.complete_marker.exists() and not st.active
+    st.active_writers = len(live_writers(layout))
+    st.active = run_lock_held(layout) or st.active_writers > 0
+    st.complete = layout.files.exists(COMPLETE) and not st.active
     first = t["first_commit"]
     if first is not None and st.last_update and st.started_at:
         span = max(st.last_update - min(st.started_at, first), 1e-6)

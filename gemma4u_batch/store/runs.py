@@ -3,6 +3,7 @@ manifest and the completion markers (the data itself is the writer's and the led
 
 from __future__ import annotations
 
+import posixpath
 import shutil
 import socket
 import sys
@@ -11,12 +12,12 @@ import uuid
 from typing import Any
 
 from .. import __version__
-from ..atomic import write_json_atomic
 from ..config.job import JobConfig
 from ..prompting.keys import fingerprint_note
 from ..sources.locations import redact
-from .layout import OutLayout
-from .lock import shard_file, shard_markers
+from .layout import COMMITS, COMPLETE, DATA_DIRS, RUN_MANIFEST, SHARDS, TRANSCRIPTS_DIR, OutLayout
+from .lock import shard_markers, shard_name
+from .writer import json_bytes
 
 LIMIT_KEYS = (
     "max_input_bytes",
@@ -33,18 +34,22 @@ def wipe(layout: OutLayout) -> None:
     """--overwrite: remove every result and marker (never the locks being held). The markers
     go first, as in compaction: a kill part-way leaves data files without a marker (orphans,
     removed on the next open), never a marker without its data."""
-    for sub in ("complete.json", "commits", "tmp", "run.json"):
-        p = layout.meta / sub
-        if p.is_dir():
-            shutil.rmtree(p)
-        else:
-            p.unlink(missing_ok=True)
-    for folder in layout.data_dirs():
-        for path in folder.iterdir() if folder.is_dir() else ():
-            if path.name.startswith("part-"):
-                path.unlink()
-    shutil.rmtree(layout.root / "transcripts", ignore_errors=True)  # before __transcripts__
-    shutil.rmtree(layout.transcripts, ignore_errors=True)
+    files = layout.files
+    files.delete(COMPLETE)
+    for name in files.list(COMMITS):
+        files.delete(f"{COMMITS}/{name}")
+    files.delete(RUN_MANIFEST)
+    for folder in DATA_DIRS:
+        for name in files.list(folder):
+            if name.startswith("part-"):
+                files.delete(posixpath.join(folder, name))
+    if layout.is_local:
+        shutil.rmtree(layout.tmp, ignore_errors=True)
+        shutil.rmtree(layout.folder / "transcripts", ignore_errors=True)  # before __transcripts__
+        shutil.rmtree(layout.transcripts, ignore_errors=True)
+    else:
+        for name in files.list(TRANSCRIPTS_DIR):
+            files.delete(f"{TRANSCRIPTS_DIR}/{name}")
     layout.ensure()
 
 
@@ -99,35 +104,43 @@ def write_run_manifest(layout: OutLayout, shard: tuple[int, int] | None, manifes
     starts after the last job completed (complete.json is there), begins a new job and removes
     every marker, so markers of an earlier job never complete this one (a shard of it that
     crashed before it started, or has not started yet, has none)."""
+    files = layout.files
     if not shard:
-        write_json_atomic(layout.run_manifest, manifest, layout.tmp)
+        files.put(RUN_MANIFEST, json_bytes(manifest))
         _forget_shards(layout)
-        layout.complete_marker.unlink(missing_ok=True)
+        files.delete(COMPLETE)
         return
     manifest = {**manifest, "shard": f"{shard[0]}/{shard[1]}"}
-    write_json_atomic(shard_file(layout, shard, "run.json"), manifest, layout.tmp)
+    files.put(shard_name(shard, "run.json"), json_bytes(manifest))
     with shard_markers(layout):
-        if layout.complete_marker.exists():
+        if layout.files.exists(COMPLETE):
             _forget_shards(layout)
-        shard_file(layout, shard, "done.json").unlink(missing_ok=True)
-        layout.complete_marker.unlink(missing_ok=True)
-    if not layout.run_manifest.exists():
-        write_json_atomic(layout.run_manifest, manifest, layout.tmp)
+        files.delete(shard_name(shard, "done.json"))
+        files.delete(COMPLETE)
+    if not layout.files.exists(RUN_MANIFEST):
+        files.put(RUN_MANIFEST, json_bytes(manifest))
 
 
 def _forget_shards(layout: OutLayout) -> None:
     """Remove every shard's done marker (a new job begins)."""
-    for marker in (layout.meta / "shards").glob("*.done.json"):
-        marker.unlink(missing_ok=True)
+    for name in layout.files.list(SHARDS):
+        if name.endswith(".done.json"):
+            layout.files.delete(f"{SHARDS}/{name}")
 
 
 def mark_done(layout: OutLayout, shard: tuple[int, int] | None, done: dict[str, Any]) -> None:
-    """The run (or shard) finished: complete.json once every shard of this job has."""
+    """The run (or shard) finished: complete.json once every shard of this job has.
+
+    Locally the shards take turns (a flock); on an object store each shard writes its marker
+    and then lists the others', so of two shards finishing together at least the later lister
+    sees both markers (stores read their own writes) and writes complete.json."""
+    files = layout.files
     if not shard:
-        write_json_atomic(layout.complete_marker, done, layout.tmp)
+        files.put(COMPLETE, json_bytes(done))
         return
     n = shard[1]
     with shard_markers(layout):
-        write_json_atomic(shard_file(layout, shard, "done.json"), done, layout.tmp)
-        if all(shard_file(layout, (i, n), "done.json").exists() for i in range(n)):
-            write_json_atomic(layout.complete_marker, {**done, "shards": n}, layout.tmp)
+        files.put(shard_name(shard, "done.json"), json_bytes(done))
+        have = set(files.list(SHARDS))
+        if all(f"{i}-of-{n}.done.json" in have for i in range(n)):
+            files.put(COMPLETE, json_bytes({**done, "shards": n}))

@@ -12,16 +12,15 @@ control characters.
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import re
 import unicodedata
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
-from ..atomic import write_atomic
+from .layout import TRANSCRIPTS_DIR
+from .objects import OutFiles
 
 SUBTITLE_FORMATS = ("txt", "srt", "vtt", "tsv", "json")
 
@@ -33,10 +32,6 @@ class CueLimits:
     max_seconds: float = 7.0
     line_width: int = 42
     lines: int = 2
-
-
-def _write_bytes(payload: bytes, fh: BinaryIO) -> None:
-    fh.write(payload)
 
 
 def clean_text(text: str) -> str:
@@ -196,18 +191,15 @@ _RENDER = {"txt": to_txt, "srt": to_srt, "vtt": to_vtt, "tsv": to_tsv, "json": t
 
 
 def write_transcripts(
-    folder: Path,
+    files: OutFiles,
     item_id: str,
     segments: list[dict[str, Any]],
     formats: tuple[str, ...],
     limits: CueLimits = CueLimits(),
     language: str | None = None,
 ) -> None:
-    """Write <folder>/<id>.<fmt> atomically (ids may contain folders); the job's folder is
-    OUT/__transcripts__/, which table readers skip. `language` goes into the json format."""
-    base = folder / item_id
-    base.parent.mkdir(parents=True, exist_ok=True)
+    """Write `__transcripts__/<id>.<fmt>` in OUT, each whole (ids may contain folders): table
+    readers skip that folder. `language` goes into the json format."""
     for fmt in formats:
-        dest = base.with_name(base.name + f".{fmt}")
         text = to_json(segments, limits, language) if fmt == "json" else _RENDER[fmt](segments, limits)
-        write_atomic(dest, functools.partial(_write_bytes, text.encode("utf-8")))
+        files.put(f"{TRANSCRIPTS_DIR}/{item_id}.{fmt}", text.encode("utf-8"))

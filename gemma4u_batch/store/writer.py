@@ -1,19 +1,22 @@
 """Writer stage: buffer records, commit them in durable chunks (part files) under OUT.
 
-Commit protocol (shared by every writer into one OUT: --shard runs, Ray replicas):
-1. write each data file to `.gemma4u/tmp/<name>.incomplete`, fsync, rename into OUT;
-2. write the commit marker `.gemma4u/commits/<part>.json` the same way.
-A part counts only once its marker exists. Data files without a marker are the
-leftovers of a crash between steps 1 and 2; `cleanup_orphans` removes them before a
-run starts, for writers that no longer hold their lock.
+Commit protocol (shared by every writer into one OUT: --shard runs, Ray replicas), the same on
+a local folder and an object store, with no rename on the store:
+1. put each data file whole (locally: a temp file, fsync, rename; on a store: one PUT);
+2. create the commit marker `.gemma4u/commits/<part>.json`, exclusively (a conditional create).
+A part counts only once its marker exists: readers trust only data files a marker names. Data
+files without a marker are the leftovers of a crash between steps 1 and 2; `cleanup_orphans`
+removes them before a run starts, for writers that are no longer alive (a local writer holds a
+flock, a writer on a store a lease).
 """
 
 from __future__ import annotations
 
 import fcntl
-import functools
+import io
 import json
 import os
+import posixpath
 import socket
 import time
 import uuid
@@ -23,10 +26,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ..atomic import lock_held, write_atomic, write_json_atomic
+from ..atomic import lock_held
 from ..decode.spill import remove_stale_spill_dirs
+from ..errors import OutputError
 from ..records import OutputRecord
-from .layout import OutLayout, data_file_name
+from .layout import COMMITS, DATA_DIRS, WRITERS, OutLayout, data_file_name
+from .lease import Lease, lease_holder
 
 
 def new_writer_id() -> str:
@@ -34,8 +39,9 @@ def new_writer_id() -> str:
     return f"{host}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
-def _write_bytes(payload: bytes, fh: Any) -> None:
-    fh.write(payload)
+def json_bytes(obj: Any) -> bytes:
+    """A marker or manifest as OUT stores it."""
+    return (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode()
 
 
 def _jsonl_bytes(records: list[dict[str, Any]]) -> bytes:
@@ -73,10 +79,44 @@ def jsonl_line(record: dict[str, Any]) -> str:
     return json.dumps(record, ensure_ascii=False, default=str) + "\n"
 
 
-def _parquet_write(records: list[dict[str, Any]], fh: Any, metadata: dict[str, str]) -> None:
+def _parquet_bytes(records: list[dict[str, Any]], metadata: dict[str, str]) -> bytes:
     import pyarrow.parquet as pq
 
-    pq.write_table(parquet_table(records, metadata), fh, compression="zstd")
+    buf = io.BytesIO()
+    pq.write_table(parquet_table(records, metadata), buf, compression="zstd")
+    return buf.getvalue()
+
+
+class WriterMark:
+    """Tells `cleanup_orphans` that a writer is alive: on a local OUT a flock it holds for its
+    life (it dies with the process), on an object store a lease it renews."""
+
+    def __init__(self, layout: OutLayout, writer_id: str) -> None:
+        self.layout = layout
+        self.writer_id = writer_id
+        self._fh: Any = None
+        self._lease: Lease | None = None
+        if layout.is_local:
+            self._fh = open(layout.writers / f"{writer_id}.lock", "w")
+            fcntl.flock(self._fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        else:
+            self._lease = Lease(layout.files, f"{WRITERS}/{writer_id}.json", what="writer")
+            self._lease.acquire()
+
+    @property
+    def lost(self) -> bool:
+        """The writer's lease was taken over (it stalled past it): it must not commit again."""
+        return self._lease is not None and self._lease.lost.is_set()
+
+    def release(self) -> None:
+        if self._fh is not None:
+            fcntl.flock(self._fh, fcntl.LOCK_UN)
+            self._fh.close()
+            (self.layout.writers / f"{self.writer_id}.lock").unlink(missing_ok=True)
+            self._fh = None
+        if self._lease is not None:
+            self._lease.release()
+            self._lease = None
 
 
 @dataclass
@@ -92,15 +132,13 @@ class PartWriter:
     _buffer: list[OutputRecord] = field(default_factory=list)
     _seq: int = 0
     _last_commit: float = field(default_factory=time.monotonic)
-    _lock_fh: Any = None
+    _mark: WriterMark | None = None
     committed_records: int = 0
     on_commit: Callable[[dict[str, Any], list[dict[str, Any]]], None] | None = None  # (marker, records)
 
     def __post_init__(self) -> None:
         self.layout.ensure()
-        # Held for the writer's life: tells cleanup_orphans this writer is alive.
-        self._lock_fh = open(self.layout.writers / f"{self.writer_id}.lock", "w")
-        fcntl.flock(self._lock_fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        self._mark = WriterMark(self.layout, self.writer_id)  # held for the writer's life
 
     def add(self, record: OutputRecord) -> None:
         self._buffer.append(record)
@@ -119,22 +157,18 @@ class PartWriter:
         self._last_commit = time.monotonic()
         if not self._buffer:
             return
+        if self._mark is not None and self._mark.lost:
+            raise OutputError(
+                f"lost the lease on {self.layout.where} (this process stalled longer than the lease): "
+                f"{len(self._buffer)} finished record(s) not committed; rerun to resume"
+            )
         records = [r.to_dict() for r in self._buffer]
         part = f"part-{self.writer_id}-{self._seq:05d}"
         files: list[str] = []
         for fmt in self.formats:
             name = data_file_name(part, fmt, self.formats)
-            (self.layout.root / name).parent.mkdir(exist_ok=True)
-            if fmt == "jsonl":
-                write_atomic(
-                    self.layout.root / name, functools.partial(_write_bytes, _jsonl_bytes(records)), self.layout.tmp
-                )
-            else:
-                write_atomic(
-                    self.layout.root / name,
-                    lambda fh: _parquet_write(records, fh, self.parquet_metadata),
-                    self.layout.tmp,
-                )
+            payload = _jsonl_bytes(records) if fmt == "jsonl" else _parquet_bytes(records, self.parquet_metadata)
+            self.layout.files.put(name, payload)
             files.append(name)
         marker = {
             "part": part,
@@ -144,7 +178,8 @@ class PartWriter:
             "writer": self.writer_id,
             "committed_at": time.time(),
         }
-        write_json_atomic(self.layout.commits / f"{part}.json", marker, self.layout.tmp)
+        if not self.layout.files.create(f"{COMMITS}/{part}.json", json_bytes(marker)):
+            raise RuntimeError(f"part {part} was committed twice (writer ids are unique)")
         self._seq += 1
         self.committed_records += len(records)
         self._buffer.clear()
@@ -153,16 +188,25 @@ class PartWriter:
 
     def close(self) -> None:
         self.commit()
-        if self._lock_fh is not None:
-            fcntl.flock(self._lock_fh, fcntl.LOCK_UN)
-            self._lock_fh.close()
-            (self.layout.writers / f"{self.writer_id}.lock").unlink(missing_ok=True)
-            self._lock_fh = None
+        if self._mark is not None:
+            self._mark.release()
+            self._mark = None
 
 
 def _writer_alive(layout: OutLayout, writer_id: str) -> bool:
+    if not layout.is_local:
+        return lease_holder(layout.files, f"{WRITERS}/{writer_id}.json") is not None
     lock = layout.writers / f"{writer_id}.lock"
     return lock.exists() and lock_held(lock)
+
+
+def live_writers(layout: OutLayout) -> list[str]:
+    """The ids of the writers alive now."""
+    if layout.is_local:
+        names = [p.stem for p in layout.writers.glob("*.lock")] if layout.writers.exists() else []
+    else:
+        names = [n.removesuffix(".json") for n in layout.files.list(WRITERS) if n.endswith(".json")]
+    return [w for w in names if _writer_alive(layout, w)]
 
 
 def _part_of(name: str) -> tuple[str, str] | None:
@@ -174,15 +218,33 @@ def _part_of(name: str) -> tuple[str, str] | None:
     return stem, writer
 
 
-def finish_replaced(layout: OutLayout, marker: dict[str, Any]) -> None:
+def finish_replaced(
+    layout: OutLayout, marker: dict[str, Any], listed: tuple[set[str], list[str]] | None = None
+) -> None:
     """Remove what a compacted part replaces: markers first, then their data files (a
-    kill in between leaves files without markers, which `cleanup_orphans` removes)."""
-    for old in marker.get("replaces", ()):
-        (layout.commits / f"{old}.json").unlink(missing_ok=True)
-    for old in marker.get("replaces", ()):
-        for folder in layout.data_dirs():
-            for path in folder.glob(f"{old}.*"):
-                path.unlink(missing_ok=True)
+    kill in between leaves files without markers, which `cleanup_orphans` removes). Only what
+    is there is removed (`listed`: the marker names and data files, when already listed)."""
+    old_parts = list(marker.get("replaces", ()))
+    if not old_parts:
+        return
+    markers, data_files = listed if listed is not None else (set(layout.files.list(COMMITS)), _data_file_names(layout))
+    for old in old_parts:
+        if f"{old}.json" in markers:
+            layout.files.delete(f"{COMMITS}/{old}.json")
+    prefixes = tuple(f"{old}." for old in old_parts)
+    for name in data_files:
+        if posixpath.basename(name).startswith(prefixes):
+            layout.files.delete(name)
+
+
+def _data_file_names(layout: OutLayout) -> list[str]:
+    """Every `part-*` file in OUT's data folders, as names relative to OUT."""
+    return [
+        posixpath.join(folder, name)
+        for folder in DATA_DIRS
+        for name in layout.files.list(folder)
+        if name.startswith("part-")
+    ]
 
 
 STALE_TMP_SECONDS = 3600.0
@@ -199,25 +261,33 @@ def cleanup_orphans(layout: OutLayout) -> list[str]:
     """Finish killed compactions, then remove uncommitted data files and temp files of
     writers that are gone, and the spill folders of decode pools that are gone."""
     removed: list[str] = []
-    if not layout.root.exists():
+    if layout.is_local and not layout.folder.exists():
         return removed
-    if layout.commits.exists():
-        for path in layout.commits.glob("*.json"):
-            try:
-                marker = json.loads(path.read_text())
-            except FileNotFoundError:
-                continue
-            finish_replaced(layout, marker)
-    committed = {p.stem for p in layout.commits.glob("*.json")} if layout.commits.exists() else set()
-    data_files = [p for d in layout.data_dirs() if d.is_dir() for p in sorted(d.iterdir())]
-    for path in data_files:
-        parsed = _part_of(path.name)
-        if parsed is None or not path.is_file():
+    markers = _markers(layout)
+    if any(m.get("replaces") for m in markers):
+        listed = (set(layout.files.list(COMMITS)), _data_file_names(layout))
+        for marker in markers:
+            finish_replaced(layout, marker, listed)
+    committed = {name.removesuffix(".json") for name in layout.files.list(COMMITS)}
+    for name in _data_file_names(layout):
+        parsed = _part_of(posixpath.basename(name))
+        if parsed is None:
             continue
         part, writer = parsed
         if part not in committed and not _writer_alive(layout, writer):
-            path.unlink()
-            removed.append(path.name)
+            layout.files.delete(name)
+            removed.append(posixpath.basename(name))
+    if layout.is_local:
+        _cleanup_local(layout)
+    else:
+        for name in layout.files.list(WRITERS):
+            if name.endswith(".json") and not _writer_alive(layout, name.removesuffix(".json")):
+                layout.files.delete(f"{WRITERS}/{name}")
+    return removed
+
+
+def _cleanup_local(layout: OutLayout) -> None:
+    """What only a local OUT has: temp files, spill folders and writers' lock files."""
     if layout.tmp.exists():
         remove_stale_spill_dirs(layout.tmp)  # long audio of a pool whose process was killed
         for path in layout.tmp.iterdir():
@@ -232,7 +302,19 @@ def cleanup_orphans(layout: OutLayout) -> list[str]:
         for lock in layout.writers.glob("*.lock"):
             if not _writer_alive(layout, lock.stem):
                 lock.unlink(missing_ok=True)
-    return removed
+
+
+def _markers(layout: OutLayout) -> list[dict[str, Any]]:
+    """Every commit marker in OUT, by name (one a compaction removes meanwhile is skipped)."""
+    markers = []
+    for name in layout.files.list(COMMITS):
+        if not name.endswith(".json"):
+            continue
+        try:
+            markers.append(json.loads(layout.files.read(f"{COMMITS}/{name}")))
+        except FileNotFoundError:  # removed by a compaction finishing right now
+            continue
+    return markers
 
 
 def committed_parts(layout: OutLayout) -> list[dict[str, Any]]:
@@ -243,14 +325,7 @@ def committed_parts(layout: OutLayout) -> list[dict[str, Any]]:
 
 def effective_parts(layout: OutLayout) -> tuple[list[dict[str, Any]], set[str]]:
     """(parts in commit order, names replaced by a compacted part)."""
-    if not layout.commits.exists():
-        return [], set()
-    markers = []
-    for path in sorted(layout.commits.glob("*.json")):
-        try:
-            markers.append(json.loads(path.read_text()))
-        except FileNotFoundError:  # removed by a compaction finishing right now
-            continue
+    markers = _markers(layout)
     replaced = {name for m in markers for name in m.get("replaces", ())}
     parts = [m for m in markers if m["part"] not in replaced]
     parts.sort(key=lambda p: (p.get("committed_at", 0.0), p["part"]))
@@ -264,28 +339,29 @@ def iter_part_records(
     files = part["files"]
     jsonl = next((f for f in files if f.endswith(".jsonl")), None)
     if jsonl is not None:
-        with open(layout.root / jsonl, encoding="utf-8") as fh:
+        with layout.files.open(jsonl) as raw, io.TextIOWrapper(raw, encoding="utf-8") as fh:
             for line in fh:
                 rec = json.loads(line)
                 yield {c: rec.get(c) for c in columns} if columns else rec
         return
     import pyarrow.parquet as pq
 
-    pf = pq.ParquetFile(layout.root / files[0])
-    names = set(pf.schema_arrow.names)
-    cols = [c for c in columns if c in names] if columns else None
-    for batch in pf.iter_batches(columns=cols):
-        for rec in batch.to_pylist():
-            if "fields" in rec and isinstance(rec["fields"], str):
-                rec["fields"] = json.loads(rec["fields"])
-            if isinstance(rec.get("data"), str):
-                rec["data"] = json.loads(rec["data"])
-            rec.pop("data_typed", None)  # derived from `data` (Parquet only)
-            if isinstance(rec.get("created_at"), datetime):
-                rec["created_at"] = rec["created_at"].isoformat(timespec="milliseconds")
-            if columns:
-                rec = {c: rec.get(c) for c in columns}
-            yield rec
+    with layout.files.open(files[0]) as raw:
+        pf = pq.ParquetFile(raw)
+        names = set(pf.schema_arrow.names)
+        cols = [c for c in columns if c in names] if columns else None
+        for batch in pf.iter_batches(columns=cols):
+            for rec in batch.to_pylist():
+                if "fields" in rec and isinstance(rec["fields"], str):
+                    rec["fields"] = json.loads(rec["fields"])
+                if isinstance(rec.get("data"), str):
+                    rec["data"] = json.loads(rec["data"])
+                rec.pop("data_typed", None)  # derived from `data` (Parquet only)
+                if isinstance(rec.get("created_at"), datetime):
+                    rec["created_at"] = rec["created_at"].isoformat(timespec="milliseconds")
+                if columns:
+                    rec = {c: rec.get(c) for c in columns}
+                yield rec
 
 
 def iter_committed_records(layout: OutLayout, columns: tuple[str, ...] | None = None) -> Iterator[dict[str, Any]]:
