@@ -78,6 +78,7 @@ class Generation:
     cumulative_logprob: float | None = None  # sum of the generated tokens' log-probabilities
     token_logprobs: list[dict[str, Any]] | None = None  # with --logprobs N: per token, its N alternatives
     stop_reason: int | str | None = None  # the stop string or token that ended it, if one did
+    token_ids: tuple[int, ...] | None = None  # the sampled token ids, when the request asks (run-batch's parsers)
 
     def mean_logprob(self) -> float | None:
         """Mean log-probability of the generated tokens (≤ 0; closer to 0 = more confident)."""

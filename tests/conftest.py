@@ -55,3 +55,15 @@ def reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
     monkeypatch.setattr(decode_mod, "read_input", counting)
     return seen
+
+
+@pytest.fixture
+def batch_engine(tiny_model: Path):
+    """FakeEngine for run-batch lines: fake answers, prompts rendered by vLLM's chat serving
+    code on the tiny checkpoint (its renderer is built once per session, without an engine)."""
+    from gemma4u_batch.engine.fake import FakeEngine
+
+    def make(**kw) -> FakeEngine:
+        return FakeEngine(frontend_model=str(tiny_model), **kw)
+
+    return make

@@ -393,3 +393,98 @@ def make_video(
             for p in a.encode(None):
                 c.mux(p)
     return path.read_bytes()
+
+
+# ------------------------------------------------------------------------------- run-batch
+
+BATCH_MODEL = "hmellor/tiny-random-LlamaForCausalLM"  # the name vLLM's run-batch test batches use
+CHAT_URL, TRANSCRIBE, TRANSLATE = "/v1/chat/completions", "/v1/audio/transcriptions", "/v1/audio/translations"
+
+
+def batch_chat(cid: str, system: str, model: str = BATCH_MODEL, url: str = CHAT_URL, **extra: Any) -> dict:
+    """A chat line as vLLM's run-batch tests write them: a system prompt, then "Hello world!"."""
+    return {
+        "custom_id": cid,
+        "method": "POST",
+        "url": url,
+        "body": {
+            "model": model,
+            "messages": [{"role": "system", "content": system}, {"role": "user", "content": "Hello world!"}],
+            "max_tokens": 1000,
+            **extra,
+        },
+    }
+
+
+# vLLM's tests/entrypoints/openai/test_run_batch.py: INPUT_BATCH and INVALID_INPUT_BATCH
+VLLM_INPUT_BATCH = [
+    batch_chat("request-1", "You are a helpful assistant."),
+    batch_chat("request-2", "You are an unhelpful assistant."),
+    batch_chat("request-3", "You are an unhelpful assistant.", model="NonExistModel"),
+    batch_chat("request-4", "You are an unhelpful assistant.", url="/bad_url"),
+    batch_chat("request-5", "You are an unhelpful assistant.", stream="True"),
+]
+VLLM_INVALID_INPUT_BATCH = [
+    {
+        **{k: v for k, v in batch_chat("x", "You are a helpful assistant.").items() if k != "custom_id"},
+        "invalid_field": "r1",
+    },
+    batch_chat("request-2", "You are an unhelpful assistant."),
+]
+
+
+def speech_line(cid: str, file_url: str, url: str = TRANSCRIBE, **body: Any) -> dict[str, Any]:
+    return {
+        "custom_id": cid,
+        "method": "POST",
+        "url": url,
+        "body": {"model": "gemma-speech", "file_url": file_url, **body},
+    }
+
+
+def write_lines(path: Path, lines: list[Any]) -> Path:
+    """A batch file: JSON lines (or raw strings, for unreadable lines)."""
+    path.write_text("\n".join(x if isinstance(x, str) else json.dumps(x) for x in lines) + "\n")
+    return path
+
+
+def batch_outputs(path: Path) -> list[dict[str, Any]]:
+    """A run-batch output file's lines, each validated by vLLM's own BatchRequestOutput."""
+    from vllm.entrypoints.launchers.run_batch import BatchRequestOutput
+
+    lines = path.read_text().splitlines()
+    for line in lines:
+        BatchRequestOutput.model_validate_json(line)
+    return [json.loads(line) for line in lines]
+
+
+def audio_data_uri(x: np.ndarray) -> str:
+    import base64
+
+    return "data:audio/wav;base64," + base64.b64encode(wav_bytes(x)).decode()
+
+
+def short_speech() -> np.ndarray:
+    """~3 s: one espeak-ng utterance between short pauses."""
+    rng = np.random.default_rng(1)
+    speech = hello()
+    pad = max(0.5, (3.0 - len(speech) / SR) / 2)
+    return np.concatenate([quiet(pad, rng), speech, quiet(pad, rng)])
+
+
+@cache
+def long_speech() -> tuple[np.ndarray, list[tuple[float, float]]]:
+    """~95 s of utterances with pauses between them, and where each utterance truly is."""
+    rng = np.random.default_rng(2)
+    speech = hello()
+    pieces: list[np.ndarray] = []
+    truth, pos, i = [], 0, 0
+    while pos < 93 * SR:
+        pause = quiet(1.0 + (i % 4) * 0.75, rng)
+        pieces += [pause, speech]
+        pos += len(pause)
+        truth.append((pos / SR, (pos + len(speech)) / SR))
+        pos += len(speech)
+        i += 1
+    tail = quiet(max(0.5, 95 - pos / SR), rng)
+    return np.concatenate([*pieces, tail]), truth

@@ -1,5 +1,6 @@
-"""Servers on 127.0.0.1 for the fetch tests (tests/test_fetch.py): a scripted web server that
-keeps every request it saw (so a test counts attempts and reads the headers sent), a port that
+"""Servers on 127.0.0.1 for the fetch tests (tests/test_fetch.py) and run-batch's URL files
+(tests/test_run_batch_files.py): a scripted web server that keeps every request it saw (so a
+test counts attempts and reads the headers, and a PUT's body, sent), a port that
 accepts connections and never answers (a hung object store), and a stub resolver that maps
 made-up host names to addresses (private ones are never connected to: the fetch refuses them).
 """
@@ -33,10 +34,13 @@ class Reply:
 
 @dataclass(frozen=True)
 class Seen:
-    """A request as the server got it (header names lower-cased)."""
+    """A request as the server got it (header names lower-cased; the query string apart)."""
 
     path: str
     headers: dict[str, str]
+    method: str = "GET"
+    body: bytes = b""
+    query: str = ""
 
 
 Route = list[Reply] | Callable[[Seen], Reply]
@@ -75,13 +79,12 @@ class WebServer:
     def url(self, path: str, userinfo: str = "") -> str:
         return f"http://{userinfo + '@' if userinfo else ''}127.0.0.1:{self.port}{path}"
 
-    def count(self, path: str) -> int:
-        with self._lock:
-            return sum(1 for s in self.seen if s.path == path)
+    def count(self, path: str, method: str | None = None) -> int:
+        return len(self.requests(path, method))
 
-    def requests(self, path: str) -> list[Seen]:
+    def requests(self, path: str, method: str | None = None) -> list[Seen]:
         with self._lock:
-            return [s for s in self.seen if s.path == path]
+            return [s for s in self.seen if s.path == path and method in (None, s.method)]
 
     def _reply(self, seen: Seen) -> Reply:
         with self._lock:
@@ -100,8 +103,15 @@ def _handler(web: WebServer) -> type[BaseHTTPRequestHandler]:
         protocol_version = "HTTP/1.0"  # one request per connection; a body without length ends at close
 
         def do_GET(self) -> None:
-            seen = Seen(self.path.split("?", 1)[0], {k.lower(): v for k, v in self.headers.items()})
-            reply = web._reply(seen)
+            self._answer(b"")
+
+        def do_PUT(self) -> None:
+            self._answer(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+
+        def _answer(self, body: bytes) -> None:
+            path, _, query = self.path.partition("?")
+            headers = {k.lower(): v for k, v in self.headers.items()}
+            reply = web._reply(Seen(path, headers, self.command, body, query))
             if reply.delay and web.stopping.wait(reply.delay):
                 return
             self.send_response(reply.status)

@@ -4,7 +4,6 @@ output validated by vLLM's BatchRequestOutput, media policy, resume after SIGKIL
 from __future__ import annotations
 
 import base64
-import json
 import os
 import signal
 import subprocess
@@ -15,65 +14,42 @@ from typing import Any
 
 import pytest
 
-from gemma4u_batch.batch.lines import MediaPolicy, conversation_of
+from gemma4u_batch.batch.chat import MediaRef
+from gemma4u_batch.batch.media import MediaPolicy
 from gemma4u_batch.batch.run import BatchRun, BatchSettings, state_dir
-from gemma4u_batch.engine.fake import FakeEngine
 from gemma4u_batch.errors import ItemError, UsageError
+from gemma4u_batch.records import Modality
 
-from .helpers import documented_code, gemma4u, photo, png_bytes
+from .helpers import (
+    BATCH_MODEL,
+    VLLM_INPUT_BATCH,
+    VLLM_INVALID_INPUT_BATCH,
+    batch_chat,
+    batch_outputs,
+    documented_code,
+    gemma4u,
+    photo,
+    png_bytes,
+    write_lines,
+)
 
-MODEL = "hmellor/tiny-random-LlamaForCausalLM"  # the name vLLM's test batches use
-
-
-def chat(cid: str, system: str, model: str = MODEL, url: str = "/v1/chat/completions", **extra: Any) -> dict:
-    return {
-        "custom_id": cid,
-        "method": "POST",
-        "url": url,
-        "body": {
-            "model": model,
-            "messages": [{"role": "system", "content": system}, {"role": "user", "content": "Hello world!"}],
-            "max_tokens": 1000,
-            **extra,
-        },
-    }
-
-
-# vLLM's tests/entrypoints/openai/test_run_batch.py: INPUT_BATCH and INVALID_INPUT_BATCH
-INPUT_BATCH = [
-    chat("request-1", "You are a helpful assistant."),
-    chat("request-2", "You are an unhelpful assistant."),
-    chat("request-3", "You are an unhelpful assistant.", model="NonExistModel"),
-    chat("request-4", "You are an unhelpful assistant.", url="/bad_url"),
-    chat("request-5", "You are an unhelpful assistant.", stream="True"),
-]
-INVALID_INPUT_BATCH = [
-    {**{k: v for k, v in chat("x", "You are a helpful assistant.").items() if k != "custom_id"}, "invalid_field": "r1"},
-    chat("request-2", "You are an unhelpful assistant."),
-]
-
-
-def write_lines(path: Path, lines: list[Any]) -> Path:
-    path.write_text("\n".join(x if isinstance(x, str) else json.dumps(x) for x in lines) + "\n")
-    return path
+MODEL = BATCH_MODEL
+chat = batch_chat
+outputs = batch_outputs
+INPUT_BATCH, INVALID_INPUT_BATCH = VLLM_INPUT_BATCH, VLLM_INVALID_INPUT_BATCH
 
 
 def settings(tmp_path: Path, inp: Path, **kw: Any) -> BatchSettings:
     return BatchSettings(input=inp, output=tmp_path / "out.jsonl", model=MODEL, **kw)
 
 
-def outputs(path: Path) -> list[dict[str, Any]]:
-    from vllm.entrypoints.launchers.run_batch import BatchRequestOutput
-
-    lines = path.read_text().splitlines()
-    for line in lines:
-        BatchRequestOutput.model_validate_json(line)  # vLLM's own schema
-    return [json.loads(line) for line in lines]
-
-
-def test_vllm_input_batch(tmp_path: Path) -> None:
+def test_vllm_input_batch(tmp_path: Path, batch_engine) -> None:
     inp = write_lines(tmp_path / "in.jsonl", INPUT_BATCH)
-    summary = BatchRun(settings(tmp_path, inp)).run(FakeEngine())
+    connector = os.environ.get("VLLM_MEDIA_CONNECTOR")
+    summary = BatchRun(settings(tmp_path, inp)).run(batch_engine())
+    # the media connector is switched only while a line renders: it does not leak into this
+    # process's environment (a vLLM started later from it would look for gemma4u's connector)
+    assert os.environ.get("VLLM_MEDIA_CONNECTOR") == connector
     outs = outputs(tmp_path / "out.jsonl")
     assert [o["custom_id"] for o in outs] == [f"request-{i}" for i in range(1, 6)]
     ok = outs[:2]
@@ -90,9 +66,9 @@ def test_vllm_input_batch(tmp_path: Path) -> None:
     assert summary.errors == 3 and summary.problems == []
 
 
-def test_invalid_lines_reported_rest_processed(tmp_path: Path) -> None:
+def test_invalid_lines_reported_rest_processed(tmp_path: Path, batch_engine) -> None:
     inp = write_lines(tmp_path / "in.jsonl", [*INVALID_INPUT_BATCH, "{not json", "[1, 2]"])
-    summary = BatchRun(settings(tmp_path, inp)).run(FakeEngine())
+    summary = BatchRun(settings(tmp_path, inp)).run(batch_engine())
     assert [o["custom_id"] for o in outputs(tmp_path / "out.jsonl")] == ["request-2"]
     assert summary.problems == [
         f"{inp}:1: no custom_id (a non-empty string is required)",
@@ -108,7 +84,7 @@ def test_duplicate_custom_id_is_usage_error(tmp_path: Path) -> None:
     assert not state_dir(tmp_path / "out.jsonl").exists()
 
 
-def test_bad_bodies_and_endpoints(tmp_path: Path) -> None:
+def test_bad_bodies_and_endpoints(tmp_path: Path, batch_engine) -> None:
     lines = [
         {"custom_id": "no-messages", "method": "POST", "url": "/v1/chat/completions", "body": {"model": MODEL}},
         {"custom_id": "no-body", "method": "POST", "url": "/v1/chat/completions"},
@@ -116,9 +92,14 @@ def test_bad_bodies_and_endpoints(tmp_path: Path) -> None:
         chat("bad-temp", "s", temperature="hot"),
         chat("served", "s", model="alias"),
         chat("tools", "s", model="alias", tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}]),
+        chat("prompt-logprobs", "s", model="alias", prompt_logprobs=1),
+        chat("echo-logprobs", "s", model="alias", echo=True, logprobs=True),
     ]
+    echo = chat("echo", "s", model="alias", echo=True, add_generation_prompt=False)
+    echo["body"]["messages"].append({"role": "assistant", "content": "Once upon"})
+    lines.append(echo)
     inp = write_lines(tmp_path / "in.jsonl", lines)
-    BatchRun(settings(tmp_path, inp, served_model_names=["alias"])).run(FakeEngine())
+    BatchRun(settings(tmp_path, inp, served_model_names=["alias"])).run(batch_engine())
     outs = {o["custom_id"]: o for o in outputs(tmp_path / "out.jsonl")}
     assert outs["no-messages"]["error"].startswith("invalid body: messages")
     assert "body" in outs["no-body"]["error"]
@@ -126,32 +107,29 @@ def test_bad_bodies_and_endpoints(tmp_path: Path) -> None:
     assert outs["bad-temp"]["error"].startswith("invalid body: temperature")
     assert outs["served"]["error"] is None  # a --served-model-name is a valid alias...
     assert outs["served"]["response"]["body"]["model"] == "alias"
-    assert outs["tools"]["error"] == "tools are not supported by gemma4u run-batch"
+    # vLLM's own answer for tools without the flags that let it answer them
+    tools_error = outs["tools"]["error"]["error"]["message"]
+    assert tools_error == '"auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set'
+    # what vLLM answers and gemma4u does not: said, not silently dropped
+    assert outs["prompt-logprobs"]["error"] == "prompt_logprobs is not supported by gemma4u run-batch"
+    assert outs["echo-logprobs"]["error"].startswith("echo with logprobs")
+    # echo: the assistant message being continued comes first in the answer, as in vLLM
+    echoed = outs["echo"]["response"]["body"]["choices"][0]["message"]
+    assert echoed["role"] == "assistant" and echoed["content"].startswith("Once upon") and len(echoed["content"]) > 9
 
 
-def test_conversation_media_and_policy(tmp_path: Path) -> None:
+def test_media_policy(tmp_path: Path) -> None:
+    """Each media reference vLLM's parser found becomes a decode worker's item, or is refused
+    with the reason; the workers read, fetch and decode."""
     img = png_bytes(photo().resize((96, 64)))
     uri = "data:image/png;base64," + base64.b64encode(img).decode()
     (tmp_path / "media").mkdir()
     (tmp_path / "media" / "p.png").write_bytes(img)
-    policy = MediaPolicy(allowed_local_media_path=tmp_path / "media")
-    msgs = [
-        {"role": "system", "content": "Be brief."},
-        {
-            "role": "user",
-            "content": [{"type": "text", "text": "What?"}, {"type": "image_url", "image_url": {"url": uri}}],
-        },
-        {"role": "assistant", "content": "A photo."},
-        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": f"file://{tmp_path}/media/p.png"}}]},
-    ]
-    conv = conversation_of(msgs, policy)
-    assert conv.messages == [
-        {"role": "system", "content": [{"type": "text", "text": "Be brief."}]},
-        {"role": "user", "content": [{"type": "text", "text": "What?"}, {"type": "image"}]},
-        {"role": "assistant", "content": [{"type": "text", "text": "A photo."}]},
-        {"role": "user", "content": [{"type": "image"}]},
-    ]
-    assert len(conv.images) == 2 and conv.images[0].size == conv.images[1].size
+    policy = MediaPolicy(allowed_local_media_path=tmp_path / "media", allow_network=False)
+    inline = policy.item(MediaRef("image", uri), "1:0")
+    assert inline.data == img and inline.modality == Modality.IMAGE and inline.path is None
+    local = policy.item(MediaRef("audio", f"file://{tmp_path}/media/p.png"), "1:1")
+    assert local.path == (tmp_path / "media" / "p.png").resolve() and local.data is None
     (tmp_path / "secret.png").write_bytes(img)
     for url, why in [
         (f"file://{tmp_path}/secret.png", "outside --allowed-local-media-path"),
@@ -159,34 +137,39 @@ def test_conversation_media_and_policy(tmp_path: Path) -> None:
         ("data:image/png;base64,@@@", "invalid base64"),
         ("ftp://x/a.png", "unsupported media URL scheme"),
     ]:
-        part = {"type": "image_url", "image_url": {"url": url}}
         with pytest.raises(ItemError, match=why):
-            conversation_of([{"role": "user", "content": [part]}], policy)
+            policy.item(MediaRef("image", url), "2:0")
     with pytest.raises(ItemError, match=r"over 10 bytes"):
-        MediaPolicy(max_bytes=10).fetch(uri)
+        MediaPolicy(max_bytes=10).item(MediaRef("image", uri), "3:0")
+    web = MediaPolicy(allow_network=True, allowed_domains=("example.com",))
+    assert (
+        web.item(MediaRef("video", "https://example.com/v.mp4?sig=x"), "4:0").url == "https://example.com/v.mp4?sig=x"
+    )
+    with pytest.raises(ItemError, match="allowed domains"):
+        web.item(MediaRef("image", "https://elsewhere.org/a.png"), "4:1")
 
 
-def test_media_error_is_an_error_line(tmp_path: Path) -> None:
+def test_media_error_is_an_error_line(tmp_path: Path, batch_engine) -> None:
     line = chat("img", "s")
     line["body"]["messages"][1]["content"] = [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]
     inp = write_lines(tmp_path / "in.jsonl", [line, chat("ok", "s")])
-    BatchRun(settings(tmp_path, inp)).run(FakeEngine())
+    BatchRun(settings(tmp_path, inp)).run(batch_engine())
     outs = outputs(tmp_path / "out.jsonl")
     assert outs[0]["response"]["status_code"] == 400 and outs[0]["error"]["error"]["type"] == "BadRequestError"
     assert outs[1]["error"] is None
 
 
-def test_rerun_does_nothing_and_changed_lines_resend(tmp_path: Path) -> None:
+def test_rerun_does_nothing_and_changed_lines_resend(tmp_path: Path, batch_engine) -> None:
     inp = write_lines(tmp_path / "in.jsonl", [chat(f"r{i}", f"s{i}") for i in range(6)])
-    BatchRun(settings(tmp_path, inp)).run(FakeEngine())
+    BatchRun(settings(tmp_path, inp)).run(batch_engine())
     out = tmp_path / "out.jsonl"
     before = (out.read_bytes(), out.stat().st_mtime_ns)
-    again = FakeEngine()
+    again = batch_engine()
     summary = BatchRun(settings(tmp_path, inp)).run(again)
     assert summary.already_complete and again.added == 0
     assert (out.read_bytes(), out.stat().st_mtime_ns) == before
     write_lines(inp, [chat(f"r{i}", f"s{i}" if i != 2 else "changed") for i in range(6)] + [chat("new", "n")])
-    third = FakeEngine()
+    third = batch_engine()
     summary = BatchRun(settings(tmp_path, inp)).run(third)
     assert third.added == 2 and summary.reused == 5
     assert [o["custom_id"] for o in outputs(out)] == [*(f"r{i}" for i in range(6)), "new"]
@@ -202,17 +185,20 @@ def slow(req, text):
     time.sleep(0.05)
     return text
 
-s = BatchSettings(input=Path(sys.argv[1]), output=Path(sys.argv[2]), model=sys.argv[3], commit_seconds=0.0)
-BatchRun(s).run(FakeEngine(text_for=slow, max_in_flight=2))
+if __name__ == "__main__":
+    s = BatchSettings(input=Path(sys.argv[1]), output=Path(sys.argv[2]), model=sys.argv[3], commit_seconds=0.0)
+    BatchRun(s).run(FakeEngine(frontend_model=sys.argv[4], text_for=slow, max_in_flight=2))
 """
 
 
-def test_sigkill_then_resume_exactly_once(tmp_path: Path) -> None:
+def test_sigkill_then_resume_exactly_once(tmp_path: Path, batch_engine, tiny_model: Path) -> None:
     n = 80
     inp = write_lines(tmp_path / "in.jsonl", [chat(f"r{i}", f"s{i}") for i in range(n)])
     out = tmp_path / "out.jsonl"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
-    proc = subprocess.Popen([sys.executable, "-c", KILLED_RUN, str(inp), str(out), MODEL], env=env)
+    script = tmp_path / "killed_run.py"
+    script.write_text(KILLED_RUN)
+    proc = subprocess.Popen([sys.executable, str(script), str(inp), str(out), MODEL, str(tiny_model)], env=env)
     done = state_dir(out) / "done.jsonl"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and (not done.exists() or done.read_bytes().count(b"\n") < 10):
@@ -222,7 +208,7 @@ def test_sigkill_then_resume_exactly_once(tmp_path: Path) -> None:
     assert not out.exists()
     checkpointed = done.read_bytes().count(b"\n")
     assert 10 <= checkpointed < n
-    resumed = FakeEngine()
+    resumed = batch_engine()
     summary = BatchRun(BatchSettings(input=inp, output=out, model=MODEL)).run(resumed)
     outs = outputs(out)
     assert [o["custom_id"] for o in outs] == [f"r{i}" for i in range(n)]
@@ -245,22 +231,3 @@ def test_cli_reports_bad_lines_and_refuses_duplicates(tmp_path: Path, tiny_model
     proc = gemma4u(*cmd)
     assert proc.returncode == documented_code("USAGE") and "duplicate custom_id 'a'" in proc.stderr
     assert not out.exists()
-
-
-def test_template_bos_dropped_when_the_tokenizer_adds_its_own(tmp_path: Path) -> None:
-    """vLLM tokenizes a rendered chat without special tokens; a text prompt given to the
-    engine is tokenized with them: the prompt must not end up with two BOS tokens."""
-    from types import SimpleNamespace
-
-    from gemma4u_batch.config.job import EngineConfig
-    from gemma4u_batch.engine.vllm_engine import VllmEngine
-
-    for adds, expected in [(True, "<|turn>user\nhi"), (False, "<bos><|turn>user\nhi")]:
-        tok = SimpleNamespace(
-            bos_token="<bos>",
-            bos_token_id=2,
-            apply_chat_template=lambda *a, **k: "<bos><|turn>user\nhi",
-            encode=lambda text, add_special_tokens, adds=adds: [2, 9] if adds and add_special_tokens else [9],
-        )
-        engine = VllmEngine(model="m", engine=EngineConfig(), _tokenizer=tok)
-        assert engine.render_chat([{"role": "user", "content": "hi"}]) == expected

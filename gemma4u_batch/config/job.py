@@ -83,6 +83,7 @@ class EngineConfig(BaseModel):
     download_dir: str | None = None  # where hub weights are downloaded (changes nothing else)
     lora: str | None = None  # a PEFT LoRA adapter folder applied to every request
     engine_args: dict[str, Any] = Field(default_factory=dict)  # any other EngineArgs field (checked)
+    compact_json: bool = True  # structured output without free whitespace (engine-wide); run-batch: vLLM's default
 
     @field_validator("engine_args")
     @classmethod
@@ -115,7 +116,17 @@ class EngineConfig(BaseModel):
     def stable_dump(self) -> dict[str, Any]:
         """For what was keyed on the whole engine config before these options existed."""
         return _dump_without_new_defaults(
-            self, ("quantization", "kv_cache_dtype", "revision", "tokenizer", "download_dir", "lora", "engine_args")
+            self,
+            (
+                "quantization",
+                "kv_cache_dtype",
+                "revision",
+                "tokenizer",
+                "download_dir",
+                "lora",
+                "engine_args",
+                "compact_json",
+            ),
         )
 
 

@@ -231,12 +231,13 @@ class DecodePool:
     A worker gets items only once it has started and says so; an item's `timeout`
     clock starts when the item is handed over.
     `decode_fn` (a picklable top-level function, default decode_item) lets tests make a
-    decode hang or crash; nothing in an item can select it.
+    decode hang or crash; nothing in an item can select it. `items` may yield None for
+    "nothing to decode yet": run-batch feeds the media of each line as it prepares it.
     """
 
     def __init__(
         self,
-        items: Iterator[WorkItem],
+        items: Iterator[WorkItem | None],
         opts: DecodeOptions,
         workers: int = 2,
         prefetch: int = 8,
@@ -301,7 +302,8 @@ class DecodePool:
         except StopIteration:
             self._exhausted = True
             return None
-        self.dispatched += 1
+        if item is not None:  # None: nothing to decode yet (an open feed), ask again later
+            self.dispatched += 1
         return item
 
     @property

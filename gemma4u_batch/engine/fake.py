@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from ..errors import EngineDied
@@ -34,12 +35,17 @@ class FakeEngine:
     startup_s: float = 0.0
     max_model_len: int | None = None
     accepts_patches: bool = False
+    frontend_model: str | None = None  # a checkpoint folder whose vLLM renderer chat_frontend() gives
+    limit_mm: dict[str, int] = field(default_factory=lambda: {"image": 1, "audio": 1, "video": 1})
 
     def notes(self) -> dict[str, Any]:
         return {}
 
     def prestart(self) -> None:
         """Nothing to start."""
+
+    def ready(self) -> bool:
+        return True
 
     def render_prompt(self, messages: list[dict[str, Any]]) -> str:
         parts = []
@@ -51,16 +57,12 @@ class FakeEngine:
                 parts.append(f"<{m['role']}>" + "".join(c.get("text", f"[{c['type']}]") for c in content))
         return "".join(parts) + "<model>"
 
-    def render_chat(
-        self,
-        messages: list[dict[str, Any]],
-        *,
-        add_generation_prompt: bool = True,
-        continue_final_message: bool = False,
-        template_kwargs: dict[str, Any] | None = None,
-    ) -> str:
-        """Run-batch lines render like a job's messages (the fake has no template options)."""
-        return self.render_prompt(messages)
+    def chat_frontend(self) -> tuple[Any, Any]:
+        """vLLM's model config and renderer for `frontend_model` (a real checkpoint's folder:
+        run-batch lines are rendered by vLLM's code even when the answers are fake)."""
+        if self.frontend_model is None:
+            raise RuntimeError("FakeEngine(frontend_model=...) is needed to render chat lines")
+        return _frontend(self.frontend_model, self.max_model_len or 4096, json.dumps(self.limit_mm, sort_keys=True))
 
     def generation_defaults(self) -> dict[str, Any]:
         """No generation config: requests keep their own values."""
@@ -116,6 +118,23 @@ class FakeEngine:
         self._inflight.clear()
 
 
+@lru_cache(maxsize=4)
+def _frontend(model: str, max_model_len: int, limits: str) -> tuple[Any, Any]:
+    """Built once per checkpoint and limits, without an engine (it takes seconds)."""
+    from vllm.engine.arg_utils import EngineArgs
+    from vllm.renderers import renderer_from_config
+
+    config = EngineArgs(
+        model=model,
+        dtype="float32",
+        max_model_len=max_model_len,
+        limit_mm_per_prompt=json.loads(limits),
+        mm_processor_kwargs={"max_soft_tokens": 280},
+        enforce_eager=True,
+    ).create_engine_config()
+    return config.model_config, renderer_from_config(config)
+
+
 def _fake_generation(req: EngineRequest, text: str, digest: str) -> Generation:
     """FakeEngine's answer: 3 tokens, each with a log-probability drawn from the prompt's digest."""
     lp = -(int(digest[:4], 16) % 1000) / 1000
@@ -123,4 +142,7 @@ def _fake_generation(req: EngineRequest, text: str, digest: str) -> Generation:
     if req.sampling.logprobs is not None:
         top = [{"token": "x", "logprob": lp}][: req.sampling.logprobs]
         per_token = [{"token": "x", "logprob": lp, "top": top} for _ in range(3)]
-    return Generation(text, "stop", len(req.prompt), 3, cumulative_logprob=3 * lp, token_logprobs=per_token)
+    prompt_tokens = len(req.prompt_token_ids) if req.prompt_token_ids is not None else len(req.prompt)
+    return Generation(
+        text, "stop", prompt_tokens, 3, cumulative_logprob=3 * lp, token_logprobs=per_token, token_ids=(1, 2, 3)
+    )

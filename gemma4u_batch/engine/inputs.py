@@ -91,23 +91,40 @@ def prompt_token_ids(llm: Any, text: str) -> tuple[int, ...]:
     return tuple(tokens["prompt_token_ids"])
 
 
-def _video_input(frames: list[ImagePatches], metadata: dict[str, Any]) -> tuple[dict[str, Any], str]:
-    """A video's frame patches as the plugin takes them, with what vLLM's processor would have
-    derived from the frames: timestamps from the sampling metadata (its arithmetic), soft
-    tokens per frame. Returns (data, id)."""
+def _video_input(videos: list[tuple[list[ImagePatches], dict[str, Any]]]) -> tuple[dict[str, Any], list[str]]:
+    """Videos' frame patches as the plugin takes them (frames stored flat, split per video by
+    their counts), with what vLLM's processor would have derived from the frames: timestamps
+    from the sampling metadata (its arithmetic), soft tokens per frame. Returns (data, ids)."""
     import numpy as np
     import torch
 
-    fps = metadata.get("fps") or 24
-    indices = metadata.get("frames_indices", list(range(len(frames))))
+    frames = [f for fs, _ in videos for f in fs]
+    stamps, ids = [], []
+    for fs, metadata in videos:
+        fps = metadata.get("fps") or 24
+        indices = metadata.get("frames_indices", list(range(len(fs))))
+        stamps.append([idx / fps for idx in indices])
+        ids.append(f"gemma4u-video:{fs[0].uuid}:{len(fs)}:{fps}:{','.join(map(str, indices))}")
     data = {
         processed.VIDEO_PATCHES_KEY: torch.from_numpy(np.stack([f.patches for f in frames])),
         "pixel_position_ids_videos": torch.from_numpy(np.stack([f.positions for f in frames])),
-        "video_frame_counts": torch.tensor([len(frames)]),
-        "video_num_soft_tokens": [[f.num_tokens for f in frames]],
-        "video_timestamps": [[idx / fps for idx in indices]],
+        "video_frame_counts": torch.tensor([len(fs) for fs, _ in videos]),
+        "video_num_soft_tokens": [[f.num_tokens for f in fs] for fs, _ in videos],
+        "video_timestamps": stamps,
     }
-    return data, f"gemma4u-video:{frames[0].uuid}:{len(frames)}:{fps}:{','.join(map(str, indices))}"
+    return data, ids
+
+
+def _image_input(images: list[ImagePatches]) -> dict[str, Any]:
+    """Images' patches as the plugin takes them: one batch (every image has the same padded
+    budget of rows, so they stack)."""
+    import numpy as np
+    import torch
+
+    return {
+        processed.PATCHES_KEY: torch.from_numpy(np.stack([i.patches for i in images])),
+        "pixel_position_ids": torch.from_numpy(np.stack([i.positions for i in images])),
+    }
 
 
 SAMPLE_RATE = DecodeOptions.sample_rate  # what the decoders deliver
@@ -129,8 +146,9 @@ def audio_frames(clip: Any) -> dict[str, Any] | None:
 
 
 def vllm_prompt(prompt: str, media: dict[str, Any] | None, *, processed_audio: bool = False) -> dict[str, Any]:
-    """vLLM's prompt dict: patches (and, with `processed_audio`, audio frames) become the
-    plugin's dict inputs; patches carry their ids."""
+    """vLLM's prompt dict: patches (and, with `processed_audio`, a single audio clip's frames)
+    become the plugin's dict inputs, carrying their ids. Each modality holds one item, or a
+    list of them (a run-batch line with several)."""
     out: dict[str, Any] = {"prompt": prompt}
     if not media:
         return out
@@ -139,18 +157,14 @@ def vllm_prompt(prompt: str, media: dict[str, Any] | None, *, processed_audio: b
     if processed_audio and isinstance(audio, tuple) and audio[1] == SAMPLE_RATE:
         media["audio"] = audio_frames(audio[0]) or audio
     image = media.get("image")
-    if isinstance(image, ImagePatches):
-        import torch
-
-        media["image"] = {
-            processed.PATCHES_KEY: torch.from_numpy(image.patches).unsqueeze(0),
-            "pixel_position_ids": torch.from_numpy(image.positions).unsqueeze(0),
-        }
-        uuids["image"] = [image.uuid]
+    images: list[Any] = image if isinstance(image, list) else [image]
+    if image is not None and all(isinstance(i, ImagePatches) for i in images):
+        media["image"] = _image_input(images)
+        uuids["image"] = [i.uuid for i in images]
     video = media.get("video")
-    if video is not None and video[0] and isinstance(video[0][0], ImagePatches):
-        media["video"], uuid = _video_input(video[0], video[1])
-        uuids["video"] = [uuid]
+    videos: list[Any] = video if isinstance(video, list) else [video]
+    if video is not None and all(v[0] and isinstance(v[0][0], ImagePatches) for v in videos):
+        media["video"], uuids["video"] = _video_input(videos)
     if uuids:
         out["multi_modal_uuids"] = uuids
     out["multi_modal_data"] = media

@@ -42,20 +42,20 @@ class Engine(PromptRenderer, Protocol):
         """Facts for the run manifest (what the engine's plugin does here, ...)."""
         ...
 
-    def render_chat(
-        self,
-        messages: list[dict[str, Any]],
-        *,
-        add_generation_prompt: bool = True,
-        continue_final_message: bool = False,
-        template_kwargs: dict[str, Any] | None = None,
-    ) -> str:
-        """A chat request's prompt text as vLLM's OpenAI server renders it (run-batch lines)."""
+    def chat_frontend(self) -> tuple[Any, Any]:
+        """vLLM's model config and renderer for this model (its chat template, tokenizer and
+        multimodal limits): run-batch lines are parsed and rendered by vLLM's own serving code.
+        Loads what it needs (the engine, for the real one) if it has not loaded yet."""
         ...
 
     def generation_defaults(self) -> dict[str, Any]:
         """The model's generation config as vLLM applies it to requests that do not set a value
         (starts the engine if it has not started)."""
+        ...
+
+    def ready(self) -> bool:
+        """Whether `add` would go ahead now, not wait for a start `prestart` began (a runner
+        may do other work meanwhile)."""
         ...
 
     def prestart(self) -> None:

@@ -81,6 +81,7 @@ def _generation(req: EngineRequest, out: Any, completion: Any) -> Generation:
         cumulative_logprob=completion.cumulative_logprob,
         token_logprobs=token_logprobs(completion, n) if n is not None else None,
         stop_reason=completion.stop_reason,
+        token_ids=tuple(completion.token_ids) if req.prompt_token_ids is not None else None,
     )
 
 
@@ -164,8 +165,8 @@ class VllmEngine:
     _token_counts: dict[str, int] = field(default_factory=dict)
     _sockets: threading.RLock = field(default_factory=threading.RLock)
     _prompt_ids: dict[str, tuple[int, ...]] = field(default_factory=dict)
-    _bos_added: bool | None = None
     _defaults: dict[str, Any] | None = None
+    _frontend: tuple[Any, Any] | None = None
 
     @property
     def model_name(self) -> str:
@@ -337,7 +338,12 @@ class VllmEngine:
             disable_chunked_mm_input=True,
             # Compact JSON under guided decoding: a weak or sampled model cannot loop on
             # whitespace inside the object (engine-wide in vLLM 0.32; needs xgrammar/guidance).
-            structured_outputs_config=StructuredOutputsConfig(backend="xgrammar", disable_any_whitespace=True),
+            # run-batch keeps vLLM's default, so its answers are vLLM's.
+            structured_outputs_config=(
+                StructuredOutputsConfig(backend="xgrammar", disable_any_whitespace=True)
+                if e.compact_json
+                else StructuredOutputsConfig()
+            ),
             seed=self.seed,
             disable_log_stats=True,
             quantization=e.quantization,
@@ -389,38 +395,22 @@ class VllmEngine:
     def render_prompt(self, messages: list[dict[str, Any]]) -> str:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
-    def render_chat(
-        self,
-        messages: list[dict[str, Any]],
-        *,
-        add_generation_prompt: bool = True,
-        continue_final_message: bool = False,
-        template_kwargs: dict[str, Any] | None = None,
-    ) -> str:
-        """The chat template as vLLM's serving applies it (generation prompt, continuation, the
-        request's chat_template_kwargs). vLLM tokenizes a rendered chat without special tokens
-        but a text prompt with them: the template's BOS is dropped when the tokenizer adds its own."""
-        tok = self.tokenizer
-        text = str(
-            tok.apply_chat_template(
-                messages,
-                tokenize=False,
-                add_generation_prompt=add_generation_prompt,
-                continue_final_message=continue_final_message,
-                **(template_kwargs or {}),
-            )
-        )
-        bos = getattr(tok, "bos_token", None)
-        if bos and text.startswith(bos) and self._adds_bos():
-            text = text[len(bos) :]
-        return text
+    def chat_frontend(self) -> tuple[Any, Any]:
+        """vLLM's model config and renderer: the engine's once it is up; while it starts, ones
+        built from the same engine arguments (a renderer needs the config, not the engine), so
+        lines are rendered and their media decoded during the start."""
+        if self._llm is not None and self._starting is None:
+            return self._llm.model_config, self._llm.renderer
+        if self._frontend is None:
+            from vllm.renderers import renderer_from_config
 
-    def _adds_bos(self) -> bool:
-        if self._bos_added is None:
-            tok = self.tokenizer
-            ids = tok.encode("a", add_special_tokens=True)
-            self._bos_added = bool(ids) and ids[0] == tok.bos_token_id
-        return self._bos_added
+            config = self._engine_args().create_engine_config()
+            self._frontend = (config.model_config, renderer_from_config(config))
+        return self._frontend
+
+    def ready(self) -> bool:
+        """Whether `add` can go ahead without waiting for a start `prestart` began."""
+        return self._starting is None or not self._starting.is_alive()
 
     def generation_defaults(self) -> dict[str, Any]:
         """The model's generation config (vLLM's "diff" sampling parameters), read once the engine is up."""
@@ -448,7 +438,9 @@ class VllmEngine:
         self._ensure_started()
         prompt = vllm_prompt(request.prompt, request.multi_modal_data, processed_audio=self.accepts_patches)
         try:
-            if "multi_modal_data" in prompt:  # (a text-only prompt may want vLLM's token offsets)
+            if request.prompt_token_ids is not None:  # tokenized as vLLM's chat serving does
+                prompt["prompt_token_ids"] = list(request.prompt_token_ids)
+            elif "multi_modal_data" in prompt:  # (a text-only prompt may want vLLM's token offsets)
                 prompt["prompt_token_ids"] = list(self._prompt_token_ids(request.prompt))
             engine_input = render(self._llm, prompt)
             with self._sockets:

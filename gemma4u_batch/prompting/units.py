@@ -328,6 +328,7 @@ class EngineRequest:
     payload: Any = None  # the runner's context for this request, returned untouched
     structured: dict[str, Any] | None = None  # {"json": schema} or {"choice": [...]}
     params: Any = None  # vLLM SamplingParams used as given instead of `sampling` (run-batch)
+    prompt_token_ids: tuple[int, ...] | None = None  # the prompt as vLLM's chat serving tokenized it (run-batch)
 
     def with_media_read(self) -> EngineRequest:
         """The request as an engine takes it: a window of spilled long audio is read now (a
