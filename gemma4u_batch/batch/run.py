@@ -184,6 +184,8 @@ class BatchRun:
         self.errors = self._target(settings.error_file) if settings.error_file is not None else None
         self.checkpoint = Checkpoint(settings.output)
         self.guard = settings.guard()
+        # each line's checkpoint key, hashed once (todo, the count and the write all use them)
+        self.keys = {line.custom_id: line.key(self.guard) for line in self.batch.lines}
         self.summary = BatchSummary(lines=len(self.batch.lines), problems=self.batch.problems)
         self.summary.output = self.target.shown
         self.summary.error_file = self.errors.shown if self.errors else ""
@@ -215,9 +217,7 @@ class BatchRun:
 
     def todo(self) -> tuple[dict[str, dict[str, Any]], list[BatchLine]]:
         done = self.checkpoint.load()
-        keys = {line.custom_id: line.key(self.guard) for line in self.batch.lines}
-        self.keys = keys
-        return done, [line for line in self.batch.lines if keys[line.custom_id] not in done]
+        return done, [line for line in self.batch.lines if self.keys[line.custom_id] not in done]
 
     def run(self, engine: Engine | None) -> BatchSummary:
         """Answer every line without one; `engine` may be None only when nothing is left to send."""
@@ -241,8 +241,7 @@ class BatchRun:
         return self._count(done)
 
     def _count(self, done: dict[str, dict[str, Any]]) -> BatchSummary:
-        keys = {line.custom_id: line.key(self.guard) for line in self.batch.lines}
-        outs = [done.get(keys[line.custom_id]) for line in self.batch.lines]
+        outs = [done.get(self.keys[line.custom_id]) for line in self.batch.lines]
         self.summary.errors = sum(1 for o in outs if o is not None and o.get("error") is not None)
         return self.summary
 
