@@ -13,19 +13,32 @@ Reports wall time and the CLI's own CPU (user+sys of the process tree) per step,
 opened under IN (from strace when available: not required), data files under OUT, and
 the index's size per record.
 
+With `--busy-core` a spinning process (`python -c "while True: pass"`, not pinned) keeps one
+core busy during the no-op reruns and `status` (issue 29's setting); `--noop-only` skips the
+first run and the 1% rerun when OUT exists (a 1M OUT takes minutes to make: make it once) and
+times the no-op rerun `--repeat` times (medians reported, with peak RSS);
+`--breakdown` adds, in this process, the CPU µs per file of each stage of the no-op pass
+(the walk, the walk and one `stat` per file, the whole quick check), the index's open and
+the start of the CLI (`gemma4u --version` and `--help` of caption: imports).
+
 usage: python -m benchmarks.rerun N WORKDIR [--model DIR] [--result out.json]
+           [--busy-core] [--noop-only] [--repeat K] [--breakdown]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
-import resource
+import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 GEMMA4U = str(Path(sys.executable).with_name("gemma4u"))
 
@@ -42,17 +55,92 @@ def make_files(root: Path, n: int) -> None:
         os.utime(path, (past, past))
 
 
-def timed(args: list[str]) -> dict[str, float]:
-    """Wall seconds and CPU seconds (user+sys of the command and its children)."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    t0 = time.monotonic()
-    proc = subprocess.run(args, capture_output=True, text=True)
-    wall = time.monotonic() - t0
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+def timed(args: list[str]) -> dict[str, Any]:
+    """Wall seconds, CPU seconds (user+sys of the command and its children) and peak RSS (MB)."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        t0 = time.monotonic()
+        proc = subprocess.Popen(args, stdout=out, stderr=err, text=True)
+        _, status, usage = os.wait4(proc.pid, 0)  # the process tree's own usage, reaped here
+        wall = time.monotonic() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
     if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(args)} failed ({proc.returncode}): {proc.stderr[-2000:]}")
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return {"wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "stdout": proc.stdout}
+        raise SystemExit(f"{' '.join(args)} failed ({proc.returncode}): {stderr[-2000:]}")
+    cpu = usage.ru_utime + usage.ru_stime
+    return {
+        "wall_s": round(wall, 2),
+        "cpu_s": round(cpu, 2),
+        "peak_rss_mb": round(usage.ru_maxrss / 1024),
+        "stdout": stdout,
+    }
+
+
+@contextlib.contextmanager
+def busy_core(on: bool) -> Iterator[None]:
+    """Another process keeping one core busy (not pinned: the scheduler places it) while the block runs."""
+    if not on:
+        yield
+        return
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.5)
+        yield
+    finally:
+        spinner.kill()
+        spinner.wait()
+
+
+def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    keys = [k for k in runs[0] if k != "stdout"]
+    return {k: statistics.median(r[k] for r in runs) for k in keys} | {"runs": [r["wall_s"] for r in runs]}
+
+
+def breakdown(inp: Path, out: Path, model: Path) -> dict[str, Any]:
+    """CPU µs per file of each stage of a no-op pass, in this process (cumulative stages)."""
+    from gemma4u_batch.config.job import JobConfig
+    from gemma4u_batch.engine.vllm_engine import prompt_renderer
+    from gemma4u_batch.job.quickcheck import QuickCheck
+    from gemma4u_batch.prompting.builder import RequestBuilder
+    from gemma4u_batch.prompting.keys import model_fingerprint
+    from gemma4u_batch.sources.job_input import JobInput
+    from gemma4u_batch.store.index import OutIndex
+    from gemma4u_batch.store.layout import OutLayout
+
+    config = JobConfig(input=inp, output=out, model=str(model), workers=2, commit_every=1024)
+    res: dict[str, Any] = {}
+
+    def cpu() -> float:
+        return time.process_time()
+
+    t = cpu()
+    n = sum(1 for _ in JobInput(config).items())
+    res["walk_us"] = round((cpu() - t) / n * 1e6, 2)
+    t = cpu()
+    for item in JobInput(config).items():
+        os.stat(item.path)  # type: ignore[arg-type]
+    res["walk_stat_us"] = round((cpu() - t) / n * 1e6, 2)
+    t = cpu()
+    index = OutIndex(OutLayout(out)).open()
+    res["index_open_s"] = round(cpu() - t, 3)
+    fingerprint = model_fingerprint(str(model))
+    builder = RequestBuilder(config, prompt_renderer(config), fingerprint, prompt_cache=index)
+    quick = QuickCheck(config, index, builder)
+    skipped = 0
+
+    def skip(k: int) -> None:
+        nonlocal skipped
+        skipped += k
+
+    t = cpu()
+    pending = sum(1 for _ in quick.pending(iter(JobInput(config).items()), skip, lambda: None))
+    res["quick_check_us"] = round((cpu() - t) / n * 1e6, 2)
+    index.close()
+    res["files"], res["skipped"], res["pending"] = n, skipped, pending
+    for name, args in (("start_version_s", ["--version"]), ("start_help_s", ["caption", "--help"])):
+        res[name] = timed([GEMMA4U, *args]).get("cpu_s")
+    return res
 
 
 def main() -> int:
@@ -61,6 +149,10 @@ def main() -> int:
     ap.add_argument("workdir", type=Path)
     ap.add_argument("--model", type=Path, default=None)
     ap.add_argument("--result", type=Path, default=None)
+    ap.add_argument("--busy-core", action="store_true", help="another process keeps one core busy meanwhile")
+    ap.add_argument("--noop-only", action="store_true", help="OUT exists: time the no-op rerun (and status) only")
+    ap.add_argument("--repeat", type=int, default=1, help="no-op reruns to time (medians reported)")
+    ap.add_argument("--breakdown", action="store_true", help="CPU µs per file of each stage, in this process")
     a = ap.parse_args()
     a.workdir.mkdir(parents=True, exist_ok=True)
     model = a.model or a.workdir / "tiny"
@@ -84,11 +176,22 @@ def main() -> int:
         "--commit-every",
         "1024",
     ]
-    res: dict[str, object] = {"n": a.n}
-    res["first_run"] = {k: v for k, v in timed([*cmd, "--overwrite"]).items() if k != "stdout"}
-    res["noop_rerun"] = {k: v for k, v in timed(cmd).items() if k != "stdout"}
-    st = timed([GEMMA4U, "status", str(out), "--json", "--no-count-pending"])
+    res: dict[str, object] = {"n": a.n, "busy_core": a.busy_core}
+    noop_only = a.noop_only and (out / ".gemma4u").is_dir()
+    if not noop_only:
+        res["first_run"] = {k: v for k, v in timed([*cmd, "--overwrite"]).items() if k != "stdout"}
+    with busy_core(a.busy_core):
+        res["noop_rerun"] = median_of([timed(cmd) for _ in range(max(1, a.repeat))])
+        st = timed([GEMMA4U, "status", str(out), "--json", "--no-count-pending"])
     res["status"] = {"wall_s": st["wall_s"], "cpu_s": st["cpu_s"], "records": json.loads(st["stdout"])["records"]}
+    if a.breakdown:
+        with busy_core(a.busy_core):
+            res["breakdown"] = breakdown(inp, out, model)
+    if noop_only:
+        print(json.dumps(res, indent=2))
+        if a.result:
+            a.result.write_text(json.dumps(res, indent=2))
+        return 0
     files = sorted(inp.rglob("*.png"))
     for p in files[::100]:
         p.write_bytes(b"")  # same size, new mtime: read again, same content, no new record

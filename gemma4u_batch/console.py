@@ -234,6 +234,7 @@ class Counters:
     done: int = 0
     errors: int = 0
     skipped: int = 0
+    reused: int = 0  # of `done`: copied from a record with the same key (no engine)
     output_tokens: int = 0
     errors_by_kind: dict[str, int] = field(default_factory=dict)
     total: int | None = None  # items in the input, once a background count finished
@@ -260,6 +261,7 @@ class Counters:
             "done": self.done,
             "errors": self.errors,
             "skipped": self.skipped,
+            "reused": self.reused,
             "elapsed_s": round(self.elapsed, 3),
             "items_per_s": round(self.done / el, 3),
             "output_tokens_per_s": round(self.output_tokens / el, 3),
@@ -276,6 +278,11 @@ class Reporter:
         self._last = 0.0
         self._progress: Any = None
         self._task: Any = None
+
+    @property
+    def shows_total(self) -> bool:
+        """Whether progress shows the input's total while the run goes (a live bar, JSON lines)."""
+        return self.mode in ("rich", "json")
 
     def start(self, total: int | None) -> None:
         if self.mode == "rich":

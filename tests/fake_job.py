@@ -5,7 +5,8 @@ Tests start it with `helpers.fake_job`.
 It is not the CLI and maps no exit codes: exit codes, signals included, are tested by running the
 real `gemma4u` (test_exit_codes.py). An exception here is a traceback and exit 1.
 
-usage: python -m tests.fake_job IN OUT [--step-delay S] [--commit-every N] [--format F]
+usage: python -m tests.fake_job IN OUT [--step-delay S] [--commit-every N] [--format F] [--model M]
+                                [--on-model-change refuse|supersede]
 """
 
 from __future__ import annotations
@@ -24,9 +25,20 @@ def main() -> int:
     ap.add_argument("--step-delay", type=float, default=0.02)
     ap.add_argument("--commit-every", type=int, default=4)
     ap.add_argument("--format", default="jsonl")
+    ap.add_argument("--model", default="fake-model")  # a model folder gives the job its fingerprint
+    ap.add_argument("--on-model-change", default="refuse")
     a = ap.parse_args()
     engine = SlowFakeEngine(a.step_delay)
-    summary = run_fake(a.input, a.output, engine=engine, workers=1, commit_every=a.commit_every, format=a.format)
+    summary = run_fake(
+        a.input,
+        a.output,
+        engine=engine,
+        workers=1,
+        commit_every=a.commit_every,
+        format=a.format,
+        model=a.model,
+        on_model_change=a.on_model_change,
+    )
     if summary.already_complete:
         print("Nothing to do", file=sys.stderr)
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -16,6 +17,7 @@ from gemma4u_batch.config.job import JobConfig, SamplingConfig
 from gemma4u_batch.console import Reporter
 from gemma4u_batch.job.job import run_job
 from gemma4u_batch.store.layout import OutLayout
+from gemma4u_batch.store.ledger import current_records
 from gemma4u_batch.store.writer import committed_parts
 
 from .helpers import GEMMA4U, data_records, gemma4u, make_images, records_by_id, tiny_args
@@ -66,6 +68,24 @@ def test_cli_sigkill_then_resume(tmp_path: Path, tiny_model: Path, shared_engine
     status = gemma4u("status", str(out), "--json", "--count-pending", timeout=120)
     st = json.loads(status.stdout)
     assert st["records"] == 40 and st["pending"] == 0 and st["complete"] and not st["active"]
+
+    # Moved and copied files (#29): their records are copied by content key; the engine never starts.
+    (inp / "moved").mkdir()
+    for i in range(5):
+        os.rename(inp / f"img_{i:04d}.png", inp / "moved" / f"img_{i:04d}.png")
+    for i in range(5, 10):
+        shutil.copy(inp / f"img_{i:04d}.png", inp / f"copy_{i}.png")
+    again = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    notes = json.loads((out / ".gemma4u" / "complete.json").read_text())["engine_notes"]
+    assert "the engine had not started" in notes["bidi_plugin"]["summary"]
+    now = {r["id"]: r for r in current_records(OutLayout(out))}
+    assert len(now) == 50
+    for new, old in [
+        *((f"moved/img_{i:04d}.png", f"img_{i:04d}.png") for i in range(5)),
+        *((f"copy_{i}.png", f"img_{i:04d}.png") for i in range(5, 10)),
+    ]:
+        assert (now[new]["text"], now[new]["reused_from"], now[new]["key"]) == (expected[old], old, now[old]["key"])
 
 
 def _engine_core_pids() -> list[int]:

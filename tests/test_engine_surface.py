@@ -155,14 +155,17 @@ def test_defaults_leave_keys_as_before(tmp_path: Path) -> None:
     ],
 )
 def test_output_changing_settings_are_guarded(tmp_path: Path, engine: dict[str, object]) -> None:
-    """A rerun into OUT with another quantization (etc.) is refused; so is one without it."""
+    """A rerun into OUT with another quantization (etc.) is refused; so is one without it. Another
+    --revision is another model: --on-model-change supersede takes it, never another setting."""
     plain, other = _config(tmp_path), _config(tmp_path, **engine)
     assert guarded_settings(plain) != guarded_settings(other)
     layout = OutLayout(plain.output)
     layout.ensure()
     layout.run_manifest.write_text(json.dumps({"guard": guard_of(other, "m@1")}))
     refusal = guard_refusal(layout, guard_of(plain, "m@1"))
-    assert refusal is not None and "different engine" in refusal
+    revision = "revision" in engine
+    assert refusal is not None and ("different model" if revision else "different engine") in refusal
+    assert (guard_refusal(layout, guard_of(plain, "m@1"), supersede=True) is None) == revision
     assert guard_refusal(layout, guard_of(other, "m@1")) is None
 
 

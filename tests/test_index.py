@@ -17,7 +17,7 @@ from PIL import Image
 from gemma4u_batch.decode.workers import DecodePool
 from gemma4u_batch.engine.fake import FakeEngine
 from gemma4u_batch.store import compaction as compact_mod
-from gemma4u_batch.store.index import OutIndex
+from gemma4u_batch.store.index import FileStat, OutIndex
 from gemma4u_batch.store.layout import OutLayout
 from gemma4u_batch.store.ledger import read_status
 from gemma4u_batch.store.writer import committed_parts
@@ -72,6 +72,19 @@ def test_racy_rewrite_within_the_timestamp_tick_is_read_again(tmp_path: Path, re
     now = records_by_id(out)["img_0001.png"]
     assert summary.done == 1 and now["content_sha256"] != before["content_sha256"]
     assert now["supersedes"] == before["key"]
+
+
+def test_an_unchanged_racy_file_is_hashed_not_decoded(tmp_path: Path, reads) -> None:
+    """A stat too recent to vouch for a file: its bytes are hashed in the run's own process and,
+    unchanged, it is skipped without a decode."""
+    inp, out = tmp_path / "in", tmp_path / "out"
+    make_images(inp, 3)
+    aged(inp)
+    os.utime(inp / "img_0001.png", ns=(time.time_ns(), time.time_ns()))
+    run_fake(inp, out)
+    reads.clear()
+    summary = run_fake(inp, out)
+    assert reads == [] and (summary.skipped, summary.done) == (3, 0)
 
 
 def test_copied_inputs_and_changed_files_are_read_again(tmp_path: Path, reads) -> None:
@@ -162,7 +175,9 @@ def _quick_check(inp: Path, out: Path, **kw) -> tuple[list[str], int, int]:
     new_work: list[int] = []
     with OutIndex(OutLayout(out)) as index:
         quick = QuickCheck(config, index, requests)
-        ids = [i.id for i in quick.pending(JobInput(config).nonempty(), skipped.append, lambda: new_work.append(1))]
+        ids = [
+            i.id for i in quick.pending(JobInput(config).nonempty(), skipped.append, lambda surely: new_work.append(1))
+        ]
     return sorted(ids), sum(skipped), len(new_work)
 
 
@@ -448,3 +463,53 @@ def _compacting(meta: Path) -> bool:
 
 def _records_of(out: Path, part: dict) -> list[dict]:
     return [json.loads(line) for f in part["files"] for line in (out / f).read_text().splitlines()]
+
+
+def test_an_index_of_the_previous_version_keeps_its_file_cache(tmp_path: Path, reads) -> None:
+    """Version 2 (before records kept their fingerprint, tombstone and copy) is upgraded in place:
+    its records gain the new columns and the input files' quick check survives, so the first
+    rerun after an upgrade reads no input (a rebuild would read every one again)."""
+    import sqlite3
+
+    inp, out = tmp_path / "in", tmp_path / "out"
+    make_images(inp, 4)
+    aged(inp)
+    run_fake(inp, out)
+    db = sqlite3.connect(out / ".gemma4u" / "index.sqlite", isolation_level=None)
+    db.executescript(
+        """BEGIN;
+        DROP INDEX records_key; DROP INDEX files_inode; DROP INDEX files_size;
+        ALTER TABLE records DROP COLUMN fingerprint; ALTER TABLE records DROP COLUMN tombstone;
+        ALTER TABLE records DROP COLUMN reused; PRAGMA user_version = 2; COMMIT;"""
+    )
+    db.close()
+    reads.clear()
+    again = run_fake(inp, out)
+    assert again.skipped == 4 and again.done == 0 and not reads, "the upgrade lost the file cache"
+    db = sqlite3.connect(out / ".gemma4u" / "index.sqlite")
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 3
+    assert db.execute("SELECT count(*) FROM records WHERE tombstone = 0 AND reused = 0").fetchone()[0] == 4
+
+
+def test_chunk_lookups_answer_exactly_the_asked_ids_scattered_or_not(tmp_path: Path) -> None:
+    """A chunk is looked up by a range scan when its ids are neighbours, value by value when
+    they are scattered among others: either way exactly the asked pairs and files come back."""
+    import random
+
+    inp, out = tmp_path / "in", tmp_path / "out"
+    for folder in ("a", "b", "c"):
+        make_images(inp / folder, 40)
+    aged(inp)
+    run_fake(inp, out)
+    with OutIndex(OutLayout(out)) as index:
+        ids = sorted(r[0] for r in index.db.execute("SELECT id FROM records"))
+        assert len(ids) == 120
+        scattered = ids[::13]  # 10 ids whose range holds 120 rows: more than a range scan may read
+        random.Random(0).shuffle(scattered)
+        for asked in (ids[5:40], scattered, [*ids[::13][:9], "a/missing.png", "zz/none.png"]):
+            got = index.get_many([(i, "caption") for i in asked])
+            assert set(got) == {(i, "caption") for i in asked if i in ids}
+            assert got == {(i, "caption"): index.get(i, "caption") for i in asked if i in ids}
+            paths = {str((inp / i).resolve()): None for i in asked}
+            stats = {p: FileStat.of(os.stat(p)) for p in paths if os.path.exists(p)}
+            assert set(index.file_facts_many(stats)) == set(stats)

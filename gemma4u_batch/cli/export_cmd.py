@@ -32,6 +32,12 @@ def export_cmd(
     include_errors: Annotated[
         bool, typer.Option("--include-errors", help="Also export records that have an error.")
     ] = False,
+    include_tombstones: Annotated[
+        bool,
+        typer.Option(
+            "--include-tombstones", help="Also export tombstones: records --prune retired (their input is gone)."
+        ),
+    ] = False,
     columns: Annotated[
         str | None, typer.Option(help="File export: the columns to write, comma-separated (default: all).")
     ] = None,
@@ -61,6 +67,7 @@ def export_cmd(
         split=split,
         max_shard_size=parse_size(max_shard_size),
         include_errors=include_errors,
+        include_tombstones=include_tombstones,
         columns=[c.strip() for c in columns.split(",") if c.strip()] if columns else None,
         overwrite=overwrite,
     )

@@ -28,9 +28,11 @@ from .options import (
     H_OUT,
     H_TASK,
     LOG_FILE,
+    ON_MODEL_CHANGE,
     PROGRESS,
     VERBOSE,
     EngineFlags,
+    ModelChange,
     engine_options,
     in_panel,
 )
@@ -255,6 +257,15 @@ def job_options(
     retry_errors: Annotated[
         bool, typer.Option(help="Redo only items whose record has an error.", rich_help_panel=H_OUT)
     ] = False,
+    prune: Annotated[
+        bool,
+        typer.Option(
+            help="Retire the records whose input is gone with a tombstone each (at the end of a run that "
+            "walks the whole input; under --shard, shard 0 does); the table and export leave them out.",
+            rich_help_panel=H_OUT,
+        ),
+    ] = False,
+    on_model_change: Annotated[ModelChange, in_panel(ON_MODEL_CHANGE, H_OUT)] = "refuse",
     strict: Annotated[
         bool,
         typer.Option(

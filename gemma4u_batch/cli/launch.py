@@ -118,6 +118,12 @@ def run_and_report(config: JobConfig, progress: str, *, verbose: bool = False, l
         from .summary import print_summary
 
         print_summary(err, summary, config)
+    if summary.missing_inputs and not config.quiet:
+        err.print(
+            f"{summary.missing_inputs} record(s) in {config.output} have no input any more; "
+            "--prune retires them (see `gemma4u status`).",
+            soft_wrap=True,
+        )
     if summary.interrupted:
         raise typer.Exit(ExitCode.INTERRUPTED)
     if config.strict:

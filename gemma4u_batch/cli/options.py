@@ -14,7 +14,7 @@ import inspect
 from collections.abc import Callable
 from copy import copy
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import typer
 
@@ -33,10 +33,16 @@ H_LOG = "Messages"
 VERBOSE = typer.Option("--verbose", "-v", help="Show vLLM's and torch's own log lines too.")
 LOG_FILE = typer.Option(help="Append vLLM's and torch's log lines (INFO and up) to this file.")
 PROGRESS = typer.Option(help="rich, json or quiet.")
+ON_MODEL_CHANGE = typer.Option(
+    "--on-model-change",
+    help="When OUT was made with another model: refuse (exit 2), or supersede its records item by item "
+    "(they stay current until redone; also moves a pinned hub id to its newer commit).",
+)
 
 Verbose = Annotated[bool, VERBOSE]
 LogFile = Annotated[Path | None, LOG_FILE]
 Progress = Annotated[str, PROGRESS]
+ModelChange = Literal["refuse", "supersede"]
 OutFolder = Annotated[str, typer.Argument(help="Output folder of a gemma4u job, or its object-store URL.")]
 
 

@@ -16,7 +16,7 @@ from rich.console import Console
 from ..console import USER_STDERR
 from ..errors import ExitCode, UsageError
 from .launch import check_progress, engine_overrides, run_and_report
-from .options import EngineFlags, LogFile, Progress, Verbose, engine_options
+from .options import ON_MODEL_CHANGE, EngineFlags, LogFile, ModelChange, Progress, Verbose, engine_options
 
 
 @engine_options
@@ -64,6 +64,14 @@ def run(
             help="Exit 3 when the job has any error record (also `strict: true` in the recipe).",
         ),
     ] = False,
+    prune: Annotated[
+        bool,
+        typer.Option(
+            "--prune",
+            help="Retire the records whose input is gone with a tombstone each (also `prune: true` in the recipe).",
+        ),
+    ] = False,
+    on_model_change: Annotated[ModelChange | None, ON_MODEL_CHANGE] = None,
     verbose: Verbose = False,
     log_file: LogFile = None,
     *,
@@ -87,6 +95,10 @@ def run(
     config = config.model_copy(update={"engine": engine_overrides(config.engine, engine_flags)})
     if strict:
         config = config.model_copy(update={"strict": True})
+    if prune:
+        config = config.model_copy(update={"prune": True})
+    if on_model_change is not None:  # else the recipe's on_model_change
+        config = config.model_copy(update={"on_model_change": on_model_change})
     out = Console(highlight=False)
     if not out.is_terminal:  # logs and pipes: wide enough that the plan's tables do not wrap
         out.width = max(out.width, 120)

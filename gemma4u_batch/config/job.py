@@ -186,6 +186,10 @@ class JobConfig(BaseModel):
     trust_urls: bool = False  # an http(s) row whose URL OUT knows is done without asking the server again
     overwrite: bool = False
     retry_errors: bool = False
+    prune: bool = False  # a run that walks the whole input retires records whose input is gone (tombstones)
+    # A run with another model (fingerprint) than OUT's: refused, or accepted with OUT's records
+    # kept current until each item's record from the new model supersedes it (docs/outputs.md)
+    on_model_change: Literal["refuse", "supersede"] = "refuse"
     strict: bool = False  # exit 3 when any current record in OUT is an error
     verify_weights: bool = False  # fingerprint a local model folder by content, not size + mtime
     shard: str | None = None  # "I/N": this process does the items whose content hash ≡ I (mod N)

@@ -32,6 +32,7 @@ class FakeEngine:
     steps: int = 0
     _inflight: dict[str, tuple[EngineRequest, int]] = field(default_factory=dict)
     added: int = 0
+    prestarts: int = 0
     startup_s: float = 0.0
     max_model_len: int | None = None
     accepts_patches: bool = False
@@ -42,7 +43,8 @@ class FakeEngine:
         return {}
 
     def prestart(self) -> None:
-        """Nothing to start."""
+        """Nothing to start; counted, so a test can tell a run never asked for the engine."""
+        self.prestarts += 1
 
     def ready(self) -> bool:
         return True

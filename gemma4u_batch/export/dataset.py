@@ -9,7 +9,7 @@
 
 For manifest and dataset inputs the source row's columns (carried in `fields`) become
 columns again, so the result is the user's table with our outputs joined on. Records with
-an error are left out unless `include_errors`.
+an error are left out unless `include_errors`, tombstones (--prune) unless `include_tombstones`.
 """
 
 from __future__ import annotations
@@ -56,6 +56,9 @@ RESULT_COLUMNS = (
     "flags",
     "retried",
     "supersedes",
+    "reused_from",
+    "model_fingerprint",
+    "tombstone",
     "run_id",
     "created_at",
 )
@@ -84,6 +87,7 @@ class ExportOptions:
     split: str = "train"
     max_shard_size: int = DEFAULT_SHARD_BYTES
     include_errors: bool = False
+    include_tombstones: bool = False  # records --prune retired (their input is gone)
     columns: list[str] | None = None
     overwrite: bool = False
 
@@ -129,7 +133,7 @@ def _data_schema(layout: OutLayout) -> dict[str, Any] | None:
 def _records(layout: OutLayout, opts: ExportOptions, result: ExportResult) -> list[dict[str, Any]]:
     """The current records to export (text only: small), errors left out unless asked."""
     rows = []
-    for rec in current_records(layout):
+    for rec in current_records(layout, tombstones=opts.include_tombstones):
         if rec.get("error") is not None and not opts.include_errors:
             result.excluded_errors += 1
             continue
@@ -192,7 +196,7 @@ def _features(fields: dict[str, str], ftypes: dict[str, str], data_schema: Any, 
 
     s, i = hf.Value("string"), hf.Value("int64")
     feats: dict[str, Any] = {c: s for c in RESULT_COLUMNS}
-    feats.update(num_prompt_tokens=i, num_output_tokens=i, retried=hf.Value("bool"))
+    feats.update(num_prompt_tokens=i, num_output_tokens=i, retried=hf.Value("bool"), tombstone=hf.Value("bool"))
     feats["created_at"] = hf.Value("timestamp[us, tz=UTC]")
     seg = {"start": hf.Value("float64"), "end": hf.Value("float64"), "text": s, "language": s}
     feats["segments"] = hf.List(seg)

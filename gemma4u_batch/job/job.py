@@ -23,7 +23,6 @@ from ..console import Counters, Reporter
 from ..engine.protocol import Engine
 from ..engine.vllm_engine import open_engine
 from ..errors import UsageError
-from ..prompting.keys import model_fingerprint
 from ..records import WorkItem
 from ..sources.job_input import JobInput
 from ..store.compaction import compact
@@ -31,8 +30,9 @@ from ..store.guard import guard_of, guard_refusal
 from ..store.index import OutIndex
 from ..store.layout import COMPLETE, OutLayout, unreachable
 from ..store.lock import RunLock
-from ..store.runs import mark_done, new_run_id, run_manifest, wipe, write_run_manifest
+from ..store.runs import mark_done, model_history, new_run_id, run_manifest, wipe, write_run_manifest
 from ..store.writer import cleanup_orphans
+from .model import RunModel, read_manifest, resolve_model
 from .run import JobRun, output_error
 
 log = logging.getLogger(__name__)
@@ -43,12 +43,15 @@ class JobSummary:
     done: int = 0
     errors: int = 0
     skipped: int = 0
+    reused: int = 0  # of `done`: copied from a record with the same content key, without the engine
     interrupted: bool = False
     already_complete: bool = False
     elapsed_s: float = 0.0
     errors_by_kind: dict[str, int] = field(default_factory=dict)
     output: str = ""
     replacements: int = 0  # Ray replicas replaced after they died
+    pruned: int = 0  # tombstones committed (--prune)
+    missing_inputs: int | None = None  # current records whose input is gone (after a walk of the whole input)
 
 
 class Job:
@@ -63,17 +66,19 @@ class Job:
         manifest_extra: dict[str, Any] | None = None,
         stop_file: Path | str | None = None,
         lock_wait: float = 0.0,
+        model: RunModel | None = None,
     ) -> None:
+        self.layout = OutLayout(config.output)
+        # the model (a hub id's commit pinned in OUT), unless a Ray driver decided it for every shard
+        self.model = model or resolve_model(config, self.layout)
+        config = self.model.keyed(config)
         self.config = config
         self.stop_file = stop_file  # a Ray driver asks its replicas to stop by creating it
         self.input = JobInput(config)
-        self.layout = OutLayout(config.output)
         self.shard = config.shard_index()
         self.reporter = reporter or Reporter("quiet" if config.quiet else "rich")
         self.manifest_extra = dict(manifest_extra or {})
-        self.fingerprint = model_fingerprint(
-            config.model, verify_weights=config.verify_weights, revision=config.engine.revision
-        )
+        self.fingerprint = self.model.fingerprint
         self.guard = guard_of(config, self.fingerprint)
         self._given = items
         self._items: Iterator[WorkItem] | None = None  # while open
@@ -86,7 +91,9 @@ class Job:
         """Why a run would be refused (OUT unusable, or made with other settings), or None."""
         if (why := self._unusable()) is not None:
             return why
-        return None if self.config.overwrite else guard_refusal(self.layout, self.guard)
+        if self.config.overwrite:
+            return None
+        return guard_refusal(self.layout, self.guard, supersede=self.config.on_model_change == "supersede")
 
     def _unusable(self) -> str | None:
         """Why OUT cannot be opened at all with these settings (checked before its lock), or None."""
@@ -141,7 +148,11 @@ class Job:
         if self._items is None or self._index is None:
             raise RuntimeError("Job.run needs an open job (use `with Job(config) as job`)")
         started = time.monotonic()
-        manifest = {**run_manifest(self.config, self.guard, engine.notes()), **self.manifest_extra}
+        manifest = {
+            **run_manifest(self.config, self.guard, engine.notes()),
+            **model_history(read_manifest(self.layout), self.fingerprint, self.model.commit),
+            **self.manifest_extra,
+        }
         run_id = manifest.setdefault("run_id", new_run_id())  # a Ray driver passes its own
         try:
             write_run_manifest(self.layout, self.shard, manifest)
@@ -160,11 +171,11 @@ class Job:
         items = self._with_total(self._items, run.counters)
         self.reporter.start(None)
         try:
-            run.process(items)
+            run.process(items, whole_input=self._given is None)
             self.reporter.update(run.counters, force=True)
         finally:
             self.reporter.stop()
-        summary = self._finish(run, engine, started)
+        summary = self._finish(run, engine, started, manifest.get("started_at"))
         self._compact(self._index)
         return summary
 
@@ -173,13 +184,14 @@ class Job:
         if isinstance(self._given, list | tuple):
             counters.total = len(self._given) * len(self.config.task_list())
         elif self._given is None:
-            return self.input.with_total(items, counters)
+            return self.input.with_total(items, counters, early=self.reporter.shows_total)
         return items
 
-    def _finish(self, run: JobRun, engine: Engine, started: float) -> JobSummary:
+    def _finish(self, run: JobRun, engine: Engine, started: float, started_at: float | None) -> JobSummary:
         c = run.counters
         if not run.stopped:
             done = {
+                "started_at": started_at,
                 "finished_at": time.time(),
                 "records_this_run": c.done,
                 **c.snapshot(),
@@ -193,8 +205,11 @@ class Job:
             done=c.done,
             errors=c.errors,
             skipped=c.skipped,
+            reused=c.reused,
             interrupted=run.stopped,
-            already_complete=c.done == 0 and c.skipped > 0 and not run.stopped,
+            already_complete=c.done == 0 and c.skipped > 0 and not run.stopped and not run.pruned,
+            pruned=run.pruned,
+            missing_inputs=run.missing_inputs,
             elapsed_s=time.monotonic() - started,
             errors_by_kind=dict(c.errors_by_kind),
             output=str(self.config.output),
@@ -220,6 +235,7 @@ def run_job(
     manifest_extra: dict[str, Any] | None = None,
     stop_file: Path | str | None = None,
     lock_wait: float = 0.0,
+    model: RunModel | None = None,
 ) -> JobSummary:
     """Run (or resume) one job to completion. OUT is opened first (usage errors cost no
     engine start); a given engine stays its owner's, else one is opened for this run.
@@ -232,9 +248,10 @@ def run_job(
         manifest_extra=manifest_extra,
         stop_file=stop_file,
         lock_wait=lock_wait,
+        model=model,
     )
     with job:
         if engine is not None:
             return job.run(engine)
-        with open_engine(config) as owned:
+        with open_engine(job.model.loading(job.config)) as owned:
             return job.run(owned)

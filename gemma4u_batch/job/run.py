@@ -31,15 +31,17 @@ from ..engine.protocol import Engine, EngineResult
 from ..errors import OutputError
 from ..prompting.builder import RequestBuilder
 from ..prompting.units import EngineRequest, Unit, to_record
-from ..records import WorkItem
+from ..records import OutputRecord, WorkItem
 from ..sources.job_input import is_speech_job
-from ..store.index import OutIndex
+from ..store.index import OutIndex, RecordAt
 from ..store.layout import OutLayout
 from ..store.schema import COLUMN_DOCS, data_schema_metadata
 from ..store.subtitles import CueLimits, write_transcripts
 from ..store.writer import PartWriter, created_now
 from .feed import FeedingLoop
+from .prune import InputWalk, write_missing
 from .quickcheck import QuickCheck
+from .reuse import Copy, Reuser, copied_record
 from .signals import StopSignal
 
 log = logging.getLogger(__name__)
@@ -75,28 +77,45 @@ class JobRun:
         self.index = index
         self.layout = layout
         self.run_id = run_id
+        self.fingerprint = fingerprint
         self.reporter = reporter
         self.stop_file = stop_file  # a Ray driver asks its replicas to stop by creating it
         self.builder = RequestBuilder(config, engine, fingerprint, prompt_cache=index)
         self.quick = QuickCheck(config, index, self.builder)
         self.writer = self._new_writer()
+        self.reuser = Reuser(layout, index, self._write_copy)
+        self.leaders: dict[str, tuple[Unit, list[Unit]]] = {}  # key → the unit in the engine, units waiting for it
+        self.made: dict[str, OutputRecord] = {}  # key → this run's result, until its part is indexed
+        self.requeued: deque[Unit] = deque()  # waiters whose leader failed: sent themselves
         self.counters = Counters()
         self.stop = StopSignal()
         self.pool: DecodePool | None = None  # while the run decodes
         self.decoded: deque[DecodedItem] = deque()  # decoded, not yet admitted
         self._stop_checked = time.monotonic()
+        self.pruned = 0  # tombstones committed (--prune)
+        self.missing_inputs: int | None = None  # current records whose input is gone, after a whole walk
 
     @property
     def stopped(self) -> bool:
         return self.stop.requested
 
-    def process(self, items: Iterator[WorkItem]) -> None:
-        """Every item: skipped before reading when done, else decoded, generated and committed."""
+    def process(self, items: Iterator[WorkItem], whole_input: bool = False) -> None:
+        """Every item: skipped before reading when done, else decoded, generated and committed.
+        `whole_input`: `items` is the whole input, so a walk to its end tells which current
+        records have no input any more (counted, and under --prune retired: prune.py)."""
+        walk = InputWalk(self.index) if whole_input else None
+        if walk is not None:
+            items = walk.track(items)
         # The engine starts in the background once an item surely needs it, while the rest is
         # scanned and decoded (a rerun with nothing to do never starts it). Under speech tasks
         # only, an item needs it once its voice activity detection found speech (`_admit`).
-        new_work = (lambda: None) if is_speech_job(self.config) else self.engine.prestart
-        pending = self.quick.pending(items, self._skipped, new_work)
+        speech = is_speech_job(self.config)
+
+        def new_work(surely: bool) -> None:
+            if surely and not speech:
+                self.engine.prestart()
+
+        pending = self.quick.pending(items, self._skipped, new_work, self._reuse)
         c = self.config
         # Images leave the workers as the model's patches when the engine takes them.
         opts = replace(decode_options(c), patches=self.engine.accepts_patches)
@@ -115,8 +134,11 @@ class JobRun:
                     self.engine, self, self.stop, restarts=c.engine_restarts, saved="finished work is committed"
                 )
                 loop.run()
+                self.reuser.flush()  # copies cost no engine time: made even when stopping
                 if self.stop.requested:
                     pool.stop_feeding()
+            if walk is not None:
+                self._inputs_gone(walk)
             self.writer.close()
         except OSError as exc:
             raise output_error(c, exc) from exc
@@ -132,7 +154,11 @@ class JobRun:
 
     def admit(self, queue: deque[EngineRequest]) -> bool:
         """Each unit of the next decoded item is skipped (done with the same key), recorded at
-        once (it cannot be sent) or queued for the engine."""
+        once (it cannot be sent), copied (its key has a result under another id, or is being
+        generated for one now) or queued for the engine."""
+        if self.requeued:
+            queue.extend(self.builder.requests(self._lead(self.requeued.popleft())))
+            return True
         if not self.decoded:
             return False
         d = self.decoded.popleft()
@@ -162,13 +188,43 @@ class JobRun:
             if d.error is not None or unit.error is not None or unit.no_speech:
                 self._emit(unit)
                 continue
-            self.engine.prestart()  # (speech jobs) the first item with speech starts the engine
-            queue.extend(self.builder.requests(unit))
+            if self._copied(unit):
+                continue
+            self.engine.prestart()  # the first item that needs the engine starts it, if nothing did
+            queue.extend(self.builder.requests(self._lead(unit)))
         return True
+
+    def _copied(self, unit: Unit) -> bool:
+        """Whether the unit's result is another id's: made by this run, being made now (it waits
+        for it), or in OUT (copied with the next batch)."""
+        key = unit.key
+        if key in self.made:
+            unit.release()
+            self._write_copy(copied_record(self._copy(unit), self.made[key].to_dict()))
+        elif key in self.leaders:
+            self.leaders[key][1].append(unit)
+        elif (at := self.reuser.sources([key]).get(key)) is not None:
+            unit.release()
+            self.reuser.add(self._copy(unit), at)
+        else:
+            return False
+        return True
+
+    def _lead(self, unit: Unit) -> Unit:
+        """The unit goes to the engine: byte-identical ones admitted meanwhile wait for it."""
+        self.leaders[unit.key] = (unit, [])
+        return unit
+
+    @staticmethod
+    def _copy(unit: Unit) -> Copy:
+        return Copy(unit.decoded.item, unit.task, unit.key, unit.supersedes)
 
     def exhausted(self) -> bool:
         assert self.pool is not None
-        return self.pool.done and not self.decoded
+        if not (self.pool.done and not self.decoded and not self.requeued):
+            return False
+        self.reuser.flush()
+        return True
 
     def rejected(self, result: EngineResult) -> None:
         unit, idx = result.request.payload
@@ -206,14 +262,71 @@ class JobRun:
     def _emit(self, unit: Unit) -> None:
         unit.release()
         rec = to_record(unit, self.config.model)
-        rec.supersedes = unit.supersedes
+        rec.supersedes = unit.supersedes or self.index.tombstone_key(rec.id, rec.task)  # an input back after --prune
+        rec.model_fingerprint = self.fingerprint
+        self._write(rec)
+        self.counters.add(rec.error_kind, rec.num_output_tokens)
+        lead = self.leaders.get(unit.key)
+        if lead is None or lead[0] is not unit:
+            return
+        del self.leaders[unit.key]
+        if rec.error is not None:  # each unit that waited for it is generated itself
+            self.requeued.extend(lead[1])
+            return
+        self.made[rec.key] = rec
+        for w in lead[1]:
+            w.release()
+            self._write_copy(copied_record(self._copy(w), rec.to_dict()))
+
+    def _reuse(self, copies: list[tuple[Copy, RecordAt]]) -> None:
+        for copy, at in copies:
+            self.reuser.add(copy, at)
+
+    def _write_copy(self, rec: OutputRecord) -> None:
+        rec.supersedes = rec.supersedes or self.index.tombstone_key(rec.id, rec.task)  # back after --prune
+        self._write(rec)
+        self.counters.add(None, 0)
+        self.counters.reused += 1
+
+    def _write(self, rec: OutputRecord) -> None:
         rec.run_id, rec.created_at = self.run_id, created_now()
         self.writer.add(rec)
-        self.counters.add(rec.error_kind, rec.num_output_tokens)
         if rec.segments is not None and self.config.subtitles:
             c = self.config
             limits = CueLimits(c.max_cue_seconds, c.max_line_width, c.max_lines)
             write_transcripts(self.layout.files, rec.id, rec.segments, tuple(c.subtitles), limits, rec.language)
+
+    def _inputs_gone(self, walk: InputWalk) -> None:
+        """After a walk to the input's end: count the current records whose input is gone, for
+        `status`; under --prune commit a tombstone for each (under --shard, shard 0 does)."""
+        if self.stop.requested or not walk.complete:
+            if self.config.prune:
+                log.warning("gemma4u: --prune: the run stopped before the end of the input; nothing pruned")
+            walk.end()
+            return
+        missing = walk.missing()
+        shard = self.config.shard_index()
+        if missing and self.config.prune and shard and shard[0] != 0:
+            log.warning(
+                "gemma4u: --prune: shard %d/%d does not prune (shard 0 does; every shard walks the whole input)",
+                *shard,
+            )
+        elif missing and self.config.prune:
+            for tomb in walk.tombstones(self.layout, self._stamp):
+                self.writer.add(tomb)
+                self.pruned += 1
+            self.writer.commit()
+            missing = walk.missing()
+        walk.end()
+        if missing is not None:
+            write_missing(self.layout, missing, run_id=self.run_id, items=walk.items, pruned=self.pruned)
+        self.missing_inputs = missing
+
+    def _stamp(self, rec: OutputRecord) -> None:
+        """What every record of this run carries: the run, the time, the model."""
+        rec.model = self.config.model
+        rec.model_fingerprint = self.fingerprint
+        rec.run_id, rec.created_at = self.run_id, created_now()
 
     def _skipped(self, n: int) -> None:
         self.counters.skipped += n
@@ -237,6 +350,8 @@ class JobRun:
     def _committed(self, marker: dict[str, Any], records: list[dict[str, Any]]) -> None:
         """A part is durable: index it. The index is a cache of the markers: if this fails,
         the next open catches up, so the run goes on."""
+        for rec in records:  # indexed from now on: found by key there
+            self.made.pop(rec["key"], None)
         try:
             self.index.ingest(marker, records)
             self.index.flush_files()

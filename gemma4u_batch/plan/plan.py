@@ -27,6 +27,7 @@ from ..decode.item import DecodedItem
 from ..decode.options import decode_options
 from ..decode.workers import worker_count
 from ..job.job import Job
+from ..job.model import read_manifest
 from ..prompting.builder import RequestBuilder
 from ..records import WorkItem
 from ..sources.job_input import is_speech_job
@@ -166,6 +167,13 @@ def plan(config: JobConfig, sample: int = 16, recipe: str | None = None) -> Plan
     p = Plan(config=config, source=scan.source, tasks=config.task_list(), sample=max(0, sample), recipe=recipe)
     p.items, p.bad_rows, p.found, p.pending = scan.items, scan.bad_rows, scan.found, scan.pending
     p.existing, p.refused = _existing(job), job.refusal()
+    if p.existing is not None and not p.refused and not config.overwrite:
+        before = (read_manifest(job.layout) or {}).get("model_fingerprint")
+        if before and before != job.fingerprint:
+            p.notes.append(
+                f"model change ({before} → {job.fingerprint}, --on-model-change supersede): OUT's records stay "
+                "current until each item's record from the new model replaces it"
+            )
     for mod, n in sorted(scan.sent.items()):
         p.modalities[mod] = ModalityPlan(mod, items=n, sampled=len(scan.per_modality[mod].items))
     samples = [it for mod in sorted(scan.per_modality) for it in scan.per_modality[mod].ordered()]
@@ -328,7 +336,9 @@ def _settings_rows(t: Table, c: JobConfig) -> None:
         "resume",
         "overwrite (start fresh)"
         if c.overwrite
-        else "incremental (skip items already done)" + (", retry errors" if c.retry_errors else ""),
+        else "incremental (skip items already done)"
+        + (", retry errors" if c.retry_errors else "")
+        + (", prune records whose input is gone" if c.prune else ""),
     )
     commits = f"commit every {c.commit_every} records or {c.commit_seconds:g} s"
     t.add_row("workers", f"{worker_count(c)} decode worker(s) (--workers {c.workers}); {commits}")

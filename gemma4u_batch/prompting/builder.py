@@ -77,6 +77,8 @@ class RequestBuilder:
         self.prompt_cache = prompt_cache
         self.key = KeyMaker(fingerprint, guarded_settings(config))
         self._rendered: dict[tuple[Any, ...], str] = {}
+        self._builtin: dict[tuple[Any, ...], tuple[str, str, None]] = {}  # (task, modality, with audio) → prompt
+        self._language_keyed: dict[str, bool] = {}
         self._seq = 0
         self._language_rendered: str | None = None
         self._media = decode_options(config)
@@ -104,15 +106,20 @@ class RequestBuilder:
 
     def prompt(self, item: WorkItem, task: str, has_audio: bool) -> tuple[str, str, tuple[str, str] | None]:
         """(instruction, chat prompt as rendered, (error, kind) if the row's template fails)."""
+        with_audio = has_audio and item.modality is Modality.VIDEO
+        builtin = not (item.prompt or self.config.prompt)  # the task's own instruction: one per modality
+        if builtin and (known := self._builtin.get((task, item.modality, with_audio))) is not None:
+            return known
         instruction, failed = sent_instruction(self.config, item, task)
         error = (failed.message, failed.kind) if failed is not None else None
-        with_audio = has_audio and item.modality is Modality.VIDEO
         memo = (item.modality, with_audio, instruction)
         rendered = self._rendered.get(memo)
         if rendered is None:
             rendered = self._render(self._messages(item.modality, with_audio, instruction))
             if len(self._rendered) < 4096:  # per-row templates make every prompt unique: bound the memo
                 self._rendered[memo] = rendered
+        if builtin:
+            self._builtin[task, item.modality, with_audio] = (instruction, rendered, None)
         return instruction, rendered, error
 
     def _render(self, messages: list[dict[str, Any]]) -> str:
@@ -129,7 +136,10 @@ class RequestBuilder:
     def key_of(self, item: WorkItem, content_sha256: str | None, task: str, rendered: str) -> str:
         """The content key; a speech task under `--language auto` also hashes what identifies
         the language (its instruction, codes and sampling), since its records carry the answer."""
-        if self.config.identifies_language(task):
+        language = self._language_keyed.get(task)
+        if language is None:
+            language = self._language_keyed[task] = self.config.identifies_language(task)
+        if language:
             rendered = json.dumps([rendered, LANGUAGE_INSTRUCTION, DETECT_CODES, LANGUAGE_SAMPLING.model_dump()])
         return self.key(content=content_sha256 or f"unread:{item.source}", prompt=rendered, task=task)
 

@@ -56,6 +56,7 @@ def model_fingerprint(model: str, *, verify_weights: bool = False, revision: str
       instead, which reads every byte but survives copies that do not keep mtimes;
     * a hub id: `id@<commit>`, the commit the hub (or, offline, the local cache) resolves it
       (or its `revision`, `--revision`) to; the bare id when neither can say (see `fingerprint_note`).
+      A job into an OUT that pinned a commit uses the pin instead (job/model.py).
     """
     path = Path(os.path.expanduser(model))
     if path.is_dir():
@@ -131,6 +132,39 @@ def _hub_commit(model: str, revision: str | None = None) -> str | None:
     return None
 
 
+def hub_commit(model: str, revision: str | None = None) -> str | None:
+    """The commit a hub id's revision resolves to (the hub, else the local cache), or None."""
+    return _hub_commit(model, revision)
+
+
+def is_hub_id(model: str) -> bool:
+    """Whether `model` names a hub repository (not a local folder)."""
+    if Path(os.path.expanduser(model)).is_dir():
+        return False
+    try:
+        from huggingface_hub.utils import validate_repo_id
+
+        validate_repo_id(model)
+    except Exception:  # huggingface_hub raises its own validation error type
+        return False
+    return True
+
+
+@lru_cache(maxsize=32)
+def upstream_commit(model: str, revision: str | None = None) -> str | None:
+    """The commit the hub says a hub id's revision (None: its default branch) is at now: one
+    request; None offline (HF_HUB_OFFLINE) or when the hub cannot be asked (never the cache's)."""
+    from huggingface_hub import HfApi, constants
+
+    if constants.HF_HUB_OFFLINE:
+        return None
+    try:
+        return HfApi().model_info(model, revision=revision).sha or None
+    except Exception as exc:  # no network, unknown or gated repo: the caller keeps what it has
+        log.info("gemma4u: the hub could not be asked for %s (%s)", model, type(exc).__name__)
+        return None
+
+
 class KeyMaker:
     """`content_key` for one job, with the constant part serialised once: the same bytes,
     hence the same keys, at a fraction of the cost (a rerun computes one per item)."""
@@ -139,14 +173,20 @@ class KeyMaker:
         self._model = json.dumps(model_fingerprint)
         self._settings = settings
         self._by_task: dict[str, str] = {}
+        self._tails: dict[tuple[str, str], str] = {}  # (task, prompt) → everything after the content
 
     def __call__(self, *, content: str, prompt: str, task: str) -> str:
-        tail = self._by_task.get(task)
+        tail = self._tails.get((task, prompt))
         if tail is None:
-            settings = json.dumps({**self._settings, "task": task}, sort_keys=True, default=str)
-            tail = self._by_task[task] = f', "settings": {settings}}}'
-        text = f'{{"content": {json.dumps(content)}, "model": {self._model}, "prompt": {json.dumps(prompt)}{tail}'
-        return hashlib.sha256(text.encode()).hexdigest()
+            settings = self._by_task.get(task)
+            if settings is None:
+                settings = json.dumps({**self._settings, "task": task}, sort_keys=True, default=str)
+                self._by_task[task] = settings
+            tail = f', "model": {self._model}, "prompt": {json.dumps(prompt)}, "settings": {settings}}}'
+            if len(self._tails) < 4096:  # per-row templates make every prompt unique: bound the memo
+                self._tails[task, prompt] = tail
+        quoted = f'"{content}"' if content.isalnum() and content.isascii() else json.dumps(content)  # a hex digest
+        return hashlib.sha256(f'{{"content": {quoted}{tail}'.encode()).hexdigest()
 
 
 def output_settings(engine: Any) -> dict[str, Any]:

@@ -67,6 +67,7 @@ def run_facts(d: ReportData) -> list[tuple[str, str]]:
         ("input", str(config.get("input") or config.get("dataset") or "-")),
         ("model", str(man.get("model") or "-")),
         ("fingerprint", str(man.get("model_fingerprint") or "-")),
+        ("records by model", ", ".join(f"{fp}: {n}" for fp, n in st.records_by_model.items()) or "-"),
         ("run id", str(man.get("run_id") or "-")),
         ("task(s)", tasks),
         ("prompt", str(guard.get("prompt") or "the task's default (see each record)")),
@@ -74,10 +75,15 @@ def run_facts(d: ReportData) -> list[tuple[str, str]]:
         ("versions", ", ".join(f"{k} {v}" for k, v in (man.get("versions") or {}).items()) or "-"),
         ("started", _when(man.get("started_at"))),
         ("finished", _when(done.get("finished_at")) if done else "not finished"),
-        ("records", f"{st.records} current: {st.done} done, {st.errors} errors, {st.superseded} superseded"),
+        (
+            "records",
+            f"{st.records} current: {st.done} done ({st.reused} copied from the same content), "
+            f"{st.errors} errors, {st.superseded} superseded",
+        ),
         (
             "last run",
-            f"{done.get('done', '-')} done, {done.get('errors', '-')} errors, {done.get('skipped', '-')} skipped",
+            f"{done.get('done', '-')} done ({done.get('reused', 0)} copied), {done.get('errors', '-')} errors, "
+            f"{done.get('skipped', '-')} skipped",
         ),
         ("tokens", f"{agg.tokens_in} in, {agg.tokens_out} out"),
         ("throughput", rate),

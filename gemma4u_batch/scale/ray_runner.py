@@ -24,6 +24,7 @@ from ..config.job import JobConfig
 from ..console import Counters, Reporter
 from ..errors import EngineFailure, OutputError, OutputLocked, UsageError
 from ..job.job import JobSummary
+from ..job.model import RunModel, resolve_model
 from ..job.signals import StopSignal
 from ..store.layout import STOP, OutLayout
 from ..store.lease import LEASE_SECONDS, SKEW_SECONDS
@@ -57,16 +58,23 @@ class _Replica:
         return {"host": socket.gethostname(), "pid": os.getpid()}
 
     def run_shard(
-        self, index: int, total: int, manifest_extra: dict[str, Any], stop_file: str, retried: bool = False
+        self,
+        index: int,
+        total: int,
+        manifest_extra: dict[str, Any],
+        stop_file: str,
+        retried: bool = False,
+        model: RunModel | None = None,
     ) -> dict[str, Any]:
         """One shard. `retried`: its last replica died, and on an object store that replica's
-        lease on the shard outlives it; wait for it to run out rather than refuse."""
+        lease on the shard outlives it; wait for it to run out rather than refuse. `model`: the
+        model the driver resolved (a hub id's commit), the same for every shard."""
         from ..engine.vllm_engine import build_engine
         from ..job.job import run_job
 
         config = self.config.model_copy(update={"shard": f"{index}/{total}", "ray": None, "quiet": True})
-        if self.engine is None:
-            self.engine = build_engine(config)  # the actor's: kept across shards, gone with the actor
+        if self.engine is None:  # the actor's: kept across shards, gone with the actor
+            self.engine = build_engine(model.loading(config) if model is not None else config)
         summary = run_job(
             config,
             self.engine,
@@ -74,12 +82,14 @@ class _Replica:
             manifest_extra=manifest_extra,
             stop_file=stop_file,
             lock_wait=LEASE_SECONDS + SKEW_SECONDS + 5.0 if retried else 0.0,
+            model=model,
         )
         return {
             "shard": index,
             "done": summary.done,
             "errors": summary.errors,
             "skipped": summary.skipped,
+            "reused": summary.reused,
             "errors_by_kind": summary.errors_by_kind,
             "elapsed_s": summary.elapsed_s,
             "interrupted": summary.interrupted,
@@ -289,6 +299,8 @@ class _Driver:
         self.cpu_count = max(1, int(resources.get("CPU", 1)))
         self.actor_cls = ray.remote(num_cpus=1, num_gpus=self.gpus, max_restarts=0)(_Replica)
         self.config_json = config.model_dump_json()
+        # resolved once (a hub id's pinned or adopted commit): every shard keys and loads the same
+        self.model = resolve_model(config, OutLayout(config.output))
         self.spawned = 0
         self.replacements = 0
         self.retried: set[int] = set()  # shards whose replica died
@@ -329,7 +341,9 @@ class _Driver:
             while queue and self.idle and not stop.requested:
                 actor = self.idle.pop()
                 shard = queue.popleft()
-                ref = actor.run_shard.remote(shard, self.n_shards, self.extra, stop_file, shard in self.retried)
+                ref = actor.run_shard.remote(
+                    shard, self.n_shards, self.extra, stop_file, shard in self.retried, self.model
+                )
                 self.running[ref] = (actor, shard)
             ready, _ = self.ray.wait(list(self.running), num_returns=1, timeout=2.0)
             for ref in ready:
@@ -382,6 +396,7 @@ def _summary(config: JobConfig, results: list[dict[str, Any]], replacements: int
     summary = JobSummary(output=str(config.output), replacements=replacements)
     for r in results:
         summary.done += r["done"]
+        summary.reused += r.get("reused", 0)
         summary.errors += r["errors"]
         for k, v in r["errors_by_kind"].items():
             summary.errors_by_kind[k] = summary.errors_by_kind.get(k, 0) + v

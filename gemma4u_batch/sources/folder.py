@@ -50,50 +50,99 @@ class FolderSource:
             return None
         return real
 
-    def _walk(self) -> Iterator[tuple[str, Path]]:
-        """Depth-first in name order, iteratively: a hostile tree cannot exhaust the stack."""
-        stack: list[Iterator[tuple[str, os.DirEntry[str]]]] = [self._entries(self.root, "")]
+    def _walk(self) -> Iterator[tuple[str, Modality, Path, str, os.DirEntry[str]]]:
+        """(id, modality, folder, its text, entry) of every media file the job takes, depth-first
+        in name order, iteratively (a hostile tree cannot exhaust the stack). Only the d_type that
+        scandir reads with the names is asked per entry: no `stat`, no `Path`, per file."""
+        wanted = self.modalities
+        stack = [(self.root, str(self.root), "", _entries(self.root))]
         while stack:
-            entry_and_rel = next(stack[-1], None)
-            if entry_and_rel is None:
+            folder, base, rel, entries = stack[-1]
+            entry = next(entries, None)
+            if entry is None:
                 stack.pop()
                 continue
-            rel, entry = entry_and_rel
-            path = Path(entry.path)
+            name = entry.name
             try:
-                is_link = entry.is_symlink()
-                is_dir = entry.is_dir(follow_symlinks=False)
+                if entry.is_dir(follow_symlinks=False):
+                    child = _child(folder, name, base)
+                    stack.append((child, str(child), f"{rel}{name}/", _entries(child)))
+                    continue
             except OSError:
                 continue
-            if is_link:
-                real = self._resolved_inside(path)
-                # A link to a folder inside the root would repeat items; skip it.
-                if real is None or real.is_dir():
-                    continue
-                yield rel, real
-            elif is_dir:
-                stack.append(self._entries(path, rel + "/"))
-            else:
-                yield rel, path
+            dot = name.rfind(".")
+            modality = _BY_EXTENSION.get(name[dot:].lower()) if dot > 0 else None
+            if modality is not None and (wanted is None or modality in wanted):
+                yield f"{rel}{name}", modality, folder, base, entry
 
-    @staticmethod
-    def _entries(directory: Path, rel: str) -> Iterator[tuple[str, os.DirEntry[str]]]:
+    def _target(self, folder: Path, base: str, entry: os.DirEntry[str]) -> Path | None:
+        """The file an entry stands for: itself, or a link's target inside the root (None: a link
+        leaving the root, or to a folder, which would repeat items; or the entry went away)."""
         try:
-            with os.scandir(directory) as it:
-                entries = sorted(it, key=lambda e: e.name)
+            if not entry.is_symlink():
+                return _child(folder, entry.name, base)
         except OSError:
-            return
-        for entry in entries:
-            if not entry.name.startswith("."):
-                yield f"{rel}{entry.name}", entry
+            return None
+        real = self._resolved_inside(_child(folder, entry.name, base))
+        return None if real is None or real.is_dir() else real
 
     def __iter__(self) -> Iterator[WorkItem]:
         root = str(self.root)
         prefix = "" if root == "." else root.rstrip("/") + "/"  # str(root / rel), without a Path per item
-        for rel_path, path in self._walk():
-            modality = modality_for(rel_path)
-            if modality is None:
+        for rel, modality, folder, base, entry in self._walk():
+            if (path := self._target(folder, base, entry)) is not None:
+                yield WorkItem.file(rel, prefix + rel, modality, path)
+
+    def count(self) -> int:
+        """How many items iterating yields (progress's total), without making them."""
+        n = 0
+        for _, _, folder, base, entry in self._walk():
+            try:
+                if entry.is_symlink() and self._target(folder, base, entry) is None:
+                    continue
+            except OSError:
                 continue
-            if self.modalities is not None and modality not in self.modalities:
-                continue
-            yield WorkItem(id=rel_path, source=prefix + rel_path, modality=modality, path=path)
+            n += 1
+        return n
+
+
+def _entries(folder: Path) -> Iterator[os.DirEntry[str]]:
+    """A folder's visible entries in name order; none when it cannot be listed."""
+    try:
+        with os.scandir(folder) as it:
+            entries = sorted((e for e in it if not e.name.startswith(".")), key=_name)
+    except OSError:
+        return iter(())
+    return iter(entries)
+
+
+def _name(entry: os.DirEntry[str]) -> str:
+    return entry.name
+
+
+_make_child = getattr(Path, "_make_child_relpath", None)
+
+
+def _sets_text() -> bool:
+    """Whether pathlib's child constructor fills in the path's text itself (3.12 does, 3.11 not)."""
+    try:
+        return _make_child is None or isinstance(_make_child(Path("a"), "b")._str, str)
+    except AttributeError:
+        return False
+
+
+_FILL_TEXT = not _sets_text()
+
+
+def _child(folder: Path, name: str, base: str) -> Path:
+    """`folder / name` for a name scandir gave (no separator to parse), `base` being
+    `str(folder)`. Where this Python has it, pathlib's own child-path constructor (its glob's),
+    with the path's text filled in as 3.12's does: parsing the joined text, then joining the
+    parts again at the first `stat`, was a fifth of a no-op rerun, a million times per million
+    files."""
+    if _make_child is None:
+        return folder / name
+    child: Path = _make_child(folder, name)
+    if _FILL_TEXT:
+        child._str = name if base == "." else f"{base}{name}" if base.endswith("/") else f"{base}/{name}"  # type: ignore[attr-defined]
+    return child

@@ -15,6 +15,7 @@ from ..console import Counters
 from ..errors import UsageError
 from ..records import Modality, WorkItem
 from . import Source, open_source
+from .folder import FolderSource
 from .locations import redact
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,10 @@ class JobInput:
 
     def items(self, given: Iterable[WorkItem] | None = None) -> Iterator[WorkItem]:
         """The items as sent, from the source or from `given` (a sample, for --estimate)."""
-        return (self.as_sent(i) for i in (self.open() if given is None else given))
+        items = self.open() if given is None else given
+        if not self.speech:  # every item is sent as found
+            return iter(items)
+        return (self.as_sent(i) for i in items)
 
     def nonempty(self, given: Iterable[WorkItem] | None = None) -> Iterator[WorkItem]:
         """`items()`, but a usage error up front when there are none."""
@@ -84,12 +88,14 @@ class JobInput:
         mods = f", modalities={','.join(m.value for m in c.modalities)}" if c.modalities else ""
         return f"{kind} {where}{extra}{mods}"
 
-    def with_total(self, items: Iterator[WorkItem], counters: Counters) -> Iterator[WorkItem]:
+    def with_total(self, items: Iterator[WorkItem], counters: Counters, *, early: bool = True) -> Iterator[WorkItem]:
         """`items` unchanged, with progress's total set. Where a second pass is cheap (a folder,
-        a local manifest, a dataset) a side thread counts the input so the total shows from the
-        start; a URL INPUT (a bucket's prefix, a remote manifest) would cost the store a second
-        listing as large as the first, so its total is set when this pass has seen every item."""
-        if is_url(self.config.input):
+        a local manifest, a dataset) and progress shows the total (`early`), a side thread
+        counts the input so it shows from the start; a URL INPUT (a bucket's prefix, a remote
+        manifest) would cost the store a second listing as large as the first, and quiet
+        progress shows nothing (the side thread would take a busy machine's CPU from the run),
+        so there the total is set when this pass has seen every item."""
+        if is_url(self.config.input) or not early:
             return self._counted(items, counters)
         self._count_in_background(counters)
         return items
@@ -107,7 +113,8 @@ class JobInput:
 
         def count() -> None:
             try:
-                n = sum(1 for _ in self.open())
+                source = self.open()
+                n = source.count() if isinstance(source, FolderSource) else sum(1 for _ in source)
             except Exception as exc:  # progress only: without a second pass there is no total
                 log.debug("input count failed: %s", exc)
                 return

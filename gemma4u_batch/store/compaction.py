@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from .index import OutIndex
-from .layout import COMMITS, OutLayout, data_file_name
+from .layout import COMMITS, OutLayout, data_file_name, is_tombstone_part, tombstone_file_name
 from .writer import (
     cleanup_orphans,
     committed_parts,
@@ -60,12 +60,15 @@ def compact(layout: OutLayout, index: OutIndex, target_records: int = TARGET_REC
     index.sync()
     parts = committed_parts(layout)
     result = CompactResult(parts_before=len(parts), parts_after=len(parts))
-    groups = _plan(layout, parts, index, target_records)
+    # Tombstones (--prune) are compacted among themselves, into __tombstones__/: never into the table.
+    results = _plan(layout, [p for p in parts if not is_tombstone_part(p)], index, target_records)
+    tombstones = _plan(layout, [p for p in parts if is_tombstone_part(p)], index, target_records)
+    groups = [(g, False) for g in results] + [(g, True) for g in tombstones]
     if not groups:
         return result
     writer = new_writer_id()
-    for seq, group in enumerate(groups):
-        result.dropped += _rewrite(layout, index, group, f"part-{writer}-c{seq:05d}")
+    for seq, (group, tomb) in enumerate(groups):
+        result.dropped += _rewrite(layout, index, group, f"part-{writer}-c{seq:05d}", tomb)
     result.parts_after = len(committed_parts(layout))
     return result
 
@@ -78,9 +81,9 @@ def _plan(
     groups: list[list[tuple[dict[str, Any], set[int]]]] = [[]]
     size = rows = 0
     for part in parts:
+        if part["records"] >= target // 2 and index.current_count(part["part"]) == part["records"]:
+            continue  # counted, not listed: a no-op rerun at 1M records would build a set of every row
         keep = index.current_rows(part["part"])
-        if len(keep) == part["records"] and part["records"] >= target // 2:
-            continue
         nbytes = sum(layout.files.size(f) for f in part["files"])
         if groups[-1] and (rows + len(keep) > target or size + nbytes > TARGET_BYTES):
             groups.append([])
@@ -91,12 +94,18 @@ def _plan(
     return worth
 
 
-def _rewrite(layout: OutLayout, index: OutIndex, group: list[tuple[dict[str, Any], set[int]]], name: str) -> int:
+def _rewrite(
+    layout: OutLayout,
+    index: OutIndex,
+    group: list[tuple[dict[str, Any], set[int]]],
+    name: str,
+    tombstones: bool = False,
+) -> int:
     """Write one compacted part replacing `group`; returns how many records were dropped."""
-    formats = sorted({f.rsplit(".", 1)[1] for p, _ in group for f in p["files"]})
+    formats = ["jsonl"] if tombstones else sorted({f.rsplit(".", 1)[1] for p, _ in group for f in p["files"]})
     files = []
     for fmt in formats:
-        rel = data_file_name(name, fmt, formats)
+        rel = tombstone_file_name(name) if tombstones else data_file_name(name, fmt, formats)
         write = _write_jsonl if fmt == "jsonl" else _write_parquet
         layout.files.write(rel, functools.partial(write, layout, group))
         files.append(rel)

@@ -16,6 +16,7 @@ clean" case: a rewrite in the same timestamp tick would go unseen), then it is r
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import sqlite3
@@ -23,7 +24,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..records import ObjectStat
 from .layout import OutLayout
@@ -31,10 +32,12 @@ from .writer import effective_parts, iter_part_records
 
 log = logging.getLogger(__name__)
 
-VERSION = 2
+VERSION = 3
 SYNC_ATTEMPTS = 5
 RACY_NS = 2_000_000_000  # coarse filesystems keep 1-2 s timestamps
-INDEX_COLUMNS = ("id", "task", "key", "error", "error_kind")
+RANGE_SLACK = 4  # a range scan may read this many rows per value asked for before it gives up
+RANGE_BACKOFF = 16
+INDEX_COLUMNS = ("id", "task", "key", "error", "error_kind", "model_fingerprint", "tombstone", "reused_from")
 
 _REMOTE = """CREATE TABLE IF NOT EXISTS remote (
     url TEXT PRIMARY KEY, etag TEXT, version TEXT, size INTEGER, mtime_ns INTEGER, last_modified TEXT,
@@ -48,36 +51,83 @@ CREATE TABLE parts (part TEXT PRIMARY KEY, committed_at REAL, records INTEGER, w
 CREATE TABLE records (
     id TEXT, task TEXT, key TEXT, failed INTEGER, error_kind TEXT,
     part TEXT, row INTEGER, committed_at REAL,
+    fingerprint TEXT, tombstone INTEGER NOT NULL DEFAULT 0, reused INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (id, task)) WITHOUT ROWID;
 CREATE INDEX records_part ON records (part);
+CREATE INDEX records_key ON records (key);
 CREATE TABLE files (
     path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, ino INTEGER, dev INTEGER,
     sha256 TEXT, has_audio INTEGER, hashed_at_ns INTEGER) WITHOUT ROWID;
+CREATE INDEX files_inode ON files (dev, ino);
+CREATE INDEX files_size ON files (size);
 CREATE TABLE prompts (digest TEXT PRIMARY KEY, rendered TEXT) WITHOUT ROWID;
 {_REMOTE}
 PRAGMA user_version = {VERSION};
 COMMIT;
 """
 
+_FROM_2 = f"""
+BEGIN;
+ALTER TABLE records ADD COLUMN fingerprint TEXT;
+ALTER TABLE records ADD COLUMN tombstone INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE records ADD COLUMN reused INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX IF NOT EXISTS records_key ON records (key);
+CREATE INDEX IF NOT EXISTS files_inode ON files (dev, ino);
+CREATE INDEX IF NOT EXISTS files_size ON files (size);
+PRAGMA user_version = {VERSION};
+COMMIT;
+"""
+"""Version 2 → 3: records made before had no fingerprint, tombstone or copy, so the columns'
+defaults are what a rebuild would give them; the input files' quick check is kept."""
+
 _UPSERT = """
-INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (id, task) DO UPDATE SET
     key = excluded.key, failed = excluded.failed, error_kind = excluded.error_kind,
-    part = excluded.part, row = excluded.row, committed_at = excluded.committed_at
+    part = excluded.part, row = excluded.row, committed_at = excluded.committed_at,
+    fingerprint = excluded.fingerprint, tombstone = excluded.tombstone, reused = excluded.reused
 WHERE (excluded.committed_at, excluded.part, excluded.row) >= (records.committed_at, records.part, records.row)
 """
 
 
 _REHOME = """
-INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (id, task) DO UPDATE SET part = excluded.part, row = excluded.row, committed_at = excluded.committed_at
 WHERE records.part IN (SELECT part FROM _replaced)
 """
 
 
+def _index_row(r: dict[str, Any], part: str, row: int, at: float) -> tuple[Any, ...]:
+    """A record's row in `records`: what lookups, status and reuse need, and where it lives."""
+    failed = int(r["error"] is not None)
+    return (
+        r["id"],
+        r["task"],
+        r["key"],
+        failed,
+        r.get("error_kind"),
+        part,
+        row,
+        at,
+        r.get("model_fingerprint"),
+        int(bool(r.get("tombstone"))),
+        int(r.get("reused_from") is not None),
+    )
+
+
 @dataclass(frozen=True)
-class FileStat:
-    """What the quick check compares: an unchanged file keeps all four."""
+class RecordAt:
+    """Where a current record lives: its (id, task) and its row in a committed part."""
+
+    id: str
+    task: str
+    part: str
+    row: int
+
+
+class FileStat(NamedTuple):
+    """What the quick check compares: an unchanged file keeps all four. (A tuple: a no-op
+    rerun makes one per input file.)"""
 
     size: int
     mtime_ns: int
@@ -89,8 +139,7 @@ class FileStat:
         return cls(st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
 
 
-@dataclass(frozen=True)
-class FileFacts:
+class FileFacts(NamedTuple):
     """What hashing and decoding an input file told us, valid while its stat is unchanged.
     `has_audio`: a video's soundtrack was decoded (None: not asked for, so unknown)."""
 
@@ -121,6 +170,7 @@ class OutIndex:
         self._pending_prompts: list[tuple[str, str]] = []
         self._pending_remote: list[tuple[Any, ...]] = []
         self._recovering = False
+        self._lookups_left = 0  # chunks to look up value by value before a range scan is tried again
 
     # ------------------------------------------------------------------ open / sync
 
@@ -173,6 +223,23 @@ class OutIndex:
             part = list(values[start : start + 500])
             yield from self._rows(f"{select_where} IN ({','.join('?' * len(part))})", part)
 
+    def _rows_of(self, select: str, column: str, values: Sequence[str]) -> Iterable[Any]:
+        """Rows of `select` whose `column` (the first selected) is one of `values`. A chunk of a
+        folder's walk is a narrow run of neighbouring keys: one range scan along the b-tree's
+        leaves costs a fraction of a lookup per value. The scan stops after `RANGE_SLACK` × as
+        many rows as asked for (the values are scattered: a manifest's rows, a link's target):
+        then, and for a few chunks after, each value is looked up."""
+        if self._lookups_left > 0 or len(values) < 8:
+            self._lookups_left = max(0, self._lookups_left - 1)
+            return self._rows_in(f"{select} WHERE {column}", values)
+        wanted = set(values)
+        limit = RANGE_SLACK * len(wanted) + 64
+        rows = self._rows(f"{select} WHERE {column} BETWEEN ? AND ? LIMIT ?", (min(wanted), max(wanted), limit))
+        if len(rows) < limit:
+            return [r for r in rows if r[0] in wanted]
+        self._lookups_left = RANGE_BACKOFF
+        return self._rows_in(f"{select} WHERE {column}", values)
+
     def _close_db(self) -> None:
         if self._db is not None:
             self._db.close()
@@ -185,6 +252,9 @@ class OutIndex:
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         if version == VERSION and not {"parts", "records", "files", "prompts"} <= tables:
             raise sqlite3.DatabaseError("index tables missing")
+        if version == 2 and {"parts", "records", "files", "prompts"} <= tables:
+            db.executescript(_FROM_2)  # keeps the file cache: a rebuild would read every input again
+            version = VERSION
         if version != VERSION:
             tables = db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
             if tables:  # another version's index: ours is rebuilt, never trusted
@@ -194,6 +264,7 @@ class OutIndex:
                 db.execute("PRAGMA synchronous = NORMAL")
             db.executescript(_SCHEMA)
         db.execute(_REMOTE)  # an index made before remote inputs gains its table
+        db.execute("CREATE INDEX IF NOT EXISTS files_size ON files (size)")
         return db
 
     def _unlink(self) -> None:
@@ -283,10 +354,7 @@ class OutIndex:
     def ingest(self, part: dict[str, Any], records: Iterable[dict[str, Any]]) -> None:
         """Add a committed part's records (call only once its marker is durable)."""
         name, at = part["part"], float(part.get("committed_at", 0.0))
-        rows = (
-            (r["id"], r["task"], r["key"], int(r["error"] is not None), r.get("error_kind"), name, i, at)
-            for i, r in enumerate(records)
-        )
+        rows = (_index_row(r, name, i, at) for i, r in enumerate(records))
         with self._tx():
             self.db.executemany(_UPSERT, rows)
             self.db.execute(
@@ -303,8 +371,7 @@ class OutIndex:
             self.db.execute("DELETE FROM _replaced")
             self.db.executemany("INSERT OR IGNORE INTO _replaced VALUES (?)", [(r,) for r in replaced])
             for i, r in enumerate(iter_part_records(layout, marker, INDEX_COLUMNS)):
-                failed = int(r["error"] is not None)
-                self.db.execute(_REHOME, (r["id"], r["task"], r["key"], failed, r.get("error_kind"), name, i, at))
+                self.db.execute(_REHOME, _index_row(r, name, i, at))
             self.db.executemany("DELETE FROM parts WHERE part = ?", [(r,) for r in replaced])
             self.db.execute(
                 "INSERT OR REPLACE INTO parts VALUES (?, ?, ?, ?)", (name, at, marker["records"], marker.get("writer"))
@@ -313,28 +380,62 @@ class OutIndex:
     def get_many(self, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], tuple[str, bool]]:
         """`get` for many (id, task) pairs in one query."""
         ids = sorted({i for i, _ in pairs})
-        rows = self._rows_in("SELECT id, task, key, failed FROM records WHERE id", ids)
-        return {(r[0], r[1]): (r[2], bool(r[3])) for r in rows}
+        rows = self._rows_of("SELECT id, task, key, failed, tombstone FROM records", "id", ids)
+        return {(r[0], r[1]): (r[2], bool(r[3])) for r in rows if not r[4]}
 
     def get(self, id: str, task: str) -> tuple[str, bool] | None:
-        """(key, failed) of the current record of (id, task), or None."""
-        rows = self._rows("SELECT key, failed FROM records WHERE id = ? AND task = ?", (id, task))
+        """(key, failed) of the current record of (id, task), or None (also when that record is a
+        tombstone: its input was gone, so an input by that id is new work)."""
+        rows = self._rows("SELECT key, failed FROM records WHERE id = ? AND task = ? AND NOT tombstone", (id, task))
         return (rows[0][0], bool(rows[0][1])) if rows else None
 
-    def current_rows(self, part: str) -> set[int]:
-        """Rows of a part that hold current records."""
-        return {r[0] for r in self._rows("SELECT row FROM records WHERE part = ?", (part,))}
+    def sources_of(self, keys: Sequence[str]) -> dict[str, RecordAt]:
+        """For each key, a current result made with it under any id (no error, no tombstone): what
+        an input with that content, prompt and settings can copy instead of being generated.
+        The smallest id when several have it, so every run picks the same one."""
+        q = "SELECT key, id, task, part, row FROM records WHERE failed = 0 AND NOT coalesce(tombstone, 0) AND key"
+        found: dict[str, RecordAt] = {}
+        for key, id, task, part, row in sorted(self._rows_in(q, sorted(set(keys))), key=lambda r: (r[0], r[1])):
+            found.setdefault(key, RecordAt(id, task, part, row))
+        return found
+
+    def tombstone_key(self, id: str, task: str) -> str | None:
+        """The key a tombstone of (id, task) retired, when its current record is one."""
+        rows = self._rows("SELECT key FROM records WHERE id = ? AND task = ? AND tombstone", (id, task))
+        return rows[0][0] if rows else None
+
+    def current_rows(self, part: str, tombstones: bool = True) -> set[int]:
+        """Rows of a part that hold current records (tombstones among them unless `tombstones` is False)."""
+        q = "SELECT row FROM records WHERE part = ?" + ("" if tombstones else " AND NOT tombstone")
+        return {r[0] for r in self._rows(q, (part,))}
+
+    def current_count(self, part: str) -> int:
+        """How many rows of a part hold current records."""
+        return int(self._rows("SELECT count(*) FROM records WHERE part = ?", (part,))[0][0])
 
     def has_id(self, id: str) -> bool:
         """Whether any task of `id` has a current record (one indexed lookup)."""
         return bool(self._rows("SELECT 1 FROM records WHERE id = ? LIMIT 1", (id,)))
 
     def totals(self) -> dict[str, Any]:
-        """Counts for `status`: current records, errors by kind, committed, parts, writers."""
-        [(records, errors)] = self._rows("SELECT count(*), coalesce(sum(failed), 0) FROM records")
-        kinds = self._rows(
-            "SELECT coalesce(error_kind, 'error'), count(*) FROM records WHERE failed GROUP BY 1 ORDER BY 1"
+        """Counts for `status`: current records, errors by kind, copies, tombstones, records by
+        model, committed, parts, writers. One pass over the records; errors by kind and records
+        by model take another only when there are errors, or records of more than one model."""
+        [(everything, errors, tombstones, reused, low, high, fingerprinted)] = self._rows(
+            "SELECT count(*), coalesce(sum(failed), 0), coalesce(sum(tombstone), 0), coalesce(sum(reused), 0), "
+            "min(fingerprint), max(fingerprint), count(fingerprint) FROM records"
         )
+        records = everything - tombstones  # tombstones are no results (their error is null)
+        kinds: dict[str, int] = {}
+        if errors:
+            q = "SELECT coalesce(error_kind, 'error'), count(*) FROM records WHERE failed GROUP BY 1 ORDER BY 1"
+            kinds = dict(self._rows(q))
+        by_model: dict[str | None, int] = {}
+        if low == high and fingerprinted in (0, everything):  # one model (or none recorded): no second pass
+            by_model = {low: records} if records else {}
+        else:
+            q = "SELECT fingerprint, count(*) FROM records WHERE NOT tombstone GROUP BY 1 ORDER BY 1"
+            by_model = {fp: int(n) for fp, n in self._rows(q)}
         [(committed, n_parts, first, last)] = self._rows(
             "SELECT coalesce(sum(records), 0), count(*), min(committed_at), max(committed_at) FROM parts"
         )
@@ -342,13 +443,56 @@ class OutIndex:
         return {
             "records": records,
             "errors": errors,
-            "errors_by_kind": dict(kinds),
+            "reused": reused,
+            "tombstones": tombstones,
+            "errors_by_kind": kinds,
+            "by_model": by_model,
             "committed": committed,
             "parts": n_parts,
             "first_commit": first,
             "last_commit": last,
             "writers": writers,
         }
+
+    def committed_since(self, t: float) -> int:
+        """Records in the parts committed at or after `t` (a running job's own, before compaction)."""
+        [(n,)] = self._rows("SELECT coalesce(sum(records), 0) FROM parts WHERE committed_at >= ?", (t,))
+        return int(n)
+
+    # ------------------------------------------------------------------ input walk
+
+    def walk_begin(self) -> None:
+        """A walk over the whole input starts: the ids it sees go into a temp table (SQLite keeps it
+        in its temp store, paged out to a file, so memory stays flat however large the input)."""
+        self.db.execute("CREATE TEMP TABLE IF NOT EXISTS _walked (id TEXT PRIMARY KEY) WITHOUT ROWID")
+        self.db.execute("DELETE FROM _walked")
+
+    def walk_saw(self, ids: Sequence[str]) -> None:
+        """Ids the walk met: one statement per chunk, the ids as one JSON array (SQLite's json_each
+        unpacks it in C: a third of what a row per id through executemany costs)."""
+        self.db.execute(
+            "INSERT OR IGNORE INTO temp._walked SELECT value FROM json_each(?)", (json.dumps(ids, ensure_ascii=False),)
+        )
+
+    _GONE = "FROM records WHERE NOT tombstone AND id NOT IN (SELECT id FROM temp._walked)"
+
+    def walk_missing(self) -> int:
+        """Current records (tombstones aside) whose id the walk did not meet: their input is gone."""
+        [(n,)] = self._rows(f"SELECT count(*) {self._GONE}")
+        return int(n)
+
+    def walk_missing_parts(self) -> list[str]:
+        """The parts holding those records, in order."""
+        return [r[0] for r in self._rows(f"SELECT DISTINCT part {self._GONE} ORDER BY part")]
+
+    def walk_missing_rows(self, part: str) -> dict[int, tuple[str, str]]:
+        """Row → (id, task) of those records in one part."""
+        rows = self._rows(f"SELECT row, id, task {self._GONE} AND part = ?", (part,))
+        return {r[0]: (r[1], r[2]) for r in rows}
+
+    def walk_end(self) -> None:
+        """Forget the walk's ids."""
+        self.db.execute("DROP TABLE IF EXISTS temp._walked")
 
     def commit_times(self) -> list[tuple[float, int]]:
         """(committed_at, records) of every part, in commit order (the report's timeline)."""
@@ -357,18 +501,45 @@ class OutIndex:
 
     # ------------------------------------------------------------------------ files
 
-    def file_facts_many(self, stats: dict[str, FileStat]) -> dict[str, FileFacts]:
-        """The hashes of the input files whose stat shows them unchanged since they were read."""
+    def file_facts_many(self, stats: dict[str, FileStat], racy: set[str] | None = None) -> dict[str, FileFacts]:
+        """The hashes of the input files whose stat shows them unchanged since they were read;
+        `racy` gets the paths whose stat is unchanged but too close to their read to vouch."""
         out: dict[str, FileFacts] = {}
-        q = "SELECT path, size, mtime_ns, ino, dev, sha256, has_audio, hashed_at_ns FROM files WHERE path"
-        for row in self._rows_in(q, list(stats)):
-            st = stats[row[0]]
-            if FileStat(*row[1:5]) != st:
+        q = "SELECT path, size, mtime_ns, ino, dev, sha256, has_audio, hashed_at_ns FROM files"
+        for path, size, mtime_ns, ino, dev, sha256, has_audio, hashed_at_ns in self._rows_of(q, "path", list(stats)):
+            st = stats[path]
+            if (size, mtime_ns, ino, dev) != (st.size, st.mtime_ns, st.ino, st.dev):
                 continue
-            if st.mtime_ns + RACY_NS >= row[7]:  # modified too close to being read: can't trust the stat
+            if mtime_ns + RACY_NS >= hashed_at_ns:  # modified too close to being read: can't trust the stat
+                if racy is not None:
+                    racy.add(path)
                 continue
-            out[row[0]] = FileFacts(row[5], None if row[6] is None else bool(row[6]))
+            out[path] = FileFacts(sha256, None if has_audio is None else bool(has_audio))
         return out
+
+    def moved_facts_many(self, stats: dict[str, FileStat]) -> dict[str, FileFacts]:
+        """The hashes of input files seen under another path with the same inode, device, size and
+        mtime_ns (a move or rename keeps all four): known without reading, as the same file. The
+        racy case is left out as for `file_facts_many`."""
+        by_inode = {(st.dev, st.ino): (path, st) for path, st in stats.items()}
+        q = "SELECT dev, ino, size, mtime_ns, sha256, has_audio, hashed_at_ns FROM files WHERE (dev, ino)"
+        out: dict[str, FileFacts] = {}
+        pairs = list(by_inode)
+        for start in range(0, len(pairs), 250):
+            part = pairs[start : start + 250]
+            sql = f"{q} IN (VALUES {','.join(['(?, ?)'] * len(part))})"
+            for dev, ino, size, mtime_ns, sha, has_audio, hashed_at in self._rows(sql, [v for p in part for v in p]):
+                path, st = by_inode[(dev, ino)]
+                if (size, mtime_ns) != (st.size, st.mtime_ns) or st.mtime_ns + RACY_NS >= hashed_at:
+                    continue
+                out[path] = FileFacts(sha, None if has_audio is None else bool(has_audio))
+                self.remember_file(path, st, out[path], hashed_at)  # found by its path next time
+        return out
+
+    def known_sizes(self, sizes: Sequence[int]) -> set[int]:
+        """Which of these sizes an input file OUT read had: a new file of another size cannot be a
+        copy of one (so it is not hashed before its turn in the decode workers)."""
+        return {r[0] for r in self._rows_in("SELECT DISTINCT size FROM files WHERE size", sorted(set(sizes)))}
 
     def remember_file(self, path: str, st: FileStat, facts: FileFacts, hashed_at_ns: int) -> None:
         """Queue a file's facts; written with the next flush (a hint: losing it costs a read)."""

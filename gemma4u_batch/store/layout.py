@@ -23,12 +23,16 @@ COMPLETE = f"{META_DIR}/complete.json"
 SHARDS = f"{META_DIR}/shards"
 STOP = f"{META_DIR}/stop"
 """A Ray driver asks its replicas to commit what finished and return by creating it."""
+INPUTS = f"{META_DIR}/inputs.json"
+"""What the last run that walked the whole input found: current records whose input is gone."""
 
 # Folders under OUT that table readers skip: pyarrow (and so pandas) ignore names starting
 # with "_" or ".", `datasets` ignores folders starting with "__" or ".". The table's data
 # files sit directly under OUT; JSONL goes here when Parquet is the table (--format both).
 JSONL_DIR = "__jsonl__"
-DATA_DIRS = ("", JSONL_DIR)
+TOMBSTONES_DIR = "__tombstones__"
+"""Tombstone parts (--prune), JSONL only: current records of their (id, task), never in the table."""
+DATA_DIRS = ("", JSONL_DIR, TOMBSTONES_DIR)
 """Where data files may be, relative to OUT (old OUTs: everything directly under OUT)."""
 
 TRANSCRIPTS_DIR = "__transcripts__"
@@ -39,6 +43,17 @@ def data_file_name(part: str, fmt: str, formats: tuple[str, ...] | list[str]) ->
     JSONL under `__jsonl__/` when the part also has Parquet."""
     name = f"{part}.{fmt}"
     return f"{JSONL_DIR}/{name}" if fmt == "jsonl" and "parquet" in formats else name
+
+
+def tombstone_file_name(part: str) -> str:
+    """A tombstone part's one data file: JSONL under `__tombstones__/`, which table readers skip."""
+    return f"{TOMBSTONES_DIR}/{part}.jsonl"
+
+
+def is_tombstone_part(part: dict[str, Any]) -> bool:
+    """Whether a committed part (its marker) holds tombstones: its files are under `__tombstones__/`."""
+    files = part.get("files") or ()
+    return bool(files) and all(f.startswith(f"{TOMBSTONES_DIR}/") for f in files)
 
 
 @dataclass(frozen=True)

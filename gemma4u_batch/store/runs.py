@@ -3,6 +3,7 @@ manifest and the completion markers (the data itself is the writer's and the led
 
 from __future__ import annotations
 
+import json
 import posixpath
 import shutil
 import socket
@@ -15,7 +16,7 @@ from .. import __version__
 from ..config.job import JobConfig
 from ..prompting.keys import fingerprint_note
 from ..sources.locations import redact
-from .layout import COMMITS, COMPLETE, DATA_DIRS, RUN_MANIFEST, SHARDS, TRANSCRIPTS_DIR, OutLayout
+from .layout import COMMITS, COMPLETE, DATA_DIRS, INPUTS, RUN_MANIFEST, SHARDS, TRANSCRIPTS_DIR, OutLayout
 from .lock import shard_markers, shard_name
 from .writer import json_bytes
 
@@ -36,6 +37,7 @@ def wipe(layout: OutLayout) -> None:
     removed on the next open), never a marker without its data."""
     files = layout.files
     files.delete(COMPLETE)
+    files.delete(INPUTS)
     for name in files.list(COMMITS):
         files.delete(f"{COMMITS}/{name}")
     files.delete(RUN_MANIFEST)
@@ -87,6 +89,21 @@ def run_manifest(config: JobConfig, guard: dict[str, Any], engine_notes: dict[st
     }
 
 
+def model_history(old: dict[str, Any] | None, fingerprint: str, commit: str | None) -> dict[str, Any]:
+    """What run.json keeps of the models across runs: `previous_model_fingerprints`, the
+    fingerprints OUT was made with before this run's (oldest first; their records stay current
+    until redone, --on-model-change supersede), and `model_commit`, the hub commit OUT is pinned
+    to. Carried from the run.json before, so a stop and a resume keep them."""
+    before = [f for f in (old or {}).get("previous_model_fingerprints") or [] if isinstance(f, str)]
+    last = (old or {}).get("model_fingerprint")
+    if isinstance(last, str) and last != fingerprint:
+        before = [f for f in before if f != last] + [last]
+    out: dict[str, Any] = {"previous_model_fingerprints": [f for f in before if f != fingerprint]}
+    if commit is not None:
+        out["model_commit"] = commit
+    return out
+
+
 def shown_config(config: JobConfig) -> dict[str, Any]:
     """The config as run.json keeps it: a URL's credentials (user:password, a signed query
     string) taken out, since OUT is shared and read by others."""
@@ -117,8 +134,20 @@ def write_run_manifest(layout: OutLayout, shard: tuple[int, int] | None, manifes
             _forget_shards(layout)
         files.delete(shard_name(shard, "done.json"))
         files.delete(COMPLETE)
-    if not layout.files.exists(RUN_MANIFEST):
+    if _model_moved(layout, manifest):  # the job's first shard, or one that changes its model
         files.put(RUN_MANIFEST, json_bytes(manifest))
+
+
+def _model_moved(layout: OutLayout, manifest: dict[str, Any]) -> bool:
+    """Whether OUT's run.json is missing or names another guard or pinned commit than a shard's
+    `manifest` (a model change the shard was allowed to make: later runs compare with it)."""
+    try:
+        old = json.loads(layout.files.read(RUN_MANIFEST))
+    except FileNotFoundError:
+        return True
+    except (OSError, ValueError):
+        return False
+    return bool(old.get("guard") != manifest["guard"] or old.get("model_commit") != manifest.get("model_commit"))
 
 
 def _forget_shards(layout: OutLayout) -> None:
@@ -143,4 +172,19 @@ def mark_done(layout: OutLayout, shard: tuple[int, int] | None, done: dict[str, 
         files.put(shard_name(shard, "done.json"), json_bytes(done))
         have = set(files.list(SHARDS))
         if all(f"{i}-of-{n}.done.json" in have for i in range(n)):
-            files.put(COMPLETE, json_bytes({**done, "shards": n}))
+            shards = [layout.read_json(f"{SHARDS}/{i}-of-{n}.done.json") or {} for i in range(n)]
+            files.put(COMPLETE, json_bytes({**done, **_whole_job(shards), "shards": n}))
+
+
+def _whole_job(shards: list[dict[str, Any]]) -> dict[str, Any]:
+    """The job's span and records from its shards' done markers (status's throughput): the first
+    shard's start, the last one's finish, every shard's records."""
+    starts = [s["started_at"] for s in shards if isinstance(s.get("started_at"), int | float)]
+    ends = [s["finished_at"] for s in shards if isinstance(s.get("finished_at"), int | float)]
+    if len(starts) < len(shards) or len(ends) < len(shards):
+        return {"records_this_run": None}  # a shard finished by an older gemma4u: the span is unknown
+    return {
+        "started_at": min(starts),
+        "finished_at": max(ends),
+        "records_this_run": sum(int(s.get("records_this_run") or 0) for s in shards),
+    }

@@ -43,6 +43,12 @@ COLUMN_DOCS: dict[str, str] = {
     "flags": "quality flags: token_cap (hit --max-tokens), empty, repetition",
     "retried": "true when a flagged output was regenerated with retry_flagged sampling",
     "supersedes": "key of the earlier record of this id that this one replaces (changed input, --retry-errors)",
+    "reused_from": (
+        "id of the record this one was copied from: same content key (a moved, renamed or copied input), "
+        "made without the engine; null when generated"
+    ),
+    "model_fingerprint": "the model (and its revision or files) the text was made with; null before it was kept",
+    "tombstone": "true when the input no longer exists and --prune retired its record (text and data null)",
     "fields": "extra manifest/dataset columns (JSON object; a JSON string in Parquet)",
     "run_id": "the run that wrote this record (also in .gemma4u/run.json)",
     "created_at": "when the record was made (UTC; ISO 8601 in JSONL, a timestamp in Parquet)",
@@ -97,6 +103,9 @@ def arrow_schema(data_schema: dict[str, Any] | None = None) -> Any:
             ("flags", pa.list_(pa.string())),
             ("retried", pa.bool_()),
             ("supersedes", pa.string()),
+            ("reused_from", pa.string()),
+            ("model_fingerprint", pa.string()),
+            ("tombstone", pa.bool_()),
             ("fields", pa.string()),
             ("run_id", pa.string()),
             ("created_at", pa.timestamp("us", tz="UTC")),

@@ -30,7 +30,7 @@ from ..atomic import lock_held
 from ..decode.spill import remove_stale_spill_dirs
 from ..errors import OutputError
 from ..records import OutputRecord
-from .layout import COMMITS, DATA_DIRS, WRITERS, OutLayout, data_file_name
+from .layout import COMMITS, DATA_DIRS, WRITERS, OutLayout, data_file_name, tombstone_file_name
 from .lease import Lease, lease_holder
 
 
@@ -162,11 +162,19 @@ class PartWriter:
                 f"lost the lease on {self.layout.where} (this process stalled longer than the lease): "
                 f"{len(self._buffer)} finished record(s) not committed; rerun to resume"
             )
-        records = [r.to_dict() for r in self._buffer]
+        # Tombstones (--prune) are committed as parts of their own, JSONL under __tombstones__/,
+        # so the table's data files never hold one.
+        for tomb in (False, True):
+            batch = [r.to_dict() for r in self._buffer if r.tombstone is tomb]
+            if batch:
+                self._commit_part(batch, tomb)
+                self._buffer = [r for r in self._buffer if r.tombstone is not tomb]
+
+    def _commit_part(self, records: list[dict[str, Any]], tombstones: bool) -> None:
         part = f"part-{self.writer_id}-{self._seq:05d}"
         files: list[str] = []
-        for fmt in self.formats:
-            name = data_file_name(part, fmt, self.formats)
+        for fmt in ("jsonl",) if tombstones else self.formats:
+            name = tombstone_file_name(part) if tombstones else data_file_name(part, fmt, self.formats)
             payload = _jsonl_bytes(records) if fmt == "jsonl" else _parquet_bytes(records, self.parquet_metadata)
             self.layout.files.put(name, payload)
             files.append(name)
@@ -182,7 +190,6 @@ class PartWriter:
             raise RuntimeError(f"part {part} was committed twice (writer ids are unique)")
         self._seq += 1
         self.committed_records += len(records)
-        self._buffer.clear()
         if self.on_commit is not None:
             self.on_commit(marker, records)
 
