@@ -19,10 +19,13 @@ first run and the 1% rerun when OUT exists (a 1M OUT takes minutes to make: make
 times the no-op rerun `--repeat` times (medians reported, with peak RSS);
 `--breakdown` adds, in this process, the CPU µs per file of each stage of the no-op pass
 (the walk, the walk and one `stat` per file, the whole quick check), the index's open and
-the start of the CLI (`gemma4u --version` and `--help` of caption: imports).
+the start of the CLI (`gemma4u --version` and `--help` of caption: imports). With
+`--noop-only --code OLD --code .` the no-op reruns alternate between the checkouts (a git
+worktree of an older commit as OLD), reported as medians and ratios to the first: on a shared
+machine whose speed drifts from minute to minute, the ratio is what one run can show.
 
 usage: python -m benchmarks.rerun N WORKDIR [--model DIR] [--result out.json]
-           [--busy-core] [--noop-only] [--repeat K] [--breakdown]
+           [--busy-core] [--noop-only] [--repeat K] [--breakdown] [--code DIR ...]
 """
 
 from __future__ import annotations
@@ -55,11 +58,17 @@ def make_files(root: Path, n: int) -> None:
         os.utime(path, (past, past))
 
 
-def timed(args: list[str]) -> dict[str, Any]:
-    """Wall seconds, CPU seconds (user+sys of the command and its children) and peak RSS (MB)."""
+def timed(args: list[str], code: Path | None = None) -> dict[str, Any]:
+    """Wall seconds, CPU seconds (user+sys of the command and its children) and peak RSS (MB).
+    With `code`, the gemma4u command runs from that checkout (PYTHONPATH, from an empty folder)."""
+    env, cwd = None, None
+    if code is not None:
+        env = {**os.environ, "PYTHONPATH": str(code)}
+        args = [sys.executable, "-c", "from gemma4u_batch.cli import main; main()", *args[1:]]
+        cwd = tempfile.gettempdir()
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         t0 = time.monotonic()
-        proc = subprocess.Popen(args, stdout=out, stderr=err, text=True)
+        proc = subprocess.Popen(args, stdout=out, stderr=err, text=True, env=env, cwd=cwd)
         _, status, usage = os.wait4(proc.pid, 0)  # the process tree's own usage, reaped here
         wall = time.monotonic() - t0
         proc.returncode = os.waitstatus_to_exitcode(status)
@@ -97,6 +106,23 @@ def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return {k: statistics.median(r[k] for r in runs) for k in keys} | {"runs": [r["wall_s"] for r in runs]}
 
 
+def compare(cmd: list[str], trees: list[Path], repeat: int, busy: bool) -> list[dict[str, Any]]:
+    """The no-op rerun under each code tree, alternating (A B A B …, so a slower spell of a shared
+    machine falls on both), after one warm-up run each: medians, and their ratios to the first."""
+    runs: dict[Path, list[dict[str, Any]]] = {t: [] for t in trees}
+    with busy_core(busy):
+        for tree in trees:
+            timed(cmd, tree)  # warm-up: the page cache holds the walk and the index for every tree alike
+        for _ in range(max(1, repeat)):
+            for tree in trees:
+                runs[tree].append(timed(cmd, tree))
+    rows = [{"code": str(t), **median_of(runs[t])} for t in trees]
+    for row in rows:
+        row["wall_ratio"] = round(row["wall_s"] / rows[0]["wall_s"], 3)
+        row["cpu_ratio"] = round(row["cpu_s"] / rows[0]["cpu_s"], 3)
+    return rows
+
+
 def breakdown(inp: Path, out: Path, model: Path) -> dict[str, Any]:
     """CPU µs per file of each stage of a no-op pass, in this process (cumulative stages)."""
     from gemma4u_batch.config.job import JobConfig
@@ -115,11 +141,12 @@ def breakdown(inp: Path, out: Path, model: Path) -> dict[str, Any]:
         return time.process_time()
 
     t = cpu()
-    n = sum(1 for _ in JobInput(config).items())
+    n = sum(len(chunk) for chunk in JobInput(config).chunks())
     res["walk_us"] = round((cpu() - t) / n * 1e6, 2)
     t = cpu()
-    for item in JobInput(config).items():
-        os.stat(item.path)  # type: ignore[arg-type]
+    for chunk in JobInput(config).chunks():
+        for path in chunk.files:
+            os.stat(path)  # type: ignore[arg-type]
     res["walk_stat_us"] = round((cpu() - t) / n * 1e6, 2)
     t = cpu()
     index = OutIndex(OutLayout(out)).open()
@@ -134,7 +161,7 @@ def breakdown(inp: Path, out: Path, model: Path) -> dict[str, Any]:
         skipped += k
 
     t = cpu()
-    pending = sum(1 for _ in quick.pending(iter(JobInput(config).items()), skip, lambda: None))
+    pending = sum(1 for _ in quick.pending(JobInput(config).chunks(), skip, lambda surely: None))
     res["quick_check_us"] = round((cpu() - t) / n * 1e6, 2)
     index.close()
     res["files"], res["skipped"], res["pending"] = n, skipped, pending
@@ -153,6 +180,14 @@ def main() -> int:
     ap.add_argument("--noop-only", action="store_true", help="OUT exists: time the no-op rerun (and status) only")
     ap.add_argument("--repeat", type=int, default=1, help="no-op reruns to time (medians reported)")
     ap.add_argument("--breakdown", action="store_true", help="CPU µs per file of each stage, in this process")
+    ap.add_argument(
+        "--code",
+        type=Path,
+        action="append",
+        default=[],
+        help="with --noop-only: a checkout to run (repeatable); the no-op reruns alternate between them, "
+        "and each one's median is given with its ratio to the first's",
+    )
     a = ap.parse_args()
     a.workdir.mkdir(parents=True, exist_ok=True)
     model = a.model or a.workdir / "tiny"
@@ -180,6 +215,12 @@ def main() -> int:
     noop_only = a.noop_only and (out / ".gemma4u").is_dir()
     if not noop_only:
         res["first_run"] = {k: v for k, v in timed([*cmd, "--overwrite"]).items() if k != "stdout"}
+    if noop_only and a.code:
+        res["noop_rerun_by_code"] = compare(cmd, [c.resolve() for c in a.code], a.repeat, a.busy_core)
+        print(json.dumps(res, indent=2))
+        if a.result:
+            a.result.write_text(json.dumps(res, indent=2))
+        return 0
     with busy_core(a.busy_core):
         res["noop_rerun"] = median_of([timed(cmd) for _ in range(max(1, a.repeat))])
         st = timed([GEMMA4U, "status", str(out), "--json", "--no-count-pending"])

@@ -5,9 +5,9 @@ Dicts appear only at the edges (manifest rows in, JSON/Parquet out).
 
 from __future__ import annotations
 
+import os
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from enum import StrEnum
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -56,7 +56,7 @@ class WorkItem:
     id: str
     source: str
     modality: Modality | None
-    path: Path | None = None
+    path: str | None = None  # a local file, as the OS takes it (a walk makes a million: no Path)
     data: bytes | None = None
     prompt: str | None = None
     task: str | None = None
@@ -66,21 +66,28 @@ class WorkItem:
     stat: ObjectStat | None = None
     known: Known | None = None
 
+    def __post_init__(self) -> None:
+        if self.path is not None and not isinstance(self.path, str):
+            object.__setattr__(self, "path", os.fspath(self.path))  # a Path given: kept as its text
+
     @classmethod
-    def file(cls, id: str, source: str, modality: Modality, path: Path) -> WorkItem:
+    def file(cls, id: str, source: str, modality: Modality, path: str) -> WorkItem:
         """`WorkItem(id=…, source=…, modality=…, path=…)`, the same item, made by filling its
         attributes at once: a folder's walk makes one per file, and the frozen dataclass's
         `__init__` (a guarded `setattr` per field) was a tenth of a no-op rerun's time."""
-        item = object.__new__(cls)
-        attrs = item.__dict__
-        attrs.update(_WORK_ITEM_DEFAULTS, id=id, source=source, modality=modality, path=path)
-        for name, make in _WORK_ITEM_FACTORIES:
-            attrs[name] = make()
+        item = _new_object(cls)
+        attrs = _WORK_ITEM_DEFAULTS.copy()
+        attrs["id"], attrs["source"], attrs["modality"], attrs["path"] = id, source, modality, path
+        attrs["fields"] = {}  # the one field with a default factory (checked below)
+        _set_attr(item, "__dict__", attrs)
         return item
 
 
 _WORK_ITEM_DEFAULTS = {f.name: f.default for f in fields(WorkItem) if f.default is not MISSING}
-_WORK_ITEM_FACTORIES = [(f.name, f.default_factory) for f in fields(WorkItem) if f.default_factory is not MISSING]
+if [f.name for f in fields(WorkItem) if f.default_factory is not MISSING] != ["fields"]:
+    raise TypeError("WorkItem.file fills `fields` only: give a new factory field its value there")
+_new_object = object.__new__
+_set_attr = object.__setattr__
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from PIL import Image
 from gemma4u_batch.decode.workers import DecodePool
 from gemma4u_batch.engine.fake import FakeEngine
 from gemma4u_batch.store import compaction as compact_mod
-from gemma4u_batch.store.index import FileStat, OutIndex
+from gemma4u_batch.store.index import OutIndex
 from gemma4u_batch.store.layout import OutLayout
 from gemma4u_batch.store.ledger import read_status
 from gemma4u_batch.store.writer import committed_parts
@@ -507,9 +507,9 @@ def test_chunk_lookups_answer_exactly_the_asked_ids_scattered_or_not(tmp_path: P
         scattered = ids[::13]  # 10 ids whose range holds 120 rows: more than a range scan may read
         random.Random(0).shuffle(scattered)
         for asked in (ids[5:40], scattered, [*ids[::13][:9], "a/missing.png", "zz/none.png"]):
-            got = index.get_many([(i, "caption") for i in asked])
+            got = index.get_many(asked)
             assert set(got) == {(i, "caption") for i in asked if i in ids}
             assert got == {(i, "caption"): index.get(i, "caption") for i in asked if i in ids}
-            paths = {str((inp / i).resolve()): None for i in asked}
-            stats = {p: FileStat.of(os.stat(p)) for p in paths if os.path.exists(p)}
-            assert set(index.file_facts_many(stats)) == set(stats)
+            paths = [str((inp / i).resolve()) for i in asked]
+            facts, changed = index.unchanged_files(paths)
+            assert set(facts) == {p for p in paths if os.path.exists(p)} and not changed

@@ -129,7 +129,7 @@ def test_media_policy(tmp_path: Path) -> None:
     inline = policy.item(MediaRef("image", uri), "1:0")
     assert inline.data == img and inline.modality == Modality.IMAGE and inline.path is None
     local = policy.item(MediaRef("audio", f"file://{tmp_path}/media/p.png"), "1:1")
-    assert local.path == (tmp_path / "media" / "p.png").resolve() and local.data is None
+    assert local.path == str((tmp_path / "media" / "p.png").resolve()) and local.data is None
     (tmp_path / "secret.png").write_bytes(img)
     for url, why in [
         (f"file://{tmp_path}/secret.png", "outside --allowed-local-media-path"),

@@ -82,11 +82,45 @@ def test_folder_recursive_order_hidden_and_symlinks(tmp_path):
     items = list(FolderSource(root))
     assert [i.id for i in items] == ["a/c.wav", "a/z.mp4", "b.png", "link_in.png"]
     assert [i.modality for i in items] == [Modality.AUDIO, Modality.VIDEO, Modality.IMAGE, Modality.IMAGE]
-    assert items[3].path.read_bytes() == png_bytes()
+    assert Path(items[3].path).read_bytes() == png_bytes()
     assert all(i.error is None for i in items)
 
     only_audio = list(FolderSource(root, modalities=frozenset({Modality.AUDIO})))
     assert [i.id for i in only_audio] == ["a/c.wav"]
+
+
+def test_folder_chunks_are_the_items_as_columns(tmp_path, monkeypatch):
+    """A folder is walked into chunks (what the quick check decides on without an item per
+    file): a run of one folder's files up to the next subfolder, at most CHUNK_ITEMS; their
+    items are the items iteration gives; sources as INPUT names them, files absolute."""
+    from gemma4u_batch.sources import folder as folder_module
+    from gemma4u_batch.sources.chunks import Chunk
+
+    root = tmp_path / "root"
+    (root / "m").mkdir(parents=True)
+    for name in ("a1.png", "a2.wav", "m/y.png", "z.mp4", ".hidden.png", "notes.txt"):
+        (root / name).write_bytes(b"x")
+    chunks = list(FolderSource(root).chunks())
+    assert [c.ids for c in chunks] == [["a1.png", "a2.wav"], ["m/y.png"], ["z.mp4"]]
+    assert [c.item(i) for c in chunks for i in range(len(c))] == list(FolderSource(root))
+    assert chunks[0].modalities == [Modality.IMAGE, Modality.AUDIO] and not chunks[0].others
+
+    monkeypatch.chdir(tmp_path)
+    for given, prefix in ((Path("root"), "root/"), (Path("root/"), "root/"), (Path("root/m/.."), "root/m/../")):
+        [first, *_] = FolderSource(given).chunks()
+        assert first.item(0).source == f"{prefix}a1.png"  # as INPUT names it
+        assert first.files[0] == str(root / "a1.png")  # the stat cache's key: absolute and normal
+    monkeypatch.chdir(root)
+    [first, *_] = FolderSource(Path(".")).chunks()
+    assert first.item(0).source == "a1.png" and first.files[0] == str(root / "a1.png")
+
+    monkeypatch.setattr(folder_module, "CHUNK_ITEMS", 2)
+    for i in range(5):
+        (root / "m" / f"w{i}.png").write_bytes(b"x")
+    assert [len(c) for c in FolderSource(root / "m").chunks()] == [2, 2, 2]
+
+    speech = Chunk.of_files(["v.mp4"], ["v.mp4"], [str(root / "z.mp4")], [Modality.VIDEO]).sent_as_audio()
+    assert speech.modalities == [Modality.AUDIO] and speech.item(0).modality is Modality.AUDIO
 
 
 # ------------------------------------------------------------------------- manifest
@@ -157,7 +191,7 @@ def test_manifest_jsonl_good_and_bad_rows(media):
 
     good = it["a"]
     assert good.error is None
-    assert good.path == Path(os.path.realpath(media / "img1.png"))
+    assert good.path == os.path.realpath(media / "img1.png")
     assert good.modality is Modality.IMAGE
     assert good.prompt == "Describe" and good.task == "caption"
     assert good.fields == {"caption": "x", "n": 3}
@@ -175,13 +209,13 @@ def test_manifest_jsonl_good_and_bad_rows(media):
     assert it["weird.xyz"].error == "manifest line 8: unknown media type for extension '.xyz'"
     wav = it["5"]
     assert wav.error is None and wav.modality is Modality.AUDIO
-    assert wav.path.read_bytes() == wav_bytes()
+    assert Path(wav.path).read_bytes() == wav_bytes()
     assert wav.fields == {"meta": {"k": [1, 2.5]}}
     assert it["clip.bin"].error is None and it["clip.bin"].modality is Modality.VIDEO
     assert it["h"].error.startswith("manifest line 11: unknown modality 'hologram'")
     assert it["list.jsonl:line12"].error == "manifest line 12: path in 'path' must be a string, got int"
     assert it["list.jsonl:line13"].error == "manifest line 13: empty path in 'path'"
-    assert it["sub/snd.wav"].error is None and it["sub/snd.wav"].path == Path(abs_wav).resolve()
+    assert it["sub/snd.wav"].error is None and it["sub/snd.wav"].path == str(Path(abs_wav).resolve())
 
     # Iterating again gives the same items (deterministic, nothing consumed).
     assert [i.id for i in src] == ids
@@ -199,8 +233,8 @@ def test_manifest_allow_roots_and_symlink_escape(media, tmp_path):
 
     allowed = list(ManifestSource(manifest, allow_roots=[tmp_path]))
     assert [i.error for i in allowed] == [None, None, None]
-    assert allowed[0].path == (tmp_path / "outside.png").resolve()
-    assert allowed[1].path.read_bytes() == png_bytes("blue")
+    assert allowed[0].path == str((tmp_path / "outside.png").resolve())
+    assert Path(allowed[1].path).read_bytes() == png_bytes("blue")
 
 
 def test_manifest_modality_filter_skips_not_errors(media):
@@ -261,8 +295,8 @@ def test_manifest_csv(media):
     assert one.error is None and one.prompt is None and one.task is None
     assert one.fields == {"speaker": "alice"}
     assert two.prompt == "Transcribe\nthis" and two.task == "transcribe" and two.modality is Modality.AUDIO
-    assert two.path.read_bytes() == wav_bytes()
-    assert three.error is None and three.path == abs_img.resolve() and three.prompt == "Caption it"
+    assert Path(two.path).read_bytes() == wav_bytes()
+    assert three.error is None and three.path == str(abs_img.resolve()) and three.prompt == "Caption it"
     assert three.source == f"{manifest}:5"
     assert bad.error == "manifest line 7: row has 6 fields but the header has 5"
     assert outside.error.startswith("manifest line 8: path '../outside.png' is outside")
@@ -297,7 +331,7 @@ def test_manifest_parquet(media, tmp_path):
     assert [i.id for i in items] == ["p1", "p2", str(media / "clip.mp4"), "p4"]
     p1, p2, clip, p4 = items
     assert p1.error is None and p1.fields == {"score": 0.5, "tags": ["a"]}
-    assert p1.path.read_bytes() == png_bytes()
+    assert Path(p1.path).read_bytes() == png_bytes()
     assert p2.error == "manifest row 2: empty path in 'image'"
     assert clip.modality is Modality.VIDEO and clip.prompt == "What happens?" and clip.fields["score"] is None
     assert clip.source == f"{manifest}:3"
@@ -368,11 +402,11 @@ def test_column_chooses_the_manifest_media_column(tmp_path: Path) -> None:
     man = tmp_path / "m.jsonl"
     # `image` would be picked by name; --column media says the media is elsewhere.
     man.write_text(json.dumps({"id": "x", "image": "a.png", "media": "b.jpg"}) + "\n")
-    assert next(iter(open_source(man))).path.name == "a.png"
-    assert next(iter(open_source(man, column="media"))).path.name == "b.jpg"
+    assert Path(next(iter(open_source(man))).path).name == "a.png"
+    assert Path(next(iter(open_source(man, column="media"))).path).name == "b.jpg"
     csv = tmp_path / "m.csv"
     csv.write_text("id,image,media\nx,a.png,b.jpg\n")
-    assert next(iter(open_source(csv, column="media"))).path.name == "b.jpg"
+    assert Path(next(iter(open_source(csv, column="media"))).path).name == "b.jpg"
     with pytest.raises(UsageError, match=r"path column 'nope' not found .*--column"):
         open_source(csv, column="nope")
     bare = tmp_path / "bare.csv"
@@ -464,8 +498,8 @@ def test_saved_dataset_string_path_column_relative_to_root(tmp_path):
     )
     items = list(DatasetSource(folder))
     assert [i.id for i in items] == ["1", "2", "3", "1#dup3"]
-    assert items[0].path == folder / "x.png" and items[0].modality is Modality.IMAGE
-    assert items[1].path == folder / "sub" / "y.wav" and items[1].modality is Modality.AUDIO
+    assert items[0].path == str(folder / "x.png") and items[0].modality is Modality.IMAGE
+    assert items[1].path == str(folder / "sub" / "y.wav") and items[1].modality is Modality.AUDIO
     assert items[2].error == "row 2: empty media cell"
     assert items[3].error == "row 3: duplicate id '1' (first on row 0)"
 
@@ -506,7 +540,7 @@ def test_imagefolder_loader(tmp_path):
     items = list(DatasetSource(f"imagefolder:{folder}"))
     assert [i.id for i in items] == ["train/00000000", "train/00000001"]
     assert all(i.modality is Modality.IMAGE and i.error is None for i in items)
-    got = {str(i.path.relative_to(folder)): (i.path.read_bytes(), i.fields) for i in items}
+    got = {str(Path(i.path).relative_to(folder)): (Path(i.path).read_bytes(), i.fields) for i in items}
     assert got == {
         "a.png": (originals["a.png"], {"caption": "red square"}),
         "sub/b.png": (originals["sub/b.png"], {"caption": "blue square"}),

@@ -159,12 +159,8 @@ def check_line(line: BatchLine, served_names: list[str]) -> tuple[Any | None, di
         body = ChatCompletionRequest.model_validate(raw["body"])
     except pydantic.ValidationError as exc:
         return None, invalid_body(line, exc)
-    if (error := model_error(line, body.model, served_names)) is not None:
+    if (error := request_error(line, body, served_names)) is not None:
         return None, error
-    if body.stream:
-        return None, error_output(line.custom_id, STREAM_REFUSED)
-    if body.use_beam_search:
-        return None, error_output(line.custom_id, BEAM_SEARCH_REFUSED)
     asked = [name for name in UNSUPPORTED_CHAT if getattr(body, name, None)]
     if body.echo and body.logprobs:
         asked.append("echo with logprobs (the prompt's log-probabilities)")
@@ -179,6 +175,18 @@ says so rather than an answer without them)."""
 
 
 BEAM_SEARCH_REFUSED = "beam search is not supported by gemma4u run-batch"
+
+
+def request_error(line: BatchLine, body: Any, served_names: list[str]) -> dict[str, Any] | None:
+    """The error line of a valid body run-batch refuses (chat and speech alike), in its order:
+    another model, streaming, beam search; else None."""
+    if (error := model_error(line, body.model, served_names)) is not None:
+        return error
+    if body.stream:
+        return error_output(line.custom_id, STREAM_REFUSED)
+    if body.use_beam_search:
+        return error_output(line.custom_id, BEAM_SEARCH_REFUSED)
+    return None
 
 
 def shape_error(line: BatchLine) -> dict[str, Any] | None:

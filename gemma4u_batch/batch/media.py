@@ -51,7 +51,7 @@ class MediaPolicy:
         if scheme == "data":
             return WorkItem(item_id, "data: URI", modality, data=self._data_uri(url))
         if scheme == "file":
-            return WorkItem(item_id, url, modality, path=self._local(url))
+            return WorkItem(item_id, url, modality, path=str(self._local(url)))
         if scheme in EXTRAS:  # http(s), object stores, the Hub: fetched by the worker
             if not self.allow_network:
                 raise ItemError("network_media", f"{scheme} media is off; pass --allow-network-media to fetch it")

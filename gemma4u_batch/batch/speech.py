@@ -34,9 +34,7 @@ from ..prompting.units import SAMPLE_RATE, EngineRequest, Unit, record_language,
 from ..records import Generation, WorkItem
 from ..store.subtitles import to_srt, to_vtt
 from .lines import (
-    BEAM_SEARCH_REFUSED,
     SPEECH_URLS,
-    STREAM_REFUSED,
     BatchLine,
     completion_output,
     error_output,
@@ -44,7 +42,7 @@ from .lines import (
     invalid_body,
     max_tokens_for,
     media_error,
-    model_error,
+    request_error,
     shape_error,
 )
 from .media import MediaPolicy, MediaRef
@@ -99,12 +97,8 @@ def check_speech_line(line: BatchLine, served_names: list[str]) -> tuple[SpeechB
         return None, invalid_body(line, exc)
     except VLLMValidationError as exc:  # vLLM's own validators (a `file` field, stream options)
         return None, error_output(line.custom_id, f"invalid body: {str(exc).split(' (parameter=')[0]}")
-    if (error := model_error(line, request.model, served_names)) is not None:
+    if (error := request_error(line, request, served_names)) is not None:
         return None, error
-    if request.stream:
-        return None, error_output(line.custom_id, STREAM_REFUSED)
-    if request.use_beam_search:
-        return None, error_output(line.custom_id, BEAM_SEARCH_REFUSED)
     if request.response_format == "diarized_json":  # vLLM's message for a model without diarization
         msg = f"Currently do not support diarized_json for {request.model or served_names[0]}"
         return None, error_output(line.custom_id, error_response(msg, "BadRequestError", 400))

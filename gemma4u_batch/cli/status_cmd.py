@@ -99,6 +99,6 @@ def _count_pending(layout: Any) -> InputCount | None:
     try:
         update = {"output": str(layout.root), "overwrite": False, "shard": None, "ray": None}
         config = JobConfig(**{**man["config"], **update})
-        return count_input(config, JobInput(config).items(), man["guard"]["model_fingerprint"])
+        return count_input(config, JobInput(config).chunks(), man["guard"]["model_fingerprint"])
     except (UsageError, ValidationError, KeyError):
         return None

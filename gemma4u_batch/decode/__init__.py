@@ -12,7 +12,6 @@ import os
 import stat
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import BinaryIO
 
 from ..errors import ItemError
@@ -86,7 +85,7 @@ def read_input(item: WorkItem, opts: DecodeOptions) -> tuple[bytes, os.stat_resu
     return (parts[0] if len(parts) <= 2 else b"".join(parts)), st
 
 
-def open_input(path: Path, limit: int) -> tuple[BinaryIO, os.stat_result]:
+def open_input(path: str | os.PathLike[str], limit: int) -> tuple[BinaryIO, os.stat_result]:
     """The regular file at `path`, open, and its stat as opened; special files and files over
     the byte limit are refused. Stat first so a FIFO or device is never opened; then open
     non-blocking and check the opened fd again, since the path can be swapped in between."""

@@ -24,6 +24,7 @@ from ..engine.protocol import Engine
 from ..engine.vllm_engine import open_engine
 from ..errors import UsageError
 from ..records import WorkItem
+from ..sources.chunks import Chunk
 from ..sources.job_input import JobInput
 from ..store.compaction import compact
 from ..store.guard import guard_of, guard_refusal
@@ -81,7 +82,7 @@ class Job:
         self.fingerprint = self.model.fingerprint
         self.guard = guard_of(config, self.fingerprint)
         self._given = items
-        self._items: Iterator[WorkItem] | None = None  # while open
+        self._items: Iterator[Chunk] | None = None  # while open
         self._index: OutIndex | None = None  # while open
         self._lock = RunLock(self.layout, self.shard, wait=lock_wait)
 
@@ -179,7 +180,7 @@ class Job:
         self._compact(self._index)
         return summary
 
-    def _with_total(self, items: Iterator[WorkItem], counters: Counters) -> Iterator[WorkItem]:
+    def _with_total(self, items: Iterator[Chunk], counters: Counters) -> Iterator[Chunk]:
         """The items, with a total for progress: a given sample's size, else the input's count."""
         if isinstance(self._given, list | tuple):
             counters.total = len(self._given) * len(self.config.task_list())

@@ -14,14 +14,14 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterator
 
-from ..records import OutputRecord, WorkItem
+from ..records import OutputRecord
+from ..sources.chunks import Chunk
 from ..store.index import OutIndex
 from ..store.layout import INPUTS, OutLayout
 from ..store.writer import committed_parts, iter_part_records, json_bytes
 
 log = logging.getLogger(__name__)
 
-WALK_CHUNK = 1024
 TOMBSTONE_COLUMNS = ("id", "task", "key", "source", "modality", "model")
 
 
@@ -34,17 +34,12 @@ class InputWalk:
         self.items = 0
         self._ok = True  # the temp table kept every id (an index rebuilt meanwhile loses it)
 
-    def track(self, items: Iterator[WorkItem]) -> Iterator[WorkItem]:
-        """`items` unchanged; their ids noted a chunk at a time."""
+    def track(self, chunks: Iterator[Chunk]) -> Iterator[Chunk]:
+        """`chunks` unchanged; their ids noted a chunk at a time."""
         self._begin()
-        ids: list[str] = []
-        for item in items:
-            ids.append(item.id)
-            if len(ids) >= WALK_CHUNK:
-                self._saw(ids)
-                ids = []
-            yield item
-        self._saw(ids)
+        for chunk in chunks:
+            self._saw(chunk.ids)
+            yield chunk
         self.complete = True
 
     def missing(self) -> int | None:

@@ -17,12 +17,15 @@ import hashlib
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
+from typing import cast
 
 from ..config.job import JobConfig
 from ..decode.item import DecodedItem
 from ..engine.vllm_engine import prompt_renderer
 from ..prompting.builder import RequestBuilder
+from ..prompting.keys import KeyMaker
 from ..records import Known, Modality, ObjectStat, WorkItem
+from ..sources.chunks import Chunk, chunked
 from ..sources.locations import redact
 from ..store.guard import guard_of, guard_refusal
 from ..store.index import FileFacts, FileStat, OutIndex, RecordAt
@@ -30,15 +33,12 @@ from ..store.layout import OutLayout
 from .model import resolve_model
 from .reuse import Copy
 
-CHUNK_ITEMS = 1024  # a no-op rerun costs two index queries per chunk: a 1,024-item chunk holds ~100 kB
 HASH_HERE_BYTES = 64 * 1024**2  # a larger new file is hashed by its decode worker only
-CHUNK_INLINE_BYTES = 64 * 1024**2  # dataset rows carry their bytes: bound what a chunk holds
 
 Hashed = tuple[str | None, bool]  # (content sha256, a video's soundtrack was decoded)
-Records = dict[tuple[str, str], tuple[str, bool]]
-Revalidate = tuple[
-    Hashed, Known
-]  # the hash a URL had, and the validators to ask with  # (id, task) → (key, failed) of its current record
+Records = dict[tuple[str, str], tuple[str, bool, bool]]  # (id, task) → (key, failed, tombstone) of its current record
+Usable = dict[str, dict[str, str]]  # task → id → key of its current record, unless failed under --retry-errors
+Revalidate = tuple[Hashed, Known]  # the hash a URL had, and the validators to ask with
 
 
 class QuickCheck:
@@ -54,7 +54,7 @@ class QuickCheck:
 
     def pending(
         self,
-        items: Iterator[WorkItem],
+        chunks: Iterable[Chunk],
         skipped: Callable[[int], None],
         new_work: Callable[[bool], None],
         reuse: Callable[[list[tuple[Copy, RecordAt]]], None] | None = None,
@@ -65,52 +65,95 @@ class QuickCheck:
         unread). An item whose content is known and whose every task is done or has its key
         under another id is not read: `reuse(copies)` gets what to copy. An item that must be
         read to know (a racy stat, a URL to revalidate) comes with `known`, for a conditional
-        request."""
-        for chunk in _chunks(items):
-            records = self.index.get_many([(item.id, t) for item in chunk for t in self._tasks_of(item)])
-            known, revalidate = self._known(chunk, records, hash_here=reuse is not None)
-            keys = {i: self._keys(chunk[i], known[i]) for i in known}
-            sources = self.index.sources_of(self._unmatched(chunk, keys, records)) if reuse is not None else {}
-            for i, item in enumerate(chunk):
-                done = self._done(item, known[i], records, keys[i]) if i in known else None
-                copies = self._copies(item, keys[i], records, sources) if done is None and i in keys else None
-                if done:
-                    skipped(len(self._tasks_of(item)))
-                elif copies is not None and reuse is not None:
+        request. A chunk whose items are all done costs a few index queries and no `WorkItem`."""
+        hash_here = reuse is not None
+        for chunk in chunks:
+            usable = self._usable_keys(chunk)
+            known, revalidate = self._known(chunk, usable, hash_here)
+            keys = self._keys(chunk, known)
+            found, decided = self._done(chunk, known, keys, usable)
+            if found:
+                skipped(found)
+            if len(decided) == len(chunk):  # a no-op rerun's chunk: every item done (or another shard's)
+                continue
+            # Every record of the rest, failed ones and tombstones too: what a copy supersedes.
+            records = self.index.get_many([id for i, id in enumerate(chunk.ids) if i not in decided])
+            if hash_here:
+                rest = {i: by_task for i, by_task in keys.items() if i not in decided}
+                sources = self.index.sources_of(self._unmatched(chunk, rest, records))
+            else:
+                sources = {}
+            for i in range(len(chunk)):
+                if i in decided:
+                    continue
+                item = chunk.item(i)
+                copies = self._copies(item, keys[i], records, sources) if i in keys else None
+                if copies is not None and reuse is not None:
                     skipped(len(self._tasks_of(item)) - len(copies))
                     reuse(copies)
-                elif done is None and i in revalidate and self._done(item, revalidate[i][0], records):
+                elif i in revalidate and self._found_done(item, revalidate[i][0], usable):
                     yield dataclasses.replace(item, known=revalidate[i][1])  # done, unless it changed
-                elif done is None:
-                    if i in known or not self._recorded(item, records):
+                else:
+                    if i in known or not self._recorded(chunk, i, usable):
                         new_work(i in known)
                     yield item
 
+    def _usable_keys(self, chunk: Chunk) -> Usable:
+        """The keys of the current records a chunk's items may be done by (see `Usable`)."""
+        tasks = sorted({*self._job_tasks, *chunk.own_tasks}) if chunk.own_tasks else self._job_tasks
+        return self.index.usable_keys(chunk.ids, tasks, retry_errors=self._retry_errors)
+
     def _known(
-        self, chunk: list[WorkItem], records: Records, hash_here: bool = False
+        self, chunk: Chunk, usable: Usable, hash_here: bool = False
     ) -> tuple[dict[int, Hashed], dict[int, Revalidate]]:
         """Content hashes known without reading; and for URLs OUT knows that need asking whether
         they changed, what to ask with. An item with no record of its own is looked up too (a
         moved file, a manifest row under a new id), by its path and then by its inode."""
-        recorded = {i for i, item in enumerate(chunk) if self._recorded(item, records)}
         known: dict[int, Hashed] = {}
-        stats: dict[int, tuple[str, FileStat]] = {}
         urls: dict[int, str] = {}
-        for i, item in enumerate(chunk):
+        for i in chunk.others:
+            item = chunk.item(i)
             if item.error is not None:
-                if i in recorded:
+                if self._recorded(chunk, i, usable):
                     known[i] = (None, False)
             elif item.data is not None:
                 if not self._video_audio(item):
                     known[i] = (hashlib.sha256(item.data).hexdigest(), False)
-            elif item.url is not None:
-                if i in recorded:
-                    urls[i] = redact(item.url)
-            elif item.path is not None and (st := _stat(path := os.fspath(item.path))) is not None:
-                stats[i] = (_absolute(path), st)
+            elif item.url is not None and self._recorded(chunk, i, usable):
+                urls[i] = redact(item.url)
         racy: set[str] = set()
-        facts = self.index.file_facts_many(dict(stats.values()), racy)
-        unseen = {path: st for i, (path, st) in stats.items() if path not in facts and i not in recorded}
+        files = chunk.files if not chunk.others else [f for f in chunk.files if f is not None]
+        facts, stats = self.index.unchanged_files(cast(list[str], files), racy)
+        if stats:
+            self._unknown_files(chunk, stats, usable, facts, racy, hash_here)
+        with_audio, video = self._with_audio, Modality.VIDEO
+        for i, (path, modality) in enumerate(zip(chunk.files, chunk.modalities, strict=True)):
+            f = facts.get(path) if path is not None else None
+            if f is None:
+                continue
+            if not with_audio or modality is not video:
+                known[i] = (f.sha256, False)
+            elif f.has_audio is not None:
+                known[i] = (f.sha256, f.has_audio)
+        return known, self._known_urls(chunk, urls, known)
+
+    def _unknown_files(
+        self,
+        chunk: Chunk,
+        stats: dict[str, FileStat],
+        usable: Usable,
+        facts: dict[str, FileFacts],
+        racy: set[str],
+        hash_here: bool,
+    ) -> None:
+        """Facts of the files the stat cache has not under their path (`stats`: the stat of each):
+        a move found by inode (for an item with no record of its own), and with `hash_here` the
+        racy files and the new files of a size OUT has read, hashed here."""
+        unseen = {
+            path: stats[path]
+            for i, path in enumerate(chunk.files)
+            if path in stats and path not in facts and not self._recorded(chunk, i, usable)
+        }
         if unseen:
             facts.update(self.index.moved_facts_many(unseen))
         if hash_here:
@@ -119,28 +162,19 @@ class QuickCheck:
             here = racy | {path for path, st in maybe.items() if st.size in sizes}
             if here:
                 facts.update(self._hashed_here(chunk, stats, here))
-        for i, (path, _) in stats.items():
-            f = facts.get(path)
-            if f is None:
-                continue
-            if not self._video_audio(chunk[i]):
-                known[i] = (f.sha256, False)
-            elif f.has_audio is not None:
-                known[i] = (f.sha256, f.has_audio)
-        return known, self._known_urls(chunk, urls, known)
 
-    def _hashed_here(
-        self, chunk: list[WorkItem], stats: dict[int, tuple[str, FileStat]], paths: set[str]
-    ) -> dict[str, FileFacts]:
+    def _hashed_here(self, chunk: Chunk, stats: dict[str, FileStat], paths: set[str]) -> dict[str, FileFacts]:
         """Files hashed in this process rather than decoded to know them: new files of a size an
         input OUT read had (maybe copies: copied without a decode worker), and files whose stat
         is too recent to vouch (git's racy case: most are unchanged, and skipped without a
         decode). Not a video whose soundtrack is decoded (that takes the decoder), nor a file over
         HASH_HERE_BYTES; what this cannot read, its decode worker reports."""
         out: dict[str, FileFacts] = {}
-        for i, (path, st) in stats.items():
-            item = chunk[i]
-            if path not in paths or st.size > HASH_HERE_BYTES or self._video_audio(item):
+        for path, modality in zip(chunk.files, chunk.modalities, strict=True):
+            if path is None or path not in paths or path in out:
+                continue
+            st = stats[path]
+            if st.size > HASH_HERE_BYTES or (self._with_audio and modality is Modality.VIDEO):
                 continue
             hashed_at = time.time_ns()
             try:
@@ -150,20 +184,20 @@ class QuickCheck:
                         continue
             except OSError:
                 continue
-            facts = FileFacts(sha, None if item.modality is Modality.VIDEO else False)
+            facts = FileFacts(sha, None if modality is Modality.VIDEO else False)
             out[path] = facts
             self.index.remember_file(path, st, facts, hashed_at)
         return out
 
-    def _known_urls(
-        self, chunk: list[WorkItem], urls: dict[int, str], known: dict[int, Hashed]
-    ) -> dict[int, Revalidate]:
+    def _known_urls(self, chunk: Chunk, urls: dict[int, str], known: dict[int, Hashed]) -> dict[int, Revalidate]:
         """A listed object is known when the listing says what OUT saw (no request at all); a URL
         no listing vouches for is known by URL only with --trust-urls, else revalidated."""
+        if not urls:
+            return {}
         remote = self.index.remote_facts_many(sorted(set(urls.values())))
         revalidate: dict[int, Revalidate] = {}
         for i, url in urls.items():
-            item, got = chunk[i], remote.get(url)
+            item, got = chunk.item(i), remote.get(url)
             if got is None or (self._video_audio(item) and got[1].has_audio is None):
                 continue
             stat, facts = got
@@ -177,47 +211,88 @@ class QuickCheck:
                 revalidate[i] = (hashed, Known(facts.sha256, etag=stat.etag, last_modified=stat.last_modified))
         return revalidate
 
-    def _recorded(self, item: WorkItem, records: Records) -> bool:
-        return all(self._usable(records.get((item.id, t))) for t in self._tasks_of(item))
+    def _recorded(self, chunk: Chunk, i: int, usable: Usable) -> bool:
+        """Every task of item i has a usable record (with whatever key)."""
+        id = chunk.ids[i]
+        return all(id in usable[t] for t in self._tasks_at(chunk, i))
+
+    def _tasks_at(self, chunk: Chunk, i: int) -> list[str]:
+        return self._tasks_of(chunk.item(i)) if chunk.own_tasks else self._job_tasks
 
     def _tasks_of(self, item: WorkItem) -> list[str]:
         """`config.tasks_of`, without a new list per item (never mutate it)."""
         return [item.task] if item.task else self._job_tasks
 
-    def _usable(self, prev: tuple[str, bool] | None) -> bool:
-        return prev is not None and not (self._retry_errors and prev[1])
-
     def _video_audio(self, item: WorkItem) -> bool:
         return self._with_audio and item.modality is Modality.VIDEO
 
-    def _keys(self, item: WorkItem, known: Hashed) -> dict[str, str]:
-        """Each task's key for an item whose content hash is known."""
-        sha, has_audio = known
-        keys = {}
-        for task in self._tasks_of(item):
-            _, rendered, _ = self.requests.prompt(item, task, has_audio)
-            keys[task] = self.requests.key_of(item, sha, task, rendered)
+    def _keys(self, chunk: Chunk, known: dict[int, Hashed]) -> dict[int, dict[str, str]]:
+        """Each task's key of each item whose content hash is known."""
+        builtin = not (self.config.prompt or chunk.prompted)  # every item's key needs only its modality
+        keyed, modalities = KeyMaker.keyed_digest, chunk.modalities
+        tails: dict[tuple[Modality | None, bool, tuple[str, ...]], list[tuple[str, str]]] = {}
+        keys: dict[int, dict[str, str]] = {}
+        job_tasks, own_tasks = self._job_tasks, chunk.own_tasks
+        for i, (sha, has_audio) in known.items():
+            tasks = self._tasks_of(chunk.item(i)) if own_tasks else job_tasks
+            if sha is None:  # an error item's: its key names its source
+                item = chunk.item(i)
+                keys[i] = {t: self._key_unread(item, t) for t in tasks}
+            elif builtin:  # a million files on a rerun: each task's tail found once per chunk
+                memo = (modalities[i], has_audio, tuple(tasks) if chunk.own_tasks else ())
+                by_task = tails.get(memo)
+                if by_task is None:
+                    tail_of = self.requests.builtin_tail
+                    by_task = tails[memo] = [(t, tail_of(modalities[i], t, has_audio)) for t in tasks]
+                if len(by_task) == 1:
+                    keys[i] = {by_task[0][0]: keyed(sha, by_task[0][1])}
+                else:
+                    keys[i] = {t: keyed(sha, tail) for t, tail in by_task}
+            else:
+                item = chunk.item(i)
+                keys[i] = {t: self.requests.key_for(item, sha, t, has_audio) for t in tasks}
         return keys
 
-    def _unmatched(self, chunk: list[WorkItem], keys: dict[int, dict[str, str]], records: Records) -> list[str]:
+    def _key_unread(self, item: WorkItem, task: str) -> str:
+        _, rendered, _ = self.requests.prompt(item, task, False)
+        return self.requests.key_of(item, None, task, rendered)
+
+    def _unmatched(self, chunk: Chunk, keys: dict[int, dict[str, str]], records: Records) -> list[str]:
         """The keys no record of their own id has: the ones another id's record may hold."""
         return [
             key
             for i, by_task in keys.items()
             for task, key in by_task.items()
-            if not (prev := records.get((chunk[i].id, task))) or prev[0] != key
+            if not (prev := records.get((chunk.ids[i], task))) or prev[0] != key or prev[2]
         ]
 
-    def _done(self, item: WorkItem, known: Hashed, records: Records, keys: dict[str, str] | None = None) -> bool | None:
-        """True: done; False: another shard's (neither read nor counted); None: must be read."""
-        if self._sharded and not self.requests.in_shard_of(item, known[0]):
-            return False  # another shard's item: neither read nor counted
-        keys = keys if keys is not None else self._keys(item, known)
-        for task, key in keys.items():
-            prev = records.get((item.id, task))
-            if prev is None or key != prev[0] or (self._retry_errors and prev[1]):
-                return None
-        return True
+    def _done(
+        self, chunk: Chunk, known: dict[int, Hashed], keys: dict[int, dict[str, str]], usable: Usable
+    ) -> tuple[int, set[int]]:
+        """(units found done, the items decided: every task done with its key now, or another
+        shard's, neither read nor counted). What is left must be read, or copied."""
+        found = 0
+        decided: set[int] = set()
+        in_shard = self.requests.in_shard_of if self._sharded else None
+        ids = chunk.ids
+        for i, by_task in keys.items():
+            if in_shard is not None and not in_shard(ids[i], known[i][0]):
+                decided.add(i)
+                continue
+            id = ids[i]
+            for task, key in by_task.items():
+                if usable[task].get(id) != key:
+                    break
+            else:
+                decided.add(i)
+                found += len(by_task)
+        return found, decided
+
+    def _found_done(self, item: WorkItem, known: Hashed, usable: Usable) -> bool:
+        """Whether one item is done with this content hash (not when it is another shard's)."""
+        one = Chunk.of_items([item])
+        found, _ = self._done(one, {0: known}, self._keys(one, {0: known}), usable)
+        return found > 0
 
     def _copies(
         self, item: WorkItem, keys: dict[str, str], records: Records, sources: dict[str, RecordAt]
@@ -227,7 +302,7 @@ class QuickCheck:
         copies = []
         for task, key in keys.items():
             prev = records.get((item.id, task))
-            if prev is not None and prev[0] == key and not (self.config.retry_errors and prev[1]):
+            if prev is not None and prev[0] == key and not prev[2] and not (self.config.retry_errors and prev[1]):
                 continue
             if key not in sources:
                 return None
@@ -249,12 +324,14 @@ class QuickCheck:
                 return False
         except OSError:
             return False
-        records = self.index.get_many([(item.id, t) for t in self.config.tasks_of(item)])
-        keys = self._keys(item, (sha, False))
-        if self._done(item, (sha, False), records, keys) is not None:
+        one = Chunk.of_items([item])
+        hashed: dict[int, Hashed] = {0: (sha, False)}
+        keys = self._keys(one, hashed)
+        if self._done(one, hashed, keys, self._usable_keys(one))[1]:
             return True
-        sources = self.index.sources_of(self._unmatched([item], {0: keys}, records))
-        return self._copies(item, keys, records, sources) is not None  # copied, not generated
+        records = self.index.get_many([item.id])
+        sources = self.index.sources_of(self._unmatched(one, keys, records))
+        return self._copies(item, keys[0], records, sources) is not None  # copied, not generated
 
     def remember(self, d: DecodedItem) -> None:
         """What reading a file (or fetching a URL) told us, for the next run's quick check."""
@@ -297,34 +374,6 @@ def _validators(d: DecodedItem) -> ObjectStat | None:
     return got if (got.etag or got.last_modified) else None
 
 
-def _stat(path: os.PathLike[str] | str) -> FileStat | None:
-    try:
-        return FileStat.of(os.stat(path))
-    except (OSError, ValueError):
-        return None
-
-
-def _absolute(path: str) -> str:
-    """`os.path.abspath(path)` (the files table's key), skipping its normalisation for a path
-    already absolute and normal, as a folder walk from an absolute root gives them."""
-    if path.startswith("/") and "//" not in path and "/." not in path and not path.endswith("/"):
-        return path
-    return os.path.abspath(path)
-
-
-def _chunks(items: Iterator[WorkItem]) -> Iterator[list[WorkItem]]:
-    chunk: list[WorkItem] = []
-    inline = 0
-    for item in items:
-        chunk.append(item)
-        inline += len(item.data) if item.data is not None else 0
-        if len(chunk) >= CHUNK_ITEMS or inline >= CHUNK_INLINE_BYTES:
-            yield chunk
-            chunk, inline = [], 0
-    if chunk:
-        yield chunk
-
-
 @dataclasses.dataclass
 class InputCount:
     """What one pass over the input tells about OUT: `pending` items (see `count_pending`) and
@@ -341,11 +390,11 @@ def count_pending(config: JobConfig, items: Iterable[WorkItem], fingerprint: str
     every item is) or was made with other settings (a run would be refused). The tokenizer
     loads only for a prompt that OUT's index has not rendered before. `fingerprint`: the model's,
     when the caller knows it (OUT's run.json), else it is worked out as a run does."""
-    return count_input(config, items, fingerprint).pending
+    return count_input(config, chunked(items), fingerprint).pending
 
 
-def count_input(config: JobConfig, items: Iterable[WorkItem], fingerprint: str | None = None) -> InputCount:
-    """`count_pending`, and, when `items` is the whole input, the records whose input is gone."""
+def count_input(config: JobConfig, chunks: Iterable[Chunk], fingerprint: str | None = None) -> InputCount:
+    """`count_pending` of chunks, and, when they are the whole input, the records whose input is gone."""
     from .prune import InputWalk
 
     layout = OutLayout(config.output)
@@ -358,7 +407,7 @@ def count_input(config: JobConfig, items: Iterable[WorkItem], fingerprint: str |
         or not layout.made()
         or guard_refusal(layout, guard_of(config, fingerprint), supersede=supersede)
     ):
-        for _ in items:  # the caller's pass over the input still happens
+        for _ in chunks:  # the caller's pass over the input still happens
             pass
         return InputCount()
     with OutIndex(layout) as index:
@@ -372,7 +421,7 @@ def count_input(config: JobConfig, items: Iterable[WorkItem], fingerprint: str |
             needs_work = surely  # a new item is hashed: it may be a copy of one OUT holds
 
         pending = 0
-        for item in quick.pending(walk.track(iter(items)), _ignored, known_work, _copied):
+        for item in quick.pending(walk.track(iter(chunks)), _ignored, known_work, _copied):
             pending += needs_work or not quick.done_when_read(item)
             needs_work = False
         missing = walk.missing()

@@ -32,7 +32,7 @@ class Copy:
     item: WorkItem
     task: str
     key: str
-    supersedes: str | None  # the key of the item's own current record, if it had one
+    supersedes: str | None  # the key of the item's own current record (a tombstone's too), if it had one
 
 
 def copied_record(copy: Copy, src: dict[str, Any]) -> OutputRecord:
@@ -81,9 +81,6 @@ class Reuser:
     def __len__(self) -> int:
         return len(self._waiting)
 
-    def sources(self, keys: list[str]) -> dict[str, RecordAt]:
-        return self.index.sources_of(keys)
-
     def add(self, copy: Copy, source: RecordAt) -> None:
         self._waiting.append((copy, source))
         if len(self._waiting) >= BATCH:
@@ -99,7 +96,7 @@ class Reuser:
             waiting = self._emit_from_parts(waiting)
             if waiting:
                 self.index.sync()
-                found = self.sources([c.key for c, _ in waiting])
+                found = self.index.sources_of([c.key for c, _ in waiting])
                 lost = [c for c, _ in waiting if c.key not in found]
                 if lost:  # only if OUT changed under the run (its lock prevents that)
                     raise RuntimeError(f"OUT no longer holds the records {lost[0].item.id!r} copies")

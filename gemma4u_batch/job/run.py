@@ -31,7 +31,8 @@ from ..engine.protocol import Engine, EngineResult
 from ..errors import OutputError
 from ..prompting.builder import RequestBuilder
 from ..prompting.units import EngineRequest, Unit, to_record
-from ..records import OutputRecord, WorkItem
+from ..records import OutputRecord
+from ..sources.chunks import Chunk
 from ..sources.job_input import is_speech_job
 from ..store.index import OutIndex, RecordAt
 from ..store.layout import OutLayout
@@ -99,8 +100,8 @@ class JobRun:
     def stopped(self) -> bool:
         return self.stop.requested
 
-    def process(self, items: Iterator[WorkItem], whole_input: bool = False) -> None:
-        """Every item: skipped before reading when done, else decoded, generated and committed.
+    def process(self, items: Iterator[Chunk], whole_input: bool = False) -> None:
+        """Every item (the input in chunks): skipped before reading when done, else decoded, generated and committed.
         `whole_input`: `items` is the whole input, so a walk to its end tells which current
         records have no input any more (counted, and under --prune retired: prune.py)."""
         walk = InputWalk(self.index) if whole_input else None
@@ -177,8 +178,8 @@ class JobRun:
                 unit.spill = d.audio.file
         d.audio = None  # every part holds its own clip: the whole waveform is not kept while they are answered
         for unit in units:
-            prev = self.index.get(d.item.id, unit.task)
-            if prev is not None and prev[0] == unit.key and not (self.config.retry_errors and prev[1]):
+            prev = self.index.get(d.item.id, unit.task)  # a tombstone: an input back after --prune
+            if prev is not None and prev[0] == unit.key and not prev[2] and not (self.config.retry_errors and prev[1]):
                 self.counters.skipped += 1
                 unit.release()
                 continue
@@ -203,7 +204,7 @@ class JobRun:
             self._write_copy(copied_record(self._copy(unit), self.made[key].to_dict()))
         elif key in self.leaders:
             self.leaders[key][1].append(unit)
-        elif (at := self.reuser.sources([key]).get(key)) is not None:
+        elif (at := self.index.sources_of([key]).get(key)) is not None:
             unit.release()
             self.reuser.add(self._copy(unit), at)
         else:
@@ -262,7 +263,7 @@ class JobRun:
     def _emit(self, unit: Unit) -> None:
         unit.release()
         rec = to_record(unit, self.config.model)
-        rec.supersedes = unit.supersedes or self.index.tombstone_key(rec.id, rec.task)  # an input back after --prune
+        rec.supersedes = unit.supersedes
         rec.model_fingerprint = self.fingerprint
         self._write(rec)
         self.counters.add(rec.error_kind, rec.num_output_tokens)
@@ -283,7 +284,6 @@ class JobRun:
             self.reuser.add(copy, at)
 
     def _write_copy(self, rec: OutputRecord) -> None:
-        rec.supersedes = rec.supersedes or self.index.tombstone_key(rec.id, rec.task)  # back after --prune
         self._write(rec)
         self.counters.add(None, 0)
         self.counters.reused += 1

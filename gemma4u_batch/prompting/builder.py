@@ -79,6 +79,7 @@ class RequestBuilder:
         self._rendered: dict[tuple[Any, ...], str] = {}
         self._builtin: dict[tuple[Any, ...], tuple[str, str, None]] = {}  # (task, modality, with audio) → prompt
         self._language_keyed: dict[str, bool] = {}
+        self._tails: dict[tuple[Any, ...], str] = {}  # (task, modality, with audio) → a built-in prompt's key tail
         self._seq = 0
         self._language_rendered: str | None = None
         self._media = decode_options(config)
@@ -90,14 +91,14 @@ class RequestBuilder:
         self._schema = load_schema(config.json_schema)
 
     def in_shard(self, d: DecodedItem) -> bool:
-        return not d.skipped and self.in_shard_of(d.item, d.content_sha256)
+        return not d.skipped and self.in_shard_of(d.item.id, d.content_sha256)
 
-    def in_shard_of(self, item: WorkItem, content_sha256: str | None) -> bool:
+    def in_shard_of(self, id: str, content_sha256: str | None) -> bool:
         """Deterministic partition by content: the input's hash (its id's if unreadable)."""
         shard = self.config.shard_index()
         if shard is None:
             return True
-        basis = content_sha256 or hashlib.sha256(item.id.encode()).hexdigest()
+        basis = content_sha256 or hashlib.sha256(id.encode()).hexdigest()
         return in_shard(basis, shard)
 
     def units(self, d: DecodedItem) -> list[Unit]:
@@ -136,12 +137,38 @@ class RequestBuilder:
     def key_of(self, item: WorkItem, content_sha256: str | None, task: str, rendered: str) -> str:
         """The content key; a speech task under `--language auto` also hashes what identifies
         the language (its instruction, codes and sampling), since its records carry the answer."""
+        return self.key.keyed(content_sha256 or f"unread:{item.source}", self._key_tail(task, rendered))
+
+    def key_for(self, item: WorkItem, content_sha256: str, task: str, has_audio: bool) -> str:
+        """`key_of` the prompt `item` is sent with, for content known by its sha256 hex digest."""
+        if not (item.prompt or self.config.prompt):
+            return self.builtin_key(item.modality, content_sha256, task, has_audio)
+        rendered = self.prompt(item, task, has_audio)[1]
+        return self.key.keyed_digest(content_sha256, self._key_tail(task, rendered))
+
+    def builtin_key(self, modality: Modality | None, content_sha256: str, task: str, has_audio: bool) -> str:
+        """`key_for` an item sent with its task's built-in instruction (neither it nor the job
+        has a prompt), which depends on its modality alone."""
+        return self.key.keyed_digest(content_sha256, self.builtin_tail(modality, task, has_audio))
+
+    def builtin_tail(self, modality: Modality | None, task: str, has_audio: bool) -> str:
+        """What `builtin_key` hashes after the content (`KeyMaker.keyed_digest`): the quick
+        check asks for a key of every file and task on every rerun, so it is kept per (task,
+        modality, audio)."""
+        memo = (task, modality, has_audio and modality is Modality.VIDEO)
+        tail = self._tails.get(memo)
+        if tail is None:
+            stand_in = WorkItem(id="", source="", modality=modality)
+            tail = self._tails[memo] = self._key_tail(task, self.prompt(stand_in, task, has_audio)[1])
+        return tail
+
+    def _key_tail(self, task: str, rendered: str) -> str:
         language = self._language_keyed.get(task)
         if language is None:
             language = self._language_keyed[task] = self.config.identifies_language(task)
         if language:
             rendered = json.dumps([rendered, LANGUAGE_INSTRUCTION, DETECT_CODES, LANGUAGE_SAMPLING.model_dump()])
-        return self.key(content=content_sha256 or f"unread:{item.source}", prompt=rendered, task=task)
+        return self.key.tail(rendered, task)
 
     def _language_prompt(self) -> str:
         """The identification prompt: the transcription's messages (system prompt, then the

@@ -176,6 +176,11 @@ class KeyMaker:
         self._tails: dict[tuple[str, str], str] = {}  # (task, prompt) → everything after the content
 
     def __call__(self, *, content: str, prompt: str, task: str) -> str:
+        return self.keyed(content, self.tail(prompt, task))
+
+    def tail(self, prompt: str, task: str) -> str:
+        """Everything a key hashes after the content: the same for every item sent with this
+        prompt and task."""
         tail = self._tails.get((task, prompt))
         if tail is None:
             settings = self._by_task.get(task)
@@ -185,8 +190,18 @@ class KeyMaker:
             tail = f', "model": {self._model}, "prompt": {json.dumps(prompt)}, "settings": {settings}}}'
             if len(self._tails) < 4096:  # per-row templates make every prompt unique: bound the memo
                 self._tails[task, prompt] = tail
+        return tail
+
+    @staticmethod
+    def keyed(content: str, tail: str) -> str:
+        """The key of `content` (a hex digest, or what stands for unread bytes) with a `tail`."""
         quoted = f'"{content}"' if content.isalnum() and content.isascii() else json.dumps(content)  # a hex digest
         return hashlib.sha256(f'{{"content": {quoted}{tail}'.encode()).hexdigest()
+
+    @staticmethod
+    def keyed_digest(digest: str, tail: str) -> str:
+        """`keyed` for a content hash's hex digest (no quoting to choose)."""
+        return hashlib.sha256(f'{{"content": "{digest}"{tail}'.encode()).hexdigest()
 
 
 def output_settings(engine: Any) -> dict[str, Any]:

@@ -182,7 +182,7 @@ def _folder_items(folder: Path, ids: set[str]) -> dict[str, WorkItem]:
     for i in ids:
         path = (folder / i).resolve()
         if path.is_relative_to(top) and path.is_file():
-            found[i] = WorkItem(id=i, source=str(path), modality=None, path=path)
+            found[i] = WorkItem(id=i, source=str(path), modality=None, path=str(path))
     return found
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import operator
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
 from ..records import Modality, WorkItem
+from .chunks import CHUNK_ITEMS, Chunk, unchunked
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff", ".jfif", ".pjpeg", ".ppm", ".pgm", ".heic"}
@@ -42,107 +44,99 @@ class FolderSource:
         self._real_root = self.root.resolve()
         self.modalities = modalities
 
-    def _resolved_inside(self, path: Path) -> Path | None:
+    def _resolved_inside(self, path: str) -> Path | None:
         try:
-            real = path.resolve()
+            real = Path(path).resolve()
             real.relative_to(self._real_root)
         except (ValueError, OSError, RuntimeError):
             return None
         return real
 
-    def _walk(self) -> Iterator[tuple[str, Modality, Path, str, os.DirEntry[str]]]:
-        """(id, modality, folder, its text, entry) of every media file the job takes, depth-first
-        in name order, iteratively (a hostile tree cannot exhaust the stack). Only the d_type that
-        scandir reads with the names is asked per entry: no `stat`, no `Path`, per file."""
+    def chunks(self) -> Iterator[Chunk]:
+        """The files as chunks of consecutive items (a folder's files up to the next subfolder,
+        at most CHUNK_ITEMS), depth-first in name order, iteratively (a hostile tree cannot
+        exhaust the stack). Per file only the d_type that scandir reads with the names is asked:
+        no `stat`, no `Path`, no `WorkItem` (a million files are walked on every rerun). Ids are
+        paths relative to the root, sources the paths as INPUT names them, files absolute."""
         wanted = self.modalities
-        stack = [(self.root, str(self.root), "", _entries(self.root))]
-        while stack:
-            folder, base, rel, entries = stack[-1]
-            entry = next(entries, None)
-            if entry is None:
-                stack.pop()
-                continue
-            name = entry.name
-            try:
-                if entry.is_dir(follow_symlinks=False):
-                    child = _child(folder, name, base)
-                    stack.append((child, str(child), f"{rel}{name}/", _entries(child)))
-                    continue
-            except OSError:
-                continue
-            dot = name.rfind(".")
-            modality = _BY_EXTENSION.get(name[dot:].lower()) if dot > 0 else None
-            if modality is not None and (wanted is None or modality in wanted):
-                yield f"{rel}{name}", modality, folder, base, entry
-
-    def _target(self, folder: Path, base: str, entry: os.DirEntry[str]) -> Path | None:
-        """The file an entry stands for: itself, or a link's target inside the root (None: a link
-        leaving the root, or to a folder, which would repeat items; or the entry went away)."""
-        try:
-            if not entry.is_symlink():
-                return _child(folder, entry.name, base)
-        except OSError:
-            return None
-        real = self._resolved_inside(_child(folder, entry.name, base))
-        return None if real is None or real.is_dir() else real
-
-    def __iter__(self) -> Iterator[WorkItem]:
         root = str(self.root)
         prefix = "" if root == "." else root.rstrip("/") + "/"  # str(root / rel), without a Path per item
-        for rel, modality, folder, base, entry in self._walk():
-            if (path := self._target(folder, base, entry)) is not None:
-                yield WorkItem.file(rel, prefix + rel, modality, path)
+        top = os.path.abspath(root).rstrip("/") + "/"
+        by_extension = _BY_EXTENSION
+        names: list[str] = []  # the current folder's files since the last chunk
+        modalities: list[Modality] = []
+        linked: dict[int, str] = {}  # position → a link's target
+        stack = [("", _entries(prefix))]
+        while stack:
+            rel, entries = stack[-1]
+            for entry in entries:
+                name = entry.name
+                if name[0] == ".":  # hidden
+                    continue
+                try:
+                    if entry.is_file(follow_symlinks=False):  # most entries: one look at the d_type
+                        link = False
+                    elif entry.is_dir(follow_symlinks=False):
+                        sub = f"{rel}{name}/"
+                        stack.append((sub, _entries(prefix + sub)))
+                        break
+                    else:
+                        link = entry.is_symlink()  # else a special file: yielded, refused at read time
+                except OSError:
+                    continue
+                dot = name.rfind(".")
+                modality = by_extension.get(name[dot:].lower()) if dot > 0 else None
+                if modality is None or (wanted is not None and modality not in wanted):
+                    continue
+                if link:
+                    if (target := self._linked(top + rel + name)) is None:
+                        continue
+                    linked[len(names)] = target
+                names.append(name)
+                modalities.append(modality)
+                if len(names) >= CHUNK_ITEMS:
+                    yield _chunk(prefix, top, rel, names, modalities, linked)
+                    names, modalities, linked = [], [], {}
+            else:
+                stack.pop()
+            if names:  # a subfolder's items come next, or its parent's: a chunk is one folder's
+                yield _chunk(prefix, top, rel, names, modalities, linked)
+                names, modalities, linked = [], [], {}
+
+    def _linked(self, path: str) -> str | None:
+        """A link's target inside the root (None: a link leaving the root, or to a folder, which
+        would repeat items; or the link went away)."""
+        real = self._resolved_inside(path)
+        return None if real is None or real.is_dir() else str(real)
+
+    def __iter__(self) -> Iterator[WorkItem]:
+        return unchunked(self.chunks())
 
     def count(self) -> int:
         """How many items iterating yields (progress's total), without making them."""
-        n = 0
-        for _, _, folder, base, entry in self._walk():
-            try:
-                if entry.is_symlink() and self._target(folder, base, entry) is None:
-                    continue
-            except OSError:
-                continue
-            n += 1
-        return n
+        return sum(len(chunk) for chunk in self.chunks())
 
 
-def _entries(folder: Path) -> Iterator[os.DirEntry[str]]:
+def _chunk(
+    prefix: str, top: str, rel: str, names: list[str], modalities: list[Modality], linked: dict[int, str]
+) -> Chunk:
+    """One folder's files as a chunk: ids relative to the root, sources as INPUT names them,
+    files absolute (a link's: its target)."""
+    ids = [rel + name for name in names]
+    paths = [top + id for id in ids]
+    for i, target in linked.items():
+        paths[i] = target
+    return Chunk.of_files(ids, [prefix + id for id in ids], paths, modalities)
+
+
+def _entries(folder: str) -> Iterator[os.DirEntry[str]]:
     """A folder's visible entries in name order; none when it cannot be listed."""
     try:
-        with os.scandir(folder) as it:
-            entries = sorted((e for e in it if not e.name.startswith(".")), key=_name)
+        with os.scandir(folder or ".") as it:
+            entries = sorted(it, key=_name)
     except OSError:
         return iter(())
     return iter(entries)
 
 
-def _name(entry: os.DirEntry[str]) -> str:
-    return entry.name
-
-
-_make_child = getattr(Path, "_make_child_relpath", None)
-
-
-def _sets_text() -> bool:
-    """Whether pathlib's child constructor fills in the path's text itself (3.12 does, 3.11 not)."""
-    try:
-        return _make_child is None or isinstance(_make_child(Path("a"), "b")._str, str)
-    except AttributeError:
-        return False
-
-
-_FILL_TEXT = not _sets_text()
-
-
-def _child(folder: Path, name: str, base: str) -> Path:
-    """`folder / name` for a name scandir gave (no separator to parse), `base` being
-    `str(folder)`. Where this Python has it, pathlib's own child-path constructor (its glob's),
-    with the path's text filled in as 3.12's does: parsing the joined text, then joining the
-    parts again at the first `stat`, was a fifth of a no-op rerun, a million times per million
-    files."""
-    if _make_child is None:
-        return folder / name
-    child: Path = _make_child(folder, name)
-    if _FILL_TEXT:
-        child._str = name if base == "." else f"{base}{name}" if base.endswith("/") else f"{base}/{name}"  # type: ignore[attr-defined]
-    return child
+_name = operator.attrgetter("name")  # in C: a sort key per file

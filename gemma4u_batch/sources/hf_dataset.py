@@ -400,7 +400,7 @@ class DatasetSource:
         except BadRowPath as exc:
             return error(exc.message)
         refused = outside_roots(path, real, self._allow_roots)
-        return error(refused) if refused else dataclasses.replace(item, path=Path(real))
+        return error(refused) if refused else dataclasses.replace(item, path=str(real))
 
     def _url_item(self, item: WorkItem, url: str, error: Callable[[str], WorkItem]) -> WorkItem:
         """A row naming a URL: a remote item when gemma4u reads its scheme and it lies under an

@@ -15,6 +15,7 @@ from ..console import Counters
 from ..errors import UsageError
 from ..records import Modality, WorkItem
 from . import Source, open_source
+from .chunks import Chunk, chunked
 from .folder import FolderSource
 from .locations import redact
 
@@ -71,9 +72,17 @@ class JobInput:
             return iter(items)
         return (self.as_sent(i) for i in items)
 
-    def nonempty(self, given: Iterable[WorkItem] | None = None) -> Iterator[WorkItem]:
-        """`items()`, but a usage error up front when there are none."""
-        it = self.items(given)
+    def chunks(self, given: Iterable[WorkItem] | None = None) -> Iterator[Chunk]:
+        """`items()` in chunks (chunks.py): a folder's made by its walk, without an item per file."""
+        items = self.open() if given is None else given
+        if isinstance(items, FolderSource):
+            chunks = items.chunks()
+            return (c.sent_as_audio() for c in chunks) if self.speech else chunks
+        return chunked((self.as_sent(i) for i in items) if self.speech else items)
+
+    def nonempty(self, given: Iterable[WorkItem] | None = None) -> Iterator[Chunk]:
+        """`chunks()`, but a usage error up front when there are none."""
+        it = self.chunks(given)
         first = next(it, None)
         if first is None:
             raise UsageError(f"no media files found in {self.config.dataset or self.config.input}")
@@ -88,23 +97,23 @@ class JobInput:
         mods = f", modalities={','.join(m.value for m in c.modalities)}" if c.modalities else ""
         return f"{kind} {where}{extra}{mods}"
 
-    def with_total(self, items: Iterator[WorkItem], counters: Counters, *, early: bool = True) -> Iterator[WorkItem]:
-        """`items` unchanged, with progress's total set. Where a second pass is cheap (a folder,
+    def with_total(self, chunks: Iterator[Chunk], counters: Counters, *, early: bool = True) -> Iterator[Chunk]:
+        """`chunks` unchanged, with progress's total set. Where a second pass is cheap (a folder,
         a local manifest, a dataset) and progress shows the total (`early`), a side thread
         counts the input so it shows from the start; a URL INPUT (a bucket's prefix, a remote
         manifest) would cost the store a second listing as large as the first, and quiet
         progress shows nothing (the side thread would take a busy machine's CPU from the run),
         so there the total is set when this pass has seen every item."""
         if is_url(self.config.input) or not early:
-            return self._counted(items, counters)
+            return self._counted(chunks, counters)
         self._count_in_background(counters)
-        return items
+        return chunks
 
-    def _counted(self, items: Iterator[WorkItem], counters: Counters) -> Iterator[WorkItem]:
+    def _counted(self, chunks: Iterator[Chunk], counters: Counters) -> Iterator[Chunk]:
         n = 0
-        for item in items:
-            n += 1
-            yield item
+        for chunk in chunks:
+            n += len(chunk)
+            yield chunk
         self._set_total(counters, n)
 
     def _count_in_background(self, counters: Counters) -> None:
@@ -127,6 +136,6 @@ class JobInput:
         counters.total = items * len(self.config.task_list()) // (shard[1] if shard else 1)
 
 
-def _chain(first: WorkItem, rest: Iterator[WorkItem]) -> Iterator[WorkItem]:
+def _chain(first: Chunk, rest: Iterator[Chunk]) -> Iterator[Chunk]:
     yield first
     yield from rest

@@ -437,7 +437,7 @@ class ManifestSource:
         refused = outside_roots(raw_path, real, self._allow_roots)
         if refused:
             return row_id, dataclasses.replace(item, error=f"{where}: {refused}")
-        return row_id, dataclasses.replace(item, path=Path(real))
+        return row_id, dataclasses.replace(item, path=str(real))
 
     def _url_item(self, item: WorkItem, raw_path: str, where: str) -> WorkItem:
         """A row naming a URL, or a relative path in a remote manifest (resolved against the

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import operator
 import os
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
@@ -136,7 +137,10 @@ class FileStat(NamedTuple):
 
     @classmethod
     def of(cls, st: os.stat_result) -> FileStat:
-        return cls(st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
+        return tuple.__new__(cls, _STAT_FIELDS(st))
+
+
+_STAT_FIELDS = operator.attrgetter("st_size", "st_mtime_ns", "st_ino", "st_dev")  # FileStat's, in C
 
 
 class FileFacts(NamedTuple):
@@ -145,6 +149,10 @@ class FileFacts(NamedTuple):
 
     sha256: str
     has_audio: bool | None
+
+
+_new_facts = tuple.__new__  # FileFacts, FileStat without NamedTuple's Python-level __new__ (one per input file)
+_AUDIO = {None: None, 0: False, 1: True}  # has_audio as stored → as FileFacts has it
 
 
 def index_path(layout: OutLayout) -> Path:
@@ -217,13 +225,16 @@ class OutIndex:
                 raise
             return self.db.execute(sql, params).fetchall()
 
-    def _rows_in(self, select_where: str, values: Sequence[Any]) -> Iterator[Any]:
-        """Rows of `select_where` + ` IN (…)` over `values`, 500 at a time (SQLite's variable limit)."""
+    def _rows_in(self, select_where: str, values: Sequence[Any], args: tuple[Any, ...] = ()) -> Iterator[Any]:
+        """Rows of `select_where` + ` IN (…)` over `values`, 500 at a time (SQLite's variable
+        limit); `args` are the values of the `?` before."""
         for start in range(0, len(values), 500):
             part = list(values[start : start + 500])
-            yield from self._rows(f"{select_where} IN ({','.join('?' * len(part))})", part)
+            yield from self._rows(f"{select_where} IN ({','.join('?' * len(part))})", [*args, *part])
 
-    def _rows_of(self, select: str, column: str, values: Sequence[str]) -> Iterable[Any]:
+    def _rows_of(
+        self, select: str, column: str, values: Sequence[str], where: str = "", args: tuple[Any, ...] = ()
+    ) -> Iterable[Any]:
         """Rows of `select` whose `column` (the first selected) is one of `values`. A chunk of a
         folder's walk is a narrow run of neighbouring keys: one range scan along the b-tree's
         leaves costs a fraction of a lookup per value. The scan stops after `RANGE_SLACK` × as
@@ -231,14 +242,15 @@ class OutIndex:
         then, and for a few chunks after, each value is looked up."""
         if self._lookups_left > 0 or len(values) < 8:
             self._lookups_left = max(0, self._lookups_left - 1)
-            return self._rows_in(f"{select} WHERE {column}", values)
+            return self._rows_in(f"{select} WHERE {where}{column}", values, args)
         wanted = set(values)
         limit = RANGE_SLACK * len(wanted) + 64
-        rows = self._rows(f"{select} WHERE {column} BETWEEN ? AND ? LIMIT ?", (min(wanted), max(wanted), limit))
+        between = (*args, min(wanted), max(wanted), limit)
+        rows = self._rows(f"{select} WHERE {where}{column} BETWEEN ? AND ? LIMIT ?", between)
         if len(rows) < limit:
             return [r for r in rows if r[0] in wanted]
         self._lookups_left = RANGE_BACKOFF
-        return self._rows_in(f"{select} WHERE {column}", values)
+        return self._rows_in(f"{select} WHERE {where}{column}", values, args)
 
     def _close_db(self) -> None:
         if self._db is not None:
@@ -377,17 +389,24 @@ class OutIndex:
                 "INSERT OR REPLACE INTO parts VALUES (?, ?, ?, ?)", (name, at, marker["records"], marker.get("writer"))
             )
 
-    def get_many(self, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], tuple[str, bool]]:
-        """`get` for many (id, task) pairs in one query."""
-        ids = sorted({i for i, _ in pairs})
+    def get_many(self, ids: Sequence[str]) -> dict[tuple[str, str], tuple[str, bool, bool]]:
+        """`get` for every task of many ids in one query."""
         rows = self._rows_of("SELECT id, task, key, failed, tombstone FROM records", "id", ids)
-        return {(r[0], r[1]): (r[2], bool(r[3])) for r in rows if not r[4]}
+        return {(r[0], r[1]): (r[2], r[3] == 1, r[4] == 1) for r in rows}
 
-    def get(self, id: str, task: str) -> tuple[str, bool] | None:
-        """(key, failed) of the current record of (id, task), or None (also when that record is a
-        tombstone: its input was gone, so an input by that id is new work)."""
-        rows = self._rows("SELECT key, failed FROM records WHERE id = ? AND task = ? AND NOT tombstone", (id, task))
-        return (rows[0][0], bool(rows[0][1])) if rows else None
+    def usable_keys(self, ids: Sequence[str], tasks: Sequence[str], retry_errors: bool) -> dict[str, dict[str, str]]:
+        """task → id → key of the current record of each of `ids`, for each of `tasks`: the
+        records an input may be done by (no tombstone; no error under --retry-errors). Two
+        columns a row, made into a dict in C: a no-op rerun asks this of every input."""
+        where = "task = ? AND NOT tombstone AND " + ("failed = 0 AND " if retry_errors else "")
+        return {t: dict(self._rows_of("SELECT id, key FROM records", "id", ids, where, (t,))) for t in tasks}
+
+    def get(self, id: str, task: str) -> tuple[str, bool, bool] | None:
+        """(key, failed, tombstone) of the current record of (id, task), or None. A tombstone is
+        no result (its input was gone, so an input by that id is new work), but it is what the
+        input's next record supersedes."""
+        rows = self._rows("SELECT key, failed, tombstone FROM records WHERE id = ? AND task = ?", (id, task))
+        return (rows[0][0], rows[0][1] == 1, rows[0][2] == 1) if rows else None
 
     def sources_of(self, keys: Sequence[str]) -> dict[str, RecordAt]:
         """For each key, a current result made with it under any id (no error, no tombstone): what
@@ -398,11 +417,6 @@ class OutIndex:
         for key, id, task, part, row in sorted(self._rows_in(q, sorted(set(keys))), key=lambda r: (r[0], r[1])):
             found.setdefault(key, RecordAt(id, task, part, row))
         return found
-
-    def tombstone_key(self, id: str, task: str) -> str | None:
-        """The key a tombstone of (id, task) retired, when its current record is one."""
-        rows = self._rows("SELECT key FROM records WHERE id = ? AND task = ? AND tombstone", (id, task))
-        return rows[0][0] if rows else None
 
     def current_rows(self, part: str, tombstones: bool = True) -> set[int]:
         """Rows of a part that hold current records (tombstones among them unless `tombstones` is False)."""
@@ -501,26 +515,38 @@ class OutIndex:
 
     # ------------------------------------------------------------------------ files
 
-    def file_facts_many(self, stats: dict[str, FileStat], racy: set[str] | None = None) -> dict[str, FileFacts]:
-        """The hashes of the input files whose stat shows them unchanged since they were read;
-        `racy` gets the paths whose stat is unchanged but too close to their read to vouch."""
-        out: dict[str, FileFacts] = {}
-        q = "SELECT path, size, mtime_ns, ino, dev, sha256, has_audio, hashed_at_ns FROM files"
-        for path, size, mtime_ns, ino, dev, sha256, has_audio, hashed_at_ns in self._rows_of(q, "path", list(stats)):
-            st = stats[path]
-            if (size, mtime_ns, ino, dev) != (st.size, st.mtime_ns, st.ino, st.dev):
+    def unchanged_files(
+        self, paths: Sequence[str], racy: set[str] | None = None
+    ) -> tuple[dict[str, FileFacts], dict[str, FileStat]]:
+        """`stat` each of `paths` (absolute) against what OUT saw when it read it (git's index):
+        the facts of the files unchanged since, and the stat of the others (new, changed, moved
+        here; racy: unchanged but modified too close to their read to vouch, also put in `racy`).
+        A path that cannot be stat-ed is in neither: reading it will say why. One range scan for
+        all, and per file a `stat` and a tuple compare: a no-op rerun asks this of every file."""
+        q = "SELECT path, size, mtime_ns, ino, dev, hashed_at_ns, sha256, has_audio FROM files"
+        seen = {row[0]: row for row in self._rows_of(q, "path", paths)}
+        facts: dict[str, FileFacts] = {}
+        stats: dict[str, FileStat] = {}
+        stat, fields = os.stat, _STAT_FIELDS
+        for path in paths:
+            try:
+                st = fields(stat(path))
+            except (OSError, ValueError):
                 continue
-            if mtime_ns + RACY_NS >= hashed_at_ns:  # modified too close to being read: can't trust the stat
-                if racy is not None:
+            row = seen.get(path)
+            if row is not None and row[1:5] == st:  # (size, mtime_ns, ino, dev): FileStat's order
+                if row[2] + RACY_NS < row[5]:
+                    facts[path] = _new_facts(FileFacts, (row[6], _AUDIO[row[7]]))
+                    continue
+                if racy is not None:  # modified too close to being read: can't trust the stat
                     racy.add(path)
-                continue
-            out[path] = FileFacts(sha256, None if has_audio is None else bool(has_audio))
-        return out
+            stats[path] = _new_facts(FileStat, st)
+        return facts, stats
 
     def moved_facts_many(self, stats: dict[str, FileStat]) -> dict[str, FileFacts]:
         """The hashes of input files seen under another path with the same inode, device, size and
         mtime_ns (a move or rename keeps all four): known without reading, as the same file. The
-        racy case is left out as for `file_facts_many`."""
+        racy case is left out as for `unchanged_files`."""
         by_inode = {(st.dev, st.ino): (path, st) for path, st in stats.items()}
         q = "SELECT dev, ino, size, mtime_ns, sha256, has_audio, hashed_at_ns FROM files WHERE (dev, ino)"
         out: dict[str, FileFacts] = {}
